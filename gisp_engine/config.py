@@ -1,0 +1,83 @@
+"""Settings of a pruning run, with validation that explains every refusal."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from . import settings
+from .errors import GispError
+from .structures import GQA_POLICIES, NORMALIZATIONS
+
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass
+class PruneConfig:
+    model: str = settings.DEFAULT_MODEL
+    objective: str = "perplexity"
+    calib: str = "lambada"
+    num_samples: int = 16
+    seq_len: int = 128
+    steps: int = 10
+    max_sparsity: float = 0.5  # the structural ratio reached at the last step
+    schedule: str = "linear"
+    gqa: str = "query"
+    normalization: str = "param-count"
+    protect_first: int | None = None  # None: int(0.1 * num_layers)
+    protect_last: int = 1
+    seed: int = 0
+    batch_size: int | None = None  # sequences per micro-batch; None: by device
+    shrink: bool = True  # physically shrink the working model between steps (same result as masking)
+    save_scores: bool = False  # keep every step's scores in the trajectory
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+
+    def validate(self) -> "PruneConfig":
+        def whole(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise GispError(f"--{name.replace('_', '-')} must be a whole number of at least {low}, got {value!r}")
+
+        whole("steps", 1)
+        whole("num_samples", 1)
+        whole("seq_len", 2)
+        whole("protect_last", 0)
+        if self.protect_first is not None:
+            whole("protect_first", 0)
+        if self.batch_size is not None:
+            whole("batch_size", 1)
+        if not isinstance(self.seed, int):
+            raise GispError(f"--seed must be a whole number, got {self.seed!r}")
+        r = self.max_sparsity
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0.0 < r < 1.0:
+            raise GispError(f"--max-sparsity must be a fraction between 0 and 1 (exclusive), got {r!r}")
+        if self.schedule not in SCHEDULES:
+            raise GispError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.gqa not in GQA_POLICIES:
+            raise GispError(f"unknown GQA policy {self.gqa!r}: choose one of {', '.join(GQA_POLICIES)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise GispError(f"unknown normalization {self.normalization!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        return self
+
+    def resolved_protect_first(self, num_layers: int) -> int:
+        return int(0.1 * num_layers) if self.protect_first is None else self.protect_first
+
+    def resolved_batch_size(self, device) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        tokens = 16384 if getattr(device, "type", str(device)) == "cuda" else 4096
+        return max(1, tokens // self.seq_len)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def target_ratios(schedule: str, max_ratio: float, steps: int) -> list[float]:
+    """Structural ratio to reach after each step 1..T (linear, or a half-cosine ramp)."""
+    if schedule == "linear":
+        return [max_ratio * t / steps for t in range(1, steps + 1)]
+    if schedule == "cosine":
+        return [max_ratio * (1 - math.cos(math.pi * t / steps)) / 2 for t in range(1, steps + 1)]
+    raise GispError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")

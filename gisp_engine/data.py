@@ -1,0 +1,254 @@
+"""One loader per data source: calibration text and WikiText-2, local files or the hub.
+
+Local files are read from the data directory (``$GISP_DATA_DIR``, see ``settings``); the
+Hugging Face hub is used through ``datasets`` unless the offline setting is on. Every
+problem with a file (missing, empty, malformed line) is a ``GispError`` naming the file
+and, where there is one, the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import settings
+from .errors import GispError
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where calibration text comes from, and everything that identifies it."""
+
+    kind: str  # "file" or "hub"
+    name: str  # the user's spelling (alias, path or hub spec)
+    path: str | None = None
+    hub: dict = field(default_factory=dict)  # dataset, config, split, field, data_files
+
+    def identity(self) -> dict:
+        if self.kind == "file":
+            return {"kind": "file", "file": Path(self.path).name, "sha256": file_sha256(Path(self.path))}
+        return {"kind": "hub", **self.hub}
+
+
+# Hub fallbacks for the aliases, used when the offline copy is absent and the hub is allowed.
+_HUB_ALIASES = {
+    "lambada": {"dataset": "EleutherAI/lambada_openai", "config": "en", "split": "test", "field": "text"},
+    "c4": {
+        "dataset": "allenai/c4",
+        "config": None,
+        "data_files": "en/c4-train.00000-of-01024.json.gz",
+        "split": "train",
+        "field": "text",
+    },
+    "wikitext2": {"dataset": "wikitext", "config": "wikitext-2-raw-v1", "split": "train", "field": "text"},
+}
+_LOCAL_ALIASES = {"lambada": "calib/lambada_openai.jsonl"}
+CALIB_ALIASES = tuple(sorted(_HUB_ALIASES))
+
+
+def file_sha256(path: Path, _memo: dict = {}) -> str:  # noqa: B006 - deliberate per-process memo
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _memo:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _memo[key] = digest.hexdigest()
+    return _memo[key]
+
+
+def require_data_dir() -> Path:
+    root = settings.data_dir()
+    if root is None:
+        raise GispError("no data directory: set GISP_DATA_DIR to the folder that holds calib/, cmqa/, gsm8k/, wikitext2/")
+    if not root.is_dir():
+        raise GispError(f"data directory {root} does not exist (GISP_DATA_DIR)")
+    return root
+
+
+def _hub_allowed(what: str) -> None:
+    if settings.offline():
+        raise GispError(
+            f"{what} is not in the data directory and the hub is off (GISP_OFFLINE/HF_HUB_OFFLINE): "
+            "set GISP_DATA_DIR to the offline data, or unset the offline setting"
+        )
+
+
+def resolve_text_source(spec: str) -> TextSource:
+    """Turn ``--calib`` into a source: an alias, a local file, or ``hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]``."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise GispError("empty calibration source: give an alias (lambada, c4, wikitext2), a file, or hf:DATASET")
+    if spec in _HUB_ALIASES:
+        local = _LOCAL_ALIASES.get(spec)
+        root = settings.data_dir()
+        if local and root is not None and (root / local).is_file():
+            return TextSource("file", spec, path=str(root / local))
+        _hub_allowed(f"calibration set {spec!r}")
+        return TextSource("hub", spec, hub=dict(_HUB_ALIASES[spec]))
+    if spec.startswith("hf:"):
+        parts = spec[3:].split(":")
+        if not parts[0]:
+            raise GispError(f"bad hub source {spec!r}: expected hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
+        parts += [None] * (4 - len(parts))
+        dataset, config, split, text_field = parts[:4]
+        _hub_allowed(f"hub dataset {dataset!r}")
+        hub = {"dataset": dataset, "config": config or None, "split": split or "train", "field": text_field or "text"}
+        return TextSource("hub", spec, hub=hub)
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and not path.exists() and settings.data_dir() is not None:
+        path = settings.data_dir() / spec
+    if not path.is_file():
+        raise GispError(
+            f"calibration data {spec!r} not found: give an existing file, an alias ({', '.join(CALIB_ALIASES)}), "
+            "or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]"
+        )
+    return TextSource("file", spec, path=str(path.resolve()))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file; a malformed line is an error naming the file and line."""
+    if not path.is_file():
+        raise GispError(f"data file {path} not found")
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GispError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise GispError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    if not records:
+        raise GispError(f"{path} holds no records")
+    return records
+
+
+def _document_of(record: dict, where: str) -> str:
+    if isinstance(record.get("text"), str):
+        return record["text"]
+    if isinstance(record.get("context"), str) and isinstance(record.get("continuation"), str):
+        return record["context"] + record["continuation"]
+    raise GispError(f"{where}: a record needs a string 'text', or 'context' and 'continuation'")
+
+
+def load_documents(source: TextSource) -> list[str]:
+    """The documents of a calibration source, in file order."""
+    if source.kind == "file":
+        path = Path(source.path)
+        if path.suffix == ".jsonl":
+            docs = []
+            for n, record in enumerate(read_jsonl(path), 1):
+                docs.append(_document_of(record, f"{path}: record {n}"))
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise GispError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            docs = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        docs = _load_hub_texts(source.hub)
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise GispError(f"calibration source {source.name!r} holds no text")
+    return docs
+
+
+def _load_hub_texts(hub: dict) -> list[str]:
+    import datasets
+
+    kwargs = {"split": hub.get("split") or "train"}
+    if hub.get("data_files"):
+        kwargs["data_files"] = hub["data_files"]
+    try:
+        ds = datasets.load_dataset(hub["dataset"], hub.get("config"), **kwargs)
+    except Exception as exc:  # network, unknown dataset, bad config: all the user's to fix
+        raise GispError(f"could not load hub dataset {hub['dataset']!r}: {str(exc).splitlines()[0]}") from None
+    text_field = hub.get("field") or "text"
+    if text_field not in ds.column_names:
+        raise GispError(f"hub dataset {hub['dataset']!r} has no column {text_field!r} (columns: {ds.column_names})")
+    return [t for t in ds[text_field] if isinstance(t, str)]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Packed token windows for calibration and the record of where they came from."""
+
+    input_ids: "torch.Tensor"  # noqa: F821 - (num_samples, seq_len), int64
+    source: TextSource
+    documents_used: list[int]  # indices (file order) of the documents packed, in packing order
+    seed: int
+
+    def describe(self) -> dict:
+        n, length = self.input_ids.shape
+        return {
+            "source": self.source.name,
+            **self.source.identity(),
+            "num_samples": int(n),
+            "seq_len": int(length),
+            "seed": self.seed,
+            "packing": "documents in seeded random order, joined with a blank line, cut into windows",
+            "documents_used": self.documents_used,
+        }
+
+
+def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: int, seed: int) -> CalibrationSet:
+    """Pack ``num_samples`` windows of ``seq_len`` tokens from documents in a seeded random order."""
+    import torch
+
+    docs = load_documents(source)
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    needed = num_samples * seq_len
+    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    tokens: list[int] = []
+    used: list[int] = []
+    for i in order:
+        if len(tokens) >= needed:
+            break
+        ids = tokenizer(docs[i], add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        if tokens:
+            tokens.extend(separator)
+        tokens.extend(ids)
+        used.append(i)
+    if len(tokens) < needed:
+        raise GispError(
+            f"calibration source {source.name!r} has {len(tokens)} tokens, fewer than "
+            f"{num_samples} x {seq_len} = {needed}: lower --num-samples or --seq-len"
+        )
+    ids = torch.tensor(tokens[:needed], dtype=torch.long).view(num_samples, seq_len)
+    return CalibrationSet(ids, source, used, seed)
+
+
+# ---- WikiText-2 ------------------------------------------------------------------------------
+WIKITEXT2_LOCAL = "wikitext2/wiki.test.raw"
+
+
+def wikitext2_test_text() -> tuple[str, dict]:
+    """The WikiText-2 test split as one evaluation string (rows joined with a blank line)."""
+    root = settings.data_dir()
+    path = root / WIKITEXT2_LOCAL if root is not None else None
+    if path is not None and path.is_file():
+        # each line is a non-empty row of the hub split (CRLF ends); a row is the line plus "\n"
+        raw = path.read_bytes().decode("utf-8")
+        rows = [line + "\n" for line in raw.split("\r\n") if line]
+        if not rows:
+            raise GispError(f"{path} holds no text")
+        return "\n\n".join(rows), {"source": "file", "file": WIKITEXT2_LOCAL, "sha256": file_sha256(path)}
+    _hub_allowed("WikiText-2")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    except Exception as exc:
+        raise GispError(f"could not load WikiText-2 from the hub: {str(exc).splitlines()[0]}") from None
+    return "\n\n".join(ds["text"]), {"source": "hub", "dataset": "wikitext/wikitext-2-raw-v1", "split": "test"}

@@ -1,0 +1,80 @@
+"""Evaluation: WikiText-2 perplexity over non-overlapping windows.
+
+The windows are ``seq_len`` tokens long and do not overlap; the loss of a window is the
+mean NLL of its ``seq_len - 1`` next-token predictions, and the perplexity is the
+exponential of the mean over windows. 128-token windows are the convention of the GISP
+and LLM-Pruner papers; Wanda and SliceGPT use 2,048. The two are not comparable, so the
+window length is part of every result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .data import wikitext2_test_text
+from .errors import GispError
+from .objectives import sequence_nll
+from .progress import ProgressCallback, ProgressEvent, null_progress
+
+TASKS = ("wikitext2",)
+_TOKENS: dict = {}
+
+
+@dataclass
+class PerplexityResult:
+    task: str
+    seq_len: int
+    windows: int
+    tokens: int
+    perplexity: float
+    mean_nll: float
+    data: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def wikitext2_ids(tokenizer) -> tuple[torch.Tensor, dict]:
+    """The whole test split tokenized once (memoized per tokenizer)."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    if key not in _TOKENS:
+        text, identity = wikitext2_test_text()
+        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+        _TOKENS[key] = (ids, identity)
+    return _TOKENS[key]
+
+
+@torch.no_grad()
+def wikitext2_perplexity(
+    model: torch.nn.Module,
+    tokenizer,
+    seq_len: int = 128,
+    limit: int | None = None,
+    batch_size: int = 8,
+    progress: ProgressCallback = null_progress,
+) -> PerplexityResult:
+    if seq_len < 2:
+        raise GispError("--seq-len must be at least 2")
+    max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if max_len and seq_len > max_len:
+        raise GispError(f"--seq-len {seq_len} is longer than the model's context ({max_len} tokens)")
+    if limit is not None and limit < 1:
+        raise GispError("--limit must be at least 1")
+    ids, identity = wikitext2_ids(tokenizer)
+    windows = ids.numel() // seq_len
+    if limit is not None:
+        windows = min(windows, limit)
+    if windows == 0:
+        raise GispError("WikiText-2 is shorter than one window")
+    data = ids[: windows * seq_len].view(windows, seq_len)
+    total = 0.0
+    model.eval()
+    for start in range(0, windows, batch_size):
+        chunk = data[start : start + batch_size]
+        total += float(sequence_nll(model, chunk).double().sum())
+        progress(ProgressEvent("eval", min(start + batch_size, windows), windows, message="wikitext2"))
+    mean_nll = total / windows
+    return PerplexityResult("wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity)

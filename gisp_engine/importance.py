@@ -1,0 +1,152 @@
+"""First-order importance ``S = Σ |W ⊙ ḡ|`` per head and channel, without a gradient buffer.
+
+Every scored weight gets a post-accumulate-grad hook. When the last micro-batch's
+gradient of that weight is ready, the hook reduces ``|W ⊙ ḡ|`` to one number per structure
+and frees the gradient at once. With one micro-batch no gradient outlives its hook; with
+several, PyTorch sums the micro-batch gradients of the *scored* weights in ``.grad`` first
+(the absolute value must be taken of the mean gradient), still freed at the last one.
+Weights that are never scored (embeddings, norms, protected layers, shared K/V under the
+``query`` policy) do not ask for gradients at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import DecoderAdapter
+from .objectives import Objective
+from .progress import ProgressCallback, ProgressEvent, null_progress
+from .structures import LayerKeep, StructureSpace
+from .surgery import NullAttention
+
+
+@dataclass
+class ScoreResult:
+    raw: np.ndarray  # (space.size,) float64; NaN where a structure is not present or not scored
+    loss: float  # the objective's value on the model as it was scored
+
+
+def _head_reduce(t: torch.Tensor, head_dim: int, dim: int) -> torch.Tensor:
+    """Sum a |W⊙G| tensor to one value per head along ``dim`` (0 = rows, 1 = columns)."""
+    if t.dim() == 1:
+        return t.view(-1, head_dim).sum(1)
+    return t.sum(1 - dim).view(-1, head_dim).sum(1)
+
+
+class _Target:
+    """One scored tensor: how its gradient reduces to structures of one layer."""
+
+    def __init__(self, param: nn.Parameter, layer: int, dim: int, per_head: int | None, units: torch.Tensor):
+        self.param, self.layer, self.dim, self.per_head, self.units = param, layer, dim, per_head, units
+
+
+def _targets(model, adapter: DecoderAdapter, space: StructureSpace, layout: Sequence[LayerKeep],
+             layers: Sequence[int]) -> list[_Target]:
+    g = space.geometry
+    out: list[_Target] = []
+    for i in layers:
+        layer = adapter.layers(model)[i]
+        keep = layout[i]
+        if keep.heads and not isinstance(adapter.attention_module(layer), NullAttention):
+            lin = adapter.attention(layer)
+            if space.gqa == "query":
+                q_units = torch.tensor(keep.heads)
+                kv_units = torch.tensor(keep.kv_heads) if not g.is_gqa else None  # MHA: a head owns its K/V
+            else:
+                q_units = torch.tensor([h // g.group_size for h in keep.heads])
+                kv_units = torch.tensor(keep.kv_heads)
+            for linear, dim, units in ((lin.q, 0, q_units), (lin.o, 1, q_units), (lin.k, 0, kv_units), (lin.v, 0, kv_units)):
+                if units is None:
+                    continue
+                out.append(_Target(linear.weight, i, dim, g.head_dim, units))
+                if dim == 0 and linear.bias is not None:
+                    out.append(_Target(linear.bias, i, 0, g.head_dim, units))
+        if keep.channels:
+            mlp = adapter.mlp(layer)
+            units = space.head_units + torch.tensor(keep.channels)
+            for linear, dim in ((mlp.gate, 0), (mlp.up, 0), (mlp.down, 1)):
+                out.append(_Target(linear.weight, i, dim, None, units))
+    return out
+
+
+def score_structures(
+    model: nn.Module,
+    adapter: DecoderAdapter,
+    space: StructureSpace,
+    layout: Sequence[LayerKeep],
+    objective: Objective,
+    scored_layers: Sequence[int],
+    progress: ProgressCallback = null_progress,
+    step: int | None = None,
+    total_steps: int | None = None,
+) -> ScoreResult:
+    """Raw scores ``Σ|W⊙ḡ|`` of every structure present in ``scored_layers``, and the loss."""
+    targets = _targets(model, adapter, space, layout, scored_layers)
+    saved = {p: p.requires_grad for p in model.parameters()}
+    acc: dict[int, torch.Tensor] = {}
+    final = [False]
+
+    def make_hook(t: _Target):
+        def hook(param: torch.Tensor) -> None:
+            if not final[0]:
+                return  # accumulate in .grad until the last micro-batch
+            prod = (param.detach().float() * param.grad.float()).abs_()
+            if t.per_head is None:
+                per_unit = prod.sum(1 - t.dim)
+            else:
+                per_unit = _head_reduce(prod, t.per_head, t.dim)
+            del prod
+            layer_acc = acc.setdefault(t.layer, torch.zeros(space.per_layer, dtype=torch.float64, device=per_unit.device))
+            layer_acc.index_add_(0, t.units.to(per_unit.device), per_unit.double())
+            param.grad = None
+
+        return hook
+
+    handles = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for t in targets:
+            t.param.requires_grad_(True)
+            handles.append(t.param.register_post_accumulate_grad_hook(make_hook(t)))
+        batches = objective.batches()
+        total_loss = 0.0
+        progress(ProgressEvent("score", 0, len(batches), step, total_steps))
+        for b, batch in enumerate(batches):
+            final[0] = b == len(batches) - 1
+            loss = objective.loss(model, batch)
+            loss.backward()
+            total_loss += float(loss.detach())
+            progress(ProgressEvent("score", b + 1, len(batches), step, total_steps))
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+    raw = np.full(space.size, np.nan)
+    for layer, values in acc.items():
+        start = layer * space.per_layer
+        present = np.zeros(space.per_layer, bool)
+        keep = layout[layer]
+        if space.gqa == "query":
+            present[list(keep.heads)] = True
+        else:
+            present[list(keep.kv_heads)] = True
+        present[space.head_units + np.asarray(keep.channels, dtype=np.int64)] = True
+        layer_raw = values.cpu().numpy()
+        raw[start : start + space.per_layer] = np.where(present, layer_raw, np.nan)
+    return ScoreResult(raw=raw, loss=total_loss)
+
+
+@torch.no_grad()
+def objective_value(model: nn.Module, objective: Objective) -> float:
+    """The objective on the current model, without gradients."""
+    return float(sum(float(objective.loss(model, batch)) for batch in objective.batches()))

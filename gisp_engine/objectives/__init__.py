@@ -1,0 +1,50 @@
+"""Pluggable objectives: each says what identifies it (for the cache key) and how to build it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..data import build_calibration, resolve_text_source
+from ..errors import GispError
+from .base import Objective, input_device, sequence_nll
+from .perplexity import PerplexityObjective
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    identity: Callable  # (PruneConfig) -> dict: everything that determines the calibration signal
+    build: Callable  # (LoadedModel, PruneConfig) -> Objective
+
+
+def _perplexity_identity(config) -> dict:
+    source = resolve_text_source(config.calib)
+    return {
+        "objective": "perplexity",
+        "calib": source.identity(),
+        "num_samples": config.num_samples,
+        "seq_len": config.seq_len,
+        "seed": config.seed,
+    }
+
+
+def _perplexity_build(loaded, config) -> Objective:
+    source = resolve_text_source(config.calib)
+    calibration = build_calibration(loaded.tokenizer, source, config.num_samples, config.seq_len, config.seed)
+    return PerplexityObjective(calibration, config.resolved_batch_size(loaded.device))
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "perplexity": ObjectiveSpec("perplexity", _perplexity_identity, _perplexity_build),
+}
+
+
+def objective_spec(name: str) -> ObjectiveSpec:
+    spec = OBJECTIVES.get(name)
+    if spec is None:
+        raise GispError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    return spec
+
+
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveSpec", "PerplexityObjective", "input_device", "objective_spec", "sequence_nll"]

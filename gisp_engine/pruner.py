@@ -1,0 +1,223 @@
+"""The GISP loop: score, rank globally, remove a little, repeat on the pruned model.
+
+    for t in 1..T:
+        ḡ  = mean gradient of the objective on the current model
+        S  = Σ|W ⊙ ḡ| per head and channel, divided by its block's constant
+        remove the lowest-ranked unprotected structures until the structural ratio is r_t
+
+Nothing removed comes back, so the result is one removal step per structure: a chain
+of nested subnetworks. Between steps the working model is sliced physically (or only
+masked, ``shrink=False``); both give the same scores and the same trajectory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import cache
+from .config import PruneConfig, target_ratios
+from .errors import GispError
+from .importance import objective_value, score_structures
+from .models import LoadedModel, load_config, load_model, resolve_device, resolve_dtype, weights_sha256
+from .objectives import Objective, objective_spec
+from .progress import ProgressCallback, ProgressEvent, null_progress
+from .structures import StructureSpace
+from .surgery import full_layout, mask_, slice_
+from .trajectory import StepRecord, Trajectory
+
+ENGINE_VERSION = "0.1.0"
+
+
+@dataclass
+class PruneOutcome:
+    trajectory: Trajectory
+    cache_hit: bool
+
+    @property
+    def path(self) -> Path:
+        return self.trajectory.path
+
+
+@dataclass
+class PruningPlan:
+    """Everything fixed before any weight is loaded: the space, protection and the request key."""
+
+    config: PruneConfig
+    space: StructureSpace
+    protect_first: int
+    protected_layers: list[int]
+    targets: list[int]  # structures removed in total after each step 1..T
+    request: dict
+    key: str
+
+
+def plan(config: PruneConfig) -> PruningPlan:
+    """Validate the settings against the model's config and compute the cache key (no weights loaded)."""
+    config.validate()
+    folder, hf_config, adapter = load_config(config.model)
+    geometry = adapter.geometry(hf_config)
+    max_len = int(getattr(hf_config, "max_position_embeddings", 0) or 0)
+    if max_len and config.seq_len > max_len:
+        raise GispError(f"--seq-len {config.seq_len} is longer than the model's context ({max_len} tokens)")
+    space = StructureSpace(geometry, config.gqa)
+    protect_first = config.resolved_protect_first(geometry.num_layers)
+    protected_layers = space.protected_layers(protect_first, config.protect_last)
+    prunable = int((~space.protected_mask(protect_first, config.protect_last)).sum())
+    targets = [round(r * space.size) for r in target_ratios(config.schedule, config.max_sparsity, config.steps)]
+    if targets[-1] > prunable:
+        raise GispError(
+            f"--max-sparsity {config.max_sparsity} needs {targets[-1]} of {space.size} structures removed, but only "
+            f"{prunable} are outside the protected layers {protected_layers}: lower it to at most "
+            f"{prunable / space.size:.3f} or protect fewer layers"
+        )
+    request = {
+        "engine": ENGINE_VERSION,
+        "method": "gisp",
+        "model_sha256": weights_sha256(folder),
+        "model_type": hf_config.model_type,
+        "objective": objective_spec(config.objective).identity(config),
+        "steps": config.steps,
+        "max_sparsity": config.max_sparsity,
+        "schedule": config.schedule,
+        "gqa": config.gqa,
+        "normalization": config.normalization,
+        "protect_first": protect_first,
+        "protect_last": config.protect_last,
+        "dtype": str(resolve_dtype(config.dtype, resolve_device(config.device))).removeprefix("torch."),
+        "save_scores": config.save_scores,
+    }
+    return PruningPlan(config, space, protect_first, protected_layers, targets, request, cache.request_key(request))
+
+
+def prune(
+    config: PruneConfig,
+    progress: ProgressCallback = null_progress,
+    out: Path | str | None = None,
+    use_cache: bool = True,
+) -> PruneOutcome:
+    """Run (or fetch from the cache) the GISP trajectory that ``config`` asks for."""
+    the_plan = plan(config)
+    if use_cache:
+        hit = cache.lookup(the_plan.key)
+        if hit is not None:
+            return PruneOutcome(_copy_out(hit, out), cache_hit=True)
+    with cache.locked(the_plan.key):
+        if use_cache:  # another process may have finished it while we waited for the lock
+            hit = cache.lookup(the_plan.key)
+            if hit is not None:
+                return PruneOutcome(_copy_out(hit, out), cache_hit=True)
+        progress(ProgressEvent("prepare", 0, 1, message=f"loading {config.model}"))
+        loaded = load_model(config.model, config.device, config.dtype, config.device_map)
+        objective = objective_spec(config.objective).build(loaded, config)
+        progress(ProgressEvent("prepare", 1, 1, message="ready"))
+        trajectory = run_gisp(loaded, the_plan, objective, progress)
+        trajectory.save(cache.path_for(the_plan.key))
+    return PruneOutcome(_copy_out(trajectory, out), cache_hit=False)
+
+
+def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
+    if out is None:
+        return trajectory
+    copy = Trajectory(dict(trajectory.meta), trajectory.geometry, trajectory.gqa, trajectory.removal_step,
+                      trajectory.score, trajectory.steps, trajectory.scores)
+    copy.save(Path(out))
+    return copy
+
+
+def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
+             progress: ProgressCallback = null_progress) -> Trajectory:
+    """The iterative loop on a loaded model (which it prunes in place)."""
+    config, space = the_plan.config, the_plan.space
+    model, adapter = loaded.model, loaded.adapter
+    n, total_steps = space.size, config.steps
+    protected = space.protected_mask(the_plan.protect_first, config.protect_last)
+    scored_layers = [i for i in range(space.geometry.num_layers) if i not in the_plan.protected_layers]
+    divisors = space.divisors(config.normalization)
+
+    keep = np.ones(n, bool)
+    layout = full_layout(space)
+    removal_step = np.full(n, -1, np.int32)
+    last_score = np.full(n, np.nan, np.float32)
+    all_scores = np.full((total_steps, n), np.nan, np.float32) if config.save_scores else None
+    steps: list[StepRecord] = []
+    started = time.perf_counter()
+
+    def record(step: int, loss: float, removed: int) -> StepRecord:
+        return StepRecord(
+            step=step,
+            structural_ratio=float(1.0 - keep.mean()),
+            param_sparsity=space.param_sparsity(keep),
+            loss=loss,
+            kept_params=int(space.linear_params_per_layer(keep).sum()),
+            removed=removed,
+            wall_s=round(time.perf_counter() - started, 3),
+            metrics=objective.summary(loss),
+        )
+
+    removed_last = 0
+    progress(ProgressEvent("step", 0, total_steps, 0, total_steps, "pruning"))
+    for t in range(1, total_steps + 1):
+        result = score_structures(model, adapter, space, layout, objective, scored_layers, progress, t, total_steps)
+        steps.append(record(t - 1, result.loss, removed_last))
+
+        normalized = np.nan_to_num(result.raw, nan=0.0) / divisors
+        candidates = np.flatnonzero(keep & ~protected)
+        last_score[candidates] = normalized[candidates]
+        if all_scores is not None:
+            all_scores[t - 1, candidates] = normalized[candidates]
+        # one global ranking over heads and channels of every layer; ties go to the lower id
+        ranked = candidates[np.lexsort((candidates, normalized[candidates]))]
+        chosen = ranked[: the_plan.targets[t - 1] - int((~keep).sum())]
+        removal_step[chosen] = t
+        keep[chosen] = False
+        removed_last = len(chosen)
+
+        if config.shrink:
+            layout = slice_(model, adapter, space, layout, keep)
+        else:
+            mask_(model, adapter, space, keep)
+        info = {"loss": round(steps[-1].loss, 4), "ratio": round(float(1.0 - keep.mean()), 4),
+                "params": round(space.param_sparsity(keep), 4)}
+        progress(ProgressEvent("step", t, total_steps, t, total_steps, "pruning", info))
+
+    progress(ProgressEvent("final", 0, 1, total_steps, total_steps, "loss of the last subnetwork"))
+    steps.append(record(total_steps, objective_value(model, objective), removed_last))
+    progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
+    meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
+    return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores)
+
+
+def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, wall_s: float) -> dict:
+    import torch
+    import transformers
+
+    settings = the_plan.config.to_dict()
+    settings.update(
+        protect_first=the_plan.protect_first,
+        protected_layers=the_plan.protected_layers,
+        batch_size=the_plan.config.resolved_batch_size(loaded.device),
+    )
+    return {
+        "key": the_plan.key,
+        "method": "gisp",
+        "ranking": "iterative: scores recomputed on the pruned model at every step",
+        "model": loaded.describe(),
+        "settings": settings,
+        "objective": objective.describe(),
+        "request": the_plan.request,
+        "device": str(loaded.device),
+        "versions": {
+            "gisp_engine": ENGINE_VERSION,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(wall_s, 3),
+    }

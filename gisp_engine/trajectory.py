@@ -1,0 +1,248 @@
+"""The GISP trajectory: when each structure was removed, and what each step looked like.
+
+On disk a trajectory is a folder (written atomically: staged, then renamed) with
+
+* ``trajectory.json``: format and version, model (id, family, geometry, weights SHA-256),
+  every setting, the objective and its calibration slice, software versions, wall time,
+  one record per step (``step``, ``structural_ratio``, ``param_sparsity``, ``loss``,
+  ``kept_params``), and the SHA-256 of the array file;
+* ``structures.safetensors``: one entry per structure (layer-major, heads then channels):
+  ``layer`` (int32), ``kind`` (int8, 0 = head, 1 = channel), ``index`` (int32),
+  ``removal_step`` (int32, -1 = never removed) and ``score`` (float32, the normalized
+  score in the last step the structure was scored); optionally ``scores``
+  (float32, steps x structures, NaN where not scored).
+
+Nothing is pickled. Because removal is permanent, the keep-mask at step ``t`` is
+``removal_step == -1 or removal_step > t``: every step is a prefix of the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .adapters import Geometry
+from .errors import GispError
+from .fsutil import atomic_write_json, staging_dir
+from .structures import KINDS, StructureSpace
+
+FORMAT = "gisp-trajectory"
+VERSION = 1
+META_FILE = "trajectory.json"
+ARRAYS_FILE = "structures.safetensors"
+SPARSITY_EPS = 1e-9
+
+
+@dataclass
+class StepRecord:
+    step: int
+    structural_ratio: float
+    param_sparsity: float
+    loss: float
+    kept_params: int
+    removed: int = 0  # structures removed at this step
+    wall_s: float = 0.0  # time since the run started, when this step's state was reached
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    meta: dict
+    geometry: Geometry
+    gqa: str
+    removal_step: np.ndarray  # int32, (N,)
+    score: np.ndarray  # float32, (N,)
+    steps: list[StepRecord]
+    scores: np.ndarray | None = None  # float32, (T, N), optional
+    path: Path | None = None
+
+    def __post_init__(self):
+        self.space = StructureSpace(self.geometry, self.gqa)
+
+    # ---- queries ---------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.meta.get("key", "")
+
+    @property
+    def num_steps(self) -> int:
+        """Pruning steps T (the step records run from 0, dense, to T)."""
+        return len(self.steps) - 1
+
+    @property
+    def max_param_sparsity(self) -> float:
+        return self.steps[-1].param_sparsity
+
+    def _check_step(self, step: int) -> int:
+        if not isinstance(step, (int, np.integer)) or not 0 <= step <= self.num_steps:
+            raise GispError(f"step {step} is outside this trajectory's steps 0..{self.num_steps}")
+        return int(step)
+
+    def keep_mask(self, step: int) -> np.ndarray:
+        """Structures alive after ``step`` pruning steps (step 0 is the dense model)."""
+        step = self._check_step(step)
+        return (self.removal_step == -1) | (self.removal_step > step)
+
+    def step_at_sparsity(self, sparsity: float) -> int:
+        """The last step whose parameter sparsity is at or below ``sparsity``."""
+        top = self.max_param_sparsity
+        if not 0.0 <= sparsity <= top + SPARSITY_EPS:
+            raise GispError(
+                f"sparsity {sparsity:g} is outside 0 .. {top:.4f}, the largest parameter sparsity this trajectory reached"
+            )
+        best = 0
+        for rec in self.steps:
+            if rec.param_sparsity <= sparsity + SPARSITY_EPS:
+                best = rec.step
+        return best
+
+    def step_nearest_sparsity(self, sparsity: float) -> int:
+        """The step whose parameter sparsity is nearest ``sparsity`` (how papers pick their 20/30/40/50%)."""
+        self.step_at_sparsity(min(sparsity, self.max_param_sparsity))  # range check
+        return min(self.steps, key=lambda r: (abs(r.param_sparsity - sparsity), r.step)).step
+
+    def kept(self, step: int) -> dict:
+        """Kept query heads, KV heads and channels per layer, and the parameter figures at ``step``."""
+        keep = self.keep_mask(step)
+        rec = self.steps[step]
+        return {
+            "step": step,
+            "structural_ratio": rec.structural_ratio,
+            "param_sparsity": rec.param_sparsity,
+            "kept_params": rec.kept_params,
+            "layers": [lk.to_dict() for lk in self.space.layer_keep(keep)],
+        }
+
+    def structure_table(self) -> dict[str, np.ndarray]:
+        """Columns naming every structure: layer, kind, index, removal_step, score."""
+        s = self.space
+        return {"layer": s.layer, "kind": s.kind, "index": s.index, "removal_step": self.removal_step, "score": self.score}
+
+    def name(self, structure_id: int) -> tuple[int, str, int]:
+        return self.space.name(structure_id)
+
+    def summary(self) -> dict:
+        return {
+            "path": str(self.path) if self.path else None,
+            "key": self.key,
+            "model": self.meta.get("model", {}).get("id"),
+            "objective": self.meta.get("objective", {}).get("objective"),
+            "gqa": self.gqa,
+            "steps": [asdict(r) for r in self.steps],
+            "max_param_sparsity": self.max_param_sparsity,
+            "wall_time_s": self.meta.get("wall_time_s"),
+        }
+
+    # ---- disk ------------------------------------------------------------------------------
+    def save(self, folder: Path) -> Path:
+        """Write atomically into ``folder`` (replacing what is there); return the folder."""
+        from safetensors.numpy import save as st_save
+
+        arrays = {
+            "layer": self.space.layer.astype(np.int32),
+            "kind": self.space.kind.astype(np.int8),
+            "index": self.space.index.astype(np.int32),
+            "removal_step": self.removal_step.astype(np.int32),
+            "score": self.score.astype(np.float32),
+        }
+        if self.scores is not None:
+            arrays["scores"] = self.scores.astype(np.float32)
+        blob = st_save(arrays)
+        meta = dict(self.meta)
+        meta.update(
+            format=FORMAT,
+            version=VERSION,
+            geometry=self.geometry.to_dict(),
+            gqa=self.gqa,
+            structures={
+                "count": int(self.space.size),
+                "head_units_per_layer": int(self.space.head_units),
+                "channels_per_layer": int(self.geometry.intermediate_size),
+                "order": "layer-major; within a layer the head units, then the channels",
+                "file": ARRAYS_FILE,
+                "sha256": hashlib.sha256(blob).hexdigest(),
+            },
+            steps=[asdict(r) for r in self.steps],
+        )
+        folder = Path(folder)
+        with staging_dir(folder) as tmp:
+            (tmp / ARRAYS_FILE).write_bytes(blob)
+            atomic_write_json(tmp / META_FILE, meta)
+        self.meta, self.path = meta, folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path | str) -> "Trajectory":
+        """Read and validate a trajectory folder; anything wrong is a GispError naming the file."""
+        from safetensors.numpy import load as st_load
+
+        folder = Path(folder)
+        if folder.is_file() and folder.name == META_FILE:
+            folder = folder.parent
+        meta_path, arrays_path = folder / META_FILE, folder / ARRAYS_FILE
+        if not meta_path.is_file():
+            raise GispError(f"{folder} is not a trajectory (no {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GispError(f"corrupt trajectory {meta_path}: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise GispError(f"{meta_path} is not a GISP trajectory (format is not {FORMAT!r})")
+        if meta.get("version") != VERSION:
+            raise GispError(f"{meta_path}: trajectory format version {meta.get('version')!r}, this engine reads {VERSION}")
+        try:
+            blob = arrays_path.read_bytes()
+        except OSError:
+            raise GispError(f"corrupt trajectory {folder}: {ARRAYS_FILE} is missing") from None
+        try:
+            declared = meta["structures"]["sha256"]
+            if hashlib.sha256(blob).hexdigest() != declared:
+                raise GispError(f"corrupt trajectory {arrays_path}: its SHA-256 does not match {META_FILE}")
+            arrays = st_load(blob)
+            geometry = Geometry(**meta["geometry"])
+            gqa = meta["gqa"]
+            steps = [StepRecord(**r) for r in meta["steps"]]
+            traj = cls(
+                meta=meta,
+                geometry=geometry,
+                gqa=gqa,
+                removal_step=arrays["removal_step"].astype(np.int32),
+                score=arrays["score"].astype(np.float32),
+                steps=steps,
+                scores=arrays.get("scores"),
+                path=folder,
+            )
+        except GispError:
+            raise
+        except Exception as exc:  # any structural problem in the files
+            raise GispError(f"corrupt trajectory {folder}: {type(exc).__name__}: {exc}") from None
+        traj._validate(arrays)
+        return traj
+
+    def _validate(self, arrays: dict) -> None:
+        s, n = self.space, self.space.size
+        where = f"corrupt trajectory {self.path}"
+        for name, ref in (("layer", s.layer), ("kind", s.kind), ("index", s.index)):
+            if name not in arrays or arrays[name].shape != (n,) or not np.array_equal(arrays[name], ref):
+                raise GispError(f"{where}: column {name!r} does not match the model geometry")
+        if self.removal_step.shape != (n,) or self.score.shape != (n,):
+            raise GispError(f"{where}: removal_step/score must have {n} entries")
+        if not self.steps or [r.step for r in self.steps] != list(range(len(self.steps))):
+            raise GispError(f"{where}: steps must be numbered 0..T")
+        t = self.num_steps
+        if ((self.removal_step < -1) | (self.removal_step == 0) | (self.removal_step > t)).any():
+            raise GispError(f"{where}: removal steps must be -1 or 1..{t}")
+        if self.scores is not None and self.scores.shape != (t, n):
+            raise GispError(f"{where}: scores must be ({t}, {n})")
+        for rec in self.steps:
+            keep = self.keep_mask(rec.step)
+            if abs(s.param_sparsity(keep) - rec.param_sparsity) > 1e-6:
+                raise GispError(f"{where}: step {rec.step} parameter sparsity does not match its structures")
+
+
+def kind_name(code: int) -> str:
+    return KINDS[int(code)]
