@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp = csub.add_parser("list", help="complete trajectories in the cache")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_list)
+
+    # extra commands: each module adds its own subparser (one line per module below)
     return parser
 
 
