@@ -87,6 +87,8 @@ def cmd_prune(args) -> None:
         model=args.model,
         objective=args.objective,
         calib=args.calib,
+        tasks=args.tasks,
+        calib_tokens=args.calib_tokens,
         num_samples=args.num_samples,
         seq_len=args.seq_len,
         steps=args.steps,
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a folder, or a hub id")
     p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVES))
     p.add_argument("--calib", default=d.calib, help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
+    p.add_argument("--tasks", default=d.tasks, help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa or cmqa (all)")
+    p.add_argument("--calib-tokens", type=int, default=None, help="token budget of task objectives (default num-samples x seq-len)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     p.add_argument("--steps", type=int, default=d.steps, help="pruning steps (1 = one-shot)")

@@ -16,7 +16,9 @@ SCHEDULES = ("linear", "cosine")
 class PruneConfig:
     model: str = settings.DEFAULT_MODEL
     objective: str = "perplexity"
-    calib: str = "lambada"
+    calib: str = "lambada"  # text source of the perplexity objective
+    tasks: str = "cmqa"  # task list of the margin objective (comma-separated, or cmqa for all seven)
+    calib_tokens: int | None = None  # token budget of task objectives; None: num_samples * seq_len
     num_samples: int = 16
     seq_len: int = 128
     steps: int = 10
@@ -48,6 +50,8 @@ class PruneConfig:
             whole("protect_first", 0)
         if self.batch_size is not None:
             whole("batch_size", 1)
+        if self.calib_tokens is not None:
+            whole("calib_tokens", 1)
         if not isinstance(self.seed, int):
             raise GispError(f"--seed must be a whole number, got {self.seed!r}")
         r = self.max_sparsity
@@ -69,6 +73,9 @@ class PruneConfig:
             return self.batch_size
         tokens = 16384 if getattr(device, "type", str(device)) == "cuda" else 4096
         return max(1, tokens // self.seq_len)
+
+    def resolved_calib_tokens(self) -> int:
+        return self.calib_tokens if self.calib_tokens is not None else self.num_samples * self.seq_len
 
     def to_dict(self) -> dict:
         return asdict(self)
