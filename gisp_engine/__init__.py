@@ -13,6 +13,7 @@ The library behind the ``gisp`` CLI and the Streamlit explorer (it never imports
 from .config import PruneConfig
 from .errors import GispError
 from .evaluate import wikitext2_perplexity
+from .export import ExportResult, PrunedModel, export_subnetwork, load_pruned
 from .models import LoadedModel, load_model, prepare_embedded_model
 from .pruner import PruneOutcome, plan, prune
 from .structures import StructureSpace
@@ -22,8 +23,10 @@ from .trajectory import StepRecord, Trajectory
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExportResult",
     "GispError",
     "LoadedModel",
+    "PrunedModel",
     "PruneConfig",
     "PruneOutcome",
     "StepRecord",
@@ -31,7 +34,9 @@ __all__ = [
     "Trajectory",
     "apply_step",
     "check_compatible",
+    "export_subnetwork",
     "load_model",
+    "load_pruned",
     "plan",
     "prepare_embedded_model",
     "prune",

@@ -139,9 +139,10 @@ def cmd_info(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import wikitext2_perplexity
+    from .evaluate import evaluate_task, result_text
     from .models import load_model
     from .subnetwork import apply_step, resolve_step
+    from .tasks import calibration_exclusions
 
     if (args.sparsity is not None or args.step is not None) and not args.trajectory:
         raise GispError("--sparsity/--step need --trajectory")
@@ -149,6 +150,8 @@ def cmd_eval(args) -> None:
     step = resolve_step(traj, args.sparsity, args.step) if traj else None
     loaded = load_model(args.model, args.device, args.dtype, args.device_map)
     payload = {"model": args.model, "task": args.task}
+    # a trajectory's own calibration items are never evaluated on, whatever the step
+    exclusions = calibration_exclusions(traj.meta.get("objective")) if traj is not None else {}
     if traj is not None:
         apply_step(loaded, traj, step)
         rec = traj.steps[step]
@@ -158,16 +161,14 @@ def cmd_eval(args) -> None:
         payload.update(step=None, param_sparsity=0.0, structural_ratio=0.0)
     bar = TqdmProgress(enabled=not args.quiet)
     try:
-        result = wikitext2_perplexity(loaded.model, loaded.tokenizer, args.seq_len, args.limit, args.batch_size, bar)
+        result = evaluate_task(loaded.model, loaded.tokenizer, args.task, limit=args.limit, seq_len=args.seq_len,
+                               batch_size=args.batch_size, few_shot=args.few_shot,
+                               max_new_tokens=args.max_new_tokens, exclusions=exclusions,
+                               include_pool=args.all_items, progress=bar)
     finally:
         bar.close()
     payload.update(result.to_dict())
-    _emit(
-        args,
-        payload,
-        f"{args.task} perplexity {result.perplexity:.3f} ({result.windows} non-overlapping windows of "
-        f"{result.seq_len} tokens) at parameter sparsity {payload['param_sparsity']:.4f}",
-    )
+    _emit(args, payload, f"{result_text(result)}\nat parameter sparsity {payload['param_sparsity']:.4f}")
 
 
 def cmd_model_prepare(args) -> None:
@@ -236,15 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+    from .evaluate import TASKS as EVAL_TASKS
+
     p = sub.add_parser("eval", help="evaluate the dense model or a point of a trajectory")
     p.add_argument("--model", default=settings.DEFAULT_MODEL)
     p.add_argument("--trajectory", default=None)
     p.add_argument("--sparsity", type=float, default=None, help="parameter sparsity (the last step at or below it)")
     p.add_argument("--step", type=int, default=None, help="a step of the trajectory instead of a sparsity")
-    p.add_argument("--task", default="wikitext2", choices=["wikitext2"])
-    p.add_argument("--seq-len", type=int, default=128, help="window length (128: GISP/LLM-Pruner; 2048: Wanda/SliceGPT)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N windows")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--task", default="wikitext2", choices=EVAL_TASKS,
+                   help="wikitext2 (perplexity), a decision task or cmqa (all seven: zero-shot accuracy), gsm8k (exact match)")
+    p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length (128: GISP/LLM-Pruner; 2048: Wanda/SliceGPT)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or held-out items per task")
+    p.add_argument("--few-shot", type=int, default=5, help="gsm8k: solved train problems before each question")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length limit")
+    p.add_argument("--all-items", action="store_true",
+                   help="also evaluate the reserved calibration pools (a trajectory's own calibration items stay out)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows, options or problems per forward pass")
     _device_args(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -263,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_cache_list)
 
     # extra commands: each module adds its own subparser (one line per module below)
+    __import__("gisp_engine.export", fromlist=["register_cli"]).register_cli(sub)
     return parser
 
 

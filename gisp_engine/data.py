@@ -112,6 +112,11 @@ def resolve_text_source(spec: str) -> TextSource:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSON-lines file; a malformed line is an error naming the file and line."""
+    return [record for _, record in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every record of a JSON-lines file, so later checks can name the line."""
     if not path.is_file():
         raise GispError(f"data file {path} not found")
     records = []
@@ -125,7 +130,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 raise GispError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise GispError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+            records.append((lineno, record))
     if not records:
         raise GispError(f"{path} holds no records")
     return records

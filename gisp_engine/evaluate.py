@@ -1,5 +1,9 @@
-"""Evaluation: WikiText-2 perplexity over non-overlapping windows.
+"""Evaluation: one entry point (``evaluate_task``) for every metric, and WikiText-2 perplexity.
 
+Multiple-choice accuracy lives in ``zeroshot``, GSM8K exact match in ``gsm8k``; this module
+dispatches on the task name, so the CLI, the app and the benchmarks evaluate the same way.
+
+WikiText-2 perplexity is computed over non-overlapping windows.
 The windows are ``seq_len`` tokens long and do not overlap; the loss of a window is the
 mean NLL of its ``seq_len - 1`` next-token predictions, and the perplexity is the
 exponential of the mean over windows. 128-token windows are the convention of the GISP
@@ -14,12 +18,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from collections.abc import Iterable, Mapping
+
 from .data import wikitext2_test_text
 from .errors import GispError
 from .objectives import sequence_nll
 from .progress import ProgressCallback, ProgressEvent, null_progress
+from .tasks import CHOICE_TASKS, SUITES
 
-TASKS = ("wikitext2",)
+TASKS = ("wikitext2", *CHOICE_TASKS, *SUITES, "gsm8k")
 _TOKENS: dict = {}
 
 
@@ -78,3 +85,53 @@ def wikitext2_perplexity(
         progress(ProgressEvent("eval", min(start + batch_size, windows), windows, message="wikitext2"))
     mean_nll = total / windows
     return PerplexityResult("wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity)
+
+
+def evaluate_task(
+    model: torch.nn.Module,
+    tokenizer,
+    task: str,
+    *,
+    limit: int | None = None,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    few_shot: int = 5,
+    max_new_tokens: int = 256,
+    exclusions: Mapping[str, Iterable[int]] | None = None,
+    include_pool: bool = False,
+    progress: ProgressCallback = null_progress,
+):
+    """Evaluate ``task`` (one of ``TASKS``); the result has ``to_dict()``, and ``result_text`` renders it.
+
+    ``limit``: WikiText-2 windows, or items per task. ``exclusions``: item indices per task source
+    that a trajectory calibrated on (``tasks.calibration_exclusions``), skipped on top of the
+    reserved calibration pools (which ``include_pool`` keeps in).
+    """
+    from .gsm8k import TEST_SOURCE, evaluate_gsm8k
+    from .zeroshot import evaluate_choice_tasks
+
+    exclusions = exclusions or {}
+    if task == "wikitext2":
+        return wikitext2_perplexity(model, tokenizer, seq_len, limit, batch_size, progress)
+    if task in CHOICE_TASKS or task in SUITES:
+        return evaluate_choice_tasks(model, tokenizer, task, limit, exclusions, include_pool, batch_size, progress)
+    if task == "gsm8k":
+        return evaluate_gsm8k(model, tokenizer, limit, few_shot, max_new_tokens, batch_size,
+                              exclusions.get(TEST_SOURCE, ()), progress)
+    raise GispError(f"unknown evaluation task {task!r}: choose one of {', '.join(TASKS)}")
+
+
+def result_text(result) -> str:
+    """A few readable lines for any result of ``evaluate_task``."""
+    from .gsm8k import GSM8KResult
+    from .zeroshot import ChoiceSuiteResult
+
+    if isinstance(result, PerplexityResult):
+        return (f"{result.task} perplexity {result.perplexity:.3f} ({result.windows} non-overlapping windows "
+                f"of {result.seq_len} tokens)")
+    if isinstance(result, ChoiceSuiteResult):
+        return result.table()
+    if isinstance(result, GSM8KResult):
+        return (f"gsm8k exact match {result.exact_match:.4f} ({result.items} test problems, {result.few_shot}-shot, "
+                f"greedy, at most {result.max_new_tokens} new tokens)")
+    raise TypeError(f"not an evaluation result: {type(result).__name__}")

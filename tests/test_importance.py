@@ -24,23 +24,18 @@ def reference_scores(loaded, space: StructureSpace, objective, scored_layers) ->
     g, dh = space.geometry, space.geometry.head_dim
     out = np.full(space.size, np.nan)
 
-    def s(t: torch.Tensor) -> float:
-        return float((t.detach().double() * t.grad.double()).abs().sum()) if t.grad is not None else 0.0
-
     def rows(lin, heads):
         total = 0.0
         for h in heads:
             sl = slice(h * dh, (h + 1) * dh)
-            total += float((lin.weight[sl].double() * lin.weight.grad[sl].double()).abs().sum())
+            total += float((lin.weight.detach()[sl].double() * lin.weight.grad[sl].double()).abs().sum())
             if lin.bias is not None:
-                total += float((lin.bias[sl].double() * lin.bias.grad[sl].double()).abs().sum())
+                total += float((lin.bias.detach()[sl].double() * lin.bias.grad[sl].double()).abs().sum())
         return total
 
     def cols(lin, heads):
-        return sum(
-            float((lin.weight[:, h * dh:(h + 1) * dh].double() * lin.weight.grad[:, h * dh:(h + 1) * dh].double()).abs().sum())
-            for h in heads
-        )
+        w, grad = lin.weight.detach(), lin.weight.grad
+        return sum(float((w[:, h * dh:(h + 1) * dh].double() * grad[:, h * dh:(h + 1) * dh].double()).abs().sum()) for h in heads)
 
     for i in scored_layers:
         layer = loaded.adapter.layers(model)[i]
@@ -52,8 +47,8 @@ def reference_scores(loaded, space: StructureSpace, objective, scored_layers) ->
                 q_heads, kv_heads = list(range(u * g.group_size, (u + 1) * g.group_size)), [u]
             out[space.id(i, "head", u)] = rows(a.q, q_heads) + cols(a.o, q_heads) + rows(a.k, kv_heads) + rows(a.v, kv_heads)
         for c in range(g.intermediate_size):
-            w = [(m.gate.weight[c], m.gate.weight.grad[c]), (m.up.weight[c], m.up.weight.grad[c]),
-                 (m.down.weight[:, c], m.down.weight.grad[:, c])]
+            gate, up, down = m.gate.weight.detach(), m.up.weight.detach(), m.down.weight.detach()
+            w = [(gate[c], m.gate.weight.grad[c]), (up[c], m.up.weight.grad[c]), (down[:, c], m.down.weight.grad[:, c])]
             out[space.id(i, "channel", c)] = sum(float((x.double() * y.double()).abs().sum()) for x, y in w)
     return out
 

@@ -9,6 +9,8 @@ from ..data import build_calibration, resolve_text_source
 from ..errors import GispError
 from .base import Objective, input_device, sequence_nll
 from .perplexity import PerplexityObjective
+from .margin import MarginObjective, build_margin, margin_identity
+from .gsm8k import GSM8KObjective, build_gsm8k, gsm8k_identity
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ def _perplexity_build(loaded, config) -> Objective:
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "perplexity": ObjectiveSpec("perplexity", _perplexity_identity, _perplexity_build),
+    "margin": ObjectiveSpec("margin", margin_identity, build_margin),
+    "gsm8k": ObjectiveSpec("gsm8k", gsm8k_identity, build_gsm8k),
 }
 
 
@@ -47,4 +51,4 @@ def objective_spec(name: str) -> ObjectiveSpec:
     return spec
 
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveSpec", "PerplexityObjective", "input_device", "objective_spec", "sequence_nll"]
+__all__ = ["GSM8KObjective", "MarginObjective", "OBJECTIVES", "Objective", "ObjectiveSpec", "PerplexityObjective", "input_device", "objective_spec", "sequence_nll"]

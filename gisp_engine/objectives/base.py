@@ -11,6 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+#: Logit elements computed at once by ``sequence_nll`` (rows = this // vocabulary size).
+LOGIT_CHUNK_ELEMENTS = 1 << 25
 
 
 class Objective(ABC):
@@ -38,12 +42,32 @@ def input_device(model: torch.nn.Module) -> torch.device:
 
 
 def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token NLL of each sequence (over the positions ``loss_mask`` selects)."""
+    """Mean next-token NLL of each sequence (over the positions ``loss_mask`` selects).
+
+    The LM head and the cross-entropy run over chunks of positions, and with gradients on
+    each chunk's logits are recomputed in the backward pass instead of being kept: the
+    full (batch x length x vocabulary) logits never exist at once.
+    """
     device = input_device(model)
     input_ids = input_ids.to(device)
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    batch, length = hidden.shape[:2]
+    hidden = hidden.reshape(batch * length, -1)
+    targets = input_ids[:, 1:].reshape(-1)
+    head = model.get_output_embeddings()
+    rows = max(64, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+
+    def chunk_nll(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(head(h).float(), t, reduction="none")
+
+    pieces = []
+    for start in range(0, hidden.shape[0], rows):
+        h, t = hidden[start : start + rows], targets[start : start + rows]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(chunk_nll, h, t, use_reentrant=False))
+        else:
+            pieces.append(chunk_nll(h, t))
+    nll = torch.cat(pieces).view(batch, length)
     if loss_mask is None:
         return nll.mean(dim=1)
     mask = loss_mask[:, 1:].to(device=device, dtype=nll.dtype)

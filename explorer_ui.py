@@ -1,0 +1,177 @@
+"""What the explorer's pages share: error display, the trajectory and step pickers, cached loaders.
+
+The pages are thin: they read trajectories from the cache and ask the engine for everything
+else. Derived tables go through ``st.cache_data`` (keyed by the trajectory's folder and the
+time its files were written), models through ``st.cache_resource``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import streamlit as st
+
+from gisp_engine import checks, explore
+from gisp_engine.errors import GispError
+from gisp_engine.trajectory import META_FILE
+
+SELECTED = "selected_trajectory"  # path of the trajectory chosen on any page
+CHOSEN_STEPS = "chosen_steps"  # {trajectory path: step} chosen on any page
+
+
+def page_setup(title: str) -> None:
+    st.set_page_config(page_title=f"{title} · GISP Explorer", layout="wide")
+
+
+@contextlib.contextmanager
+def guard(what: str = "") -> Iterator[None]:
+    """Show a user-facing error in the page instead of a traceback; stop the rest of the page."""
+    try:
+        yield
+    except GispError as exc:
+        st.error(f"{what}{exc}" if what else str(exc))
+        st.stop()
+    except (MemoryError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError, ImportError) as exc:
+        traceback.print_exc(file=sys.stderr)  # the server log keeps the details
+        st.error(f"{what}unexpected {type(exc).__name__}: {exc}")
+        st.stop()
+
+
+# ---- trajectories ---------------------------------------------------------------------------
+def stamp(path: str) -> int:
+    """Changes whenever the trajectory folder is rewritten: part of every cache key below."""
+    try:
+        return (Path(path) / META_FILE).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def trajectory_rows() -> list[dict]:
+    return explore.available_trajectories()
+
+
+def pick_trajectory(label: str = "Trajectory", slot: str = SELECTED, key: str = "pick_trajectory",
+                    container=None, avoid: str | None = None) -> dict | None:
+    """A select box over the cache and the examples; the choice is remembered across pages.
+
+    ``avoid``: a path not to offer first (the other side of a comparison).
+    """
+    box = container or st.sidebar
+    rows = trajectory_rows()
+    if not rows:
+        box.info("No trajectories yet: start one on the Run page, or restore `cache/examples/` from the repository.")
+        return None
+    paths = [r["path"] for r in rows]
+    by_path = {r["path"]: r for r in rows}
+    remembered = st.session_state.get(slot)
+    if key in st.session_state and st.session_state[key] not in by_path:
+        del st.session_state[key]  # the trajectory it named is gone
+    if remembered in by_path:
+        index = paths.index(remembered)
+    else:
+        index = next((i for i, p in enumerate(paths) if p != avoid), 0)
+    choice = box.selectbox(label, paths, index=index, key=key, format_func=lambda p: explore.describe(by_path[p]))
+    st.session_state[slot] = choice
+    return by_path[choice]
+
+
+def remember_trajectory(path: str | None) -> None:
+    """Make ``path`` the trajectory the pages show next."""
+    if path:
+        st.session_state[SELECTED] = str(path)
+        st.session_state.pop("pick_trajectory", None)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def trajectory(path: str, stamp_key: int):
+    """The trajectory object (read-only; shared by the pages)."""
+    return explore.load_trajectory(path)
+
+
+def load_trajectory(path: str):
+    return trajectory(path, stamp(path))
+
+
+@st.cache_data(max_entries=8, show_spinner="Preparing the trajectory…")
+def trajectory_view(path: str, stamp_key: int) -> explore.TrajectoryView:
+    return explore.TrajectoryView.from_trajectory(load_trajectory(path))
+
+
+def view_for(path: str) -> explore.TrajectoryView:
+    return trajectory_view(path, stamp(path))
+
+
+def chosen_step(path: str, view: explore.TrajectoryView) -> int:
+    """The step last chosen for this trajectory on any page, else the one nearest 40% parameter sparsity."""
+    steps = st.session_state.get(CHOSEN_STEPS, {})
+    if path in steps and 0 <= steps[path] <= view.num_steps:
+        return int(steps[path])
+    return int(abs(view.param_sparsity - 0.4).argmin())
+
+
+def remember_step(path: str, step: int) -> None:
+    st.session_state.setdefault(CHOSEN_STEPS, {})[path] = int(step)
+
+
+def step_slider(path: str, view: explore.TrajectoryView, key_prefix: str, container=None,
+                label: str = "Parameter sparsity") -> int:
+    """A slider over the trajectory's steps, labelled by parameter sparsity; returns the step."""
+    box = container or st
+    key = f"{key_prefix}_{Path(path).name}"
+    if key not in st.session_state:
+        st.session_state[key] = chosen_step(path, view)
+    step = box.select_slider(label, options=list(range(view.num_steps + 1)), format_func=view.step_label, key=key,
+                             help="Snaps to the trajectory's steps: every step is one of the nested subnetworks.")
+    remember_step(path, step)
+    return int(step)
+
+
+# ---- evaluations ----------------------------------------------------------------------------
+def _evals_stamp(path: str) -> int:
+    try:
+        return checks.evals_path(load_trajectory(path)).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _evaluations(path: str, stamp_key: int, evals_stamp: int) -> list[dict]:
+    return checks.load_evaluations(load_trajectory(path))
+
+
+def evaluations(path: str) -> list[dict]:
+    """Remembered evaluations of the trajectory (re-read when the file changes)."""
+    return _evaluations(path, stamp(path), _evals_stamp(path))
+
+
+# ---- models ---------------------------------------------------------------------------------
+@st.cache_resource(max_entries=1, show_spinner="Loading the dense model…")
+def dense_model(model: str, device: str, dtype: str):
+    from gisp_engine.models import load_model
+
+    return load_model(model, device, dtype)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Building the pruned model…")
+def model_at_step(path: str, stamp_key: int, step: int, device: str, dtype: str):
+    traj = load_trajectory(path)
+    return checks.model_at_step(dense_model(model_id(traj), device, dtype), traj, step)
+
+
+def dense_copy(model: str, device: str, dtype: str):
+    """A private copy of the cached dense model, for engine calls that change the model they get."""
+    import copy
+    import dataclasses
+
+    dense = dense_model(model, device, dtype)
+    return dataclasses.replace(dense, model=copy.deepcopy(dense.model))
+
+
+def model_id(traj) -> str:
+    """The model a trajectory was built for, as its run named it."""
+    settings = traj.meta.get("settings", {})
+    return settings.get("model") or traj.meta.get("model", {}).get("id", "")

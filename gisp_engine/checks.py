@@ -1,0 +1,212 @@
+"""Quick checks of a point of a trajectory: evaluations remembered in the cache, and generation.
+
+An evaluation of the model at step ``t`` of a trajectory is stored in
+``cache/evals/<trajectory key>.json`` (written atomically under a lock), so that it is computed
+once and shows on the trajectory's curve in the explorer. The evaluators themselves live in
+:mod:`gisp_engine.evaluate` (and the task modules); this module only names them, remembers
+their results and builds the model at a step.
+
+Adding an evaluator: register a :class:`Check` in ``CHECKS`` (or let :func:`available_checks`
+discover it); the Evaluate page offers every registered check.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import settings
+from .errors import GispError
+from .fsutil import atomic_write_json, file_lock
+from .models import LoadedModel
+from .progress import ProgressCallback, null_progress
+from .subnetwork import apply_step, check_compatible
+from .trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class Check:
+    """A quick evaluation the explorer can run at a point of a trajectory."""
+
+    task: str
+    metric: str  # "perplexity" (lower is better) or "accuracy"
+    title: str
+    run: Callable[..., dict]  # (loaded, trajectory, limit, progress, **options) -> {"value": float, ...details}
+    options: tuple[str, ...] = ()  # option names the check takes besides the limit (e.g. seq_len)
+
+
+def _wikitext2(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
+               seq_len: int = 128, batch_size: int = 8) -> dict:
+    from .evaluate import wikitext2_perplexity
+
+    result = wikitext2_perplexity(loaded.model, loaded.tokenizer, seq_len, limit, batch_size, progress)
+    return {"value": result.perplexity, **result.to_dict()}
+
+
+CHECKS: dict[str, Check] = {
+    "wikitext2": Check("wikitext2", "perplexity", "WikiText-2 perplexity", _wikitext2, ("seq_len", "batch_size")),
+}
+
+_HEADLINES = ("perplexity", "average_acc", "exact_match", "acc")  # the one number of each result type
+
+
+def _task_check(task: str) -> Check:
+    """An accuracy task of ``evaluate.evaluate_task``, skipping what the trajectory calibrated on."""
+
+    def run(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
+            batch_size: int = 8) -> dict:
+        from .evaluate import evaluate_task
+        from .tasks import calibration_exclusions
+
+        exclusions = calibration_exclusions(trajectory.meta.get("objective"))
+        result = evaluate_task(loaded.model, loaded.tokenizer, task, limit=limit, batch_size=batch_size,
+                               exclusions=exclusions, progress=progress)
+        value = next(float(getattr(result, name)) for name in _HEADLINES if hasattr(result, name))
+        return {"value": value, **result.to_dict()}
+
+    title = "GSM8K exact match" if task == "gsm8k" else f"{task} accuracy" + (" (average)" if task == "cmqa" else "")
+    return Check(task, "accuracy", title, run, ("batch_size",))
+
+
+def available_checks() -> dict[str, Check]:
+    """WikiText-2 perplexity, and every accuracy task ``gisp_engine.evaluate`` offers."""
+    checks = dict(CHECKS)
+    try:
+        from . import evaluate
+
+        if hasattr(evaluate, "evaluate_task"):
+            for task in getattr(evaluate, "TASKS", ()):
+                checks.setdefault(task, _task_check(task))
+    except ImportError:  # an engine without task evaluation offers perplexity only
+        pass
+    return checks
+
+
+# ---- the model at a step -------------------------------------------------------------------
+def model_at_step(dense: LoadedModel, trajectory: Trajectory, step: int) -> LoadedModel:
+    """A pruned copy of ``dense`` at ``step`` (``dense`` itself at step 0); ``dense`` is left intact."""
+    check_compatible(dense, trajectory)
+    trajectory._check_step(step)
+    if step == 0:
+        return dense
+    pruned = dataclasses.replace(dense, model=copy.deepcopy(dense.model))
+    apply_step(pruned, trajectory, step, physical=True)
+    return pruned
+
+
+def greedy_generate(loaded: LoadedModel, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of ``prompt`` (the text after the prompt)."""
+    import torch
+
+    if not prompt.strip():
+        raise GispError("the prompt is empty: type a few words to continue")
+    if not 1 <= max_new_tokens <= 512:
+        raise GispError(f"max new tokens must be between 1 and 512, got {max_new_tokens}")
+    tok = loaded.tokenizer
+    ids = tok(prompt, return_tensors="pt")["input_ids"].to(loaded.device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=pad)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+# ---- remembered evaluations ----------------------------------------------------------------
+def evals_dir() -> Path:
+    return settings.cache_dir() / "evals"
+
+
+def trajectory_id(trajectory: Trajectory) -> str:
+    """The trajectory's request key, or a hash of its folder when it has none."""
+    if trajectory.key:
+        return trajectory.key
+    return hashlib.sha256(str(Path(trajectory.path or "").resolve()).encode()).hexdigest()[:20]
+
+
+def evals_path(trajectory: Trajectory) -> Path:
+    return evals_dir() / f"{trajectory_id(trajectory)}.json"
+
+
+def load_evaluations(trajectory: Trajectory) -> list[dict]:
+    """Every remembered evaluation of this trajectory (empty when none or unreadable)."""
+    path = evals_path(trajectory)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows = data["results"]
+        return [r for r in rows if isinstance(r, dict) and {"task", "step", "value", "label"} <= r.keys()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _identity(task: str, step: int, limit: int | None, options: dict, dtype: str) -> dict:
+    return {"task": task, "step": int(step), "limit": limit, "options": dict(sorted(options.items())), "dtype": dtype}
+
+
+def find_evaluation(trajectory: Trajectory, task: str, step: int, limit: int | None, options: dict,
+                    dtype: str) -> dict | None:
+    want = _identity(task, step, limit, options, dtype)
+    for row in load_evaluations(trajectory):
+        if row.get("identity") == want:
+            return row
+    return None
+
+
+def _label(check: Check, limit: int | None, options: dict) -> str:
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(options.items()) if k != "batch_size"]
+    parts.append(f"first {limit}" if limit else "all")
+    return f"{check.title} ({', '.join(parts)})"
+
+
+def evaluate_step(
+    loaded_at_step: LoadedModel,
+    trajectory: Trajectory,
+    step: int,
+    task: str = "wikitext2",
+    limit: int | None = 32,
+    options: dict | None = None,
+    progress: ProgressCallback = null_progress,
+    refresh: bool = False,
+) -> dict:
+    """Evaluate the model at ``step`` (already built) on ``task``, or return the remembered result."""
+    checks = available_checks()
+    if task not in checks:
+        raise GispError(f"unknown check {task!r}: choose one of {', '.join(checks)}")
+    check = checks[task]
+    trajectory._check_step(step)
+    options = {k: v for k, v in (options or {}).items() if k in check.options}
+    if limit is not None and limit < 1:
+        raise GispError(f"the limit must be at least 1 example (or none for all), got {limit}")
+    dtype = str(loaded_at_step.dtype).removeprefix("torch.")
+    identity = _identity(task, step, limit, options, dtype)
+    if not refresh:
+        hit = find_evaluation(trajectory, task, step, limit, options, dtype)
+        if hit is not None:
+            return dict(hit, cached=True)
+    details = check.run(loaded_at_step, trajectory, limit, progress, **options)
+    row = {
+        "identity": identity,
+        "task": task,
+        "metric": check.metric,
+        "label": _label(check, limit, options),
+        "value": float(details["value"]),
+        "step": int(step),
+        "param_sparsity": trajectory.steps[step].param_sparsity,
+        "structural_ratio": trajectory.steps[step].structural_ratio,
+        "model": trajectory.meta.get("model", {}).get("id"),
+        "device": str(loaded_at_step.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "details": {k: v for k, v in details.items() if k != "value"},
+    }
+    path = evals_path(trajectory)
+    with file_lock(path.with_suffix(".lock")):
+        rows = [r for r in load_evaluations(trajectory) if r.get("identity") != identity]
+        rows.append(row)
+        atomic_write_json(path, {"trajectory": trajectory_id(trajectory), "path": str(trajectory.path),
+                                 "results": rows})
+    return dict(row, cached=False)

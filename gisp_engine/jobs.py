@@ -1,0 +1,380 @@
+"""Pruning runs in the background: one detached process per request, its state in a JSON file.
+
+The app must not prune inside its script (a rerun or a closed tab would lose the work), so a
+run is a process of its own::
+
+    python -m gisp_engine.jobs run cache/jobs/<key>
+
+which calls :func:`gisp_engine.pruner.prune` with a progress callback that rewrites
+``cache/jobs/<key>/status.json`` atomically (state, step, total, loss, sparsity, start time
+and an estimate of the time left from the step timings). The folder is named by the request
+key (``plan(config).key``), so reloading the page, a second tab or a second identical request
+finds the same run instead of starting another one, and a request whose trajectory is already
+cached is answered from the cache without a run. Cancelling terminates the run's process
+group. ``python -m gisp_engine.jobs list|cancel KEY`` does the same from a shell.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import cache, settings
+from .config import PruneConfig
+from .errors import GispError
+from .fsutil import atomic_write_json, ensure_writable_dir, file_lock
+from .progress import ProgressEvent
+
+ACTIVE = ("starting", "running")
+FINISHED = ("done", "failed", "cancelled")
+REQUEST_FILE, STATUS_FILE, PID_FILE, LOG_FILE = "request.json", "status.json", "pid", "log.txt"
+START_GRACE_S = 30.0  # a job may take this long to write its first status after being spawned
+WRITE_EVERY_S = 0.5  # progress inside a step is written at most this often
+
+_children: dict[int, subprocess.Popen] = {}  # processes this process started (reaped on look-up)
+
+
+@dataclass
+class JobStatus:
+    key: str
+    state: str  # starting | running | done | failed | cancelled
+    config: dict = field(default_factory=dict)
+    pid: int | None = None
+    phase: str = ""
+    message: str = ""
+    step: int = 0  # pruning steps finished
+    total: int = 0  # pruning steps in all
+    fraction: float = 0.0  # of the whole run, from finished steps and the batches of the current one
+    loss: float | None = None
+    param_sparsity: float | None = None
+    structural_ratio: float | None = None
+    started: str | None = None  # ISO time
+    started_unix: float | None = None
+    updated_unix: float | None = None
+    elapsed_s: float | None = None
+    eta_s: float | None = None  # estimated seconds left (None until a step has been timed)
+    step_times_s: list[float] = field(default_factory=list)  # wall time of each finished step
+    trajectory: str | None = None  # folder of the result when done
+    cache_hit: bool = False
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- where jobs live -----------------------------------------------------------------------
+def jobs_dir() -> Path:
+    return settings.cache_dir() / "jobs"
+
+
+def job_dir(key: str) -> Path:
+    return jobs_dir() / key
+
+
+def _read_status(folder: Path) -> JobStatus | None:
+    try:
+        data = json.loads((folder / STATUS_FILE).read_text(encoding="utf-8"))
+        known = {f for f in JobStatus.__dataclass_fields__}
+        return JobStatus(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_status(folder: Path, status: JobStatus) -> None:
+    status.updated_unix = time.time()
+    atomic_write_json(folder / STATUS_FILE, status.to_dict())
+
+
+def _read_pid(folder: Path) -> int | None:
+    try:
+        return int((folder / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a live (not zombie) process running a job."""
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():  # Linux: rule out zombies and a reused pid
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            return False
+        if state in ("Z", "X"):
+            if child is not None:
+                child.poll()  # ours: reap it now
+                _children.pop(pid, None)
+            return False
+        return b"gisp_engine.jobs" in cmdline
+    return True
+
+
+def status(key: str) -> JobStatus | None:
+    """The job for request ``key`` (None if there never was one); a job whose process died is failed."""
+    folder = job_dir(key)
+    current = _read_status(folder)
+    if current is None or not current.active:
+        return current
+    pid = current.pid = current.pid or _read_pid(folder)
+    if _alive(pid):
+        return current
+    started = current.started_unix or 0.0
+    if current.state == "starting" and pid is None and time.time() - started < START_GRACE_S:
+        return current
+    again = _read_status(folder)  # it may have finished between the two reads
+    if again is not None and not again.active:
+        return again
+    current.state = "failed"
+    current.error = f"the run stopped unexpectedly; its log is {folder / LOG_FILE}"
+    current.eta_s = None
+    _write_status(folder, current)
+    return current
+
+
+def list_jobs(active_only: bool = False) -> list[JobStatus]:
+    """Jobs in the registry, newest first."""
+    root = jobs_dir()
+    if not root.is_dir():
+        return []
+    rows = [status(p.name) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    rows = [r for r in rows if r is not None and (r.active or not active_only)]
+    return sorted(rows, key=lambda r: r.started_unix or 0.0, reverse=True)
+
+
+# ---- starting and cancelling ----------------------------------------------------------------
+def submit(config: PruneConfig) -> JobStatus:
+    """Start a background run for ``config``, or return what already answers it.
+
+    Bad settings raise :class:`GispError` here (``plan`` validates them without loading weights).
+    A cached trajectory is returned as a finished job with ``cache_hit``; a run of the same
+    request that is still going is returned as it is.
+    """
+    from .pruner import plan
+
+    the_plan = plan(config)
+    key = the_plan.key
+    hit = cache.lookup(key)
+    if hit is not None:
+        return JobStatus(key=key, state="done", config=config.to_dict(), trajectory=str(hit.path), cache_hit=True,
+                         step=hit.num_steps, total=hit.num_steps, fraction=1.0, message="answered from the cache")
+    root = ensure_writable_dir(jobs_dir())
+    with file_lock(root / f".{key}.lock"):
+        current = status(key)
+        if current is not None and current.active:
+            return current
+        folder = job_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in (PID_FILE, LOG_FILE):
+            (folder / stale).unlink(missing_ok=True)
+        now = time.time()
+        atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": config.to_dict()})
+        started = JobStatus(key=key, state="starting", config=config.to_dict(), total=config.steps,
+                            message="starting", started=_iso(now), started_unix=now)
+        _write_status(folder, started)
+        env = dict(os.environ)
+        env["GISP_CACHE_DIR"] = str(settings.cache_dir())
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.PROJECT_ROOT), env.get("PYTHONPATH")]))
+        with open(folder / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gisp_engine.jobs", "run", str(folder)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # its own process group: cancel ends it and everything it started
+            )
+        _children[proc.pid] = proc
+        (folder / PID_FILE).write_text(str(proc.pid))
+        started.pid = proc.pid
+        return started
+
+
+def cancel(key: str, wait_s: float = 10.0) -> JobStatus | None:
+    """Terminate the run of request ``key`` (its whole process group) and mark it cancelled."""
+    folder = job_dir(key)
+    current = status(key)
+    if current is None or not current.active:
+        return current
+    pid = _read_pid(folder) or current.pid
+    if pid:
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.time() + wait_s
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            while _alive(pid) and time.time() < deadline + 5:
+                time.sleep(0.1)
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=5)  # reap it, so that no zombie is left in its group
+    after = _read_status(folder) or current
+    if after.active:
+        after.state, after.eta_s, after.message = "cancelled", None, "cancelled"
+        _write_status(folder, after)
+    return after
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the job is its own group leader (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _iso(unix: float) -> str:
+    return _dt.datetime.fromtimestamp(unix, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- inside the job process ----------------------------------------------------------------
+class StatusWriter:
+    """The progress callback of a background run: folds engine events into ``status.json``."""
+
+    def __init__(self, folder: Path, status: JobStatus, clock=time.time):
+        self.folder, self.status, self.clock = folder, status, clock
+        self.step_started: float | None = None  # when the step now being computed began
+        self.last_write = 0.0
+
+    def write(self, force: bool = False) -> None:
+        now = self.clock()
+        s = self.status
+        s.elapsed_s = round(now - (s.started_unix or now), 2)
+        s.eta_s = self.eta(now)
+        if force or now - self.last_write >= WRITE_EVERY_S:
+            _write_status(self.folder, s)
+            self.last_write = now
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left: mean time of the finished steps times the steps left, less the current one's progress."""
+        s = self.status
+        if s.state == "done":
+            return 0.0
+        if s.state != "running" or not s.total:
+            return None
+        within = 0.0
+        if s.total and s.fraction:
+            within = max(0.0, s.fraction * s.total - s.step)
+        if s.step_times_s:
+            per_step = sum(s.step_times_s) / len(s.step_times_s)
+        elif within > 0.05 and self.step_started is not None:
+            per_step = (now - self.step_started) / within  # first step, from its batches
+        else:
+            return None
+        # one more loss evaluation follows the last step; it costs about one forward pass of a step
+        left = (s.total - s.step - within) * per_step
+        return round(max(0.0, left), 1)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        s, now = self.status, self.clock()
+        s.phase = event.phase
+        if event.message:
+            s.message = event.message
+        if event.phase == "step":
+            if event.done > 0 and self.step_started is not None:
+                s.step_times_s.append(round(now - self.step_started, 3))
+            s.step, s.total = event.done, event.total
+            s.fraction = event.done / event.total if event.total else 0.0
+            self.step_started = now
+            info = event.info or {}
+            s.loss = info.get("loss", s.loss)
+            s.param_sparsity = info.get("params", s.param_sparsity)
+            s.structural_ratio = info.get("ratio", s.structural_ratio)
+            s.message = f"step {event.done} of {event.total} done" if event.done else "pruning"
+            self.write(force=True)
+        elif event.phase == "score" and event.total_steps:
+            step = (event.step or 1) - 1
+            s.fraction = (step + (event.done / event.total if event.total else 0.0)) / event.total_steps
+            s.message = f"step {event.step} of {event.total_steps}: batch {event.done} of {event.total}"
+            self.write()
+        else:
+            if event.phase == "final":
+                s.message = "loss of the last subnetwork"
+            self.write(force=True)
+
+
+def run(folder: Path) -> int:
+    """The body of ``python -m gisp_engine.jobs run FOLDER``: prune, reporting into the folder."""
+    from .pruner import prune
+
+    folder = Path(folder)
+    request = json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))
+    current = _read_status(folder) or JobStatus(key=request["key"], state="starting", config=request["config"])
+    now = time.time()
+    current.state, current.pid, current.message = "running", os.getpid(), "loading the model"
+    current.started_unix = current.started_unix or now
+    current.started = current.started or _iso(now)
+    writer = StatusWriter(folder, current)
+    writer.write(force=True)
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        outcome = prune(PruneConfig(**request["config"]), progress=writer)
+    except KeyboardInterrupt:
+        current.state, current.message, current.eta_s = "cancelled", "cancelled", None
+        _write_status(folder, current)
+        return 130
+    except GispError as exc:
+        current.state, current.error, current.eta_s = "failed", str(exc), None
+        _write_status(folder, current)
+        print(f"gisp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a crash is reported in the page, the traceback goes to the log
+        import traceback
+
+        traceback.print_exc()
+        current.state, current.eta_s = "failed", None
+        current.error = f"{type(exc).__name__}: {exc} (traceback in {folder / LOG_FILE})"
+        _write_status(folder, current)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    current.state, current.eta_s, current.fraction = "done", 0.0, 1.0
+    current.trajectory, current.cache_hit = str(outcome.trajectory.path), outcome.cache_hit
+    current.step = current.total
+    current.message = "done"
+    writer.write(force=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "run":
+        return run(Path(args[1]))
+    if args == ["list"]:
+        for job in list_jobs():
+            print(f"{job.key}  {job.state:9}  step {job.step}/{job.total}  {job.message or job.error or ''}")
+        return 0
+    if len(args) == 2 and args[0] == "cancel":
+        job = cancel(args[1])
+        print(f"{args[1]}: {job.state if job else 'no such job'}")
+        return 0
+    print("usage: python -m gisp_engine.jobs run JOB_DIR | list | cancel KEY", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Margin: the objective of decision tasks (multiple choice).
+
+Every answer option of a calibration item is one sequence (prompt + " " + option), and only
+the option's tokens are scored. With ``nll(s)`` the mean NLL of sequence ``s``'s answer
+tokens,
+
+    L⁺ = mean of nll(s) over the correct options,   L⁻ = mean over the incorrect ones,
+    objective = L⁺ − L⁻,
+
+so its gradient is ``ḡ⁺ − ḡ⁻`` and the importance ``|W ⊙ (ḡ⁺ − ḡ⁻)|``. Each micro-batch
+contributes ``Σ nll(s)/N⁺`` over its correct sequences minus ``Σ nll(s)/N⁻`` over its
+incorrect ones, so the micro-batches sum to the objective whatever their mix.
+
+The token budget (``--calib-tokens``) is spread evenly over the chosen tasks; each task takes
+whole items from its reserved calibration pool, in an order seeded by ``--seed``, until its
+share is reached. The items taken are recorded in ``describe()["slices"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GispError
+from ..loglik import ScoredSequence, continuation_logprobs, length_batches, pad_batch, pad_id_of, scored_sequence
+from ..tasks import POOL_FRACTION, POOL_SEED, load_task, parse_tasks, source_identity
+from .base import Objective
+
+LOSS = ("L+ - L-: mean over correct options of each option's mean answer-token NLL, "
+        "minus the same mean over incorrect options")
+POOL_RULE = (f"per task a fixed {POOL_FRACTION:.0%} of the items (shuffle seeded by POOL_SEED and the task name) is "
+             "reserved for calibration; evaluation uses the rest")
+
+
+@dataclass
+class TaskSlice:
+    """What one task contributed to calibration."""
+
+    task: str
+    source: dict
+    pool_size: int
+    items: list[int]
+    correct: int
+    incorrect: int
+    tokens: int
+
+    def describe(self) -> dict:
+        return {"source": self.source, "pool_size": self.pool_size, "items": self.items,
+                "sequences": {"correct": self.correct, "incorrect": self.incorrect}, "tokens": self.tokens}
+
+
+def task_budgets(total: int, tasks: tuple[str, ...]) -> dict[str, int]:
+    """The budget spread evenly; the first tasks take one token more when it does not divide."""
+    share, extra = divmod(total, len(tasks))
+    return {t: share + (1 if i < extra else 0) for i, t in enumerate(tasks)}
+
+
+def margin_identity(config) -> dict:
+    tasks = parse_tasks(config.tasks)
+    return {
+        "objective": "margin",
+        "loss": LOSS,
+        "tasks": list(tasks),
+        "sources": {t: source_identity(t) for t in tasks},
+        "calib_tokens": config.resolved_calib_tokens(),
+        "seed": config.seed,
+        "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED},
+    }
+
+
+def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int, seed: int, max_length: int | None):
+    """Per task, whole items from the pool (seeded order) until the task's share of tokens is reached."""
+    if calib_tokens < len(tasks):
+        raise GispError(f"--calib-tokens {calib_tokens} is fewer than one token per task ({len(tasks)} tasks)")
+    slices: list[TaskSlice] = []
+    sequences: list[tuple[ScoredSequence, bool]] = []
+    for task, budget in task_budgets(calib_tokens, tasks).items():
+        data = load_task(task)
+        order = data.calibration_order(seed)
+        taken = TaskSlice(task, data.identity(), len(order), [], 0, 0, 0)
+        for index in order:
+            if taken.tokens >= budget:
+                break
+            item = data.items[index]
+            for option, (context, continuation) in enumerate(item.requests()):
+                seq = scored_sequence(tokenizer, context, continuation, max_length)
+                sequences.append((seq, option == item.gold))
+                taken.tokens += len(seq)
+                taken.correct += option == item.gold
+                taken.incorrect += option != item.gold
+            taken.items.append(index)
+        if taken.tokens < budget:
+            raise GispError(
+                f"task {task!r}: its calibration pool ({len(order)} items, {taken.tokens} tokens) is smaller than its "
+                f"share of --calib-tokens ({budget} of {calib_tokens}): lower --calib-tokens to at most "
+                f"{taken.tokens * len(tasks)} or drop the task"
+            )
+        slices.append(taken)
+    return slices, sequences
+
+
+class MarginObjective(Objective):
+    name = "margin"
+
+    def __init__(self, slices: list[TaskSlice], sequences: list[tuple[ScoredSequence, bool]], calib_tokens: int,
+                 seed: int, max_sequences: int, max_tokens: int, pad_id: int = 0):
+        self.slices = slices
+        self.calib_tokens = calib_tokens
+        self.seed = seed
+        self.num_correct = sum(1 for _, ok in sequences if ok)
+        self.num_incorrect = len(sequences) - self.num_correct
+        if not self.num_correct or not self.num_incorrect:
+            raise GispError("the margin objective needs both correct and incorrect options in its calibration set")
+        weights = [1.0 / self.num_correct if ok else -1.0 / self.num_incorrect for _, ok in sequences]
+        self._batches = []
+        for group in length_batches([len(s) for s, _ in sequences], max_sequences, max_tokens):
+            batch = pad_batch([sequences[i][0] for i in group], pad_id)
+            batch["weight"] = torch.tensor([weights[i] for i in group], dtype=torch.float32)
+            self._batches.append(batch)
+
+    def batches(self):
+        return self._batches
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        logp, count = continuation_logprobs(model, batch)
+        nll = -logp / count.clamp_min(1).to(logp.dtype)
+        return (nll * batch["weight"].to(nll.device)).sum()
+
+    def describe(self) -> dict:
+        return {
+            "objective": self.name,
+            "loss": LOSS,
+            "tasks": [s.task for s in self.slices],
+            "calib_tokens": self.calib_tokens,
+            "tokens_used": sum(s.tokens for s in self.slices),
+            "seed": self.seed,
+            "sequences": {"correct": self.num_correct, "incorrect": self.num_incorrect},
+            "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED, "rule": POOL_RULE},
+            "slices": {s.task: s.describe() for s in self.slices},
+        }
+
+    def summary(self, value: float) -> dict:
+        return {"margin": value}  # L+ - L-: negative when the correct options are the likelier ones
+
+
+def build_margin(loaded, config) -> MarginObjective:
+    tasks = parse_tasks(config.tasks)
+    slices, sequences = select_calibration(loaded.tokenizer, tasks, config.resolved_calib_tokens(), config.seed,
+                                           loaded.max_length or None)
+    per_batch = config.resolved_batch_size(loaded.device)
+    # options vary in length: cap each micro-batch's padded tokens as the perplexity objective's are capped
+    return MarginObjective(slices, sequences, config.resolved_calib_tokens(), config.seed, per_batch,
+                           per_batch * config.seq_len, pad_id_of(loaded.tokenizer))

@@ -1,0 +1,138 @@
+"""Run: prune a model in a background process, follow it live, cancel it.
+
+The run is a process of its own (``gisp_engine.jobs``), registered under its request key, so
+reloading this page or opening it in a second tab shows the same run, and asking again for
+the same settings returns it (or the cached trajectory) instead of starting another.
+"""
+
+import time
+
+import streamlit as st
+
+import explorer_ui as ui
+from gisp_engine import jobs, settings
+from gisp_engine.config import SCHEDULES, PruneConfig
+from gisp_engine.data import CALIB_ALIASES
+from gisp_engine.objectives import OBJECTIVES
+from gisp_engine.structures import GQA_POLICIES, NORMALIZATIONS
+
+ui.page_setup("Run")
+st.title("Run a pruning trajectory")
+st.caption(
+    "The run happens outside this page, in a background process: you can leave, reload or open a second tab. "
+    "The same settings are never run twice; a finished trajectory is answered from the cache."
+)
+
+d = PruneConfig()
+with st.form("run_settings"):
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        model = st.text_input("Model", d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a model folder, or a hub id")
+        objective = st.selectbox("Objective", sorted(OBJECTIVES), index=sorted(OBJECTIVES).index(d.objective))
+        calib = st.text_input("Calibration data", d.calib,
+                              help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
+        tasks = st.text_input("Tasks (task objectives)", d.tasks, help="comma-separated task names, or cmqa for all seven")
+    with c2:
+        num_samples = st.number_input("Calibration sequences", min_value=1, value=d.num_samples, step=1)
+        seq_len = st.number_input("Tokens per sequence", min_value=2, value=d.seq_len, step=32)
+        steps = st.number_input("Pruning steps (1 = one-shot)", min_value=1, value=d.steps, step=1)
+        max_sparsity = st.number_input("Maximum structural ratio", min_value=0.01, max_value=0.99, value=d.max_sparsity,
+                                       step=0.05, format="%.2f",
+                                       help="fraction of heads and channels removed at the last step")
+    with c3:
+        schedule = st.selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(d.schedule))
+        gqa = st.selectbox("GQA policy", GQA_POLICIES, index=GQA_POLICIES.index(d.gqa),
+                           help="query: query heads (paper); kv-group: a KV head with its query heads")
+        normalization = st.selectbox("Normalization", NORMALIZATIONS, index=NORMALIZATIONS.index(d.normalization))
+        device = st.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
+    with st.expander("More settings"):
+        e1, e2, e3 = st.columns(3)
+        protect_first = e1.number_input("Protected first layers (-1: 10% of layers)", min_value=-1, value=-1, step=1)
+        protect_last = e1.number_input("Protected last layers", min_value=0, value=d.protect_last, step=1)
+        seed = e2.number_input("Seed", value=d.seed, step=1)
+        dtype = e2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"])
+        batch_size = e3.number_input("Sequences per micro-batch (0: by device)", min_value=0, value=0, step=1)
+        save_scores = e3.checkbox("Keep every step's scores", value=d.save_scores)
+    submitted = st.form_submit_button("Start the run", type="primary")
+
+if submitted:
+    config = PruneConfig(
+        model=model.strip(), objective=objective, calib=calib.strip(), tasks=tasks.strip(),
+        num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
+        schedule=schedule, gqa=gqa, normalization=normalization,
+        protect_first=None if protect_first < 0 else int(protect_first), protect_last=int(protect_last),
+        seed=int(seed), batch_size=int(batch_size) or None, save_scores=save_scores, device=device, dtype=dtype,
+    )
+    asked = time.time()
+    with ui.guard("The run was not started: "), st.spinner("Checking the settings…"):
+        job = jobs.submit(config)
+    st.session_state["run_last_key"] = job.key
+    if job.cache_hit:
+        st.success(f"Answered from the cache: this trajectory exists already (`{job.key}`).")
+        ui.remember_trajectory(job.trajectory)
+    elif job.started_unix and job.started_unix < asked - 1:
+        st.info(f"The same run is already going (`{job.key}`): following it below.")
+    else:
+        st.success(f"Started run `{job.key}` in the background.")
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _show(job: jobs.JobStatus) -> None:
+    cfg = job.config
+    with st.container(border=True):
+        st.markdown(
+            f"**`{job.key}`** · {cfg.get('model')} · {cfg.get('objective')} · {cfg.get('steps')} steps to "
+            f"structural ratio {cfg.get('max_sparsity')} · **{job.state}**"
+        )
+        if job.active:
+            st.progress(min(max(job.fraction, 0.0), 1.0), text=job.message or job.state)
+            m1, m2, m3, m4 = st.columns(4)
+            m1.metric("Steps done", f"{job.step} of {job.total}")
+            m2.metric("Calibration loss", "—" if job.loss is None else f"{job.loss:.4f}")
+            m3.metric("Parameter sparsity", "—" if job.param_sparsity is None else f"{job.param_sparsity:.1%}")
+            m4.metric("Time left", _format_eta(job.eta_s), help="from the mean time of the finished steps")
+            if st.button("Cancel", key=f"cancel_{job.key}"):
+                with ui.guard("Could not cancel: "):
+                    jobs.cancel(job.key)
+                st.rerun()
+        elif job.state == "done":
+            st.success(f"Done in {job.elapsed_s or 0:.0f} s: {job.trajectory}")
+            if st.button("Explore it", key=f"explore_{job.key}"):
+                ui.remember_trajectory(job.trajectory)
+                st.switch_page("pages/2_Explore.py")
+        elif job.state == "failed":
+            st.error(f"The run failed: {job.error}")
+        else:
+            st.warning("Cancelled.")
+
+
+def _runs() -> None:
+    rows = jobs.list_jobs()
+    if not rows:
+        st.write("No runs yet.")
+        return
+    active = [j for j in rows if j.active]
+    finished = [j for j in rows if not j.active][:5]
+    for job in active + finished:
+        _show(job)
+    if not active and st.session_state.get("run_polling"):
+        st.session_state["run_polling"] = False
+        st.rerun()  # stop polling: nothing is running any more
+
+
+def _runs_polling() -> None:
+    _runs()
+
+
+st.subheader("Runs")
+st.session_state["run_polling"] = bool(jobs.list_jobs(active_only=True))
+if st.session_state["run_polling"]:
+    st.fragment(run_every=1.0)(_runs_polling)()
+else:
+    st.fragment(_runs)()

@@ -1,0 +1,95 @@
+"""Export: write the chosen subnetwork as a model folder (through the engine) and show how to load it."""
+
+import importlib
+
+import streamlit as st
+
+import explorer_ui as ui
+from gisp_engine import checks, settings
+from gisp_engine.errors import GispError
+from gisp_engine.progress import ProgressEvent
+
+ui.page_setup("Export")
+st.title("Export the chosen subnetwork")
+
+
+def _export_module():
+    """The engine's exporter, when this version of the engine has one."""
+    try:
+        module = importlib.import_module("gisp_engine.export")
+    except ImportError:
+        return None
+    return module if hasattr(module, "export_subnetwork") and hasattr(module, "load_pruned") else None
+
+
+exporter = _export_module()
+if exporter is None:
+    st.info(
+        "Export is not available in this version of the engine (`gisp_engine.export` is missing). "
+        "You can still choose a point here and explore or evaluate it."
+    )
+    st.stop()
+
+row = ui.pick_trajectory()
+if row is None:
+    st.stop()
+path = row["path"]
+with ui.guard("Cannot read this trajectory: "):
+    view = ui.view_for(path)
+    traj = ui.load_trajectory(path)
+model = ui.model_id(traj)
+step = ui.step_slider(path, view, "export_step")
+st.caption(
+    f"Step {step}: parameter sparsity {view.param_sparsity[step]:.1%}, structural ratio "
+    f"{view.structural_ratio[step]:.1%}, {view.kept_params[step] / 1e6:.2f} M of {view.total_params / 1e6:.2f} M "
+    f"decoder linear weights; base model `{model}`."
+)
+
+uniform = st.toggle(
+    "Uniform widths (every layer cut to the same size; loads with stock transformers code, "
+    "but it is not exactly the trajectory's subnetwork)", value=False,
+)
+default_out = settings.cache_dir() / "exports" / f"{checks.trajectory_id(traj)}-step{step}{'-uniform' if uniform else ''}"
+with st.form("export"):
+    out = st.text_input("Output folder", str(default_out), help="replaced if it holds an earlier export")
+    device = st.selectbox("Device", ["auto", "cpu", "cuda"])
+    go = st.form_submit_button("Export", type="primary")
+
+if go:
+    if step == 0:
+        st.warning("Step 0 is the dense model: the export is a copy of it.")
+    bar = st.progress(0.0, text="loading the model")
+
+    def report(event: ProgressEvent) -> None:
+        stage = (event.info or {}).get("stage", event.message)
+        bar.progress(min(event.done / max(event.total, 1), 1.0), text=stage)
+
+    with ui.guard("The export failed: "):
+        if not out.strip():
+            raise GispError("give an output folder")
+        loaded = ui.dense_copy(model, device, "auto")  # the exporter slices the model it is given
+        result = exporter.export_subnetwork(loaded, traj, step, out.strip(), uniform=uniform, progress=report)
+    summary = result.summary()
+    st.session_state["export_last"] = summary
+
+summary = st.session_state.get("export_last")
+if summary:
+    st.success(f"Exported to `{summary['path']}`")
+    c = st.columns(4)
+    c[0].metric("Kind", summary["kind"])
+    c[1].metric("Step", summary["step"])
+    c[2].metric("Parameter sparsity", f"{summary['param_sparsity']:.1%}")
+    c[3].metric("Parameters (all)", f"{summary['param_count'] / 1e6:.2f} M")
+    st.write(f"Loads with {summary['loads_with']}.")
+    remote = "" if summary.get("uniform") else ", trust_remote_code=True"
+    st.code(
+        f'''from gisp_engine.export import load_pruned    # verifies the files against the manifest
+pruned = load_pruned("{summary['path']}")
+model, tokenizer = pruned.model, pruned.tokenizer
+
+# or, without this project installed:
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{summary['path']}"{remote})
+tokenizer = AutoTokenizer.from_pretrained("{summary['path']}")''',
+        language="python",
+    )

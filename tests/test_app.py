@@ -1,0 +1,347 @@
+"""The explorer's pages through Streamlit's own app testing (``AppTest``), on tiny trajectories.
+
+Every page is opened from the home page as a user would; the assertions read the plotly figures
+the page sent (their data, decoded) and the metrics it shows, and compare them with what the
+trajectory says directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gisp_engine import PruneConfig, Trajectory, jobs, prune
+from gisp_engine.checks import load_evaluations
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three small trajectories: iterative and one-shot of one model, and one of another model."""
+    saved = os.environ.get("GISP_CACHE_DIR")
+    os.environ["GISP_CACHE_DIR"] = str(tmp_path_factory.mktemp("app-cache"))
+    base = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
+    llama, other = tiny_models[("llama", True)], tiny_models[("llama", False)]
+    try:
+        return {
+            "iterative": prune(PruneConfig(model=str(llama), steps=4, max_sparsity=0.5, **base)).path,
+            "oneshot": prune(PruneConfig(model=str(llama), steps=1, max_sparsity=0.5, **base)).path,
+            "other": prune(PruneConfig(model=str(other), steps=2, max_sparsity=0.3, **base)).path,
+        }
+    finally:
+        if saved is None:
+            os.environ.pop("GISP_CACHE_DIR", None)
+        else:
+            os.environ["GISP_CACHE_DIR"] = saved
+
+
+@pytest.fixture
+def runs(tiny_runs, isolated_cache) -> dict[str, str]:
+    """The tiny trajectories, copied into this test's own cache (so the app lists them)."""
+    out = {}
+    for name, folder in tiny_runs.items():
+        dest = isolated_cache / "trajectories" / folder.name
+        shutil.copytree(folder, dest)
+        out[name] = str(dest)
+    return out
+
+
+@pytest.fixture
+def no_jobs_left():
+    yield
+    for job in jobs.list_jobs(active_only=True):
+        jobs.cancel(job.key)
+
+
+def open_page(page: str | None, select: str | None = None, timeout: float = 120):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    if select:
+        at.session_state["selected_trajectory"] = select
+    at.run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def decode(value) -> np.ndarray:
+    """A plotly data array as sent to the browser (plain list or base64 typed array)."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return arr.reshape([int(s) for s in str(shape).split(",")]) if shape else arr
+    return np.asarray(value)
+
+
+def chart(at, title_start: str) -> dict:
+    figures = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    for fig in figures:
+        title = fig["layout"].get("title", {}).get("text", "")
+        if title.startswith(title_start):
+            return fig
+    raise AssertionError(f"no figure titled {title_start!r}; have {[f['layout'].get('title') for f in figures]}")
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def no_errors(at) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def wait_for(predicate, timeout: float = 240.0, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+# ---- home -------------------------------------------------------------------------------------
+def test_home_lists_cache_entries_and_examples(runs):
+    at = open_page(None)
+    no_errors(at)
+    table = at.dataframe[0].value
+    names = set(table["name"])
+    assert {Path(p).name for p in runs.values()} <= names
+    assert set(table["source"]) >= {"cache"}
+    examples = ROOT / "cache" / "examples"
+    if examples.is_dir():
+        assert {p.name for p in examples.iterdir() if (p / "trajectory.json").is_file()} <= names
+    assert any("Default model" in h.value for h in at.subheader)
+
+
+# ---- explore ----------------------------------------------------------------------------------
+def test_explore_slider_changes_heatmaps_and_counts(runs):
+    traj = Trajectory.load(runs["iterative"])
+    at = open_page("pages/2_Explore.py", select=runs["iterative"])
+    no_errors(at)
+    heads_grid, channel_grid = traj.space.as_grid(traj.removal_step)
+    seen = {}
+    for step in (1, 4):
+        at.select_slider[0].set_value(step).run()
+        no_errors(at)
+        heads = decode(chart(at, "Attention heads")["data"][0]["z"])
+        channels = decode(chart(at, "MLP channels")["data"][0]["z"])
+        # a cell shows its removal step exactly when the structure is gone at this step
+        gone = (heads_grid > 0) & (heads_grid <= step)
+        np.testing.assert_array_equal(heads > 0, gone)
+        np.testing.assert_array_equal(heads[gone], heads_grid[gone])
+        assert int((channels > 0).sum()) == int(((channel_grid > 0) & (channel_grid <= step)).sum())
+        kept = traj.kept(step)
+        shown = metrics(at)
+        assert shown["Query heads kept"] == f"{sum(len(layer['heads']) for layer in kept['layers'])} / {heads_grid.size}"
+        assert shown["MLP channels kept"] == f"{sum(len(layer['channels']) for layer in kept['layers'])} / {channel_grid.size}"
+        assert shown["Parameter sparsity"] == f"{traj.steps[step].param_sparsity:.1%}"
+        assert shown["Structural ratio"] == f"{traj.steps[step].structural_ratio:.1%}"
+        seen[step] = (heads, shown)
+    assert not np.array_equal(seen[1][0], seen[4][0])
+    assert seen[1][1]["MLP channels kept"] != seen[4][1]["MLP channels kept"]
+    curve = chart(at, "Trajectory")
+    marker = next(t for t in curve["data"] if t["name"] == "chosen point")
+    assert decode(marker["x"])[0] == pytest.approx(traj.steps[4].param_sparsity)
+
+
+def test_explore_play_button_advances_the_slider_and_grouped_view(runs):
+    at = open_page("pages/2_Explore.py", select=runs["iterative"])
+    at.select_slider[0].set_value(1).run()
+    at.button(key=f"play_button_{Path(runs['iterative']).name}").click().run()
+    no_errors(at)
+    assert at.select_slider[0].value == 2  # each run while playing shows the next step
+    assert at.button(key=f"play_button_{Path(runs['iterative']).name}").label.endswith("Pause")
+    at.run()
+    assert at.select_slider[0].value == 3
+    at.button(key=f"play_button_{Path(runs['iterative']).name}").click().run()
+    assert at.select_slider[0].value == 3 and at.button[0].label.endswith("Play")
+
+    at.radio[0].set_value("original order, grouped").run()
+    no_errors(at)
+    grouped = decode(chart(at, "MLP channels")["data"][0]["z"])
+    assert grouped.shape[0] == 4 and ((grouped >= 0) & (grouped <= 1)).all() and (grouped < 1).any()
+
+
+def test_explore_reports_a_damaged_trajectory_in_the_page(runs):
+    folder = Path(runs["iterative"])
+    (folder / "structures.safetensors").write_bytes(b"not a safetensors file")
+    at = open_page("pages/2_Explore.py", select=str(folder))
+    assert not at.exception
+    assert any("corrupt trajectory" in e.value for e in at.error)
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+def test_evaluate_dense_and_pruned_is_remembered_and_drawn(runs, data_dir):
+    at = open_page("pages/3_Evaluate.py", select=runs["iterative"])
+    no_errors(at)
+    at.select_slider[0].set_value(3).run()
+    at.number_input[0].set_value(2)  # windows
+    at.button[0].click().run()  # the form's submit button
+    no_errors(at)
+    shown = metrics(at)
+    dense = next(v for k, v in shown.items() if k.startswith("dense"))
+    pruned = next(v for k, v in shown.items() if k.startswith("pruned"))
+    assert float(dense) > 1 and float(pruned) > 1 and dense != pruned
+    rows = load_evaluations(Trajectory.load(runs["iterative"]))
+    assert sorted(r["step"] for r in rows) == [0, 3]
+    assert all(r["details"]["windows"] == 2 and r["details"]["seq_len"] == 128 for r in rows)
+
+    # the evaluations appear on the Explore curve, at their sparsities
+    at.switch_page("pages/2_Explore.py").run()
+    curve = chart(at, "Trajectory")
+    evaluated = [t for t in curve["data"] if t["name"].startswith("WikiText-2 perplexity")]
+    assert len(evaluated) == 1
+    assert sorted(decode(evaluated[0]["y"]).tolist()) == pytest.approx(sorted(r["value"] for r in rows))
+
+    # generation, dense and pruned side by side
+    at.switch_page("pages/3_Evaluate.py").run()
+    gen = next(b for b in at.button if b.label.startswith("Generate"))
+    gen.click().run()
+    no_errors(at)
+    outputs = [t.value for t in at.text_area if t.key and t.key.startswith("generated_")]
+    assert len(outputs) == 2 and all(o.startswith("The capital of France is") for o in outputs)
+
+
+def test_evaluate_bad_setting_and_missing_model_show_errors(runs, tmp_path):
+    at = open_page("pages/3_Evaluate.py", select=runs["iterative"])
+    at.number_input[0].set_value(1)
+    at.number_input[1].set_value(4096)  # longer than the tiny model's context (256)
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("longer than the model's context" in e.value for e in at.error)
+
+    target = Path(runs["iterative"]).parent / "orphan"  # built for a model folder that is gone
+    shutil.copytree(runs["iterative"], target)
+    meta = json.loads((target / "trajectory.json").read_text())
+    meta["settings"]["model"] = str(tmp_path / "no-such-model")
+    (target / "trajectory.json").write_text(json.dumps(meta))
+    at = open_page("pages/3_Evaluate.py", select=str(target))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error)
+
+
+# ---- compare ----------------------------------------------------------------------------------
+def test_compare_overlap_and_difference(runs):
+    from gisp_engine.explore import jaccard_curve
+
+    at = open_page("pages/4_Compare.py", select=runs["iterative"])
+    at.selectbox(key="compare_b").set_value(runs["oneshot"]).run()
+    no_errors(at)
+    a, b = Trajectory.load(runs["iterative"]), Trajectory.load(runs["oneshot"])
+    expected = jaccard_curve(a, b)
+    fig = chart(at, "Overlap of the kept sets")
+    np.testing.assert_allclose(decode(fig["data"][0]["y"]), expected.all)
+    assert ((expected.all > 0) & (expected.all <= 1)).all()
+
+    last = len(expected.sparsity) - 1
+    at.select_slider[0].set_value(last).run()
+    no_errors(at)
+    codes_last = decode(chart(at, "Attention heads: A")["data"][0]["z"])
+    ka, kb = a.keep_mask(int(expected.step_a[last])), b.keep_mask(int(expected.step_b[last]))
+    heads_a, _ = a.space.as_grid(ka)
+    heads_b, _ = b.space.as_grid(kb)
+    np.testing.assert_array_equal(codes_last == 0, heads_a & heads_b)
+    np.testing.assert_array_equal(codes_last == 1, heads_a & ~heads_b)
+    assert metrics(at)["Jaccard (all structures)"] == f"{expected.all[last]:.3f}"
+
+    at.select_slider[0].set_value(0).run()
+    codes_first = decode(chart(at, "Attention heads: A")["data"][0]["z"])
+    assert not np.array_equal(codes_first, codes_last) and (codes_first == 0).all()
+
+
+def test_compare_refuses_trajectories_of_different_models(runs):
+    at = open_page("pages/4_Compare.py", select=runs["iterative"])
+    at.selectbox(key="compare_b").set_value(runs["other"]).run()
+    assert not at.exception
+    assert any("different models" in e.value for e in at.error)
+
+
+# ---- export -----------------------------------------------------------------------------------
+def test_export_page_writes_the_subnetwork_and_shows_how_to_load_it(runs, tmp_path):
+    pytest.importorskip("gisp_engine.export")
+    at = open_page("pages/5_Export.py", select=runs["iterative"])
+    no_errors(at)
+    at.select_slider[0].set_value(2).run()
+    out = tmp_path / "exported"
+    at.text_input[0].set_value(str(out))
+    at.button[0].click().run()
+    no_errors(at)
+    manifest = json.loads((out / "gisp_manifest.json").read_text())
+    assert manifest["trajectory"]["step"] == 2
+    assert any(str(out) in s.value for s in at.success)
+    assert any("load_pruned" in c.value and str(out) in c.value for c in at.code)
+
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("not a folder")
+    at.text_input[0].set_value(str(a_file))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("is a file" in e.value for e in at.error)
+
+
+# ---- run --------------------------------------------------------------------------------------
+def _fill_run_form(at, model: str, max_sparsity: float, steps: int = 2) -> None:
+    at.text_input[0].set_value(model)
+    numbers = {n.label: n for n in at.number_input}
+    numbers["Calibration sequences"].set_value(4)
+    numbers["Tokens per sequence"].set_value(32)
+    numbers["Pruning steps (1 = one-shot)"].set_value(steps)
+    numbers["Maximum structural ratio"].set_value(max_sparsity)
+    numbers["Sequences per micro-batch (0: by device)"].set_value(4)
+
+
+def test_run_page_bad_settings_show_errors(tiny_llama, tmp_path):
+    at = open_page("pages/1_Run.py")
+    _fill_run_form(at, str(tiny_llama), 0.95)
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("only" in e.value and "protected layers" in e.value for e in at.error)
+    _fill_run_form(at, str(tmp_path / "missing-model"), 0.3)
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error)
+    assert jobs.list_jobs() == []
+
+
+def test_run_page_runs_in_background_and_answers_repeats_from_cache(tiny_llama, data_dir, no_jobs_left):
+    at = open_page("pages/1_Run.py")
+    _fill_run_form(at, str(tiny_llama), 0.3)
+    at.button[0].click().run()
+    no_errors(at)
+    assert any("Started run" in s.value for s in at.success)
+    key = at.session_state["run_last_key"]
+    assert jobs.status(key) is not None
+
+    # a second tab with the same request finds the same run (or its result), never a second one
+    other = open_page("pages/1_Run.py")
+    _fill_run_form(other, str(tiny_llama), 0.3)
+    other.button[0].click().run()
+    no_errors(other)
+    assert other.session_state["run_last_key"] == key
+    assert len(jobs.list_jobs()) == 1
+
+    done = wait_for(lambda: (s := jobs.status(key)) is not None and not s.active and s)
+    assert done.state == "done", done.error
+    at.run()
+    no_errors(at)
+    assert any("Done in" in s.value for s in at.success)
+
+    _fill_run_form(at, str(tiny_llama), 0.3)
+    at.button[0].click().run()
+    assert any("Answered from the cache" in s.value for s in at.success)

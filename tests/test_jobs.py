@@ -1,0 +1,130 @@
+"""Background runs: one process per request key, live status, time left, cancel, failure reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gisp_engine import PruneConfig, cache, jobs
+from gisp_engine.errors import GispError
+from gisp_engine.progress import ProgressEvent
+
+
+def _config(model, **kw) -> PruneConfig:
+    base = dict(model=str(model), num_samples=4, seq_len=32, steps=3, max_sparsity=0.3, protect_first=1,
+                dtype="float32", batch_size=4)
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def _wait(key: str, until, timeout: float = 240.0) -> jobs.JobStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        current = jobs.status(key)
+        if current is not None and until(current):
+            return current
+        time.sleep(0.2)
+    raise AssertionError(f"job {key} did not get there: {jobs.status(key)}")
+
+
+@pytest.fixture(autouse=True)
+def cancel_leftovers():
+    yield
+    for job in jobs.list_jobs(active_only=True):
+        jobs.cancel(job.key)
+
+
+def test_status_writer_estimates_time_left_from_step_timings(tmp_path):
+    clock = [100.0]
+    status = jobs.JobStatus(key="k", state="running", started_unix=100.0, total=4)
+    writer = jobs.StatusWriter(tmp_path, status, clock=lambda: clock[0])
+    writer(ProgressEvent("step", 0, 4, 0, 4, "pruning"))
+    assert status.eta_s is None  # nothing timed yet
+    clock[0] = 110.0
+    writer(ProgressEvent("step", 1, 4, 1, 4, "pruning", {"loss": 2.5, "params": 0.1, "ratio": 0.08}))
+    assert status.step == 1 and status.loss == 2.5 and status.param_sparsity == 0.1
+    assert status.eta_s == pytest.approx(30.0)  # three steps of 10 s left
+    clock[0] = 130.0
+    writer(ProgressEvent("step", 2, 4, 2, 4, "pruning"))
+    assert status.step_times_s == [10.0, 20.0] and status.eta_s == pytest.approx(30.0)  # 2 x mean 15 s
+    clock[0] = 137.5
+    writer(ProgressEvent("score", 1, 2, 3, 4))  # half of step 3 done
+    assert status.fraction == pytest.approx(2.5 / 4) and status.eta_s == pytest.approx(22.5)
+    on_disk = json.loads((tmp_path / jobs.STATUS_FILE).read_text())
+    assert on_disk["step"] == 2 and on_disk["state"] == "running"
+
+
+def test_first_step_estimate_comes_from_its_batches(tmp_path):
+    clock = [0.0]
+    status = jobs.JobStatus(key="k", state="running", started_unix=0.0, total=2)
+    writer = jobs.StatusWriter(tmp_path, status, clock=lambda: clock[0])
+    writer(ProgressEvent("step", 0, 2, 0, 2, "pruning"))
+    clock[0] = 5.0
+    writer(ProgressEvent("score", 1, 4, 1, 2))  # a quarter of step 1 in 5 s: 20 s per step
+    assert status.eta_s == pytest.approx(35.0)
+
+
+def test_run_in_background_is_shared_by_identical_requests_then_cached(tiny_llama, data_dir):
+    config = _config(tiny_llama)
+    first = jobs.submit(config)
+    assert first.state == "starting" and first.pid
+    second = jobs.submit(_config(tiny_llama))  # a second tab asking for the same thing
+    assert second.key == first.key and (second.cache_hit or second.pid == first.pid)
+    assert [j.key for j in jobs.list_jobs()] == [first.key]
+
+    done = _wait(first.key, lambda s: not s.active)
+    assert done.state == "done", done.error
+    assert done.step == done.total == 3 and done.fraction == 1.0 and done.eta_s == 0.0
+    assert len(done.step_times_s) == 3 and all(t > 0 for t in done.step_times_s)
+    assert done.loss is not None and 0 < done.param_sparsity < 1
+    assert cache.lookup(first.key) is not None and done.trajectory == str(cache.path_for(first.key))
+
+    again = jobs.submit(_config(tiny_llama))
+    assert again.cache_hit and again.state == "done" and again.trajectory == done.trajectory
+
+
+def test_cancel_terminates_the_process_group(tiny_llama, data_dir):
+    # long enough to be cancelled while it runs
+    job = jobs.submit(_config(tiny_llama, steps=400, max_sparsity=0.45, num_samples=16, seq_len=64))
+    _wait(job.key, lambda s: s.state == "running" and s.step >= 1)
+    assert jobs._alive(job.pid)
+    after = jobs.cancel(job.key)
+    assert after.state == "cancelled"
+    assert not jobs._alive(job.pid)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(job.pid, 0)  # nothing of its group is left
+    assert cache.lookup(job.key) is None
+    assert jobs.status(job.key).state == "cancelled"
+
+
+def test_bad_settings_are_refused_before_any_process(tiny_llama):
+    with pytest.raises(GispError, match="--max-sparsity"):
+        jobs.submit(_config(tiny_llama, max_sparsity=1.5))
+    assert jobs.list_jobs() == []
+
+
+def test_a_run_that_dies_is_reported_failed(tiny_llama, data_dir):
+    key = "deadbeef"
+    folder = jobs.job_dir(key)
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / jobs.PID_FILE).write_text(str(dead.pid))
+    (folder / jobs.STATUS_FILE).write_text(json.dumps({"key": key, "state": "running", "pid": dead.pid}))
+    current = jobs.status(key)
+    assert current.state == "failed" and "stopped unexpectedly" in current.error
+
+
+def test_an_engine_error_inside_the_run_is_reported(tmp_path):
+    folder = jobs.job_dir("badrequest")
+    folder.mkdir(parents=True)
+    config = _config(tmp_path / "gone")  # planned fine once, the model is gone by the time the job runs
+    (folder / jobs.REQUEST_FILE).write_text(json.dumps({"key": "badrequest", "config": config.to_dict()}))
+    assert jobs.run(folder) == GispError.exit_code
+    current = jobs.status("badrequest")
+    assert current.state == "failed" and "does not exist" in current.error
