@@ -33,6 +33,11 @@ def path_for(key: str) -> Path:
     return trajectories_dir() / key
 
 
+def partial_path(key: str) -> Path:
+    """Checkpoint of an unfinished run (hidden: never listed as a trajectory)."""
+    return trajectories_dir() / f".partial-{key}"
+
+
 def lookup(key: str) -> Trajectory | None:
     folder = path_for(key)
     if not (folder / META_FILE).is_file():

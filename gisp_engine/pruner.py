@@ -13,16 +13,20 @@ masked, ``shrink=False``); both give the same scores and the same trajectory.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import cache
 from .config import PruneConfig, target_ratios
 from .errors import GispError
+from .fsutil import atomic_write_json, staging_dir
 from .importance import objective_value, score_structures
 from .models import LoadedModel, load_config, load_model, resolve_device, resolve_dtype, weights_sha256
 from .objectives import Objective, objective_spec
@@ -100,8 +104,14 @@ def prune(
     progress: ProgressCallback = null_progress,
     out: Path | str | None = None,
     use_cache: bool = True,
+    resume: bool = False,
 ) -> PruneOutcome:
-    """Run (or fetch from the cache) the GISP trajectory that ``config`` asks for."""
+    """Run (or fetch from the cache) the GISP trajectory that ``config`` asks for.
+
+    After every step the loop's state is checkpointed (atomically) beside the cache entry;
+    with ``resume`` an interrupted run continues from its last completed step and gives the
+    same trajectory as an uninterrupted one. Without it, a stale checkpoint is discarded.
+    """
     the_plan = plan(config)
     if use_cache:
         hit = cache.lookup(the_plan.key)
@@ -116,8 +126,17 @@ def prune(
         loaded = load_model(config.model, config.device, config.dtype, config.device_map)
         objective = objective_spec(config.objective).build(loaded, config)
         progress(ProgressEvent("prepare", 1, 1, message="ready"))
-        trajectory = run_gisp(loaded, the_plan, objective, progress)
+        checkpoint = cache.partial_path(the_plan.key)
+        try:
+            trajectory = run_gisp(loaded, the_plan, objective, progress, checkpoint=checkpoint, resume=resume)
+        except torch.OutOfMemoryError:
+            raise GispError(
+                f"out of memory on {loaded.device} while pruning {config.model}: lower --batch-size "
+                f"(now {config.resolved_batch_size(loaded.device)}) or --seq-len, use --dtype bfloat16, "
+                "or spread the model with --device-map auto; --resume continues from the last step"
+            ) from None
         trajectory.save(cache.path_for(the_plan.key))
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return PruneOutcome(_copy_out(trajectory, out), cache_hit=False)
 
 
@@ -131,8 +150,13 @@ def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
 
 
 def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
-             progress: ProgressCallback = null_progress) -> Trajectory:
-    """The iterative loop on a loaded model (which it prunes in place)."""
+             progress: ProgressCallback = null_progress, checkpoint: Path | None = None,
+             resume: bool = False) -> Trajectory:
+    """The iterative loop on a loaded model (which it prunes in place).
+
+    With ``checkpoint`` the state after each step is written there; with ``resume`` a state
+    found there is continued from.
+    """
     config, space = the_plan.config, the_plan.space
     model, adapter = loaded.model, loaded.adapter
     n, total_steps = space.size, config.steps
@@ -147,6 +171,19 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     all_scores = np.full((total_steps, n), np.nan, np.float32) if config.save_scores else None
     steps: list[StepRecord] = []
     started = time.perf_counter()
+    first = 1
+    state = LoopState.load(checkpoint, the_plan.key) if (checkpoint and resume) else None
+    if state is not None:
+        removal_step, last_score, steps, first = state.removal_step, state.last_score, state.steps, state.done + 1
+        if all_scores is not None and state.all_scores is not None:
+            all_scores = state.all_scores
+        started -= state.elapsed_s
+        keep = (removal_step == -1) | (removal_step > state.done)
+        if config.shrink:
+            layout = slice_(model, adapter, space, layout, keep)
+        else:
+            mask_(model, adapter, space, keep)
+        progress(ProgressEvent("prepare", 1, 1, message=f"resuming after step {state.done} of {total_steps}"))
 
     def record(step: int, loss: float, removed: int) -> StepRecord:
         return StepRecord(
@@ -160,9 +197,9 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
             metrics=objective.summary(loss),
         )
 
-    removed_last = 0
-    progress(ProgressEvent("step", 0, total_steps, 0, total_steps, "pruning"))
-    for t in range(1, total_steps + 1):
+    removed_last = int((removal_step == first - 1).sum()) if first > 1 else 0
+    progress(ProgressEvent("step", first - 1, total_steps, first - 1, total_steps, "pruning"))
+    for t in range(first, total_steps + 1):
         result = score_structures(model, adapter, space, layout, objective, scored_layers, progress, t, total_steps)
         steps.append(record(t - 1, result.loss, removed_last))
 
@@ -182,6 +219,10 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
             layout = slice_(model, adapter, space, layout, keep)
         else:
             mask_(model, adapter, space, keep)
+        if checkpoint is not None:
+            LoopState(t, removal_step, last_score, all_scores, steps, time.perf_counter() - started).save(
+                checkpoint, the_plan.key
+            )
         info = {"loss": round(steps[-1].loss, 4), "ratio": round(float(1.0 - keep.mean()), 4),
                 "params": round(space.param_sparsity(keep), 4)}
         progress(ProgressEvent("step", t, total_steps, t, total_steps, "pruning", info))
@@ -191,6 +232,45 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
     meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
     return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores)
+
+
+@dataclass
+class LoopState:
+    """What the loop needs to continue after step ``done``: a checkpoint, written atomically."""
+
+    done: int
+    removal_step: np.ndarray
+    last_score: np.ndarray
+    all_scores: np.ndarray | None
+    steps: list[StepRecord]
+    elapsed_s: float
+
+    def save(self, folder: Path, key: str) -> None:
+        from safetensors.numpy import save_file
+
+        with staging_dir(folder) as tmp:
+            arrays = {"removal_step": self.removal_step, "last_score": self.last_score}
+            if self.all_scores is not None:
+                arrays["all_scores"] = self.all_scores
+            save_file(arrays, str(tmp / "state.safetensors"))
+            atomic_write_json(tmp / "state.json", {"key": key, "done": self.done, "elapsed_s": self.elapsed_s,
+                                                   "steps": [asdict(r) for r in self.steps]})
+
+    @classmethod
+    def load(cls, folder: Path, key: str) -> "LoopState | None":
+        """The checkpoint for ``key``, or None when there is none or it cannot be read."""
+        from safetensors.numpy import load_file
+
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            if meta.get("key") != key:
+                return None
+            arrays = load_file(str(folder / "state.safetensors"))
+            return cls(int(meta["done"]), arrays["removal_step"].copy(), arrays["last_score"].copy(),
+                       arrays["all_scores"].copy() if "all_scores" in arrays else None,
+                       [StepRecord(**r) for r in meta["steps"]], float(meta["elapsed_s"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, wall_s: float) -> dict:
