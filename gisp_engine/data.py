@@ -120,14 +120,18 @@ def read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise GispError(f"data file {path} not found")
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise GispError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GispError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, and too-long numbers or nesting
+                raise GispError(f"{path}:{lineno}: malformed JSON ({getattr(exc, 'msg', str(exc))})") from None
             if not isinstance(record, dict):
                 raise GispError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             records.append((lineno, record))

@@ -188,8 +188,8 @@ class Trajectory:
             raise GispError(f"{folder} is not a trajectory (no {META_FILE})")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise GispError(f"corrupt trajectory {meta_path}: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise GispError(f"corrupt trajectory {meta_path}: {str(exc)[:200]}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise GispError(f"{meta_path} is not a GISP trajectory (format is not {FORMAT!r})")
         if meta.get("version") != VERSION:
@@ -205,6 +205,7 @@ class Trajectory:
             arrays = st_load(blob)
             geometry = Geometry(**meta["geometry"])
             gqa = meta["gqa"]
+            _check_geometry(geometry, gqa, len(arrays["removal_step"]), folder)
             steps = [StepRecord(**r) for r in meta["steps"]]
             traj = cls(
                 meta=meta,
@@ -242,6 +243,18 @@ class Trajectory:
             keep = self.keep_mask(rec.step)
             if abs(s.param_sparsity(keep) - rec.param_sparsity) > 1e-6:
                 raise GispError(f"{where}: step {rec.step} parameter sparsity does not match its structures")
+
+
+def _check_geometry(g: Geometry, gqa: str, count: int, folder: Path) -> None:
+    """Sanity of the declared geometry before any array is built from it."""
+    fields = g.to_dict().values()
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 10**7 for v in fields):
+        raise GispError(f"corrupt trajectory {folder}: geometry must hold positive whole numbers")
+    if g.num_heads % g.num_kv_heads or gqa not in ("query", "kv-group"):
+        raise GispError(f"corrupt trajectory {folder}: inconsistent heads or GQA policy")
+    units = g.num_heads if gqa == "query" else g.num_kv_heads
+    if g.num_layers * (units + g.intermediate_size) != count:
+        raise GispError(f"corrupt trajectory {folder}: {count} structures do not match the declared geometry")
 
 
 def kind_name(code: int) -> str:
