@@ -58,7 +58,8 @@ def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: tor
     rows = max(64, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
 
     def chunk_nll(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(head(h).float(), t, reduction="none")
+        logits = head(h).float()  # with --device-map auto the head may sit on another GPU than the input
+        return torch.nn.functional.cross_entropy(logits, t.to(logits.device), reduction="none")
 
     pieces = []
     for start in range(0, hidden.shape[0], rows):
@@ -70,5 +71,5 @@ def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: tor
     nll = torch.cat(pieces).view(batch, length)
     if loss_mask is None:
         return nll.mean(dim=1)
-    mask = loss_mask[:, 1:].to(device=device, dtype=nll.dtype)
+    mask = loss_mask[:, 1:].to(device=nll.device, dtype=nll.dtype)
     return (nll * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
