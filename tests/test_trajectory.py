@@ -150,3 +150,10 @@ def test_trajectory_round_trip_and_metadata(llama_run, tmp_path):
     calib = meta["objective"]["calibration"]
     assert calib["num_samples"] == 4 and calib["seq_len"] == 32 and calib["documents_used"]
     assert not list(tmp_path.glob(".tmp-*")), "staging folders must not be left behind"
+
+
+def test_device_map_auto_gives_the_same_trajectory(tiny_llama, data_dir):
+    """accelerate's device_map path (on this CPU-only machine everything lands on the CPU)."""
+    plain = prune(_config(tiny_llama), use_cache=False).trajectory
+    mapped = prune(_config(tiny_llama, device_map="auto"), use_cache=False).trajectory
+    np.testing.assert_array_equal(plain.removal_step, mapped.removal_step)
