@@ -15,6 +15,7 @@ SCHEDULES = ("linear", "cosine")
 @dataclass
 class PruneConfig:
     model: str = settings.DEFAULT_MODEL
+    method: str = "gisp"  # or a baseline: see gisp_engine.baselines.METHODS
     objective: str = "perplexity"
     calib: str = "lambada"  # text source of the perplexity objective
     tasks: str = "cmqa"  # task list of the margin objective (comma-separated, or cmqa for all seven)
@@ -57,6 +58,10 @@ class PruneConfig:
         r = self.max_sparsity
         if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0.0 < r < 1.0:
             raise GispError(f"--max-sparsity must be a fraction between 0 and 1 (exclusive), got {r!r}")
+        from .baselines import METHODS
+
+        if self.method not in METHODS:
+            raise GispError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
             raise GispError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.gqa not in GQA_POLICIES:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cache
+from . import baselines, cache
 from .config import PruneConfig, target_ratios
 from .errors import GispError
 from .fsutil import atomic_write_json, staging_dir
@@ -82,7 +82,7 @@ def plan(config: PruneConfig) -> PruningPlan:
         )
     request = {
         "engine": ENGINE_VERSION,
-        "method": "gisp",
+        "method": config.method,
         "model_sha256": weights_sha256(folder),
         "model_type": hf_config.model_type,
         "objective": objective_spec(config.objective).identity(config),
@@ -163,6 +163,11 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     protected = space.protected_mask(the_plan.protect_first, config.protect_last)
     scored_layers = [i for i in range(space.geometry.num_layers) if i not in the_plan.protected_layers]
     divisors = space.divisors(config.normalization)
+    iterative = config.method == "gisp"
+    # a baseline ranks once, on the dense model (before any resumed state prunes it)
+    fixed = None if iterative else baselines.fixed_scores(
+        config.method, model, adapter, space, objective, scored_layers, divisors, config.seed)
+    layer_share = n / max(1, int((~protected).sum()))  # per-layer methods: ratio inside unprotected layers
 
     keep = np.ones(n, bool)
     layout = full_layout(space)
@@ -200,17 +205,24 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     removed_last = int((removal_step == first - 1).sum()) if first > 1 else 0
     progress(ProgressEvent("step", first - 1, total_steps, first - 1, total_steps, "pruning"))
     for t in range(first, total_steps + 1):
-        result = score_structures(model, adapter, space, layout, objective, scored_layers, progress, t, total_steps)
-        steps.append(record(t - 1, result.loss, removed_last))
+        if iterative:
+            result = score_structures(model, adapter, space, layout, objective, scored_layers, progress, t, total_steps)
+            loss, normalized = result.loss, np.nan_to_num(result.raw, nan=0.0) / divisors
+        else:
+            loss, normalized = objective_value(model, objective), fixed
+        steps.append(record(t - 1, loss, removed_last))
 
-        normalized = np.nan_to_num(result.raw, nan=0.0) / divisors
         candidates = np.flatnonzero(keep & ~protected)
         last_score[candidates] = normalized[candidates]
         if all_scores is not None:
             all_scores[t - 1, candidates] = normalized[candidates]
-        # one global ranking over heads and channels of every layer; ties go to the lower id
-        ranked = candidates[np.lexsort((candidates, normalized[candidates]))]
-        chosen = ranked[: the_plan.targets[t - 1] - int((~keep).sum())]
+        if baselines.selection(config.method) == "global":
+            # one global ranking over heads and channels of every layer; ties go to the lower id
+            ranked = candidates[np.lexsort((candidates, normalized[candidates]))]
+            chosen = ranked[: the_plan.targets[t - 1] - int((~keep).sum())]
+        else:
+            ratio = min(1.0, the_plan.targets[t - 1] / n * layer_share)
+            chosen = baselines.choose_per_layer(space, keep, normalized, protected, ratio)
         removal_step[chosen] = t
         keep[chosen] = False
         removed_last = len(chosen)
@@ -285,8 +297,8 @@ def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, 
     )
     return {
         "key": the_plan.key,
-        "method": "gisp",
-        "ranking": "iterative: scores recomputed on the pruned model at every step",
+        "method": the_plan.config.method,
+        "ranking": baselines.describe(the_plan.config.method),
         "model": loaded.describe(),
         "settings": settings,
         "objective": objective.describe(),

@@ -1,0 +1,176 @@
+"""Baseline pruning methods on the same structure machinery as GISP.
+
+Each ranks the structures *once*, on the dense model, and its trajectory is a prefix
+order of that fixed ranking (say so in the metadata); only GISP re-scores at every step.
+
+| method | score of a structure | selection |
+|---|---|---|
+| ``gisp-oneshot`` | GISP's normalized Σ|W⊙ḡ| on the dense model | global (every step equals ``--steps 1`` at that sparsity) |
+| ``llm-pruner`` | first-order Taylor Σ|W⊙ḡ| (LLM-Pruner style) | within each layer, same ratio everywhere |
+| ``magnitude`` | L2 norm of the structure's weights | within each layer, same ratio everywhere |
+| ``random`` | seeded uniform random numbers | within each layer, same ratio everywhere |
+| ``wanda-sp`` | Σ |W|·‖X‖ over the structure's ``o_proj``/``down_proj`` columns | within each layer, same ratio everywhere |
+| ``flap`` | fluctuation Σ Var(X)·‖W_col‖² over the same columns, standardized per block type | global |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .adapters import DecoderAdapter
+from .importance import score_structures
+from .objectives import Objective
+from .structures import StructureSpace
+from .surgery import full_layout
+
+METHODS = ("gisp", "gisp-oneshot", "llm-pruner", "magnitude", "random", "wanda-sp", "flap")
+GLOBAL_SELECTION = {"gisp", "gisp-oneshot", "flap"}
+
+
+def selection(method: str) -> str:
+    return "global" if method in GLOBAL_SELECTION else "per-layer"
+
+
+def describe(method: str) -> str:
+    if method == "gisp":
+        return "iterative: scores recomputed on the pruned model at every step"
+    return (f"fixed ranking ({method}): scores computed once on the dense model; every step is a prefix "
+            f"of one {selection(method)} order")
+
+
+def fixed_scores(method: str, model: torch.nn.Module, adapter: DecoderAdapter, space: StructureSpace,
+                 objective: Objective, scored_layers: Sequence[int], normalization_divisors: np.ndarray,
+                 seed: int) -> np.ndarray:
+    """One score per structure (NaN outside ``scored_layers``): lower means removed earlier."""
+    scored = np.isin(space.layer, list(scored_layers))
+    if method in ("gisp-oneshot", "llm-pruner"):
+        raw = score_structures(model, adapter, space, full_layout(space), objective, scored_layers).raw
+        raw = np.nan_to_num(raw, nan=0.0)
+        out = raw / normalization_divisors if method == "gisp-oneshot" else raw
+    elif method == "random":
+        out = np.random.default_rng(seed).random(space.size)
+    elif method == "magnitude":
+        out = _magnitude(model, adapter, space, scored_layers)
+    elif method in ("wanda-sp", "flap"):
+        stats = _input_statistics(model, adapter, objective, scored_layers)
+        out = _activation_scores(method, model, adapter, space, scored_layers, stats)
+        if method == "flap":
+            out = _standardize_per_block(space, out, scored)
+    else:
+        raise ValueError(f"not a fixed-ranking method: {method}")
+    return np.where(scored, out, np.nan)
+
+
+def _head_columns(space: StructureSpace, unit: int) -> list[int]:
+    """Query heads (o_proj column blocks) that make up head unit ``unit``."""
+    g = space.geometry
+    return [unit] if space.gqa == "query" else list(range(unit * g.group_size, (unit + 1) * g.group_size))
+
+
+@torch.no_grad()
+def _magnitude(model, adapter: DecoderAdapter, space: StructureSpace, layers: Sequence[int]) -> np.ndarray:
+    g, dh = space.geometry, space.geometry.head_dim
+    out = np.full(space.size, np.nan)
+    for i in layers:
+        layer = adapter.layers(model)[i]
+        a, m = adapter.attention(layer), adapter.mlp(layer)
+        q_rows = a.q.weight.float().pow(2).sum(1).view(g.num_heads, dh).sum(1)
+        o_cols = a.o.weight.float().pow(2).sum(0).view(g.num_heads, dh).sum(1)
+        kv = (a.k.weight.float().pow(2).sum(1) + a.v.weight.float().pow(2).sum(1)).view(g.num_kv_heads, dh).sum(1)
+        per_head = (q_rows + o_cols).cpu().numpy()
+        kv = kv.cpu().numpy()
+        for u in range(space.head_units):
+            heads = _head_columns(space, u)
+            total = per_head[heads].sum()
+            if space.gqa == "kv-group" or not g.is_gqa:  # the unit owns its K/V rows
+                total += kv[u]
+            out[space.id(i, "head", u)] = np.sqrt(total)
+        ch = (m.gate.weight.float().pow(2).sum(1) + m.up.weight.float().pow(2).sum(1) + m.down.weight.float().pow(2).sum(0))
+        out[space.channel_slice(i)] = ch.sqrt().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def _input_statistics(model, adapter: DecoderAdapter, objective: Objective, layers: Sequence[int]) -> dict:
+    """Per input feature of o_proj and down_proj: token count, sum and sum of squares (float64)."""
+    stats: dict = {}
+    handles = []
+
+    def make_hook(key):
+        def hook(module, inputs):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            entry = stats.setdefault(key, [0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                                           torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)])
+            entry[0] += x.shape[0]
+            entry[1] += x.sum(0)
+            entry[2] += x.pow(2).sum(0)
+
+        return hook
+
+    for i in layers:
+        layer = adapter.layers(model)[i]
+        handles.append(adapter.attention(layer).o.register_forward_pre_hook(make_hook((i, "o"))))
+        handles.append(adapter.mlp(layer).down.register_forward_pre_hook(make_hook((i, "down"))))
+    try:
+        for batch in objective.batches():
+            objective.loss(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+def _activation_scores(method: str, model, adapter: DecoderAdapter, space: StructureSpace,
+                       layers: Sequence[int], stats: dict) -> np.ndarray:
+    g, dh = space.geometry, space.geometry.head_dim
+    out = np.full(space.size, np.nan)
+    for i in layers:
+        layer = adapter.layers(model)[i]
+        per_block = {}
+        for key, weight in (("o", adapter.attention(layer).o.weight), ("down", adapter.mlp(layer).down.weight)):
+            count, total, squares = stats[(i, key)]
+            w = weight.detach().double()
+            if method == "wanda-sp":  # |W| . ||X||, summed over each input column
+                per_col = (w.abs() * squares.sqrt().to(w.device)[None, :]).sum(0)
+            else:  # FLAP fluctuation: sample variance of the input feature times the column's squared norm
+                mean = total / count
+                var = (squares - count * mean.pow(2)) / max(count - 1, 1)
+                per_col = var.clamp_min(0).to(w.device) * w.pow(2).sum(0)
+            per_block[key] = per_col.cpu().numpy()
+        per_head = per_block["o"].reshape(g.num_heads, dh).sum(1)
+        for u in range(space.head_units):
+            out[space.id(i, "head", u)] = per_head[_head_columns(space, u)].sum()
+        out[space.channel_slice(i)] = per_block["down"]
+    return out
+
+
+def _standardize_per_block(space: StructureSpace, scores: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """FLAP's global comparison: z-scores within heads and within channels, over all scored layers."""
+    out = scores.copy()
+    for kind in (0, 1):
+        sel = scored & (space.kind == kind)
+        values = scores[sel]
+        spread = values.std()
+        out[sel] = (values - values.mean()) / (spread if spread > 0 else 1.0)
+    return out
+
+
+def choose_per_layer(space: StructureSpace, keep: np.ndarray, scores: np.ndarray, protected: np.ndarray,
+                     layer_ratio: float) -> np.ndarray:
+    """Ids to remove so that every unprotected layer has lost ``layer_ratio`` of its heads and of its channels."""
+    chosen = []
+    for i in np.unique(space.layer[~protected]):
+        for block in (space.head_slice(int(i)), space.channel_slice(int(i))):
+            ids = np.arange(block.start, block.stop)
+            want = min(len(ids), int(round(layer_ratio * len(ids))))
+            more = want - int((~keep[ids]).sum())
+            if more <= 0:
+                continue
+            alive = ids[keep[ids]]
+            order = alive[np.lexsort((alive, scores[alive]))]
+            chosen.extend(order[:more].tolist())
+    return np.asarray(chosen, dtype=np.int64)

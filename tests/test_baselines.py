@@ -1,0 +1,92 @@
+"""Baselines on the same machinery: fixed rankings, per-layer or global selection, equal to their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gisp_engine import PruneConfig, load_model, prune
+from gisp_engine.baselines import METHODS, fixed_scores
+from gisp_engine.objectives import objective_spec
+from gisp_engine.structures import StructureSpace
+
+
+def _cfg(folder, **kw):
+    base = dict(model=str(folder), num_samples=4, seq_len=32, steps=4, max_sparsity=0.4, protect_first=1,
+                dtype="float32")
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "gisp"])
+def test_every_baseline_is_a_nested_fixed_ranking(tiny_llama, data_dir, method):
+    traj = prune(_cfg(tiny_llama, method=method)).trajectory
+    assert traj.meta["method"] == method and traj.meta["ranking"].startswith("fixed ranking")
+    space, scores = traj.space, traj.score
+    for t in range(1, traj.num_steps + 1):
+        assert not (traj.keep_mask(t) & ~traj.keep_mask(t - 1)).any()
+        removed, kept = ~traj.keep_mask(t), traj.keep_mask(t) & ~np.isin(space.layer, [0, 3])
+        groups = [np.ones(space.size, bool)] if method in ("flap", "gisp-oneshot") else [
+            (space.layer == i) & (space.kind == k) for i in (1, 2) for k in (0, 1)]
+        for group in groups:  # within what competes, everything removed scored at most what is kept
+            if (removed & group).any() and (kept & group).any():
+                assert scores[removed & group].max() <= scores[kept & group].min()
+    assert traj.steps[-1].structural_ratio == pytest.approx(0.4, abs=0.02)
+
+
+def test_per_layer_methods_cut_every_layer_alike(tiny_llama, data_dir):
+    traj = prune(_cfg(tiny_llama, method="wanda-sp")).trajectory
+    heads, channels = traj.space.as_grid(traj.keep_mask(traj.num_steps))
+    assert heads[1].sum() == heads[2].sum() and channels[1].sum() == channels[2].sum()
+    assert heads[0].all() and channels[3].all()
+
+
+def test_oneshot_prefix_equals_single_step_runs(tiny_llama, data_dir):
+    oneshot = prune(_cfg(tiny_llama, method="gisp-oneshot")).trajectory
+    for t, ratio in ((2, 0.2), (4, 0.4)):
+        single = prune(_cfg(tiny_llama, steps=1, max_sparsity=ratio)).trajectory
+        np.testing.assert_array_equal(oneshot.keep_mask(t), single.keep_mask(1))
+
+
+def test_scores_match_their_definitions(tiny_llama, data_dir):
+    loaded = load_model(str(tiny_llama), dtype="float32")
+    objective = objective_spec("perplexity").build(loaded, _cfg(tiny_llama))
+    space = StructureSpace(loaded.geometry, "query")
+    divisors = space.divisors("param-count")
+    layer = loaded.adapter.layers(loaded.model)[2]
+    attn, mlp = loaded.adapter.attention(layer), loaded.adapter.mlp(layer)
+    dh = loaded.geometry.head_dim
+
+    captured = {}
+    hooks = [attn.o.register_forward_pre_hook(lambda m, i: captured.setdefault("o", []).append(i[0].detach())),
+             mlp.down.register_forward_pre_hook(lambda m, i: captured.setdefault("down", []).append(i[0].detach()))]
+    with torch.no_grad():
+        for batch in objective.batches():
+            objective.loss(loaded.model, batch)
+    for h in hooks:
+        h.remove()
+    x_o = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured["o"]]).double()
+    x_down = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured["down"]]).double()
+
+    wanda = fixed_scores("wanda-sp", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)
+    w_o, w_down = attn.o.weight.detach().double(), mlp.down.weight.detach().double()
+    head1 = (w_o[:, dh:2 * dh].abs() * x_o[:, dh:2 * dh].norm(dim=0)).sum()
+    assert wanda[space.id(2, "head", 1)] == pytest.approx(float(head1), rel=1e-6)
+    ch5 = (w_down[:, 5].abs() * x_down[:, 5].norm()).sum()
+    assert wanda[space.id(2, "channel", 5)] == pytest.approx(float(ch5), rel=1e-6)
+    assert np.isnan(wanda[space.layer == 1]).all()
+
+    magnitude = fixed_scores("magnitude", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)
+    expected = torch.cat([mlp.gate.weight[7], mlp.up.weight[7], mlp.down.weight[:, 7]]).norm()
+    assert magnitude[space.id(2, "channel", 7)] == pytest.approx(float(expected), rel=1e-5)
+
+    flap = fixed_scores("flap", loaded.model, loaded.adapter, space, objective, [1, 2], divisors, 0)
+    for kind in (0, 1):
+        values = flap[np.isin(space.layer, [1, 2]) & (space.kind == kind)]
+        assert values.mean() == pytest.approx(0, abs=1e-9) and values.std() == pytest.approx(1, rel=1e-9)
+
+    r0 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)
+    r1 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 1)
+    assert np.array_equal(r0, fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0),
+                          equal_nan=True) and not np.array_equal(r0, r1, equal_nan=True)
