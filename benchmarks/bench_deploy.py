@@ -2,19 +2,22 @@
 
 The embedded model and its exports at the trajectory steps nearest 20, 30, 40 and 50% parameter
 sparsity (the schedule's ``--max-sparsity`` is a structural ratio: 0.6 reaches ~0.55 parameter
-sparsity on SmolLM2-135M). For each model, in its own subprocess:
+sparsity on SmolLM2-135M). For each model:
 
   prefill  tokens/s, batch 8 x 256 tokens: one forward that fills the KV cache and returns the next
            token's logits (``logits_to_keep=1``, what ``generate`` does with the prompt)
   decode   tokens/s, batch 1, greedy, one token per forward with the KV cache, after a 32-token prompt
-  memory   peak during prefill and decode: on CPU the resident set (sampled) minus the process's before
-           the model was loaded; on GPU the CUDA allocator's peak
+  memory   peak over one prefill and one decode, each model alone in its own process: on CPU the
+           resident set (sampled) minus the process's before the model was loaded; on GPU the CUDA
+           allocator's peak (weights included)
 
-each also as a ratio to dense measured in the same run. Target at 50%: prefill >= 1.6x dense.
+each also as a ratio to dense measured in the same run. Timing runs every model in one process with
+their repeats interleaved, so that a busy machine slows them alike. Target at 50%: prefill >= 1.6x dense.
 Exports are the per-layer kind (``load_pruned``, the folder's own modeling code); ``--uniform``
 measures the uniform exports instead (stock modeling code, widths per UNIFORM_RULE).
 
     python benchmarks/bench_deploy.py                                # CPU, float32
+    python benchmarks/bench_deploy.py --threads 1                    # a CPU shared with other work
     python benchmarks/bench_deploy.py --quick                        # smoke check (~1 min)
     python benchmarks/bench_deploy.py --device cuda --dtype bfloat16  # GPU
 """
@@ -211,7 +214,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gisp-bench-deploy-") as tmp:
         points = export_points(args, traj, Path(tmp))
         rows = [{"name": "dense", "target": 0.0, "step": 0, "param_sparsity": 0.0, "path": args.model, "kind": "dense"}]
-        rows += [{"name": f"{p['target']:.0%}", **p, "kind": "export"} for p in points]
+        rows += [{"name": f"near {p['target']:.0%}", **p, "kind": "export"} for p in points]
         models = [{"kind": r["kind"], "path": r["path"]} for r in rows]
         print("timing (all models in one process, interleaved)", file=sys.stderr)
         for row, figures in zip(rows, run_worker("timing", {**common, "models": models})):
@@ -230,7 +233,8 @@ def main() -> None:
     mib = 2**20
     kind = "uniform" if args.uniform else "per-layer"
     print(f"{args.model} on {args.device} {args.dtype}: dense vs {kind} exports; prefill {args.batch} x {args.seq_len} "
-          f"tokens, decode batch 1 x {args.new_tokens} tokens after {args.prompt_len}")
+          f"tokens, decode batch 1 x {args.new_tokens} tokens after {args.prompt_len}; {rows[0]['threads']} torch "
+          f"threads, median of {args.repeats}")
     print(table(
         [[r["name"], r["step"], r["param_sparsity"], f"{r['param_count'] / 1e6:.1f}", f"{r['prefill_tok_s']:.0f}",
           r["prefill_x"], f"{r['decode_tok_s']:.1f}", r["decode_x"], f"{r['peak_bytes'] / mib:.0f}", r["memory_x"]]

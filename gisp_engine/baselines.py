@@ -43,9 +43,14 @@ def describe(method: str) -> str:
 
 def fixed_scores(method: str, model: torch.nn.Module, adapter: DecoderAdapter, space: StructureSpace,
                  objective: Objective, scored_layers: Sequence[int], normalization_divisors: np.ndarray,
-                 seed: int) -> np.ndarray:
-    """One score per structure (NaN outside ``scored_layers``): lower means removed earlier."""
+                 seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One score per structure (NaN outside ``scored_layers``; lower is removed earlier), and extras.
+
+    FLAP's extras are the calibration means of the inputs of ``o_proj`` and ``down_proj``
+    (layers x features), kept in the trajectory for its bias compensation.
+    """
     scored = np.isin(space.layer, list(scored_layers))
+    extras: dict[str, np.ndarray] = {}
     if method in ("gisp-oneshot", "llm-pruner"):
         raw = score_structures(model, adapter, space, full_layout(space), objective, scored_layers).raw
         raw = np.nan_to_num(raw, nan=0.0)
@@ -59,9 +64,19 @@ def fixed_scores(method: str, model: torch.nn.Module, adapter: DecoderAdapter, s
         out = _activation_scores(method, model, adapter, space, scored_layers, stats)
         if method == "flap":
             out = _standardize_per_block(space, out, scored)
+            extras = _input_means(space, stats)
     else:
         raise ValueError(f"not a fixed-ranking method: {method}")
-    return np.where(scored, out, np.nan)
+    return np.where(scored, out, np.nan), extras
+
+
+def _input_means(space: StructureSpace, stats: dict) -> dict[str, np.ndarray]:
+    g = space.geometry
+    means = {"input_mean_o": np.zeros((g.num_layers, g.num_heads * g.head_dim), np.float32),
+             "input_mean_down": np.zeros((g.num_layers, g.intermediate_size), np.float32)}
+    for (layer, key), (count, total, _) in stats.items():
+        means[f"input_mean_{key}"][layer] = (total / count).cpu().numpy()
+    return means
 
 
 def _head_columns(space: StructureSpace, unit: int) -> list[int]:

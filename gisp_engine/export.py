@@ -31,6 +31,8 @@ import datetime as _dt
 import hashlib
 import importlib
 import json
+import os
+import re
 import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,7 +44,7 @@ import torch
 from . import remote_code
 from .adapters import DecoderAdapter, adapter_for_config
 from .errors import GispError
-from .fsutil import TMP_MARK, atomic_write_json, staging_dir
+from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, staging_dir
 from .models import LoadedModel, resolve_device, resolve_dtype
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .structures import LayerKeep, StructureSpace
@@ -284,6 +286,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _manifest_json(manifest: dict) -> str:
+    """Indented JSON with every list of numbers on one line (the kept channels run into thousands)."""
+    text = json.dumps(manifest, indent=1)
+    return re.sub(r"\[\s*((?:-?\d+,\s*)*-?\d+)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text) + "\n"
+
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise GispError(f"--out {out} is a file: give a folder")
@@ -363,7 +377,8 @@ def export_subnetwork(
 
     with staging_dir(out) as tmp:
         report(2, "writing weights")
-        loaded.model.save_pretrained(tmp)
+        # shards of 2 GB: writing holds at most one shard's bytes beside the (already smaller) model
+        loaded.model.save_pretrained(tmp, max_shard_size="2GB")
         report(3, "writing config, tokenizer and code")
         loaded.tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "config.json", config)
@@ -371,10 +386,15 @@ def export_subnetwork(
         for name, text in code.items():
             (tmp / name).write_text(text, encoding="utf-8")
         report(4, "hashing")
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file() and not p.name.startswith(TMP_MARK)}
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            if path.is_file() and not path.name.startswith(TMP_MARK):
+                os.chmod(path, 0o666 & ~_umask())  # some writers create 0600 files; an export is for sharing
+                files[path.name] = _sha256(path)
         loads_with = (
             "AutoModelForCausalLM.from_pretrained(DIR) (stock code) or gisp_engine.load_pruned(DIR)" if uniform
-            else "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) or gisp_engine.load_pruned(DIR)"
+            else "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) (and AutoTokenizer likewise) "
+            "or gisp_engine.load_pruned(DIR)"
         )
         manifest = {
             "format": FORMAT,
@@ -409,7 +429,7 @@ def export_subnetwork(
             "engine_version": ENGINE_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(tmp / MANIFEST, manifest)
+        atomic_write_bytes(tmp / MANIFEST, _manifest_json(manifest).encode("utf-8"))
     report(5, "done")
     return ExportResult(out, manifest)
 

@@ -17,7 +17,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +143,7 @@ def prune(
 def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
     if out is None:
         return trajectory
-    copy = Trajectory(dict(trajectory.meta), trajectory.geometry, trajectory.gqa, trajectory.removal_step,
-                      trajectory.score, trajectory.steps, trajectory.scores)
+    copy = replace(trajectory, meta=dict(trajectory.meta), path=None)
     copy.save(Path(out))
     return copy
 
@@ -165,7 +164,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     divisors = space.divisors(config.normalization)
     iterative = config.method == "gisp"
     # a baseline ranks once, on the dense model (before any resumed state prunes it)
-    fixed = None if iterative else baselines.fixed_scores(
+    fixed, extras = (None, {}) if iterative else baselines.fixed_scores(
         config.method, model, adapter, space, objective, scored_layers, divisors, config.seed)
     layer_share = n / max(1, int((~protected).sum()))  # per-layer methods: ratio inside unprotected layers
 
@@ -243,7 +242,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     steps.append(record(total_steps, objective_value(model, objective), removed_last))
     progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
     meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
-    return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores)
+    return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores, extras=extras)
 
 
 @dataclass

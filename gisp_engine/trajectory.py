@@ -10,7 +10,8 @@ On disk a trajectory is a folder (written atomically: staged, then renamed) with
   ``layer`` (int32), ``kind`` (int8, 0 = head, 1 = channel), ``index`` (int32),
   ``removal_step`` (int32, -1 = never removed) and ``score`` (float32, the normalized
   score in the last step the structure was scored); optionally ``scores``
-  (float32, steps x structures, NaN where not scored).
+  (float32, steps x structures, NaN where not scored) and method-specific ``extra.*``
+  arrays (FLAP: ``extra.input_mean_o``, ``extra.input_mean_down``, layers x features).
 
 Nothing is pickled. Because removal is permanent, the keep-mask at step ``t`` is
 ``removal_step == -1 or removal_step > t``: every step is a prefix of the same order.
@@ -59,6 +60,8 @@ class Trajectory:
     steps: list[StepRecord]
     scores: np.ndarray | None = None  # float32, (T, N), optional
     path: Path | None = None
+    #: method-specific arrays (e.g. FLAP's calibration input means for bias compensation)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         self.space = StructureSpace(self.geometry, self.gqa)
@@ -151,6 +154,8 @@ class Trajectory:
         }
         if self.scores is not None:
             arrays["scores"] = self.scores.astype(np.float32)
+        for name, value in self.extras.items():
+            arrays[f"extra.{name}"] = np.ascontiguousarray(value, dtype=np.float32)
         blob = st_save(arrays)
         meta = dict(self.meta)
         meta.update(
@@ -216,6 +221,7 @@ class Trajectory:
                 steps=steps,
                 scores=arrays.get("scores"),
                 path=folder,
+                extras={k.removeprefix("extra."): v for k, v in arrays.items() if k.startswith("extra.")},
             )
         except GispError:
             raise

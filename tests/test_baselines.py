@@ -69,7 +69,7 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
     x_o = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured["o"]]).double()
     x_down = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured["down"]]).double()
 
-    wanda = fixed_scores("wanda-sp", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)
+    wanda = fixed_scores("wanda-sp", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0]
     w_o, w_down = attn.o.weight.detach().double(), mlp.down.weight.detach().double()
     head1 = (w_o[:, dh:2 * dh].abs() * x_o[:, dh:2 * dh].norm(dim=0)).sum()
     assert wanda[space.id(2, "head", 1)] == pytest.approx(float(head1), rel=1e-6)
@@ -77,16 +77,16 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
     assert wanda[space.id(2, "channel", 5)] == pytest.approx(float(ch5), rel=1e-6)
     assert np.isnan(wanda[space.layer == 1]).all()
 
-    magnitude = fixed_scores("magnitude", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)
+    magnitude = fixed_scores("magnitude", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0]
     expected = torch.cat([mlp.gate.weight[7], mlp.up.weight[7], mlp.down.weight[:, 7]]).detach().norm()
     assert magnitude[space.id(2, "channel", 7)] == pytest.approx(float(expected), rel=1e-5)
 
-    flap = fixed_scores("flap", loaded.model, loaded.adapter, space, objective, [1, 2], divisors, 0)
+    flap = fixed_scores("flap", loaded.model, loaded.adapter, space, objective, [1, 2], divisors, 0)[0]
     for kind in (0, 1):
         values = flap[np.isin(space.layer, [1, 2]) & (space.kind == kind)]
         assert values.mean() == pytest.approx(0, abs=1e-9) and values.std() == pytest.approx(1, rel=1e-9)
 
-    r0 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)
-    r1 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 1)
-    assert np.array_equal(r0, fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0),
+    r0 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0]
+    r1 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 1)[0]
+    assert np.array_equal(r0, fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0],
                           equal_nan=True) and not np.array_equal(r0, r1, equal_nan=True)

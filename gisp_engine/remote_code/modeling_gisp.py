@@ -19,7 +19,6 @@ import importlib
 import inspect
 
 import torch
-from torch import nn
 
 from .configuration_gisp import GispPrunedConfig
 
@@ -89,7 +88,9 @@ class GispAttention(_BaseAttention):
         return super().forward(*args, **kwargs)
 
 
-class GispNullAttention(nn.Module):
+# written as torch.nn.Module: transformers lets a model switch attention kernels at run time unless its
+# code holds an `...Attention(nn.Module)` class that does not dispatch through ALL_ATTENTION_FUNCTIONS
+class GispNullAttention(torch.nn.Module):
     """The attention block of a layer whose heads were all removed: it adds nothing to the residual stream."""
 
     def __init__(self, config, layer_idx):
