@@ -54,6 +54,7 @@ class NullAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = head_dim
+        self.bias: torch.Tensor | None = None  # a constant output (FLAP's bias compensation), else zero
 
     def forward(self, hidden_states: torch.Tensor, *args, cache=None, past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values
@@ -61,7 +62,8 @@ class NullAttention(nn.Module):
             b, t = hidden_states.shape[:2]
             empty = hidden_states.new_zeros(b, 0, t, self.head_dim)
             cache.update(empty, empty, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
+        out = torch.zeros_like(hidden_states)
+        return (out if self.bias is None else out + self.bias.to(out.dtype)), None
 
 
 def full_layout(space: StructureSpace) -> list[LayerKeep]:

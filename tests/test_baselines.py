@@ -90,3 +90,24 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
     r1 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 1)[0]
     assert np.array_equal(r0, fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0],
                           equal_nan=True) and not np.array_equal(r0, r1, equal_nan=True)
+
+
+def test_flap_bias_compensation(tiny_llama, data_dir):
+    """Compensation adds W[:, removed] @ mean(x[removed]): sliced == masked, and it differs from plain removal."""
+    from gisp_engine import GispError, apply_step
+
+    traj = prune(_cfg(tiny_llama, method="flap")).trajectory
+    assert traj.extras["input_mean_o"].shape == (4, 32) and traj.extras["input_mean_down"].shape == (4, 48)
+    assert np.abs(traj.extras["input_mean_down"][1]).sum() > 0
+    x = torch.randint(0, 300, (2, 16))
+    logits = {}
+    for name, physical, comp in (("sliced", True, True), ("masked", False, True), ("plain", True, False)):
+        loaded = load_model(str(tiny_llama), dtype="float32")
+        apply_step(loaded, traj, 3, physical=physical, bias_compensation=comp)
+        with torch.no_grad():
+            logits[name] = loaded.model(x).logits
+    torch.testing.assert_close(logits["sliced"], logits["masked"], rtol=1e-4, atol=1e-4)
+    assert (logits["sliced"] - logits["plain"]).abs().max() > 1e-3
+    gisp = prune(_cfg(tiny_llama)).trajectory
+    with pytest.raises(GispError, match="needs a FLAP trajectory"):
+        apply_step(load_model(str(tiny_llama)), gisp, 1, bias_compensation=True)
