@@ -85,6 +85,7 @@ def cmd_prune(args) -> None:
 
     config = PruneConfig(
         model=args.model,
+        method=args.method,
         objective=args.objective,
         calib=args.calib,
         tasks=args.tasks,
@@ -108,7 +109,7 @@ def cmd_prune(args) -> None:
     )
     bar = TqdmProgress(enabled=not args.quiet)
     try:
-        outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache)
+        outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache, resume=args.resume)
     finally:
         bar.close()
     traj = outcome.trajectory
@@ -197,6 +198,7 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .baselines import METHODS
     from .config import SCHEDULES, PruneConfig
     from .objectives import OBJECTIVES
     from .structures import GQA_POLICIES, NORMALIZATIONS
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="build (or fetch from the cache) a pruning trajectory")
     p.add_argument("--model", default=d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a folder, or a hub id")
+    p.add_argument("--method", default=d.method, choices=METHODS,
+                   help="gisp (iterative); baselines rank once: gisp-oneshot, llm-pruner, magnitude, random, wanda-sp, flap")
     p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVES))
     p.add_argument("--calib", default=d.calib, help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
     p.add_argument("--tasks", default=d.tasks, help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa or cmqa (all)")
@@ -225,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shrink", action="store_true", help="mask instead of slicing the working model between steps")
     p.add_argument("--save-scores", action="store_true", help="store every step's scores in the trajectory")
     p.add_argument("--no-cache", action="store_true", help="recompute even if the cache has this trajectory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed step")
     p.add_argument("--out", default=None, help="also write the trajectory to this folder")
     _device_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary (with \"path\")")
