@@ -40,7 +40,7 @@ with right:
     if active:
         for job in active:
             st.write(f"`{job.key}`: {job.state}, step {job.step} of {job.total}")
-        st.page_link("pages/1_Run.py", label="Follow them on the Run page", icon="▶️")
+        st.page_link("pages/1_Run.py", label="Follow them on the Run page", icon=":material/play_arrow:")
     else:
         st.write("None.")
 
@@ -86,10 +86,10 @@ else:
 st.subheader("Where next")
 c1, c2, c3 = st.columns(3)
 with c1:
-    st.page_link("pages/2_Explore.py", label="Explore: scrub a trajectory, see which heads and channels go", icon="🔎")
-    st.page_link("pages/4_Compare.py", label="Compare two trajectories", icon="⚖️")
+    st.page_link("pages/2_Explore.py", label="Explore: which heads and channels go", icon=":material/grid_view:")
+    st.page_link("pages/4_Compare.py", label="Compare two trajectories", icon=":material/compare:")
 with c2:
-    st.page_link("pages/1_Run.py", label="Run: prune a model in the background", icon="▶️")
-    st.page_link("pages/3_Evaluate.py", label="Evaluate: perplexity and generation at a sparsity", icon="📏")
+    st.page_link("pages/1_Run.py", label="Run: prune in the background", icon=":material/play_arrow:")
+    st.page_link("pages/3_Evaluate.py", label="Evaluate: perplexity, accuracy, generation", icon=":material/speed:")
 with c3:
-    st.page_link("pages/5_Export.py", label="Export the chosen subnetwork", icon="📦")
+    st.page_link("pages/5_Export.py", label="Export the chosen subnetwork", icon=":material/download:")

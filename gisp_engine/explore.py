@@ -29,12 +29,12 @@ def examples_dir() -> Path:
 
 
 def available_trajectories() -> list[dict]:
-    """Cache entries (newest first), then the repository's examples; each row names its ``source``.
+    """Cache entries (newest first), then the repository's examples (by name); each row names its ``source``.
 
     An example that is also in the cache (same request key) is listed once, as the example.
     """
     examples = []
-    for row in cache.list_cached(examples_dir()):
+    for row in sorted(cache.list_cached(examples_dir()), key=lambda r: r["path"]):
         row = dict(row, source="example", name=Path(row["path"]).name)
         try:
             row["key"] = json.loads((Path(row["path"]) / META_FILE).read_text())["key"]
@@ -237,7 +237,7 @@ def _jaccard(ka: np.ndarray, kb: np.ndarray) -> float:
 
 @dataclass
 class JaccardCurve:
-    sparsity: np.ndarray  # parameter sparsity points: every step of either trajectory
+    sparsity: np.ndarray  # parameter sparsity points: steps of either trajectory that the other matches
     step_a: np.ndarray  # step of A nearest each point
     step_b: np.ndarray
     sparsity_a: np.ndarray  # the parameter sparsity those steps actually have
@@ -247,12 +247,14 @@ class JaccardCurve:
     channels: np.ndarray
 
 
-def jaccard_curve(a: Trajectory, b: Trajectory) -> JaccardCurve:
+def jaccard_curve(a: Trajectory, b: Trajectory, tolerance: float = 0.05) -> JaccardCurve:
     """Overlap of the kept sets of A and B across parameter sparsity.
 
     At every step's sparsity of either trajectory, each is taken at its step nearest that
-    sparsity (how papers pick their 20/30/40/50% models), so a one-shot trajectory meets an
-    iterative one at its single point; a pair of steps met twice is listed once.
+    sparsity (how papers pick their 20/30/40/50% models). A pair is kept only where the two
+    steps' parameter sparsities are within ``tolerance`` of each other: comparing a sparser
+    set with a denser one would measure the sparsity gap, not the choice of structures. So a
+    one-shot trajectory meets an iterative one at the dense model and at its single point.
     """
     check_comparable(a, b)
     points = sorted({round(r.param_sparsity, 9) for t in (a, b) for r in t.steps})
@@ -260,12 +262,13 @@ def jaccard_curve(a: Trajectory, b: Trajectory) -> JaccardCurve:
     rows, seen = [], set()
     for p in points:
         sa, sb = a.step_nearest_sparsity(p), b.step_nearest_sparsity(p)
-        if (sa, sb) in seen:
+        pa, pb = a.steps[sa].param_sparsity, b.steps[sb].param_sparsity
+        if (sa, sb) in seen or abs(pa - pb) > tolerance:
             continue
         seen.add((sa, sb))
         ka, kb = a.keep_mask(sa), b.keep_mask(sb)
-        rows.append((p, sa, sb, a.steps[sa].param_sparsity, b.steps[sb].param_sparsity, _jaccard(ka, kb),
-                     _jaccard(ka[is_head], kb[is_head]), _jaccard(ka[~is_head], kb[~is_head])))
+        rows.append((p, sa, sb, pa, pb, _jaccard(ka, kb), _jaccard(ka[is_head], kb[is_head]),
+                     _jaccard(ka[~is_head], kb[~is_head])))
     cols = list(zip(*rows))
     return JaccardCurve(*(np.array(c) for c in cols))
 

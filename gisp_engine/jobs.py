@@ -11,7 +11,9 @@ and an estimate of the time left from the step timings). The folder is named by 
 key (``plan(config).key``), so reloading the page, a second tab or a second identical request
 finds the same run instead of starting another one, and a request whose trajectory is already
 cached is answered from the cache without a run. Cancelling terminates the run's process
-group. ``python -m gisp_engine.jobs list|cancel KEY`` does the same from a shell.
+group; the engine checkpoints every step, so asking again for a cancelled (or crashed) run
+continues it from its last finished step. ``python -m gisp_engine.jobs list|cancel KEY`` does
+the same from a shell.
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ def _alive(pid: int | None) -> bool:
         except OSError:
             return False
         if state in ("Z", "X"):
-            if child is not None:
-                child.poll()  # ours: reap it now
+            # exiting; a multi-threaded process can show Z before it can be reaped, so keep
+            # tracking our own child until poll() has really reaped it
+            if child is not None and child.poll() is not None:
                 _children.pop(pid, None)
             return False
         return b"gisp_engine.jobs" in cmdline
@@ -219,21 +222,37 @@ def cancel(key: str, wait_s: float = 10.0) -> JobStatus | None:
     pid = _read_pid(folder) or current.pid
     if pid:
         _signal_group(pid, signal.SIGTERM)
-        deadline = time.time() + wait_s
-        while _alive(pid) and time.time() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            _signal_group(pid, signal.SIGKILL)
-            while _alive(pid) and time.time() < deadline + 5:
-                time.sleep(0.1)
+        if not _wait_gone(pid, time.time() + wait_s):
+            _signal_group(pid, signal.SIGKILL)  # whatever ignored SIGTERM
+            _wait_gone(pid, time.time() + 5.0)
         child = _children.pop(pid, None)
-        if child is not None:
-            child.wait(timeout=5)  # reap it, so that no zombie is left in its group
+        if child is not None and child.poll() is None:
+            child.wait(timeout=5)
     after = _read_status(folder) or current
     if after.active:
         after.state, after.eta_s, after.message = "cancelled", None, "cancelled"
         _write_status(folder, after)
     return after
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_gone(pid: int, deadline: float) -> bool:
+    """Wait until the job and every process of its group have exited (helpers may outlive it briefly)."""
+    while time.time() < deadline:
+        leader = _alive(pid)  # also reaps our own child once it has exited
+        if not leader and not _group_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -332,7 +351,8 @@ def run(folder: Path) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        outcome = prune(PruneConfig(**request["config"]), progress=writer)
+        # resume: a run of this request that was cancelled or died continues from its last finished step
+        outcome = prune(PruneConfig(**request["config"]), progress=writer, resume=True)
     except KeyboardInterrupt:
         current.state, current.message, current.eta_s = "cancelled", "cancelled", None
         _write_status(folder, current)

@@ -20,18 +20,22 @@ ui.page_setup("Run")
 st.title("Run a pruning trajectory")
 st.caption(
     "The run happens outside this page, in a background process: you can leave, reload or open a second tab. "
-    "The same settings are never run twice; a finished trajectory is answered from the cache."
+    "The same settings are never run twice: a finished trajectory is answered from the cache, and a cancelled "
+    "run started again continues from its last finished step."
 )
 
 d = PruneConfig()
 with st.form("run_settings"):
     c1, c2, c3 = st.columns(3)
     with c1:
-        model = st.text_input("Model", d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a model folder, or a hub id")
+        model = st.text_input("Model", d.model,
+                              help=f"{settings.DEFAULT_MODEL} (embedded), a model folder, or a hub id")
         objective = st.selectbox("Objective", sorted(OBJECTIVES), index=sorted(OBJECTIVES).index(d.objective))
         calib = st.text_input("Calibration data", d.calib,
-                              help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
-        tasks = st.text_input("Tasks (task objectives)", d.tasks, help="comma-separated task names, or cmqa for all seven")
+                              help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file, "
+                                   "or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
+        tasks = st.text_input("Tasks (task objectives)", d.tasks,
+                              help="comma-separated task names, or cmqa for all seven")
     with c2:
         num_samples = st.number_input("Calibration sequences", min_value=1, value=d.num_samples, step=1)
         seq_len = st.number_input("Tokens per sequence", min_value=2, value=d.seq_len, step=32)

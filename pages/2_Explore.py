@@ -26,7 +26,7 @@ with ui.guard("Cannot read this trajectory: "):
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def head_hover(path: str, stamp_key: int):
-    return figures._head_hover(ui.view_for(path))
+    return figures.head_hover(ui.view_for(path))
 
 
 st.caption(
@@ -78,8 +78,8 @@ def _scrub(playing: bool) -> None:
     m[1].metric("Structural ratio", f"{at.structural_ratio:.1%}", help="fraction of heads and channels removed")
     m[2].metric("Kept parameters", f"{at.kept_params / 1e6:.2f} M",
                 help=f"decoder linear weights kept, of {at.total_params / 1e6:.2f} M (embeddings and LM head excluded)")
-    m[3].metric(f"{view.head_unit.capitalize()}s kept", f"{at.kept_heads} / {view.head_removal.size}")
-    m[4].metric("MLP channels kept", f"{at.kept_channels} / {view.channel_removal.size}")
+    m[3].metric(f"{view.head_unit.capitalize()}s kept (of {view.head_removal.size:,})", f"{at.kept_heads:,}")
+    m[4].metric(f"MLP channels kept (of {view.channel_removal.size:,})", f"{at.kept_channels:,}")
     m[5].metric("Calibration loss", f"{at.loss:.3f}", help="mean NLL in nats on the calibration set")
 
     left, right = st.columns([2, 3])

@@ -65,13 +65,14 @@ if go:
 remembered = ui.evaluations(path)
 if remembered:
     st.subheader("Remembered evaluations of this trajectory")
+    ordered = sorted(remembered, key=lambda r: (r["label"], r["step"]))
     st.dataframe(
         [{"check": r["label"], "step": r["step"], "parameter sparsity": r["param_sparsity"], "value": r["value"],
-          "device": r.get("device"), "when": r.get("created")} for r in sorted(remembered, key=lambda r: (r["label"], r["step"]))],
+          "device": r.get("device"), "when": r.get("created")} for r in ordered],
         hide_index=True,
         column_config={"parameter sparsity": st.column_config.NumberColumn(format="percent")},
     )
-    st.page_link("pages/2_Explore.py", label="See them on the trajectory curve", icon="🔎")
+    st.page_link("pages/2_Explore.py", label="See them on the trajectory curve", icon=":material/grid_view:")
 
 st.subheader("Generation, dense and pruned side by side")
 with st.form("generate"):
@@ -82,7 +83,8 @@ with st.form("generate"):
     gen = st.form_submit_button("Generate (greedy)")
 if gen:
     left, right = st.columns(2)
-    for col, (name, at_step) in zip((left, right), (("dense", 0), (f"pruned, {view.param_sparsity[step]:.1%} params", step))):
+    sides = (("dense", 0), (f"pruned, {view.param_sparsity[step]:.1%} params", step))
+    for col, (name, at_step) in zip((left, right), sides):
         with col, ui.guard(f"Generation failed ({name}): "), st.spinner(f"{name}…"):
             loaded = ui.model_at_step(path, ui.stamp(path), at_step, gen_device, "auto")
             text = checks.greedy_generate(loaded, prompt, int(max_new))

@@ -13,7 +13,11 @@ from gisp_engine import explore, figures
 
 ui.page_setup("Compare")
 st.title("Compare two trajectories")
-st.caption("Both must be of the same model and count heads the same way (GQA policy).")
+st.caption(
+    "Both must be of the same model and count heads the same way (GQA policy). Each is taken at its step nearest "
+    "a sparsity; only points where the two are within 5 points of parameter sparsity are compared (a one-shot "
+    "trajectory meets an iterative one at the dense model and at its single step)."
+)
 
 c1, c2 = st.columns(2)
 row_a = ui.pick_trajectory("Trajectory A", key="compare_a", container=c1)
@@ -44,12 +48,16 @@ points = list(range(len(curve.sparsity)))
 choice_key = "compare_point_" + hashlib.sha256(f"{path_a}|{path_b}".encode()).hexdigest()[:12]
 if choice_key not in st.session_state:
     st.session_state[choice_key] = int(abs(curve.sparsity - 0.4).argmin())
-i = st.select_slider("Parameter sparsity", options=points, key=choice_key,
-                     format_func=lambda k: f"A {curve.sparsity_a[k]:.1%} · B {curve.sparsity_b[k]:.1%}",
-                     help="Each trajectory is taken at its step nearest this parameter sparsity.")
+if len(points) > 1:
+    i = st.select_slider("Parameter sparsity", options=points, key=choice_key,
+                         format_func=lambda k: f"A {curve.sparsity_a[k]:.1%} · B {curve.sparsity_b[k]:.1%}",
+                         help="Each trajectory is taken at its step nearest this parameter sparsity.")
+else:
+    i = 0
+    st.info("The two trajectories share no sparsity but the dense model (their steps are more than 5 points apart).")
 step_a, step_b = int(curve.step_a[i]), int(curve.step_b[i])
 gap = abs(curve.sparsity_a[i] - curve.sparsity_b[i])
-if gap > 0.02:
+if gap > 0.005:
     st.caption(f"The two points differ by {gap:.1%} parameter sparsity: the nearest steps the trajectories have.")
 with ui.guard("These two cannot be compared: "):
     diff = difference(*stamps, step_a, step_b)

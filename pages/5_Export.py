@@ -49,7 +49,8 @@ uniform = st.toggle(
     "Uniform widths (every layer cut to the same size; loads with stock transformers code, "
     "but it is not exactly the trajectory's subnetwork)", value=False,
 )
-default_out = settings.cache_dir() / "exports" / f"{checks.trajectory_id(traj)}-step{step}{'-uniform' if uniform else ''}"
+suffix = "-uniform" if uniform else ""
+default_out = settings.cache_dir() / "exports" / f"{checks.trajectory_id(traj)}-step{step}{suffix}"
 with st.form("export"):
     out = st.text_input("Output folder", str(default_out), help="replaced if it holds an earlier export")
     device = st.selectbox("Device", ["auto", "cpu", "cuda"])

@@ -147,13 +147,14 @@ def test_explore_slider_changes_heatmaps_and_counts(runs):
         assert int((channels > 0).sum()) == int(((channel_grid > 0) & (channel_grid <= step)).sum())
         kept = traj.kept(step)
         shown = metrics(at)
-        assert shown["Query heads kept"] == f"{sum(len(layer['heads']) for layer in kept['layers'])} / {heads_grid.size}"
-        assert shown["MLP channels kept"] == f"{sum(len(layer['channels']) for layer in kept['layers'])} / {channel_grid.size}"
+        heads_label, channels_label = f"Query heads kept (of {heads_grid.size})", f"MLP channels kept (of {channel_grid.size})"
+        assert shown[heads_label] == str(sum(len(layer["heads"]) for layer in kept["layers"]))
+        assert shown[channels_label] == str(sum(len(layer["channels"]) for layer in kept["layers"]))
         assert shown["Parameter sparsity"] == f"{traj.steps[step].param_sparsity:.1%}"
         assert shown["Structural ratio"] == f"{traj.steps[step].structural_ratio:.1%}"
         seen[step] = (heads, shown)
     assert not np.array_equal(seen[1][0], seen[4][0])
-    assert seen[1][1]["MLP channels kept"] != seen[4][1]["MLP channels kept"]
+    assert seen[1][1][channels_label] != seen[4][1][channels_label]
     curve = chart(at, "Trajectory")
     marker = next(t for t in curve["data"] if t["name"] == "chosen point")
     assert decode(marker["x"])[0] == pytest.approx(traj.steps[4].param_sparsity)
@@ -170,7 +171,12 @@ def test_explore_play_button_advances_the_slider_and_grouped_view(runs):
     assert at.select_slider[0].value == 3
     at.button(key=f"play_button_{Path(runs['iterative']).name}").click().run()
     assert at.select_slider[0].value == 3 and at.button[0].label.endswith("Play")
+    at.select_slider[0].set_value(4).run()
+    at.button[0].click().run()  # Play at the last step starts again from the dense model
+    assert at.select_slider[0].value == 0
+    at.button[0].click().run()
 
+    at.select_slider[0].set_value(3).run()
     at.radio[0].set_value("original order, grouped").run()
     no_errors(at)
     grouped = decode(chart(at, "MLP channels")["data"][0]["z"])
@@ -234,6 +240,27 @@ def test_evaluate_bad_setting_and_missing_model_show_errors(runs, tmp_path):
     at.button[0].click().run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
+
+
+def test_evaluate_offers_the_accuracy_tasks_of_the_engine(runs, data_dir):
+    from gisp_engine.checks import available_checks
+
+    if "boolq" not in available_checks():
+        pytest.skip("this engine offers no accuracy tasks")
+    at = open_page("pages/3_Evaluate.py", select=runs["iterative"])
+    at.select_slider[0].set_value(4).run()
+    next(s for s in at.selectbox if s.label == "Check").set_value("boolq")
+    at.number_input[0].set_value(4)  # items
+    at.button[0].click().run()
+    no_errors(at)
+    values = [float(v) for k, v in metrics(at).items() if k.startswith(("dense", "pruned"))]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    rows = load_evaluations(Trajectory.load(runs["iterative"]))
+    assert {r["metric"] for r in rows} == {"accuracy"} and sorted(r["step"] for r in rows) == [0, 4]
+    at.switch_page("pages/2_Explore.py").run()
+    curve = chart(at, "Trajectory")
+    assert any(t["name"].startswith("boolq accuracy") for t in curve["data"])
+    assert curve["layout"]["yaxis2"]["title"]["text"] == "accuracy"
 
 
 # ---- compare ----------------------------------------------------------------------------------

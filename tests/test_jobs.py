@@ -101,6 +101,15 @@ def test_cancel_terminates_the_process_group(tiny_llama, data_dir):
     assert cache.lookup(job.key) is None
     assert jobs.status(job.key).state == "cancelled"
 
+    # asked again, the run continues from the engine's checkpoint of its last finished step
+    done_before = json.loads((cache.partial_path(job.key) / "state.json").read_text())["done"]
+    assert done_before >= 1
+    again = jobs.submit(_config(tiny_llama, steps=400, max_sparsity=0.45, num_samples=16, seq_len=64))
+    assert again.key == job.key and again.pid != job.pid
+    resumed = _wait(job.key, lambda s: s.state == "running" and s.step >= done_before)
+    assert len(resumed.step_times_s) < resumed.step  # the steps before the checkpoint were not run again
+    assert jobs.cancel(job.key).state == "cancelled"
+
 
 def test_bad_settings_are_refused_before_any_process(tiny_llama):
     with pytest.raises(GispError, match="--max-sparsity"):

@@ -1,0 +1,126 @@
+"""The explorer in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
+
+The test starts ``streamlit run app.py`` on a free localhost port with an empty cache, so the
+Explore page opens on the repository's example trajectory; it moves the sparsity slider with
+the keyboard, waits for the heatmap to change, and saves a screenshot into
+``benchmarks/results/``. Without chromium or playwright it skips, except under
+``GISP_REQUIRE_DATA=1`` (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = ROOT / "benchmarks" / "results" / "explore_browser.png"
+
+
+def _require(what: str) -> None:
+    if os.environ.get("GISP_REQUIRE_DATA") == "1":
+        pytest.fail(f"{what} is required here (GISP_REQUIRE_DATA=1)")
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        _require(f"chromium ({CHROMIUM}; apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require("the playwright package (pip install -r requirements-dev.txt)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served_app(isolated_cache, tmp_path):
+    examples = ROOT / "cache" / "examples"
+    if not any((p / "trajectory.json").is_file() for p in examples.glob("*")):
+        _require(f"an example trajectory in {examples}")
+    port = _free_port()
+    env = dict(os.environ, GISP_CACHE_DIR=str(isolated_cache))
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+HEADS_STATE = """() => {
+  const plots = Array.from(document.querySelectorAll('.js-plotly-plot'));
+  const heads = plots.find(p => p.layout && p.layout.title && String(p.layout.title.text).includes('Attention heads'));
+  if (!heads) return null;
+  return {title: String(heads.layout.title.text), z: JSON.stringify(heads.data[0].z)};
+}"""
+
+CHANGED = f"(previous) => {{ const s = ({HEADS_STATE})(); return s !== null && s.z !== previous; }}"
+
+
+def test_explore_in_chromium_slider_redraws_the_heatmap(browser, served_app):
+    page = browser.new_page(viewport={"width": 1600, "height": 1500})
+    page.goto(f"{served_app}/Explore")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=90_000)
+    page.wait_for_function(f"({HEADS_STATE})() !== null", timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    before = page.evaluate(HEADS_STATE)
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+    value_before = int(slider.get_attribute("value"))
+    assert value_before > 0
+
+    slider.focus()
+    page.keyboard.press("Home")  # to the dense model
+    page.wait_for_function(CHANGED, arg=before["z"], timeout=60_000)
+    after = page.evaluate(HEADS_STATE)
+    assert int(slider.get_attribute("value")) == 0
+    assert after["title"] != before["title"]
+    assert re.search(r"(\d+) of \1 kept", after["title"]), after["title"]  # the dense model keeps every head
+    assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "0.0%"
+
+    page.keyboard.press("End")  # to the last subnetwork
+    page.wait_for_function(CHANGED, arg=after["z"], timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+    page.close()
