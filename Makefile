@@ -32,6 +32,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_trajectory.py
+	$(BIN)/python benchmarks/bench_deploy.py --threads 1
+	$(BIN)/python benchmarks/bench_ui.py
+	$(BIN)/python benchmarks/bench_objectives.py
+	$(BIN)/python benchmarks/bench_baselines.py
 
 clean-venv:
 	rm -rf $(VENV)
