@@ -7,9 +7,10 @@ and a pair longer than the model's context is cut on the left.
 
 Batches are right-padded. Under causal attention, padding after a sequence cannot change
 any position before it, and position ids count from the start either way, so no attention
-mask is needed. Logits are computed only at the positions that predict a continuation token
-(transformers' boolean ``logits_to_keep``), so a long prompt with a one-word answer does not
-pay for a vocabulary-sized projection at every prompt position.
+mask is needed. The LM head runs only at the positions that predict a continuation token,
+so a long prompt with a one-word answer does not pay for a vocabulary-sized projection at
+every prompt position; like ``sequence_nll`` it runs over chunks of positions, recomputed in
+the backward pass, so a batch's full logits never exist at once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from .objectives.base import input_device
+from .errors import GispError
+from .objectives.base import LOGIT_CHUNK_ELEMENTS, input_device
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def scored_sequence(tokenizer, context: str, continuation: str, max_length: int | None = None) -> ScoredSequence:
     context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
     if not continuation_ids:
-        continuation_ids = context_ids[-1:]  # degenerate pair: score the last token rather than nothing
-        context_ids = context_ids[:-1] or context_ids
+        raise GispError(f"nothing to score: the continuation {continuation!r} has no tokens after {context[-40:]!r}")
     tokens = context_ids + continuation_ids
     if max_length:  # the model sees at most max_length inputs; the last token is only a target
         tokens = tokens[-(max_length + 1) :]
@@ -82,15 +84,29 @@ def continuation_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 
     Carries gradients when called under autograd (the objectives), not under ``no_grad`` (evaluation).
     """
-    device = input_device(model)
-    input_ids = batch["input_ids"].to(device)
-    scored = batch["scored"].to(device)
-    logits = model(input_ids=input_ids, logits_to_keep=scored, use_cache=False).logits  # (num scored, vocab)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_logp = logp.gather(1, batch["targets"].to(device)[scored].unsqueeze(1)).squeeze(1)
-    rows = torch.arange(scored.shape[0], device=device).unsqueeze(1).expand_as(scored)[scored]
-    sums = torch.zeros(scored.shape[0], dtype=token_logp.dtype, device=device).index_add(0, rows, token_logp)
-    return sums, scored.sum(dim=1)
+    scored = batch["scored"]
+    hidden = model.base_model(input_ids=batch["input_ids"].to(input_device(model)), use_cache=False).last_hidden_state
+    picked = hidden[scored.to(hidden.device)]  # (scored positions, hidden): rows in batch order
+    targets = batch["targets"][scored]
+    head = model.get_output_embeddings()
+    rows = max(64, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+
+    def chunk_logp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()  # with --device-map auto the head may sit on another device than the input
+        return -torch.nn.functional.cross_entropy(logits, t.to(logits.device), reduction="none")
+
+    pieces = []
+    for start in range(0, picked.shape[0], rows):
+        h, t = picked[start : start + rows], targets[start : start + rows]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(chunk_logp, h, t, use_reentrant=False))
+        else:
+            pieces.append(chunk_logp(h, t))
+    token_logp = torch.cat(pieces)
+    device = token_logp.device
+    owner = torch.arange(scored.shape[0]).unsqueeze(1).expand_as(scored)[scored].to(device)
+    sums = torch.zeros(scored.shape[0], dtype=token_logp.dtype, device=device).index_add(0, owner, token_logp)
+    return sums, scored.sum(dim=1).to(device)
 
 
 def length_batches(lengths: Sequence[int], max_sequences: int, max_tokens: int | None = None) -> list[list[int]]:

@@ -181,3 +181,42 @@ def test_calibration_exclusions_read_an_objective_description():
     assert calibration_exclusions(meta) == {"piqa": {1, 3}, "boolq": set()}
     assert calibration_exclusions({"objective": "perplexity", "calibration": {}}) == {}
     assert calibration_exclusions(None) == {}
+
+
+def test_hub_records_map_into_the_file_format(tmp_data, data_dir, monkeypatch):
+    """With no file and the hub allowed, records come through ``datasets`` (stubbed here: no network)."""
+    import datasets
+
+    from gisp_engine import tasks
+
+    hub = {
+        ("allenai/winogrande", "winogrande_xl", "validation"): [
+            {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
+             "option1": "Sarah", "option2": "Maria", "answer": "2"}],
+        ("allenai/ai2_arc", "ARC-Easy", "test"): [
+            {"question": "Which is a gas?", "choices": {"text": ["ice", "steam"], "label": ["A", "B"]}, "answerKey": "B"}],
+        ("aps/super_glue", "boolq", "validation"): [{"passage": "P.", "question": "is it", "label": 1}],
+        ("openai/gsm8k", "main", "test"): [{"question": "1+1?", "answer": "1+1=2\n#### 2"}],
+        ("baber/piqa", None, "validation"): [{"goal": "open a jar", "sol1": "twist", "sol2": "push"}],  # no label
+    }
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split))
+        return hub[(path, name, split)]
+
+    monkeypatch.delenv("GISP_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(tasks, "_MEMO", {})
+    wino = load_task("winogrande")
+    assert wino.source == {"kind": "hub", "dataset": "allenai/winogrande", "config": "winogrande_xl", "split": "validation"}
+    local = tasks.partial_item("winogrande", 0, json.loads((data_dir / "cmqa" / "winogrande.jsonl").open().readline()), "x")
+    assert wino.items[0] == local  # the same item as the offline file's first record
+    assert load_task("arc_easy").items[0].requests()[1] == ("Question: Which is a gas?", " steam")
+    boolq = load_task("boolq").items[0]
+    assert (boolq.query, boolq.gold) == ("Passage: P.\nQuestion: is it?", 1)
+    assert load_task("gsm8k_test").items[0].final == "2"
+    with pytest.raises(GispError, match=r"hub baber/piqa \(validation\) record 0: unexpected record layout"):
+        load_task("piqa")
+    assert len(calls) == 5
