@@ -133,7 +133,7 @@ class MarginObjective(Objective):
             "loss": LOSS,
             "tasks": [s.task for s in self.slices],
             "calib_tokens": self.calib_tokens,
-            "tokens_used": sum(s.tokens for s in self.slices),
+            "tokens_used": sum(s.tokens for s in self.slices),  # every option sequence's tokens, prompt included
             "seed": self.seed,
             "sequences": {"correct": self.num_correct, "incorrect": self.num_incorrect},
             "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED, "rule": POOL_RULE},
