@@ -79,6 +79,18 @@ def pick_trajectory(label: str = "Trajectory", slot: str = SELECTED, key: str = 
     return by_path[choice]
 
 
+def picked_trajectory(load: bool = True):
+    """The trajectory chosen in the sidebar: (path, view, trajectory or None); stops the page without one."""
+    row = pick_trajectory()
+    if row is None:
+        st.stop()
+    path = row["path"]
+    with guard("Cannot read this trajectory: "):
+        view = view_for(path)
+        traj = load_trajectory(path) if load else None
+    return path, view, traj
+
+
 def remember_trajectory(path: str | None) -> None:
     """Make ``path`` the trajectory the pages show next."""
     if path:

@@ -8,7 +8,6 @@ and, where there is one, the line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from . import settings
 from .errors import GispError
+from .fsutil import sha256_file
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,11 @@ CALIB_ALIASES = tuple(sorted(_HUB_ALIASES))
 
 
 def file_sha256(path: Path, _memo: dict = {}) -> str:  # noqa: B006 - deliberate per-process memo
+    """SHA-256 of a data file, computed once per process for each (path, size, mtime)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _memo[key] = digest.hexdigest()
+        _memo[key] = sha256_file(path)
     return _memo[key]
 
 

@@ -28,7 +28,6 @@ afterwards ``loaded.model`` *is* the subnetwork. Load the model again for the de
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
@@ -44,7 +43,7 @@ import torch
 from . import remote_code
 from .adapters import DecoderAdapter, adapter_for_config
 from .errors import GispError
-from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, staging_dir
+from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, sha256_file, staging_dir, umask
 from .models import LoadedModel, resolve_device, resolve_dtype
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .structures import LayerKeep, StructureSpace
@@ -278,20 +277,6 @@ def _param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() counts tied weights once
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _manifest_json(manifest: dict) -> str:
     """Indented JSON with every list of numbers on one line (the kept channels run into thousands)."""
     text = json.dumps(manifest, indent=1)
@@ -389,8 +374,8 @@ def export_subnetwork(
         files = {}
         for path in sorted(tmp.iterdir()):
             if path.is_file() and not path.name.startswith(TMP_MARK):
-                os.chmod(path, 0o666 & ~_umask())  # some writers create 0600 files; an export is for sharing
-                files[path.name] = _sha256(path)
+                os.chmod(path, 0o666 & ~umask())  # some writers create 0600 files; an export is for sharing
+                files[path.name] = sha256_file(path)
         loads_with = (
             "AutoModelForCausalLM.from_pretrained(DIR) (stock code) or gisp_engine.load_pruned(DIR)" if uniform
             else "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) (and AutoTokenizer likewise) "
@@ -459,7 +444,7 @@ def verify_export(folder: Path | str) -> dict:
             raise GispError(f"corrupt export manifest {path}: bad file name {name!r}")
         if not (folder / name).is_file():
             raise GispError(f"export {folder} is incomplete: {name} is missing")
-        if _sha256(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise GispError(
                 f"{folder / name} does not match the export manifest: the folder was changed after export "
                 "(or mixes two exports); export it again"

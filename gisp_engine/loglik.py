@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from .errors import GispError
-from .objectives.base import LOGIT_CHUNK_ELEMENTS, input_device
+from .objectives.base import input_device, token_nll
 
 
 @dataclass(frozen=True)
@@ -87,22 +86,7 @@ def continuation_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     scored = batch["scored"]
     hidden = model.base_model(input_ids=batch["input_ids"].to(input_device(model)), use_cache=False).last_hidden_state
     picked = hidden[scored.to(hidden.device)]  # (scored positions, hidden): rows in batch order
-    targets = batch["targets"][scored]
-    head = model.get_output_embeddings()
-    rows = max(64, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
-
-    def chunk_logp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()  # with --device-map auto the head may sit on another device than the input
-        return -torch.nn.functional.cross_entropy(logits, t.to(logits.device), reduction="none")
-
-    pieces = []
-    for start in range(0, picked.shape[0], rows):
-        h, t = picked[start : start + rows], targets[start : start + rows]
-        if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(chunk_logp, h, t, use_reentrant=False))
-        else:
-            pieces.append(chunk_logp(h, t))
-    token_logp = torch.cat(pieces)
+    token_logp = -token_nll(model, picked, batch["targets"][scored])
     device = token_logp.device
     owner = torch.arange(scored.shape[0]).unsqueeze(1).expand_as(scored)[scored].to(device)
     sums = torch.zeros(scored.shape[0], dtype=token_logp.dtype, device=device).index_add(0, owner, token_logp)

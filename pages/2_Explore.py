@@ -16,12 +16,7 @@ from gisp_engine import figures
 ui.page_setup("Explore")
 st.title("Explore a trajectory")
 
-row = ui.pick_trajectory()
-if row is None:
-    st.stop()
-path = row["path"]
-with ui.guard("Cannot read this trajectory: "):
-    view = ui.view_for(path)
+path, view, _ = ui.picked_trajectory(load=False)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -12,13 +12,7 @@ from gisp_engine.progress import ProgressEvent
 ui.page_setup("Evaluate")
 st.title("Evaluate a point of the trajectory")
 
-row = ui.pick_trajectory()
-if row is None:
-    st.stop()
-path = row["path"]
-with ui.guard("Cannot read this trajectory: "):
-    view = ui.view_for(path)
-    traj = ui.load_trajectory(path)
+path, view, traj = ui.picked_trajectory()
 model = ui.model_id(traj)
 step = ui.step_slider(path, view, "evaluate_step")
 st.caption(

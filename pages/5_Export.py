@@ -30,13 +30,7 @@ if exporter is None:
     )
     st.stop()
 
-row = ui.pick_trajectory()
-if row is None:
-    st.stop()
-path = row["path"]
-with ui.guard("Cannot read this trajectory: "):
-    view = ui.view_for(path)
-    traj = ui.load_trajectory(path)
+path, view, traj = ui.picked_trajectory()
 model = ui.model_id(traj)
 step = ui.step_slider(path, view, "export_step")
 st.caption(

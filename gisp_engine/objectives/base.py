@@ -41,19 +41,13 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token NLL of each sequence (over the positions ``loss_mask`` selects).
+def token_nll(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL of ``targets`` (rows) given final hidden states (rows x hidden size), through the LM head.
 
-    The LM head and the cross-entropy run over chunks of positions, and with gradients on
-    each chunk's logits are recomputed in the backward pass instead of being kept: the
-    full (batch x length x vocabulary) logits never exist at once.
+    The head and the cross-entropy run over chunks of rows, and with gradients each chunk's
+    logits are recomputed in the backward pass instead of being kept: the full
+    (positions x vocabulary) logits never exist at once.
     """
-    device = input_device(model)
-    input_ids = input_ids.to(device)
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    batch, length = hidden.shape[:2]
-    hidden = hidden.reshape(batch * length, -1)
-    targets = input_ids[:, 1:].reshape(-1)
     head = model.get_output_embeddings()
     rows = max(64, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
 
@@ -68,7 +62,15 @@ def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: tor
             pieces.append(checkpoint(chunk_nll, h, t, use_reentrant=False))
         else:
             pieces.append(chunk_nll(h, t))
-    nll = torch.cat(pieces).view(batch, length)
+    return torch.cat(pieces)
+
+
+def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token NLL of each sequence (over the positions ``loss_mask`` selects)."""
+    input_ids = input_ids.to(input_device(model))
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    batch, length = hidden.shape[:2]
+    nll = token_nll(model, hidden.reshape(batch * length, -1), input_ids[:, 1:].reshape(-1)).view(batch, length)
     if loss_mask is None:
         return nll.mean(dim=1)
     mask = loss_mask[:, 1:].to(device=nll.device, dtype=nll.dtype)
