@@ -38,7 +38,16 @@ class Check:
     metric: str  # "perplexity" (lower is better) or "accuracy"
     title: str
     run: Callable[..., dict]  # (loaded, trajectory, limit, progress, **options) -> {"value": float, ...details}
-    options: tuple[str, ...] = ()  # option names the check takes besides the limit (e.g. seq_len)
+    defaults: tuple[tuple[str, object], ...] = ()  # options the check takes besides the limit, with defaults
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.defaults)
+
+    def resolve(self, options: dict | None) -> dict:
+        """Every option of this check, given or default, so equal requests have equal identities."""
+        given = options or {}
+        return {name: given.get(name, default) for name, default in self.defaults}
 
 
 def _wikitext2(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
@@ -50,7 +59,8 @@ def _wikitext2(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, p
 
 
 CHECKS: dict[str, Check] = {
-    "wikitext2": Check("wikitext2", "perplexity", "WikiText-2 perplexity", _wikitext2, ("seq_len", "batch_size")),
+    "wikitext2": Check("wikitext2", "perplexity", "WikiText-2 perplexity", _wikitext2,
+                       (("seq_len", 128), ("batch_size", 8))),
 }
 
 _HEADLINES = ("perplexity", "average_acc", "exact_match", "acc")  # the one number of each result type
@@ -60,18 +70,20 @@ def _task_check(task: str) -> Check:
     """An accuracy task of ``evaluate.evaluate_task``, skipping what the trajectory calibrated on."""
 
     def run(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
-            batch_size: int = 8) -> dict:
+            **options) -> dict:
         from .evaluate import evaluate_task
         from .tasks import calibration_exclusions
 
         exclusions = calibration_exclusions(trajectory.meta.get("objective"))
-        result = evaluate_task(loaded.model, loaded.tokenizer, task, limit=limit, batch_size=batch_size,
-                               exclusions=exclusions, progress=progress)
+        result = evaluate_task(loaded.model, loaded.tokenizer, task, limit=limit, exclusions=exclusions,
+                               progress=progress, **options)
         value = next(float(getattr(result, name)) for name in _HEADLINES if hasattr(result, name))
         return {"value": value, **result.to_dict()}
 
     title = "GSM8K exact match" if task == "gsm8k" else f"{task} accuracy" + (" (average)" if task == "cmqa" else "")
-    return Check(task, "accuracy", title, run, ("batch_size",))
+    defaults = ((("batch_size", 8), ("few_shot", 5), ("max_new_tokens", 256)) if task == "gsm8k"
+                else (("batch_size", 8), ("include_pool", False)))
+    return Check(task, "accuracy", title, run, defaults)
 
 
 def available_checks() -> dict[str, Check]:
@@ -158,7 +170,8 @@ def find_evaluation(trajectory: Trajectory, task: str, step: int, limit: int | N
 
 
 def _label(check: Check, limit: int | None, options: dict) -> str:
-    parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(options.items()) if k != "batch_size"]
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(options.items())
+             if k not in ("batch_size", "max_new_tokens") and v is not False]
     parts.append(f"first {limit}" if limit else "all")
     return f"{check.title} ({', '.join(parts)})"
 
@@ -179,7 +192,7 @@ def evaluate_step(
         raise GispError(f"unknown check {task!r}: choose one of {', '.join(checks)}")
     check = checks[task]
     trajectory._check_step(step)
-    options = {k: v for k, v in (options or {}).items() if k in check.options}
+    options = check.resolve(options)
     if limit is not None and limit < 1:
         raise GispError(f"the limit must be at least 1 example (or none for all), got {limit}")
     dtype = str(loaded_at_step.dtype).removeprefix("torch.")

@@ -140,10 +140,10 @@ def cmd_info(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .checks import evaluate_step
     from .evaluate import evaluate_task, result_text
     from .models import load_model
     from .subnetwork import apply_step, resolve_step
-    from .tasks import calibration_exclusions
 
     if (args.sparsity is not None or args.step is not None) and not args.trajectory:
         raise GispError("--sparsity/--step need --trajectory")
@@ -151,25 +151,28 @@ def cmd_eval(args) -> None:
     step = resolve_step(traj, args.sparsity, args.step) if traj else None
     loaded = load_model(args.model, args.device, args.dtype, args.device_map)
     payload = {"model": args.model, "task": args.task}
-    # a trajectory's own calibration items are never evaluated on, whatever the step
-    exclusions = calibration_exclusions(traj.meta.get("objective")) if traj is not None else {}
-    if traj is not None:
-        apply_step(loaded, traj, step)
-        rec = traj.steps[step]
-        payload.update(trajectory=str(traj.path), step=step, param_sparsity=rec.param_sparsity,
-                       structural_ratio=rec.structural_ratio)
-    else:
-        payload.update(step=None, param_sparsity=0.0, structural_ratio=0.0)
+    options = {"seq_len": args.seq_len, "batch_size": args.batch_size, "few_shot": args.few_shot,
+               "max_new_tokens": args.max_new_tokens, "include_pool": args.all_items}
     bar = TqdmProgress(enabled=not args.quiet)
     try:
-        result = evaluate_task(loaded.model, loaded.tokenizer, args.task, limit=args.limit, seq_len=args.seq_len,
-                               batch_size=args.batch_size, few_shot=args.few_shot,
-                               max_new_tokens=args.max_new_tokens, exclusions=exclusions,
-                               include_pool=args.all_items, progress=bar)
+        if traj is not None:
+            # the same remembered evaluation the explorer runs (and draws on its curve); a trajectory's
+            # own calibration items are never evaluated on, whatever the step
+            apply_step(loaded, traj, step)
+            rec = traj.steps[step]
+            payload.update(trajectory=str(traj.path), step=step, param_sparsity=rec.param_sparsity,
+                           structural_ratio=rec.structural_ratio)
+            row = evaluate_step(loaded, traj, step, args.task, args.limit, options, bar, refresh=args.no_cache)
+            payload.update(row["details"], cached=row["cached"])
+            text = f"{row['label']}: {row['value']:.4f}" + (" (remembered)" if row["cached"] else "")
+        else:
+            payload.update(step=None, param_sparsity=0.0, structural_ratio=0.0)
+            result = evaluate_task(loaded.model, loaded.tokenizer, args.task, limit=args.limit, progress=bar, **options)
+            payload.update(result.to_dict())
+            text = result_text(result)
     finally:
         bar.close()
-    payload.update(result.to_dict())
-    _emit(args, payload, f"{result_text(result)}\nat parameter sparsity {payload['param_sparsity']:.4f}")
+    _emit(args, payload, f"{text}\nat parameter sparsity {payload['param_sparsity']:.4f}")
 
 
 def cmd_model_prepare(args) -> None:
@@ -255,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or held-out items per task")
     p.add_argument("--few-shot", type=int, default=5, help="gsm8k: solved train problems before each question")
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length limit")
+    p.add_argument("--no-cache", action="store_true", help="evaluate again even if this evaluation is remembered")
     p.add_argument("--all-items", action="store_true",
                    help="also evaluate the reserved calibration pools (a trajectory's own calibration items stay out)")
     p.add_argument("--batch-size", type=int, default=8, help="windows, options or problems per forward pass")

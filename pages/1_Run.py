@@ -11,6 +11,7 @@ import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine import jobs, settings
+from gisp_engine.baselines import METHODS
 from gisp_engine.config import SCHEDULES, PruneConfig
 from gisp_engine.data import CALIB_ALIASES
 from gisp_engine.objectives import OBJECTIVES
@@ -30,6 +31,8 @@ with st.form("run_settings"):
     with c1:
         model = st.text_input("Model", d.model,
                               help=f"{settings.DEFAULT_MODEL} (embedded), a model folder, or a hub id")
+        method = st.selectbox("Method", METHODS, index=METHODS.index(d.method),
+                              help="gisp re-scores at every step; the baselines rank once on the dense model")
         objective = st.selectbox("Objective", sorted(OBJECTIVES), index=sorted(OBJECTIVES).index(d.objective))
         calib = st.text_input("Calibration data", d.calib,
                               help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file, "
@@ -61,7 +64,7 @@ with st.form("run_settings"):
 
 if submitted:
     config = PruneConfig(
-        model=model.strip(), objective=objective, calib=calib.strip(), tasks=tasks.strip(),
+        model=model.strip(), method=method, objective=objective, calib=calib.strip(), tasks=tasks.strip(),
         num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
         schedule=schedule, gqa=gqa, normalization=normalization,
         protect_first=None if protect_first < 0 else int(protect_first), protect_last=int(protect_last),
@@ -91,7 +94,8 @@ def _show(job: jobs.JobStatus) -> None:
     cfg = job.config
     with st.container(border=True):
         st.markdown(
-            f"**`{job.key}`** · {cfg.get('model')} · {cfg.get('objective')} · {cfg.get('steps')} steps to "
+            f"**`{job.key}`** · {cfg.get('model')} · {cfg.get('method', 'gisp')} · {cfg.get('objective')} · "
+            f"{cfg.get('steps')} steps to "
             f"structural ratio {cfg.get('max_sparsity')} · **{job.state}**"
         )
         if job.active:

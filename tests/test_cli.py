@@ -37,6 +37,16 @@ def test_prune_info_eval_round_trip(tiny_llama, data_dir, capsys, tmp_path):
     dense = run_json(capsys, ["eval", "--model", str(tiny_llama), "--task", "wikitext2", "--limit", "4", "--quiet"])
     pruned = run_json(capsys, ["eval", "--model", str(tiny_llama), "--trajectory", summary["path"],
                                "--sparsity", str(target + 1e-4), "--limit", "4", "--quiet"])
+    # the evaluation of a trajectory point is remembered where the explorer draws it on its curve
+    from gisp_engine.checks import load_evaluations
+    from gisp_engine.trajectory import Trajectory
+
+    rows = load_evaluations(Trajectory.load(summary["path"]))
+    assert [(r["task"], r["step"], r["value"]) for r in rows] == [("wikitext2", 2, pruned["perplexity"])]
+    assert pruned["cached"] is False
+    again = run_json(capsys, ["eval", "--model", str(tiny_llama), "--trajectory", summary["path"],
+                              "--step", "2", "--limit", "4", "--quiet"])
+    assert again["cached"] is True and again["perplexity"] == pruned["perplexity"]
     assert dense["seq_len"] == 128 and dense["windows"] == 4 and dense["param_sparsity"] == 0.0
     assert pruned["step"] == 2 and pruned["param_sparsity"] == pytest.approx(target)
     assert dense["perplexity"] > 1 and pruned["perplexity"] > 1 and dense["perplexity"] != pruned["perplexity"]

@@ -107,3 +107,56 @@ def test_random_calibration_files(tmp_path_factory, lines, suffix):
             read_jsonl(path)
         except GispError:
             pass
+
+
+@pytest.fixture(scope="module")
+def task_heads(data_dir) -> dict[str, bytes]:
+    """The first items of every task file, as the bytes a damaged copy starts from."""
+    import bz2
+
+    from gisp_engine.tasks import SOURCES
+
+    heads = {}
+    for name, source in SOURCES.items():
+        path = data_dir / source.local
+        if path.suffix == ".bz2":
+            with bz2.open(path, "rt", encoding="utf-8") as fh:
+                heads[name] = "".join(fh.readline() for _ in range(6 * 10)).encode()
+        else:
+            with open(path, "rb") as fh:
+                heads[name] = b"".join(fh.readline() for _ in range(10))
+    return heads
+
+
+@CASES
+@given(name=st.sampled_from(["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
+                             "openbookqa", "gsm8k_train", "gsm8k_test"]),
+       cut=st.floats(0, 1), junk=st.binary(max_size=48),
+       mode=st.sampled_from(["truncate", "replace", "splice", "compressed-bytes"]))
+def test_damaged_task_files(task_heads, tmp_path_factory, name, cut, junk, mode):
+    import bz2
+
+    from gisp_engine.tasks import SOURCES
+
+    source = SOURCES[name]
+    data = task_heads[name]
+    at = int(cut * len(data))
+    if mode == "truncate":
+        data = data[:at]
+    elif mode == "replace":
+        data = junk
+    elif mode == "splice":
+        data = data[:at] + junk + data[at + len(junk):]
+    compressed = source.local.endswith(".bz2")
+    if compressed:
+        data = bz2.compress(data)
+        if mode == "compressed-bytes":  # damage the container itself
+            cut_at = int(cut * len(data))
+            data = data[:cut_at] + junk + data[cut_at + len(junk):]
+    path = tmp_path_factory.mktemp("task") / Path(source.local).name
+    path.write_bytes(data)
+    try:
+        items = source.parse(path, name)
+        assert all(item.task == name for item in items)
+    except GispError:
+        pass
