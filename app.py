@@ -61,6 +61,7 @@ else:
             "source": [r["source"] for r in rows],
             "name": [r["name"] for r in rows],
             "model": [r["model"] for r in rows],
+            "method": [r.get("method", "gisp") for r in rows],
             "objective": [r["objective"] for r in rows],
             "steps": [r["steps"] for r in rows],
             "max structural ratio": [r["max_structural_ratio"] for r in rows],

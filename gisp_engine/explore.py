@@ -49,7 +49,8 @@ def available_trajectories() -> list[dict]:
 def describe(row: dict) -> str:
     """One line naming a trajectory in a list."""
     return (
-        f"{row['source']}: {row['name']} · {row['model']} · {row['objective']} · {row['steps']} steps "
+        f"{row['source']}: {row['name']} · {row['model']} · {row.get('method', 'gisp')} · {row['objective']} · "
+        f"{row['steps']} steps "
         f"to {row['max_param_sparsity']:.0%} params"
     )
 
@@ -88,6 +89,7 @@ class TrajectoryView:
     key: str
     path: str
     model: str
+    method: str  # gisp, or a baseline (gisp_engine.baselines)
     objective: str
     head_unit: str  # "query head" or "KV group"
     num_steps: int
@@ -137,6 +139,7 @@ class TrajectoryView:
             key=traj.key,
             path=str(traj.path) if traj.path else "",
             model=str(traj.meta.get("model", {}).get("id", "")),
+            method=str(traj.meta.get("method", "gisp")),
             objective=str(traj.meta.get("objective", {}).get("objective", "")),
             head_unit="query head" if traj.gqa == "query" else "KV group",
             num_steps=t_max,

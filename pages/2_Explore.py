@@ -25,7 +25,8 @@ def head_hover(path: str, stamp_key: int):
 
 
 st.caption(
-    f"{view.model} · objective {view.objective} · {view.num_steps} steps · heads are {view.head_unit}s · "
+    f"{view.model} · method {view.method} · objective {view.objective} · {view.num_steps} steps · "
+    f"heads are {view.head_unit}s · "
     f"protected layers {view.protected_layers or 'none'} · `{view.key or Path(path).name}`"
 )
 
