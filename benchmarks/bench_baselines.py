@@ -13,11 +13,15 @@ Prints markdown tables, writes JSON and a PNG of perplexity against sparsity.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
 
 from _common import RESULTS, machine, table, write_result  # noqa: E402
 
@@ -43,8 +47,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier run's JSON again, run nothing")
     args = ap.parse_args()
     s = SETTINGS[args.setting]
+    if args.report:
+        old = json.loads(Path(args.report).read_text())
+        perplexity = old["perplexity"]
+        perplexity["dense"] = {int(k): v for k, v in perplexity["dense"].items()}
+        return report(args, old["setting"], perplexity, old["accuracy"], old["wall_time_s"])
 
     from gisp_engine import PruneConfig, apply_step, load_model, prune, wikitext2_perplexity
     from gisp_engine.tasks import calibration_exclusions
@@ -121,14 +131,19 @@ def report(args, s, results, accuracy, wall) -> None:
         f"{name} " + "/".join(f"{c['param_sparsity']:.3f}" for c in cells) for name, cells in results["methods"].items()))
     claims = {}
     m = results["methods"]
-    if "gisp" in m and "wanda-sp" in m:
-        g, w = m["gisp"][2]["ppl_128"], m["wanda-sp"][2]["ppl_128"]
-        claims["gisp_below_wanda_sp_at_40"] = {"gisp": g, "wanda-sp": w, "held": g < w}
-        print(f"\nclaim 1, GISP below Wanda-sp at 40% (128-token windows): {g:.2f} vs {w:.2f}: {'held' if g < w else 'did not hold'}")
-    if "gisp" in m and "gisp-oneshot" in m:
-        it, one = m["gisp"][3]["ppl_128"], m["gisp-oneshot"][3]["ppl_128"]
-        claims["iterative_below_oneshot_at_50"] = {"iterative": it, "one-shot": one, "held": it < one}
-        print(f"claim 2, iterative below one-shot at 50% (128-token windows): {it:.2f} vs {one:.2f}: {'held' if it < one else 'did not hold'}")
+    for key, (a, b, col, what) in {
+        "gisp_below_wanda_sp_at_40": ("gisp", "wanda-sp", 2, "claim 1, GISP below Wanda-sp at 40%"),
+        "iterative_below_oneshot_at_50": ("gisp", "gisp-oneshot", 3, "claim 2, iterative below one-shot at 50%"),
+    }.items():
+        if a not in m or b not in m:
+            continue
+        # the two nearest steps need not sit at the same sparsity: read method a at b's sparsity too
+        at = m[b][col]["param_sparsity"]
+        va, vb, va_matched = m[a][col]["ppl_128"], m[b][col]["ppl_128"], interpolate(m[a], at)
+        held = va_matched < vb
+        claims[key] = {a: va, b: vb, f"{a}_at_{b}_sparsity": va_matched, "sparsity": at, "held": held}
+        print(f"{what} (128-token windows): {va:.2f} at {m[a][col]['param_sparsity']:.3f} vs {vb:.2f} at {at:.3f}; "
+              f"{a} at {at:.3f} (log-linear between its steps): {va_matched:.2f}: {'held' if held else 'did not hold'}")
     if accuracy:
         tasks = [k for k in next(iter(accuracy.values())) if k not in ("step", "param_sparsity", "average")]
         print(f"\n## Seven-task held-out accuracy at ~40% parameter sparsity (limit {s['acc_limit']} per task)\n")
@@ -140,6 +155,13 @@ def report(args, s, results, accuracy, wall) -> None:
     path = write_result(f"bench_baselines_{args.setting}", payload)
     png = plot(results, RESULTS / f"bench_baselines_{args.setting}.png")
     print(f"wrote {path} and {png}")
+
+
+def interpolate(cells: list[dict], sparsity: float) -> float:
+    """Perplexity (128-token windows) at ``sparsity``, log-linear between the evaluated steps."""
+    xs = [c["param_sparsity"] for c in cells]
+    ys = [math.log(c["ppl_128"]) for c in cells]
+    return math.exp(float(np.interp(sparsity, xs, ys)))
 
 
 def plot(results, path: Path) -> Path:
