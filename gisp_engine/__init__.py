@@ -15,12 +15,13 @@ from .errors import GispError
 from .evaluate import wikitext2_perplexity
 from .export import ExportResult, PrunedModel, export_subnetwork, load_pruned
 from .models import LoadedModel, load_model, prepare_embedded_model
+from .settings import ENGINE_VERSION
 from .pruner import PruneOutcome, plan, prune
 from .structures import StructureSpace
 from .subnetwork import apply_step, check_compatible, resolve_step
 from .trajectory import StepRecord, Trajectory
 
-__version__ = "0.1.0"
+__version__ = ENGINE_VERSION
 
 __all__ = [
     "ExportResult",

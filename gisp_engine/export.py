@@ -43,6 +43,7 @@ import torch
 from . import remote_code
 from .adapters import DecoderAdapter, adapter_for_config
 from .errors import GispError
+from .settings import ENGINE_VERSION
 from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, sha256_file, staging_dir, umask
 from .models import LoadedModel, resolve_device, resolve_dtype
 from .progress import ProgressCallback, ProgressEvent, null_progress
@@ -56,7 +57,6 @@ VERSION = 1
 MANIFEST = "gisp_manifest.json"
 PER_LAYER = "per-layer"
 UNIFORM = "uniform"
-ENGINE_VERSION = "0.1.0"
 
 UNIFORM_RULE = (
     "Every layer gets the same widths. Head count: the stock-loadable (KV heads x query heads per KV head) "

@@ -27,15 +27,15 @@ from . import baselines, cache
 from .config import PruneConfig, target_ratios
 from .errors import GispError
 from .fsutil import atomic_write_json, staging_dir
+from .settings import ENGINE_VERSION
 from .importance import objective_value, score_structures
 from .models import LoadedModel, load_config, load_model, resolve_device, resolve_dtype, weights_sha256
 from .objectives import Objective, objective_spec
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .structures import StructureSpace
-from .surgery import full_layout, mask_, slice_
+from .surgery import apply_keep, full_layout
 from .trajectory import StepRecord, Trajectory
 
-ENGINE_VERSION = "0.1.0"
 
 
 @dataclass
@@ -183,10 +183,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
             all_scores = state.all_scores
         started -= state.elapsed_s
         keep = (removal_step == -1) | (removal_step > state.done)
-        if config.shrink:
-            layout = slice_(model, adapter, space, layout, keep)
-        else:
-            mask_(model, adapter, space, keep)
+        layout = apply_keep(model, adapter, space, layout, keep, config.shrink)
         progress(ProgressEvent("prepare", 1, 1, message=f"resuming after step {state.done} of {total_steps}"))
 
     def record(step: int, loss: float, removed: int) -> StepRecord:
@@ -226,10 +223,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
         keep[chosen] = False
         removed_last = len(chosen)
 
-        if config.shrink:
-            layout = slice_(model, adapter, space, layout, keep)
-        else:
-            mask_(model, adapter, space, keep)
+        layout = apply_keep(model, adapter, space, layout, keep, config.shrink)
         if checkpoint is not None:
             LoopState(t, removal_step, last_score, all_scores, steps, time.perf_counter() - started).save(
                 checkpoint, the_plan.key

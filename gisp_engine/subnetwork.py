@@ -8,7 +8,7 @@ import torch
 from .errors import GispError
 from .models import LoadedModel
 from .structures import LayerKeep
-from .surgery import NullAttention, full_layout, mask_, slice_
+from .surgery import NullAttention, apply_keep, full_layout
 from .trajectory import Trajectory
 
 
@@ -46,14 +46,10 @@ def apply_step(loaded: LoadedModel, trajectory: Trajectory, step: int, physical:
     check_compatible(loaded, trajectory)
     keep = trajectory.keep_mask(step)
     biases = _compensation(loaded, trajectory, keep) if bias_compensation else None
-    layout = None
-    if physical:
-        layout = slice_(loaded.model, loaded.adapter, trajectory.space, full_layout(trajectory.space), keep)
-    else:
-        mask_(loaded.model, loaded.adapter, trajectory.space, keep)
+    layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, full_layout(trajectory.space), keep, physical)
     if biases is not None:
         _add_biases(loaded, biases)
-    return layout
+    return layout if physical else None  # a masked model has no layout of its own
 
 
 @torch.no_grad()

@@ -185,6 +185,18 @@ def mask_(model: nn.Module, adapter: DecoderAdapter, space: StructureSpace, keep
             _zero(linear, dead, dim)
 
 
+def apply_keep(model: nn.Module, adapter: DecoderAdapter, space: StructureSpace, layout: Sequence[LayerKeep],
+               keep: np.ndarray, physical: bool) -> list[LayerKeep]:
+    """Remove what ``keep`` drops: sliced out (``physical``) or zeroed in place; returns the new layout.
+
+    A masked model keeps its dense layout, so the layout returned then is the one given.
+    """
+    if physical:
+        return slice_(model, adapter, space, layout, keep)
+    mask_(model, adapter, space, keep)
+    return list(layout)
+
+
 def _zero(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
     if index.numel() == 0:
         return
