@@ -1,0 +1,213 @@
+"""What a subnetwork costs to run: prefill and decode speed, peak memory, weight bytes, parameters.
+
+One :class:`CostSpec` says the workload; :func:`measure_cost` runs it on a loaded model:
+
+  prefill  tokens/s: one forward of ``batch x seq_len`` random tokens that fills the KV cache and
+           returns the next token's logits (``logits_to_keep=1``, what ``generate`` does with a prompt)
+  decode   tokens/s at batch 1: greedy, one token per forward with the KV cache, after a short prompt
+  memory   peak over one prefill and one decode: weights plus the working memory above the resident
+           set before the workload (CPU: sampled resident set; GPU: the CUDA allocator's peak)
+  weights  bytes of the parameters in the dtype the model would be exported in, and their count
+
+Absolute times mean little on a shared machine, so callers measure the dense model in the same
+process and report ratios to it (:func:`cost_ratios`); times are medians over ``repeats``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .errors import GispError
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class CostSpec:
+    batch: int = 4
+    seq_len: int = 128
+    prompt_len: int = 16
+    new_tokens: int = 16
+    repeats: int = 3
+    export_dtype: str = "auto"  # bytes of the weights as exported; auto: the checkpoint's dtype
+
+    def __post_init__(self):
+        for name in ("batch", "seq_len", "prompt_len", "new_tokens", "repeats"):
+            if int(getattr(self, name)) < 1:
+                raise GispError(f"cost setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.export_dtype != "auto" and self.export_dtype not in _DTYPE_BYTES:
+            raise GispError(f"unknown export dtype {self.export_dtype!r}: auto, {', '.join(_DTYPE_BYTES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Cost:
+    prefill_tok_s: float
+    decode_tok_s: float
+    peak_bytes: int
+    weight_bytes: int  # in ``export_dtype``
+    export_dtype: str
+    param_count: int
+    device: str
+    threads: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RATIO_FIELDS = {  # figure -> name of its ratio to dense (higher speed is better, lower memory is better)
+    "prefill_tok_s": "prefill_speedup",
+    "decode_tok_s": "decode_speedup",
+    "peak_bytes": "memory_ratio",
+    "weight_bytes": "weight_ratio",
+    "param_count": "param_ratio",
+}
+
+
+def cost_ratios(cost: dict, dense: dict) -> dict:
+    """Each figure of ``cost`` as a ratio to the dense model's (measured in the same process)."""
+    return {ratio: float(cost[name]) / float(dense[name]) if dense.get(name) else float("nan")
+            for name, ratio in RATIO_FIELDS.items()}
+
+
+# ---- memory ---------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+def return_freed_memory() -> None:
+    """Ask glibc to serve large blocks from mmap, so that freed tensors leave the resident set at once."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the resident set stays an upper bound
+        pass
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA allocator peak on GPU, sampled resident set on CPU."""
+
+    def __init__(self, device: str = "cpu", interval_s: float = 0.002):
+        self.device, self.interval_s = str(device), interval_s
+        self.peak = 0
+        self.baseline = 0
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+            return self
+        self.baseline = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        return False
+
+
+# ---- the workload ---------------------------------------------------------------------------
+def checkpoint_dtype(model: torch.nn.Module) -> str:
+    """The dtype the model's checkpoint was saved in (what an export keeps), else the loaded dtype."""
+    config = model.config
+    for name in ("dtype", "torch_dtype"):
+        value = getattr(config, name, None)
+        value = str(value).removeprefix("torch.") if value is not None else None
+        if value in _DTYPE_BYTES:
+            return value
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+@torch.inference_mode()
+def measure_cost(model: torch.nn.Module, spec: CostSpec = CostSpec(), seed: int = 0) -> Cost:
+    """Time one prefill and greedy decoding, and take the peak memory, of ``model`` as it is now."""
+    import inspect
+
+    device = next(model.parameters()).device
+    max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if max_len and max(spec.seq_len, spec.prompt_len + spec.new_tokens) > max_len:
+        raise GispError(f"the cost workload ({spec.seq_len} prefill tokens, {spec.prompt_len}+{spec.new_tokens} decode) "
+                        f"is longer than the model's context ({max_len} tokens)")
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(model.config.vocab_size)
+    batch = torch.randint(0, vocab, (spec.batch, spec.seq_len), generator=gen).to(device)
+    prompt = torch.randint(0, vocab, (1, spec.prompt_len), generator=gen).to(device)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    model.eval()
+
+    def prefill() -> float:
+        start = time.perf_counter()
+        model(input_ids=batch, use_cache=True, logits_to_keep=1)
+        _sync(device)
+        return time.perf_counter() - start
+
+    def decode() -> float:
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(spec.new_tokens):
+            out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
+            cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
+        _sync(device)
+        return time.perf_counter() - start
+
+    prefill(), decode()  # warm-up: allocator pools, lazy kernels
+    return_freed_memory()
+    with PeakMemory(str(device)) as mem:
+        prefill_s = [prefill()]
+        decode_s = [decode()]
+    for _ in range(spec.repeats - 1):
+        prefill_s.append(prefill())
+        decode_s.append(decode())
+    params = list(model.parameters())
+    param_count = sum(p.numel() for p in params)
+    export_dtype = checkpoint_dtype(model) if spec.export_dtype == "auto" else spec.export_dtype
+    loaded_bytes = sum(p.numel() * p.element_size() for p in params)
+    working = mem.peak - mem.baseline if device.type != "cuda" else mem.peak - loaded_bytes
+    return Cost(
+        prefill_tok_s=spec.batch * spec.seq_len / statistics.median(prefill_s),
+        decode_tok_s=spec.new_tokens / statistics.median(decode_s),
+        peak_bytes=int(loaded_bytes + max(0, working)),
+        weight_bytes=int(param_count * _DTYPE_BYTES.get(export_dtype, 4)),
+        export_dtype=export_dtype,
+        param_count=int(param_count),
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )

@@ -1,0 +1,547 @@
+"""A whole trajectory for quality and cost, and the deployment point a user's constraints allow.
+
+:func:`run_sweep` evaluates every step (or the steps asked for) on each check, and optionally
+measures each step's cost (:mod:`gisp_engine.cost`). The steps are nested, so one model is
+sliced forward from step to step instead of being reloaded. Every result is remembered per
+(trajectory, step, check) in the evaluation store of :mod:`gisp_engine.checks`, the one the
+Evaluate page and ``gisp eval`` use: a point already evaluated is never computed again, and a
+sweep that was killed continues where it stopped.
+
+:func:`sweep_table` arranges what is remembered into one row per step; :func:`recommend` picks
+the sparsest step that meets every :class:`Constraints`, or says which constraint binds;
+:func:`compare_at` states the difference of two trajectories at one sparsity in words.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .checks import available_checks, evaluate_step, find_evaluation, remember_evaluation
+from .cost import CostSpec, cost_ratios, measure_cost
+from .errors import GispError
+from .models import LoadedModel
+from .progress import ProgressCallback, ProgressEvent, null_progress
+from .subnetwork import check_compatible
+from .surgery import apply_keep, full_layout
+from .trajectory import Trajectory
+
+COST = "cost"  # the task name of cost rows in the evaluation store
+
+
+# ---- what to sweep --------------------------------------------------------------------------
+def parse_steps(spec: str | Sequence[int] | None, trajectory: Trajectory) -> tuple[int, ...]:
+    """``all`` (or None): every step 0..T; else steps given as ``0,2,4`` or a sequence, in order."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return tuple(range(trajectory.num_steps + 1))
+    if isinstance(spec, str):
+        try:
+            steps = [int(s) for s in spec.split(",") if s.strip()]
+        except ValueError:
+            raise GispError(f"--steps must be 'all' or step numbers like 0,2,4, got {spec!r}") from None
+    else:
+        steps = [int(s) for s in spec]
+    if not steps:
+        raise GispError("no steps to sweep")
+    for s in steps:
+        trajectory.check_step(s)
+    return tuple(sorted(set(steps)))
+
+
+def parse_checks(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Check names (``wikitext2``, a decision task, ``cmqa``, ``gsm8k``, a custom task file), validated."""
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t and t.strip()]
+    if not names:
+        raise GispError("no checks to sweep: give --task wikitext2 or a task name")
+    known = available_checks(names)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise GispError(f"unknown task {', '.join(map(repr, unknown))}: choose from {', '.join(available_checks())}, "
+                        "or give a .jsonl file of multiple-choice items")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """One sweep: which checks at which steps, with which settings (part of every result's identity)."""
+
+    tasks: tuple[str, ...] = ("wikitext2",)
+    steps: tuple[int, ...] | None = None  # None: every step
+    limit: int | None = None  # WikiText-2 windows, or items per task
+    seq_len: int = 128
+    batch_size: int = 8
+    cost: CostSpec | None = None
+
+    def options(self, task: str) -> dict:
+        check = available_checks([task])[task]
+        given = {"seq_len": self.seq_len, "batch_size": self.batch_size}
+        return {k: v for k, v in given.items() if k in check.options}
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["tasks"], d["steps"] = list(self.tasks), None if self.steps is None else list(self.steps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepRequest":
+        d = dict(d)
+        d["tasks"] = tuple(d.get("tasks") or ("wikitext2",))
+        d["steps"] = None if d.get("steps") is None else tuple(d["steps"])
+        d["cost"] = CostSpec(**d["cost"]) if d.get("cost") else None
+        return cls(**d)
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did: the points computed now and those remembered from before."""
+
+    trajectory: str
+    steps: tuple[int, ...]
+    tasks: tuple[str, ...]
+    computed: int = 0
+    remembered: int = 0
+    rows: list[dict] = field(default_factory=list)  # every point's stored row, in the order swept
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if row.get("cached"):
+            self.remembered += 1
+        else:
+            self.computed += 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- running it -----------------------------------------------------------------------------
+def _cost_identity(trajectory: Trajectory, spec: CostSpec, device: str, threads: int, dtype: str) -> dict:
+    return {"spec": spec.to_dict(), "device": device, "threads": threads, "dtype": dtype}
+
+
+def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str, device: str | None = None,
+                   threads: int | None = None) -> list[tuple[int, str]]:
+    """(step, check) points the store does not hold yet; cost points need the device to be known."""
+    steps = parse_steps(request.steps, trajectory)
+    todo = []
+    for step in steps:
+        for task in request.tasks:
+            options = available_checks([task])[task].resolve(request.options(task))
+            if find_evaluation(trajectory, task, step, request.limit, options, dtype) is None:
+                todo.append((step, task))
+        if request.cost is not None:
+            opts = _cost_identity(trajectory, request.cost, device or "?", threads or 0, dtype)
+            if device is None or find_evaluation(trajectory, COST, step, None, opts, dtype) is None:
+                todo.append((step, COST))
+    return todo
+
+
+def run_sweep(
+    trajectory: Trajectory,
+    model: LoadedModel | Callable[[], LoadedModel],
+    request: SweepRequest = SweepRequest(),
+    progress: ProgressCallback = null_progress,
+    copy_model: bool = True,
+    refresh: bool = False,
+    dtype: str | None = None,
+) -> SweepReport:
+    """Evaluate ``request.tasks`` (and cost) at each requested step, remembering every point.
+
+    ``model``: the dense model the trajectory was built for, or a function that loads it, called
+    only when some point is not remembered yet (``dtype``: the dtype it would load in, so that
+    remembered points can be found without loading it). The model is sliced forward from step to
+    step, so with ``copy_model=False`` the caller's model is pruned in place (to the last step swept).
+    """
+    import torch
+
+    steps = parse_steps(request.steps, trajectory)
+    tasks = parse_checks(request.tasks)
+    request = dataclasses.replace(request, tasks=tasks, steps=steps)
+    if request.limit is not None and request.limit < 1:
+        raise GispError(f"the limit must be at least 1 (or none for all), got {request.limit}")
+    report = SweepReport(trajectory.key or str(trajectory.path), steps, tasks)
+    loaded = model if isinstance(model, LoadedModel) else None
+    if loaded is not None:
+        dtype = str(loaded.dtype).removeprefix("torch.")
+    elif dtype is None or refresh or request.cost is not None or pending_points(trajectory, request, dtype):
+        progress(ProgressEvent("prepare", 0, 1, message="loading the model"))
+        loaded = model()
+        dtype = str(loaded.dtype).removeprefix("torch.")
+    device = str(loaded.device) if loaded is not None else None
+    threads = torch.get_num_threads()
+    if loaded is not None:
+        check_compatible(loaded, trajectory)
+        if copy_model:
+            loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+    dense_cost = None
+    if request.cost is not None and (refresh or pending_points(trajectory, request, dtype, device, threads)):
+        # ratios are to the dense model measured in this process, before the first slice
+        progress(ProgressEvent("prepare", 0, 1, message="measuring the dense model's cost"))
+        dense_cost = measure_cost(loaded.model, request.cost).to_dict()
+
+    total = len(steps) * (len(tasks) + (request.cost is not None))
+    done = 0
+    layout = full_layout(trajectory.space)
+    progress(ProgressEvent("sweep", 0, total, message="sweeping"))
+    for step in steps:
+        if loaded is not None and step > 0:
+            # nested steps: slicing the current model forward gives the next subnetwork
+            layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, layout, trajectory.keep_mask(step), True)
+        for task in tasks:
+            options = request.options(task)
+            if loaded is None:
+                resolved = available_checks([task])[task].resolve(options)
+                row = dict(find_evaluation(trajectory, task, step, request.limit, resolved, dtype), cached=True)
+            else:
+                row = evaluate_step(loaded, trajectory, step, task, request.limit, options,
+                                    _inner(progress, step, task), refresh=refresh)
+            report.add(row)
+            done += 1
+            progress(ProgressEvent("sweep", done, total, message=f"step {step}: {task}"))
+        if request.cost is not None:
+            report.add(_cost_point(loaded, trajectory, step, request.cost, dense_cost, device, threads, dtype, refresh))
+            done += 1
+            progress(ProgressEvent("sweep", done, total, message=f"step {step}: cost"))
+    return report
+
+
+def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback:
+    def report(event: ProgressEvent) -> None:
+        progress(dataclasses.replace(event, phase="eval", message=f"step {step} {task}"))
+    return report
+
+
+def _cost_point(loaded, trajectory, step, spec, dense_cost, device, threads, dtype, refresh) -> dict:
+    import datetime as _dt
+
+    options = _cost_identity(trajectory, spec, device, threads, dtype)
+    if not refresh:
+        hit = find_evaluation(trajectory, COST, step, None, options, dtype)
+        if hit is not None:
+            return dict(hit, cached=True)
+    cost = dense_cost if step == 0 else measure_cost(loaded.model, spec).to_dict()  # the model is at ``step`` now
+    ratios = cost_ratios(cost, dense_cost)
+    row = {
+        "identity": {"task": COST, "step": int(step), "limit": None, "options": dict(sorted(options.items())),
+                     "dtype": dtype},
+        "task": COST,
+        "metric": COST,
+        "label": f"cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "
+                 f"{threads} threads)",
+        "value": float(ratios["prefill_speedup"]),
+        "step": int(step),
+        "param_sparsity": trajectory.steps[step].param_sparsity,
+        "structural_ratio": trajectory.steps[step].structural_ratio,
+        "model": trajectory.meta.get("model", {}).get("id"),
+        "device": device,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "details": {**cost, **ratios, "dense": dense_cost},
+    }
+    remember_evaluation(trajectory, row)
+    return dict(row, cached=False)
+
+
+# ---- the table of a trajectory ---------------------------------------------------------------
+PERPLEXITY = "wikitext2"
+
+
+@dataclass
+class SweepTable:
+    """One row per step of a trajectory with every remembered figure; NaN where not measured.
+
+    ``quality``: column -> values per step (``wikitext2`` perplexity, ``cmqa`` average accuracy,
+    one column per decision task, ``gsm8k``...), ``labels``: column -> the settings it was measured
+    with, ``cost``: figure -> values per step (``prefill_speedup``, ``memory_ratio``, ``peak_bytes``...).
+    """
+
+    steps: np.ndarray
+    param_sparsity: np.ndarray
+    structural_ratio: np.ndarray
+    kept_params: np.ndarray
+    quality: dict[str, np.ndarray]
+    metric: dict[str, str]  # column -> "perplexity" | "accuracy"
+    labels: dict[str, str]
+    cost: dict[str, np.ndarray]
+    cost_label: str | None = None
+
+    @property
+    def accuracy_columns(self) -> list[str]:
+        return [c for c, m in self.metric.items() if m == "accuracy"]
+
+    def dense(self, column: str) -> float:
+        values = self.quality[column] if column in self.quality else self.cost[column]
+        return float(values[0])
+
+    def to_rows(self) -> list[dict]:
+        rows = []
+        for i, step in enumerate(self.steps):
+            row = {"step": int(step), "param_sparsity": float(self.param_sparsity[i]),
+                   "structural_ratio": float(self.structural_ratio[i]), "kept_params": int(self.kept_params[i])}
+            row.update({c: _plain(v[i]) for c, v in self.quality.items()})
+            row.update({c: _plain(v[i]) for c, v in self.cost.items()})
+            rows.append(row)
+        return rows
+
+
+def _plain(x) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _series_key(row: dict) -> str:
+    ident = row.get("identity", {})
+    rest = {k: v for k, v in ident.items() if k != "step"}
+    return repr(sorted((k, repr(v)) for k, v in rest.items()))
+
+
+def _pick_series(rows: list[dict]) -> list[dict]:
+    """Of a check measured with several settings, the one covering the most steps (then the newest)."""
+    series: dict[str, list[dict]] = {}
+    for row in rows:
+        series.setdefault(_series_key(row), []).append(row)
+    best = max(series.values(), key=lambda s: (len({r["step"] for r in s}), max(r.get("created", "") for r in s)))
+    return best
+
+
+def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None) -> SweepTable:
+    """Everything remembered about ``trajectory`` as one row per step (see :class:`SweepTable`)."""
+    from .checks import load_evaluations
+
+    rows = load_evaluations(trajectory) if evaluations is None else evaluations
+    n = trajectory.num_steps + 1
+    steps = np.arange(n)
+    table = SweepTable(
+        steps=steps,
+        param_sparsity=np.array([r.param_sparsity for r in trajectory.steps]),
+        structural_ratio=np.array([r.structural_ratio for r in trajectory.steps]),
+        kept_params=np.array([r.kept_params for r in trajectory.steps]),
+        quality={}, metric={}, labels={}, cost={},
+    )
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        if 0 <= int(row.get("step", -1)) < n:
+            by_task.setdefault(row["task"], []).append(row)
+    direct = set(by_task)
+    for task in sorted(by_task, key=lambda t: (t != PERPLEXITY, t)):
+        chosen = _pick_series(by_task[task])
+        if task == COST:
+            table.cost_label = chosen[0]["label"]
+            for row in chosen:
+                for name, value in row.get("details", {}).items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        table.cost.setdefault(name, np.full(n, np.nan))[row["step"]] = float(value)
+            continue
+        metric = chosen[0].get("metric", "accuracy")
+        column = table.quality.setdefault(task, np.full(n, np.nan))
+        table.metric[task], table.labels[task] = metric, chosen[0]["label"]
+        for row in chosen:
+            column[row["step"]] = float(row["value"])
+            # a suite's per-task accuracies become columns of their own, unless measured directly
+            for name, sub in (row.get("details", {}).get("tasks") or {}).items():
+                if name in direct or not isinstance(sub, dict) or "acc" not in sub:
+                    continue
+                table.quality.setdefault(name, np.full(n, np.nan))[row["step"]] = float(sub["acc"])
+                table.metric[name], table.labels[name] = "accuracy", f"{name} accuracy (from {chosen[0]['label']})"
+    return table
+
+
+# ---- choosing a point ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Constraints:
+    """What a deployment must meet; None means no limit. Accuracies are fractions (0.45, not 45)."""
+
+    max_perplexity: float | None = None
+    max_perplexity_ratio: float | None = None  # x dense
+    min_average_accuracy: float | None = None
+    min_task_accuracy: tuple[tuple[str, float], ...] = ()
+    max_memory_mb: float | None = None  # peak memory of one prefill + decode, MiB
+    min_prefill_speedup: float | None = None  # x dense
+
+    def __post_init__(self):
+        def bad(what: str):
+            raise GispError(f"constraint {what}")
+
+        if self.max_perplexity is not None and self.max_perplexity < 1:
+            bad(f"max perplexity {self.max_perplexity:g} is below 1, which no model can reach (perplexity >= 1)")
+        if self.max_perplexity_ratio is not None and self.max_perplexity_ratio <= 0:
+            bad(f"max perplexity ratio {self.max_perplexity_ratio:g} must be above 0 (1 = as good as dense)")
+        for name, value in [("average", self.min_average_accuracy), *self.min_task_accuracy]:
+            if value is not None and not 0 <= value <= 1:
+                bad(f"min accuracy of {name} is {value:g}: give a fraction between 0 and 1")
+        if self.max_memory_mb is not None and self.max_memory_mb <= 0:
+            bad(f"max memory {self.max_memory_mb:g} MiB must be above 0")
+        if self.min_prefill_speedup is not None and self.min_prefill_speedup <= 0:
+            bad(f"min prefill speed-up {self.min_prefill_speedup:g} must be above 0 (1 = as fast as dense)")
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in (self.max_perplexity, self.max_perplexity_ratio, self.min_average_accuracy,
+                                       self.max_memory_mb, self.min_prefill_speedup)) and not self.min_task_accuracy
+
+
+@dataclass(frozen=True)
+class _Test:
+    name: str  # in words, e.g. "perplexity <= 300"
+    column: str
+    ok: np.ndarray  # per step: met (NaN: not measured counts as not met)
+    measured: np.ndarray
+
+
+def _tests(table: SweepTable, c: Constraints) -> list[_Test]:
+    tests = []
+
+    def add(name: str, column: str, values: np.ndarray, ok: np.ndarray, need: str) -> None:
+        measured = ~np.isnan(values)
+        if not measured.any():
+            raise GispError(f"the constraint '{name}' needs {need}, which this trajectory has no measurement of: "
+                            "run a sweep that includes it")
+        tests.append(_Test(name, column, ok & measured, measured))
+
+    if c.max_perplexity is not None or c.max_perplexity_ratio is not None:
+        ppl = table.quality.get(PERPLEXITY, np.full(len(table.steps), np.nan))
+        if c.max_perplexity is not None:
+            add(f"perplexity <= {c.max_perplexity:g}", PERPLEXITY, ppl, ppl <= c.max_perplexity, "WikiText-2 perplexity")
+        if c.max_perplexity_ratio is not None:
+            if PERPLEXITY in table.quality and np.isnan(table.quality[PERPLEXITY][0]):
+                raise GispError("the constraint on perplexity relative to dense needs the dense model's perplexity "
+                                "(step 0): include step 0 in the sweep")
+            ratio = ppl / ppl[0]
+            add(f"perplexity <= {c.max_perplexity_ratio:g}x dense", PERPLEXITY, ppl, ratio <= c.max_perplexity_ratio,
+                "WikiText-2 perplexity")
+    if c.min_average_accuracy is not None:
+        acc = table.quality.get("cmqa", np.full(len(table.steps), np.nan))
+        add(f"average accuracy >= {c.min_average_accuracy:.1%}", "cmqa", acc, acc >= c.min_average_accuracy,
+            "the average accuracy (task cmqa)")
+    for task, value in c.min_task_accuracy:
+        acc = table.quality.get(task, np.full(len(table.steps), np.nan))
+        add(f"{task} accuracy >= {value:.1%}", task, acc, acc >= value, f"{task} accuracy")
+    if c.max_memory_mb is not None:
+        mem = table.cost.get("peak_bytes", np.full(len(table.steps), np.nan)) / 2**20
+        add(f"peak memory <= {c.max_memory_mb:g} MiB", "peak_bytes", mem, mem <= c.max_memory_mb,
+            "cost (a sweep with --cost)")
+    if c.min_prefill_speedup is not None:
+        speed = table.cost.get("prefill_speedup", np.full(len(table.steps), np.nan))
+        add(f"prefill >= {c.min_prefill_speedup:g}x dense", "prefill_speedup", speed, speed >= c.min_prefill_speedup,
+            "cost (a sweep with --cost)")
+    return tests
+
+
+@dataclass
+class Recommendation:
+    step: int | None  # None when no step meets every constraint
+    param_sparsity: float | None
+    text: str
+    meets: np.ndarray  # per step: meets every constraint
+    binding: list[str]  # the constraints that stop a sparser step (or that nothing meets)
+    measured: np.ndarray  # per step: every constrained figure measured
+
+
+def describe_step(table: SweepTable, step: int) -> str:
+    """e.g. 'step 7: 35.9% of parameters removed, perplexity 259 (4.9x dense), prefill 1.45x dense'."""
+    parts = [f"step {step}: {table.param_sparsity[step]:.1%} of parameters removed"]
+    ppl = table.quality.get(PERPLEXITY)
+    if ppl is not None and not np.isnan(ppl[step]):
+        text = f"perplexity {ppl[step]:.4g}"
+        if not np.isnan(ppl[0]) and step:
+            text += f" ({ppl[step] / ppl[0]:.2g}x dense)"
+        parts.append(text)
+    acc = table.quality.get("cmqa")
+    if acc is not None and not np.isnan(acc[step]):
+        parts.append(f"average accuracy {acc[step]:.1%}" + (f" (dense {acc[0]:.1%})" if step and not np.isnan(acc[0]) else ""))
+    speed = table.cost.get("prefill_speedup")
+    if speed is not None and not np.isnan(speed[step]):
+        parts.append(f"prefill {speed[step]:.2f}x dense")
+    mem = table.cost.get("peak_bytes")
+    if mem is not None and not np.isnan(mem[step]):
+        parts.append(f"peak memory {mem[step] / 2**20:.0f} MiB")
+    return ", ".join(parts)
+
+
+def recommend(table: SweepTable, constraints: Constraints) -> Recommendation:
+    """The sparsest step that meets every constraint; when none does, which constraint binds."""
+    tests = _tests(table, constraints)
+    n = len(table.steps)
+    measured = np.ones(n, bool)
+    for t in tests:
+        measured &= t.measured
+    meets = measured.copy()
+    for t in tests:
+        meets &= t.ok
+    if meets.any():
+        candidates = np.flatnonzero(meets)
+        step = int(candidates[np.argmax(table.param_sparsity[candidates])])
+        sparser = [i for i in range(n) if table.param_sparsity[i] > table.param_sparsity[step] and measured[i]]
+        binding = [t.name for t in tests if any(not t.ok[i] for i in sparser)]
+        text = describe_step(table, step)
+        if not tests:
+            text += " (no constraints: the sparsest step measured)"
+        elif binding:
+            text += f"; a sparser step would break: {', '.join(binding)}"
+        else:
+            text += "; it is the sparsest step measured"
+        return Recommendation(step, float(table.param_sparsity[step]), text, meets, binding, measured)
+    if not measured.any():
+        raise GispError("no step has every figure these constraints need: sweep the trajectory first")
+    never = [t for t in tests if not (t.ok & measured).any()]
+    if never:
+        names = [t.name for t in never]
+        best = "; ".join(_best_text(table, t) for t in never)
+        text = f"No step meets {' and '.join(names)}: {best}."
+        return Recommendation(None, None, text, meets, names, measured)
+    # each constraint alone is met somewhere, but never together: they contradict on this trajectory
+    spans = "; ".join(f"{t.name} holds at {_span(table, t.ok & measured)}" for t in tests)
+    text = f"The constraints contradict each other on this trajectory: no step meets them all ({spans})."
+    return Recommendation(None, None, text, meets, [t.name for t in tests], measured)
+
+
+def _span(table: SweepTable, ok: np.ndarray) -> str:
+    where = table.param_sparsity[ok]
+    if len(where) == 1:
+        return f"{where[0]:.1%} sparsity only"
+    return f"{where.min():.1%} to {where.max():.1%} sparsity"
+
+
+def _best_text(table: SweepTable, test: _Test) -> str:
+    column = test.column
+    if column in table.quality:
+        values = table.quality[column]
+        metric = table.metric[column]
+        i = int(np.nanargmin(values) if metric == "perplexity" else np.nanargmax(values))
+        shown = f"{values[i]:.4g}" if metric == "perplexity" else f"{values[i]:.1%}"
+        return f"the best {column} measured is {shown} (step {i})"
+    values = table.cost[column]
+    if column == "peak_bytes":
+        i = int(np.nanargmin(values))
+        return f"the lowest peak memory measured is {values[i] / 2**20:.0f} MiB (step {i})"
+    i = int(np.nanargmax(values))
+    return f"the fastest prefill measured is {values[i]:.2f}x dense (step {i})"
+
+
+# ---- two trajectories -----------------------------------------------------------------------
+def compare_at(a: SweepTable, b: SweepTable, step_a: int, step_b: int, column: str = PERPLEXITY,
+               names: tuple[str, str] = ("A", "B")) -> str | None:
+    """e.g. 'A has 31% lower perplexity than B at 40%' (None when either point is not measured)."""
+    va = a.quality.get(column, a.cost.get(column))
+    vb = b.quality.get(column, b.cost.get(column))
+    if va is None or vb is None or np.isnan(va[step_a]) or np.isnan(vb[step_b]):
+        return None
+    x, y = float(va[step_a]), float(vb[step_b])
+    at = f"at {a.param_sparsity[step_a]:.0%}" if abs(a.param_sparsity[step_a] - b.param_sparsity[step_b]) < 0.005 else \
+        f"at {a.param_sparsity[step_a]:.1%} and {b.param_sparsity[step_b]:.1%} respectively"
+    metric = a.metric.get(column) or ("cost" if column in a.cost else "accuracy")
+    na, nb = names
+    if metric == "perplexity":
+        if math.isclose(x, y, rel_tol=1e-3):
+            return f"{na} and {nb} have the same perplexity ({x:.4g}) {at}"
+        lower, higher = (na, nb) if x < y else (nb, na)
+        return f"{lower} has {abs(x - y) / max(x, y):.0%} lower perplexity than {higher} {at} ({x:.4g} vs {y:.4g})"
+    if metric == "accuracy":
+        if abs(x - y) < 5e-4:
+            return f"{na} and {nb} have the same {column} accuracy ({x:.1%}) {at}"
+        better, worse = (na, nb) if x > y else (nb, na)
+        return f"{better} is {abs(x - y) * 100:.1f} points more accurate than {worse} on {column} {at} ({x:.1%} vs {y:.1%})"
+    return f"{column}: {na} {x:.3g}, {nb} {y:.3g} {at}"
