@@ -6,58 +6,15 @@ import json
 import os
 import platform
 import statistics
-import threading
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
-
-
-class PeakMemory:
-    """Peak memory while the block runs: CUDA allocator peak on GPU, sampled RSS on CPU."""
-
-    def __init__(self, device: str = "cpu", interval_s: float = 0.002):
-        self.device, self.interval_s = device, interval_s
-        self.peak = 0
-        self.baseline = 0
-
-    def __enter__(self):
-        import torch
-
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline = torch.cuda.memory_allocated()
-            return self
-        self.baseline = self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(self.interval_s)
-
-    def __exit__(self, *exc):
-        import torch
-
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, rss_bytes())
-        return False
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gisp_engine.cost import PeakMemory, rss_bytes  # noqa: E402,F401  (one memory probe for engine and benchmarks)
 
 
 @contextmanager

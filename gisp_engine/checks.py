@@ -17,13 +17,13 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import settings
 from .errors import GispError
-from .fsutil import atomic_write_json, file_lock
+from .fsutil import atomic_write_json, ensure_writable_dir, file_lock
 from .models import LoadedModel
 from .progress import ProgressCallback, null_progress
 from .subnetwork import apply_step, check_compatible
@@ -86,8 +86,8 @@ def _task_check(task: str) -> Check:
     return Check(task, "accuracy", title, run, defaults)
 
 
-def available_checks() -> dict[str, Check]:
-    """WikiText-2 perplexity, and every accuracy task ``gisp_engine.evaluate`` offers."""
+def available_checks(extra: Sequence[str] = ()) -> dict[str, Check]:
+    """WikiText-2 perplexity, every accuracy task ``gisp_engine.evaluate`` offers, and ``extra`` custom task files."""
     checks = dict(CHECKS)
     try:
         from . import evaluate
@@ -97,14 +97,27 @@ def available_checks() -> dict[str, Check]:
                 checks.setdefault(task, _task_check(task))
     except ImportError:  # an engine without task evaluation offers perplexity only
         pass
+    for name in extra:
+        if name not in checks and is_custom_task(name):
+            checks[name] = _task_check(name)
     return checks
+
+
+def is_custom_task(name: str) -> bool:
+    """A user's own multiple-choice file (JSONL) rather than a built-in task name."""
+    from . import tasks
+
+    probe = getattr(tasks, "is_custom_task", None)
+    if probe is not None:
+        return bool(probe(name))
+    return str(name).endswith(".jsonl") and Path(name).expanduser().is_file()
 
 
 # ---- the model at a step -------------------------------------------------------------------
 def model_at_step(dense: LoadedModel, trajectory: Trajectory, step: int) -> LoadedModel:
     """A pruned copy of ``dense`` at ``step`` (``dense`` itself at step 0); ``dense`` is left intact."""
     check_compatible(dense, trajectory)
-    trajectory._check_step(step)
+    trajectory.check_step(step)
     if step == 0:
         return dense
     pruned = dataclasses.replace(dense, model=copy.deepcopy(dense.model))
@@ -145,24 +158,43 @@ def evals_path(trajectory: Trajectory) -> Path:
     return evals_dir() / f"{trajectory_id(trajectory)}.json"
 
 
-def load_evaluations(trajectory: Trajectory) -> list[dict]:
-    """Every remembered evaluation of this trajectory (empty when none or unreadable)."""
-    path = evals_path(trajectory)
+SHIPPED_EVALS = "evaluations.json"  # results carried inside a trajectory folder (the repository's examples)
+
+
+def _stored(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data["results"]
+        rows = json.loads(path.read_text(encoding="utf-8"))["results"]
         return [r for r in rows if isinstance(r, dict) and {"task", "step", "value", "label"} <= r.keys()]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 
 
-def _identity(task: str, step: int, limit: int | None, options: dict, dtype: str) -> dict:
-    return {"task": task, "step": int(step), "limit": limit, "options": dict(sorted(options.items())), "dtype": dtype}
+def load_evaluations(trajectory: Trajectory) -> list[dict]:
+    """Every remembered evaluation of this trajectory (empty when none or unreadable).
+
+    The cache's store first; then the results shipped in the trajectory's own folder
+    (``evaluations.json``, as the repository's examples carry them) that the store does not replace.
+    """
+    rows = _stored(evals_path(trajectory))
+    if trajectory.path is not None:
+        have = {repr(r.get("identity")) for r in rows}
+        rows += [r for r in _stored(Path(trajectory.path) / SHIPPED_EVALS) if repr(r.get("identity")) not in have]
+    return rows
+
+
+# Part of every remembered result's identity: raised whenever what a check computes changes (prompts,
+# scoring), so that results computed before are not taken for today's. 2: lm-evaluation-harness's prompts.
+EVAL_VERSION = 2
+
+
+def evaluation_identity(task: str, step: int, limit: int | None, options: dict, dtype: str) -> dict:
+    return {"task": task, "step": int(step), "limit": limit, "options": dict(sorted(options.items())), "dtype": dtype,
+            "version": EVAL_VERSION}
 
 
 def find_evaluation(trajectory: Trajectory, task: str, step: int, limit: int | None, options: dict,
                     dtype: str) -> dict | None:
-    want = _identity(task, step, limit, options, dtype)
+    want = evaluation_identity(task, step, limit, options, dtype)
     for row in load_evaluations(trajectory):
         if row.get("identity") == want:
             return row
@@ -187,16 +219,16 @@ def evaluate_step(
     refresh: bool = False,
 ) -> dict:
     """Evaluate the model at ``step`` (already built) on ``task``, or return the remembered result."""
-    checks = available_checks()
+    checks = available_checks([task])
     if task not in checks:
         raise GispError(f"unknown check {task!r}: choose one of {', '.join(checks)}")
     check = checks[task]
-    trajectory._check_step(step)
+    trajectory.check_step(step)
     options = check.resolve(options)
     if limit is not None and limit < 1:
         raise GispError(f"the limit must be at least 1 example (or none for all), got {limit}")
     dtype = str(loaded_at_step.dtype).removeprefix("torch.")
-    identity = _identity(task, step, limit, options, dtype)
+    identity = evaluation_identity(task, step, limit, options, dtype)
     if not refresh:
         hit = find_evaluation(trajectory, task, step, limit, options, dtype)
         if hit is not None:
@@ -216,10 +248,26 @@ def evaluate_step(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "details": {k: v for k, v in details.items() if k != "value"},
     }
+    remember_evaluation(trajectory, row)
+    return dict(row, cached=False)
+
+
+def ship_evaluations(trajectory: Trajectory) -> Path:
+    """Write every remembered evaluation of ``trajectory`` into its own folder (how the examples carry theirs)."""
+    if trajectory.path is None:
+        raise GispError("this trajectory has no folder to write its evaluations into")
+    path = Path(trajectory.path) / SHIPPED_EVALS
+    rows = sorted(load_evaluations(trajectory), key=lambda r: (r["task"], r["label"], r["step"]))
+    atomic_write_json(path, {"trajectory": trajectory_id(trajectory), "results": rows})
+    return path
+
+
+def remember_evaluation(trajectory: Trajectory, row: dict) -> None:
+    """Store ``row`` (replacing any row of the same identity) in the trajectory's evaluation file."""
     path = evals_path(trajectory)
+    ensure_writable_dir(path.parent)
     with file_lock(path.with_suffix(".lock")):
-        rows = [r for r in load_evaluations(trajectory) if r.get("identity") != identity]
+        rows = [r for r in _stored(path) if r.get("identity") != row["identity"]]
         rows.append(row)
         atomic_write_json(path, {"trajectory": trajectory_id(trajectory), "path": str(trajectory.path),
                                  "results": rows})
-    return dict(row, cached=False)

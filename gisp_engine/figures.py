@@ -232,3 +232,98 @@ def difference_channel_figure(diff: Difference):
     layout = dict(xaxis=_axis("channels of the layer, sorted by category (count)"),
                   yaxis=_axis("layer", autorange="reversed"))
     return _figure([heatmap], layout, f"MLP channels: A at step {diff.step_a} vs B at step {diff.step_b}", 480)
+
+
+# ---- sweeps: quality and cost of every step ------------------------------------------------
+PALETTE = (BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, "#000000", "#999999")
+
+
+def _hline(y: float, colour: str, text: str) -> dict:
+    return dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=y, y1=y, line=dict(color=colour, dash="dash",
+                                                                                      width=1), label=dict(text=text))
+
+
+def _measured(table, values: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(~np.isnan(values))
+
+
+def _highlight(x: float, y: float, name: str) -> dict:
+    return dict(type="scatter", x=[x], y=[y], mode="markers", name=name,
+                marker=dict(size=16, color=VERMILLION, symbol="star", line=dict(width=1, color="black")),
+                hovertemplate=f"{name}<extra></extra>")
+
+
+def sweep_quality_figure(table, metric: str, highlight: int | None = None, columns: list[str] | None = None):
+    """Perplexity (``metric='perplexity'``) or accuracies against parameter sparsity, dense as reference lines."""
+    columns = columns or [c for c, m in table.metric.items() if m == metric]
+    data, shapes = [], []
+    for colour, column in zip(PALETTE * 4, columns):
+        values = table.quality[column]
+        idx = _measured(table, values)
+        if not len(idx):
+            continue
+        data.append(dict(type="scatter", x=table.param_sparsity[idx], y=values[idx], mode="lines+markers",
+                         name=column, line=dict(color=colour), customdata=idx,
+                         hovertemplate=f"{column}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>"))
+        if not np.isnan(values[0]):
+            shapes.append(_hline(float(values[0]), colour, f"dense {column}" if len(columns) > 1 else "dense"))
+        if highlight is not None and not np.isnan(values[highlight]):
+            data.append(_highlight(float(table.param_sparsity[highlight]), float(values[highlight]),
+                                   f"recommended: step {highlight}"))
+    if highlight is not None:
+        shapes.append(_vline(float(table.param_sparsity[highlight]), VERMILLION))
+    ytitle = "WikiText-2 perplexity (log scale)" if metric == "perplexity" else "accuracy"
+    layout = dict(legend=LEGEND_TOP, shapes=shapes,
+                  xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
+                  yaxis=_axis(ytitle, type="log" if metric == "perplexity" else "linear",
+                              **({} if metric == "perplexity" else {"tickformat": ".0%"})))
+    title = "Perplexity against parameter sparsity" if metric == "perplexity" else "Accuracy against parameter sparsity"
+    return _figure(data, layout, title, 380)
+
+
+COST_AXES = {
+    "prefill_speedup": ("prefill speed-up (x dense)", 1.0),
+    "decode_speedup": ("decode speed-up (x dense)", 1.0),
+    "peak_bytes": ("peak memory (MiB)", 1 / 2**20),
+}
+
+
+def sweep_cost_figure(table, x: str = "prefill_speedup", y: str = "wikitext2", highlight: int | None = None):
+    """Quality against a measured cost: each step one point, labelled by its parameter sparsity."""
+    title_x, scale = COST_AXES[x]
+    xs = table.cost.get(x, np.full(len(table.steps), np.nan)) * scale
+    ys = table.quality.get(y, np.full(len(table.steps), np.nan))
+    idx = np.flatnonzero(~np.isnan(xs) & ~np.isnan(ys))
+    custom = np.stack([idx, table.param_sparsity[idx]], -1) if len(idx) else np.zeros((0, 2))
+    data = [dict(type="scatter", x=xs[idx], y=ys[idx], mode="lines+markers+text", name="steps",
+                 text=[f"{table.param_sparsity[i]:.0%}" for i in idx], textposition="top center",
+                 line=dict(color=BLUE), customdata=custom,
+                 hovertemplate="step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g}, %{y:.4g}<extra></extra>")]
+    if highlight is not None and highlight in idx:
+        data.append(_highlight(float(xs[highlight]), float(ys[highlight]), f"recommended: step {highlight}"))
+    metric = table.metric.get(y, "perplexity")
+    ytitle = "WikiText-2 perplexity (log scale)" if y == "wikitext2" else f"{y} accuracy"
+    layout = dict(legend=LEGEND_TOP, xaxis=_axis(title_x),
+                  yaxis=_axis(ytitle, type="log" if metric == "perplexity" else "linear"))
+    return _figure(data, layout, f"{'Perplexity' if y == 'wikitext2' else y} against {title_x.split(' (')[0]}", 360)
+
+
+def compare_quality_figure(tables: dict, column: str, chosen: float | None = None):
+    """One quality column of several trajectories (name -> SweepTable) against parameter sparsity."""
+    data = []
+    metric = "perplexity"
+    for colour, (name, table) in zip(PALETTE * 4, tables.items()):
+        values = table.quality.get(column, table.cost.get(column))
+        if values is None:
+            continue
+        metric = table.metric.get(column, metric)
+        idx = np.flatnonzero(~np.isnan(values))
+        data.append(dict(type="scatter", x=table.param_sparsity[idx], y=values[idx], mode="lines+markers", name=name,
+                         line=dict(color=colour), customdata=idx,
+                         hovertemplate=f"{name}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>"))
+    ytitle = ("WikiText-2 perplexity (log scale)" if column == "wikitext2" else
+              COST_AXES.get(column, (f"{column} accuracy",))[0])
+    layout = dict(legend=LEGEND_TOP, shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
+                  xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
+                  yaxis=_axis(ytitle, type="log" if metric == "perplexity" else "linear"))
+    return _figure(data, layout, f"{column} of both trajectories against parameter sparsity", 380)

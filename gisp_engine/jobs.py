@@ -18,6 +18,7 @@ the same from a shell.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -63,9 +64,10 @@ class JobStatus:
     elapsed_s: float | None = None
     eta_s: float | None = None  # estimated seconds left (None until a step has been timed)
     step_times_s: list[float] = field(default_factory=list)  # wall time of each finished step
-    trajectory: str | None = None  # folder of the result when done
+    trajectory: str | None = None  # folder of the result when done (a sweep: the trajectory swept)
     cache_hit: bool = False
     error: str | None = None
+    kind: str = "prune"  # prune | sweep
 
     @property
     def active(self) -> bool:
@@ -158,13 +160,13 @@ def status(key: str) -> JobStatus | None:
     return current
 
 
-def list_jobs(active_only: bool = False) -> list[JobStatus]:
-    """Jobs in the registry, newest first."""
+def list_jobs(active_only: bool = False, kind: str | None = None) -> list[JobStatus]:
+    """Jobs in the registry (of one ``kind``, prune or sweep, if given), newest first."""
     root = jobs_dir()
     if not root.is_dir():
         return []
     rows = [status(p.name) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    rows = [r for r in rows if r is not None and (r.active or not active_only)]
+    rows = [r for r in rows if r is not None and (r.active or not active_only) and (kind is None or r.kind == kind)]
     return sorted(rows, key=lambda r: r.started_unix or 0.0, reverse=True)
 
 
@@ -198,19 +200,60 @@ def submit(config: PruneConfig) -> JobStatus:
         started = JobStatus(key=key, state="starting", config=config.to_dict(), total=config.steps,
                             message="starting", started=_iso(now), started_unix=now)
         _write_status(folder, started)
-        env = dict(os.environ)
-        env["GISP_CACHE_DIR"] = str(settings.cache_dir())
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.PROJECT_ROOT), env.get("PYTHONPATH")]))
-        with open(folder / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gisp_engine.jobs", "run", str(folder)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own process group: cancel ends it and everything it started
-            )
-        _children[proc.pid] = proc
-        (folder / PID_FILE).write_text(str(proc.pid))
-        started.pid = proc.pid
-        return started
+        return _spawn(folder, started)
+
+
+def submit_sweep(trajectory, request, model: str | None = None, device: str = "auto", dtype: str = "auto") -> JobStatus:
+    """Start a background sweep of ``trajectory`` (a :class:`~gisp_engine.sweep.SweepRequest`), or return the one going.
+
+    Every point is remembered as it is finished, so asking again for a cancelled or crashed sweep
+    continues it; a sweep whose points are all remembered finishes at once without loading a model.
+    """
+    import hashlib
+
+    from .checks import trajectory_id
+    from .subnetwork import recorded_model
+    from .sweep import parse_checks, parse_steps
+
+    request = dataclasses.replace(request, tasks=parse_checks(request.tasks, allow_none=request.cost is not None),
+                                  steps=parse_steps(request.steps, trajectory))
+    body = {"kind": "sweep", "trajectory": str(trajectory.path), "trajectory_id": trajectory_id(trajectory),
+            "request": request.to_dict(), "model": model or recorded_model(trajectory), "device": device,
+            "dtype": dtype}
+    key = "sweep-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    root = ensure_writable_dir(jobs_dir())
+    with file_lock(root / f".{key}.lock"):
+        current = status(key)
+        if current is not None and current.active:
+            return current
+        folder = job_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in (PID_FILE, LOG_FILE):
+            (folder / stale).unlink(missing_ok=True)
+        now = time.time()
+        atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": body})
+        total = len(request.steps) * (len(request.tasks) + (request.cost is not None))
+        started = JobStatus(key=key, state="starting", config=body, total=total, kind="sweep", message="starting",
+                            started=_iso(now), started_unix=now, trajectory=body["trajectory"])
+        _write_status(folder, started)
+        return _spawn(folder, started)
+
+
+def _spawn(folder: Path, started: JobStatus) -> JobStatus:
+    """Start ``python -m gisp_engine.jobs run FOLDER`` detached, in its own process group."""
+    env = dict(os.environ)
+    env["GISP_CACHE_DIR"] = str(settings.cache_dir())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.PROJECT_ROOT), env.get("PYTHONPATH")]))
+    with open(folder / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gisp_engine.jobs", "run", str(folder)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # its own process group: cancel ends it and everything it started
+        )
+    _children[proc.pid] = proc
+    (folder / PID_FILE).write_text(str(proc.pid))
+    started.pid = proc.pid
+    return started
 
 
 def cancel(key: str, wait_s: float = 10.0) -> JobStatus | None:
@@ -321,6 +364,18 @@ class StatusWriter:
             s.structural_ratio = info.get("ratio", s.structural_ratio)
             s.message = f"step {event.done} of {event.total} done" if event.done else "pruning"
             self.write(force=True)
+        elif event.phase == "sweep":
+            if event.done > s.step and self.step_started is not None:
+                s.step_times_s.append(round((now - self.step_started) / (event.done - s.step), 3))
+            if event.done != s.step or self.step_started is None:
+                self.step_started = now
+            s.step, s.total = event.done, event.total
+            s.fraction = event.done / event.total if event.total else 0.0
+            s.message = f"{event.done} of {event.total} points: {event.message}"
+            self.write(force=True)
+        elif event.phase == "eval" and s.kind == "sweep" and s.total:
+            s.fraction = (s.step + (event.done / event.total if event.total else 0.0)) / s.total
+            self.write()
         elif event.phase == "score" and event.total_steps:
             step = (event.step or 1) - 1
             s.fraction = (step + (event.done / event.total if event.total else 0.0)) / event.total_steps
@@ -351,8 +406,13 @@ def run(folder: Path) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        # resume: a run of this request that was cancelled or died continues from its last finished step
-        outcome = prune(PruneConfig(**request["config"]), progress=writer, resume=True)
+        if request["config"].get("kind") == "sweep":
+            current.kind = "sweep"
+            _sweep(request["config"], writer)
+            outcome = None
+        else:
+            # resume: a run of this request that was cancelled or died continues from its last finished step
+            outcome = prune(PruneConfig(**request["config"]), progress=writer, resume=True)
     except KeyboardInterrupt:
         current.state, current.message, current.eta_s = "cancelled", "cancelled", None
         _write_status(folder, current)
@@ -373,11 +433,23 @@ def run(folder: Path) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     current.state, current.eta_s, current.fraction = "done", 0.0, 1.0
-    current.trajectory, current.cache_hit = str(outcome.trajectory.path), outcome.cache_hit
+    if outcome is not None:
+        current.trajectory, current.cache_hit = str(outcome.trajectory.path), outcome.cache_hit
     current.step = current.total
     current.message = "done"
     writer.write(force=True)
     return 0
+
+
+def _sweep(body: dict, progress) -> None:
+    from .models import load_model, resolve_device, resolve_dtype
+    from .sweep import SweepRequest, run_sweep
+    from .trajectory import Trajectory
+
+    trajectory = Trajectory.load(body["trajectory"])
+    dtype = str(resolve_dtype(body["dtype"], resolve_device(body["device"]))).removeprefix("torch.")
+    run_sweep(trajectory, lambda: load_model(body["model"], body["device"], body["dtype"]),
+              SweepRequest.from_dict(body["request"]), progress, copy_model=False, dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import available_checks, evaluate_step, find_evaluation, remember_evaluation
+from .checks import available_checks, evaluate_step, evaluation_identity, find_evaluation, remember_evaluation
 from .cost import CostSpec, cost_ratios, measure_cost
 from .errors import GispError
 from .models import LoadedModel
@@ -53,11 +53,17 @@ def parse_steps(spec: str | Sequence[int] | None, trajectory: Trajectory) -> tup
     return tuple(sorted(set(steps)))
 
 
-def parse_checks(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Check names (``wikitext2``, a decision task, ``cmqa``, ``gsm8k``, a custom task file), validated."""
+def parse_checks(spec: str | Sequence[str], allow_none: bool = False) -> tuple[str, ...]:
+    """Check names (``wikitext2``, a decision task, ``cmqa``, ``gsm8k``, a custom task file), validated.
+
+    ``none`` (or nothing, with ``allow_none``: a cost-only sweep) is no check.
+    """
     names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t and t.strip()]
+    names = [n for n in names if n != "none"]
     if not names:
-        raise GispError("no checks to sweep: give --task wikitext2 or a task name")
+        if allow_none:
+            return ()
+        raise GispError("no checks to sweep: give --task wikitext2 or a task name (or --task none with --cost)")
     known = available_checks(names)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -120,7 +126,7 @@ class SweepReport:
 
 # ---- running it -----------------------------------------------------------------------------
 def _cost_identity(trajectory: Trajectory, spec: CostSpec, device: str, threads: int, dtype: str) -> dict:
-    return {"spec": spec.to_dict(), "device": device, "threads": threads, "dtype": dtype}
+    return {"spec": spec.to_dict(), "device": device, "threads": threads, "dtype": dtype}  # options of a cost row
 
 
 def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str, device: str | None = None,
@@ -159,7 +165,7 @@ def run_sweep(
     import torch
 
     steps = parse_steps(request.steps, trajectory)
-    tasks = parse_checks(request.tasks)
+    tasks = parse_checks(request.tasks, allow_none=request.cost is not None)
     request = dataclasses.replace(request, tasks=tasks, steps=steps)
     if request.limit is not None and request.limit < 1:
         raise GispError(f"the limit must be at least 1 (or none for all), got {request.limit}")
@@ -226,8 +232,7 @@ def _cost_point(loaded, trajectory, step, spec, dense_cost, device, threads, dty
     cost = dense_cost if step == 0 else measure_cost(loaded.model, spec).to_dict()  # the model is at ``step`` now
     ratios = cost_ratios(cost, dense_cost)
     row = {
-        "identity": {"task": COST, "step": int(step), "limit": None, "options": dict(sorted(options.items())),
-                     "dtype": dtype},
+        "identity": evaluation_identity(COST, step, None, options, dtype),
         "task": COST,
         "metric": COST,
         "label": f"cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "

@@ -39,7 +39,8 @@ with right:
     active = jobs.list_jobs(active_only=True)
     if active:
         for job in active:
-            st.write(f"`{job.key}`: {job.state}, step {job.step} of {job.total}")
+            unit = "points" if job.kind == "sweep" else "steps"
+            st.write(f"`{job.key}` ({job.kind}): {job.state}, {job.step} of {job.total} {unit}")
         st.page_link("pages/1_Run.py", label="Follow them on the Run page", icon=":material/play_arrow:")
     else:
         st.write("None.")

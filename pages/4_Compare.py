@@ -1,7 +1,7 @@
-"""Compare: two trajectories of the same model (objectives, one-shot vs iterative, settings).
+"""Compare: two trajectories of the same model (objectives, one-shot vs iterative, methods, settings).
 
-The overlap of their kept sets across parameter sparsity, and which structures each keeps at
-a chosen sparsity.
+Their quality (and cost) curves on the same axes, the difference at a chosen sparsity in words,
+the overlap of their kept sets across parameter sparsity, and which structures each keeps.
 """
 
 import hashlib
@@ -10,6 +10,7 @@ import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine import explore, figures
+from gisp_engine.sweep import compare_at, sweep_table
 
 ui.page_setup("Compare")
 st.title("Compare two trajectories")
@@ -68,6 +69,31 @@ m[1].metric("A: step, parameter sparsity", f"{step_a} · {curve.sparsity_a[i]:.1
 m[2].metric("B: step, parameter sparsity", f"{step_b} · {curve.sparsity_b[i]:.1%}")
 m[3].metric("Kept only in A", diff.counts["kept only in A"])
 m[4].metric("Kept only in B", diff.counts["kept only in B"])
+
+# ---- quality on the same axes --------------------------------------------------------------------
+@st.cache_data(max_entries=16, show_spinner=False)
+def table_of(path: str, stamp: int, evaluations: list[dict]):
+    return sweep_table(ui.load_trajectory(path), evaluations)
+
+
+table_a = table_of(path_a, ui.stamp(path_a), ui.evaluations(path_a))
+table_b = table_of(path_b, ui.stamp(path_b), ui.evaluations(path_b))
+shared = [c for c in table_a.quality if c in table_b.quality]
+shared += [c for c in ("prefill_speedup", "peak_bytes") if c in table_a.cost and c in table_b.cost]
+if shared:
+    column = st.selectbox("Quality measure", shared, key="compare_column",
+                          help="Measures remembered for both trajectories (sweeps on the Choose page, checks on Evaluate).")
+    st.plotly_chart(figures.compare_quality_figure({"A": table_a, "B": table_b}, column, float(curve.sparsity[i])),
+                    key="compare_quality")
+    words = compare_at(table_a, table_b, step_a, step_b, column)
+    if words:
+        st.markdown(f"**{words}.**")
+    else:
+        st.caption(f"{column} is not measured at both chosen points (A step {step_a}, B step {step_b}).")
+else:
+    st.info("No quality measure is remembered for both trajectories: sweep each on the Choose page to draw their "
+            "curves on the same axes.")
+    st.page_link("pages/6_Choose.py", label="Sweep on the Choose page", icon=":material/target:")
 
 st.plotly_chart(figures.jaccard_figure(curve, float(curve.sparsity[i])), key="compare_jaccard")
 left, right = st.columns([2, 3])

@@ -43,13 +43,26 @@ def _sweep_form() -> None:
         st.session_state[f"sweep_job_{path}"] = job.key
 
 
-def _sweep_status() -> None:
+def _sweep_key() -> str | None:
+    """This session's sweep of the trajectory, else one running for it (a reload, another tab)."""
     key = st.session_state.get(f"sweep_job_{path}")
+    if key is None:
+        running = [j for j in jobs.list_jobs(active_only=True, kind="sweep") if j.config.get("trajectory") == path]
+        key = running[0].key if running else None
+    return key
+
+
+def _sweep_status() -> None:
+    key = _sweep_key()
     job = jobs.status(key) if key else None
     if job is None:
         return
     if job.active:
         st.progress(min(max(job.fraction, 0.0), 1.0), text=job.message or job.state)
+        seen = st.session_state.get("sweep_points_seen")
+        st.session_state["sweep_points_seen"] = job.step
+        if seen is not None and job.step != seen:
+            st.rerun()  # a point is finished: redraw the charts with it
         if st.button("Cancel the sweep", key=f"cancel_{job.key}"):
             with ui.guard("Could not cancel: "):
                 jobs.cancel(job.key)
@@ -67,7 +80,7 @@ def _sweep_status() -> None:
 
 with st.expander("Sweep this trajectory", expanded=not ui.evaluations(path)):
     _sweep_form()
-    key = st.session_state.get(f"sweep_job_{path}")
+    key = _sweep_key()
     running = bool(key and (job := jobs.status(key)) and job.active)
     st.session_state["sweep_polling"] = running
     if running:

@@ -1,9 +1,9 @@
 """The explorer in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
 
-The test starts ``streamlit run app.py`` on a free localhost port with an empty cache, so the
-Explore page opens on the repository's example trajectory; it moves the sparsity slider with
-the keyboard, waits for the heatmap to change, and saves a screenshot into
-``benchmarks/results/``. Without chromium or playwright it skips, except under
+The tests start ``streamlit run app.py`` on a free localhost port with an empty cache, so the
+pages open on the repository's example trajectory. On Explore the test moves the sparsity slider
+with the keyboard and waits for the heatmap to change; on Choose it sets a perplexity constraint
+and waits for the recommendation to change. Screenshots go into ``benchmarks/results/``. Without chromium or playwright it skips, except under
 ``GISP_REQUIRE_DATA=1`` (CI), where it fails.
 """
 
@@ -123,4 +123,34 @@ def test_explore_in_chromium_slider_redraws_the_heatmap(browser, served_app):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
+    page.close()
+
+
+RECOMMENDED = """() => {
+  const alerts = Array.from(document.querySelectorAll('[data-testid="stAlert"]')).map(a => a.innerText);
+  return alerts.find(t => t.includes('Recommended:') || t.includes('No step meets') || t.includes('contradict')) || null;
+}"""
+
+
+def test_choose_in_chromium_a_constraint_changes_the_recommendation(browser, served_app):
+    page = browser.new_page(viewport={"width": 1600, "height": 1500})
+    page.goto(f"{served_app}/Choose")
+    # the example's shipped sweep: a recommendation without computing anything
+    page.wait_for_function(f"({RECOMMENDED})() !== null", timeout=90_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    before = page.evaluate(RECOMMENDED)
+    assert "Recommended:" in before and "of parameters removed" in before
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert nav.split("\n")[0].strip() == "Home" and "app" not in nav.split("\n")
+
+    page.get_by_text("multiple of dense", exact=True).click()  # perplexity at most 2x dense (the default)
+    page.wait_for_function(f"(previous) => {{ const t = ({RECOMMENDED})(); return t !== null && t !== previous; }}",
+                           arg=before, timeout=60_000)
+    after = page.evaluate(RECOMMENDED)
+    assert "Recommended:" in after and "x dense" in after
+    step_before = int(re.search(r"step (\d+):", before).group(1))
+    step_after = int(re.search(r"step (\d+):", after).group(1))
+    assert step_after < step_before  # a perplexity limit can only move the choice towards the dense model
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(SCREENSHOT.with_name("choose_browser.png")), full_page=True)
     page.close()

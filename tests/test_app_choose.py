@@ -1,0 +1,106 @@
+"""The Choose page (AppTest): a sweep in the background, constraints, the recommended step and its words."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gisp_engine import jobs
+from gisp_engine.models import load_model
+from gisp_engine.sweep import Constraints, SweepRequest, describe_step, recommend, run_sweep, sweep_table
+from gisp_engine.trajectory import Trajectory
+from test_app import chart, decode, no_errors, no_jobs_left, open_page, runs, tiny_runs, wait_for  # noqa: F401
+
+
+def _star(at, title: str) -> tuple[float, float] | None:
+    fig = chart(at, title)
+    stars = [t for t in fig["data"] if t["name"].startswith("recommended")]
+    return (float(decode(stars[0]["x"])[0]), float(decode(stars[0]["y"])[0])) if stars else None
+
+
+def test_choose_sweeps_in_the_background_then_recommends(runs, data_dir, no_jobs_left):
+    path = runs["iterative"]
+    traj = Trajectory.load(path)
+    at = open_page("pages/6_Choose.py", select=path)
+    no_errors(at)
+    assert any("No step of this trajectory is evaluated yet" in i.value for i in at.info)
+    at.number_input[0].set_value(2)  # windows
+    next(b for b in at.button if b.label.startswith("Sweep every step")).click().run()
+    no_errors(at)
+    job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0])
+    assert job.kind == "sweep" and job.state == "done", job.error
+    assert job.step == job.total == traj.num_steps + 1
+
+    at.run()
+    no_errors(at)
+    table = sweep_table(traj)
+    assert np.isfinite(table.quality["wikitext2"]).all()
+    # no constraint: the sparsest step, stated in words and starred on the chart
+    sparsest = int(np.argmax(table.param_sparsity))
+    assert at.success[-1].value.startswith(f"**Recommended:** {describe_step(table, sparsest)}")
+    x, y = _star(at, "Perplexity against parameter sparsity")
+    assert x == pytest.approx(table.param_sparsity[sparsest]) and y == pytest.approx(table.quality["wikitext2"][sparsest])
+
+
+def test_choose_constraints_move_the_recommendation(runs, data_dir):
+    path = runs["iterative"]
+    traj = Trajectory.load(path)
+    run_sweep(traj, load_model(str(Trajectory.load(path).meta["settings"]["model"]), "cpu", "float32"),
+              SweepRequest(tasks=("wikitext2",), limit=2))
+    table = sweep_table(traj)
+    ppl = table.quality["wikitext2"]
+    at = open_page("pages/6_Choose.py", select=path)
+    no_errors(at)
+
+    # a multiple of dense between two steps' perplexities: the answer is computed here from the table
+    ratios = np.sort(ppl[1:] / ppl[0])
+    limit = float((ratios[0] + ratios[1]) / 2) if ratios[1] > ratios[0] else float(ratios[0])
+    expected = recommend(table, Constraints(max_perplexity_ratio=limit))
+    ok = [s for s in range(len(ppl)) if ppl[s] / ppl[0] <= limit]
+    assert expected.step == max(ok, key=lambda s: table.param_sparsity[s])
+    at.radio(key="choose_ppl_kind").set_value("multiple of dense").run()
+    at.number_input(key="choose_max_ratio").set_value(limit).run()
+    no_errors(at)
+    assert at.success[-1].value == f"**Recommended:** {expected.text}"
+    x, _ = _star(at, "Perplexity against parameter sparsity")
+    assert x == pytest.approx(table.param_sparsity[expected.step])
+    shown = at.dataframe[-1].value
+    assert list(shown["meets all"]) == [bool(m) for m in expected.meets]
+
+    # nothing meets a perplexity below the dense model's: the page says which constraint binds
+    at.radio(key="choose_ppl_kind").set_value("absolute").run()
+    at.number_input(key="choose_max_ppl").set_value(float(np.floor(ppl.min() * 0.5) or 1.0)).run()
+    no_errors(at)
+    assert not at.success or not at.success[-1].value.startswith("**Recommended")
+    assert "No step meets perplexity <=" in at.warning[-1].value
+
+    # "Export this point" opens the exporter at the recommended step
+    at.radio(key="choose_ppl_kind").set_value("none").run()
+    next(b for b in at.button if b.label == "Export this point").click().run()
+    no_errors(at)
+    sparsest = int(np.argmax(table.param_sparsity))
+    assert at.select_slider[0].value == sparsest
+
+
+def test_learn_page_illustrates_with_the_examples(runs):
+    from test_app import ROOT
+
+    at = open_page("pages/7_Learn.py")
+    no_errors(at)
+    assert [h.value for h in at.header][:4] == ["1. A score for every head and channel", "2. One global ranking",
+                                                "3. Iterative: a little at a time",
+                                                "4. Nested subnetworks: prune once, deploy many"]
+    examples = ROOT / "cache" / "examples"
+    if not (examples / "smollm2-135m-ppl-iterative" / "evaluations.json").is_file():
+        pytest.skip("the examples' sweep results are not in this checkout")
+    curves = chart(at, "wikitext2 of both trajectories")
+    points = {t["name"]: len(decode(t["x"])) for t in curves["data"]}
+    assert points == {"iterative (10 steps)": 11, "one-shot": 2}
+    iterative = {t["name"]: decode(t["y"]) for t in curves["data"]}["iterative (10 steps)"]
+    assert iterative[-1] > iterative[0]  # pruning costs perplexity
+    # the heatmap of one step: the slider only adds removed heads
+    removed = []
+    for step in (2, 8):
+        at.slider(key="learn_step").set_value(step).run()
+        removed.append(decode(chart(at, "Attention heads")["data"][0]["z"]) > 0)
+    assert (removed[1] >= removed[0]).all() and removed[1].sum() > removed[0].sum()
