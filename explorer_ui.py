@@ -129,6 +129,16 @@ def remember_step(path: str, step: int) -> None:
     st.session_state.setdefault(CHOSEN_STEPS, {})[path] = int(step)
 
 
+STEP_SLIDERS = ("explore_step", "evaluate_step", "export_step")  # key prefixes of the pages' step sliders
+
+
+def jump_to_step(path: str, step: int) -> None:
+    """Make ``step`` the chosen point of ``path`` on every page (their sliders start there next time)."""
+    remember_step(path, step)
+    for prefix in STEP_SLIDERS:
+        st.session_state.pop(f"{prefix}_{Path(path).name}", None)
+
+
 def step_slider(path: str, view: explore.TrajectoryView, key_prefix: str, container=None,
                 label: str = "Parameter sparsity") -> int:
     """A slider over the trajectory's steps, labelled by parameter sparsity; returns the step."""
@@ -185,5 +195,6 @@ def dense_copy(model: str, device: str, dtype: str):
 
 def model_id(traj) -> str:
     """The model a trajectory was built for, as its run named it."""
-    settings = traj.meta.get("settings", {})
-    return settings.get("model") or traj.meta.get("model", {}).get("id", "")
+    from gisp_engine.subnetwork import recorded_model
+
+    return recorded_model(traj)

@@ -10,7 +10,10 @@ order of that fixed ranking (say so in the metadata); only GISP re-scores at eve
 | ``magnitude`` | L2 norm of the structure's weights | within each layer, same ratio everywhere |
 | ``random`` | seeded uniform random numbers | within each layer, same ratio everywhere |
 | ``wanda-sp`` | Σ |W|·‖X‖ over the structure's ``o_proj``/``down_proj`` columns | within each layer, same ratio everywhere |
-| ``flap`` | fluctuation Σ Var(X)·‖W_col‖² over the same columns, standardized per block type | global |
+| ``flap`` | FLAP's WIFV: Var(X)·‖W_col‖² per column (squared for ``o_proj``), standardized per layer and block; a head is the mean of its columns | global, cut to a parameter budget |
+
+FLAP follows its reference code (CASIA-IVA-Lab/FLAP ``lib/prune.py``, ``prune_flap`` with
+``--metrics WIFV --structure AL-AM``); what remains different is listed in the README.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .surgery import full_layout
 
 METHODS = ("gisp", "gisp-oneshot", "llm-pruner", "magnitude", "random", "wanda-sp", "flap")
 GLOBAL_SELECTION = {"gisp", "gisp-oneshot", "flap"}
+# part of a method's cache key once its results change (FLAP 2: as its reference code, cut to a parameter budget)
+REVISIONS = {"flap": 2}
 
 
 def selection(method: str) -> str:
@@ -61,10 +66,11 @@ def fixed_scores(method: str, model: torch.nn.Module, adapter: DecoderAdapter, s
         out = _magnitude(model, adapter, space, scored_layers)
     elif method in ("wanda-sp", "flap"):
         stats = _input_statistics(model, adapter, objective, scored_layers)
-        out = _activation_scores(method, model, adapter, space, scored_layers, stats)
         if method == "flap":
-            out = _standardize_per_block(space, out, scored)
+            out = _flap_scores(model, adapter, space, scored_layers, stats)
             extras = _input_means(space, stats)
+        else:
+            out = _activation_scores(model, adapter, space, scored_layers, stats)
     else:
         raise ValueError(f"not a fixed-ranking method: {method}")
     return np.where(scored, out, np.nan), extras
@@ -110,13 +116,20 @@ def _magnitude(model, adapter: DecoderAdapter, space: StructureSpace, layers: Se
 
 @torch.no_grad()
 def _input_statistics(model, adapter: DecoderAdapter, objective: Objective, layers: Sequence[int]) -> dict:
-    """Per input feature of o_proj and down_proj: token count, sum and sum of squares (float64)."""
+    """Per input feature of o_proj and down_proj: token count, sum and sum of squares (float64).
+
+    Only real tokens count: in right-padded task batches, the positions after a row's last
+    scored token are padding.
+    """
     stats: dict = {}
     handles = []
+    real: dict = {"mask": None}  # the current batch's real positions (None: all)
 
     def make_hook(key):
         def hook(module, inputs):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            x = inputs[0].detach()
+            mask = real["mask"]
+            x = (x[mask.to(x.device)] if mask is not None else x.reshape(-1, x.shape[-1])).double()
             entry = stats.setdefault(key, [0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
                                            torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)])
             entry[0] += x.shape[0]
@@ -131,6 +144,7 @@ def _input_statistics(model, adapter: DecoderAdapter, objective: Objective, laye
         handles.append(adapter.mlp(layer).down.register_forward_pre_hook(make_hook((i, "down"))))
     try:
         for batch in objective.batches():
+            real["mask"] = _real_positions(batch)
             objective.loss(model, batch)
     finally:
         for h in handles:
@@ -138,24 +152,29 @@ def _input_statistics(model, adapter: DecoderAdapter, objective: Objective, laye
     return stats
 
 
+def _real_positions(batch: dict) -> torch.Tensor | None:
+    """(batch x positions) mask of real tokens: up to each row's last scored target, or all."""
+    scored = batch.get("scored")
+    if scored is None:
+        return None
+    positions = torch.arange(scored.shape[1])
+    last = torch.where(scored, positions, -1).max(dim=1).values
+    return positions[None, :] <= last[:, None]
+
+
 @torch.no_grad()
-def _activation_scores(method: str, model, adapter: DecoderAdapter, space: StructureSpace,
-                       layers: Sequence[int], stats: dict) -> np.ndarray:
+def _activation_scores(model, adapter: DecoderAdapter, space: StructureSpace, layers: Sequence[int],
+                       stats: dict) -> np.ndarray:
+    """Wanda-SP: |W|·‖X‖ summed over each input column of o_proj (per head) and down_proj (per channel)."""
     g, dh = space.geometry, space.geometry.head_dim
     out = np.full(space.size, np.nan)
     for i in layers:
         layer = adapter.layers(model)[i]
         per_block = {}
         for key, weight in (("o", adapter.attention(layer).o.weight), ("down", adapter.mlp(layer).down.weight)):
-            count, total, squares = stats[(i, key)]
+            _, _, squares = stats[(i, key)]
             w = weight.detach().double()
-            if method == "wanda-sp":  # |W| . ||X||, summed over each input column
-                per_col = (w.abs() * squares.sqrt().to(w.device)[None, :]).sum(0)
-            else:  # FLAP fluctuation: sample variance of the input feature times the column's squared norm
-                mean = total / count
-                var = (squares - count * mean.pow(2)) / max(count - 1, 1)
-                per_col = var.clamp_min(0).to(w.device) * w.pow(2).sum(0)
-            per_block[key] = per_col.cpu().numpy()
+            per_block[key] = (w.abs() * squares.sqrt().to(w.device)[None, :]).sum(0).cpu().numpy()
         per_head = per_block["o"].reshape(g.num_heads, dh).sum(1)
         for u in range(space.head_units):
             out[space.id(i, "head", u)] = per_head[_head_columns(space, u)].sum()
@@ -163,15 +182,69 @@ def _activation_scores(method: str, model, adapter: DecoderAdapter, space: Struc
     return out
 
 
-def _standardize_per_block(space: StructureSpace, scores: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """FLAP's global comparison: z-scores within heads and within channels, over all scored layers."""
-    out = scores.copy()
-    for kind in (0, 1):
-        sel = scored & (space.kind == kind)
-        values = scores[sel]
-        spread = values.std()
-        out[sel] = (values - values.mean()) / (spread if spread > 0 else 1.0)
+def _fluctuation(stats: dict, key: tuple, weight: torch.Tensor) -> np.ndarray:
+    """FLAP's WIFV per input column: sample variance of the input feature times the column's squared norm."""
+    count, total, squares = stats[key]
+    mean = total / count
+    var = ((squares - count * mean.pow(2)) / max(count - 1, 1)).clamp_min(0)
+    w = weight.detach().double()
+    return (var.to(w.device) * w.pow(2).sum(0)).cpu().numpy()
+
+
+def _standardize(values: np.ndarray) -> np.ndarray:
+    """FLAP's ``standarlization``: (x - mean) / std over one layer's columns, std with n - 1 (torch.std)."""
+    spread = values.std(ddof=1) if values.size > 1 else 0.0
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
+@torch.no_grad()
+def _flap_scores(model, adapter: DecoderAdapter, space: StructureSpace, layers: Sequence[int],
+                 stats: dict) -> np.ndarray:
+    """FLAP (AL-AM, WIFV) as its reference code computes it, one score per head unit and channel.
+
+    Attention: the o_proj column metric is squared, standardized over the layer's columns, and a
+    head scores the mean of its columns (a KV group: the mean over its query heads' columns).
+    MLP: the down_proj column metric, standardized over the layer's channels. Heads and
+    channels of all layers then compete in one ranking (``choose_to_param_budget``).
+    """
+    g, dh = space.geometry, space.geometry.head_dim
+    out = np.full(space.size, np.nan)
+    for i in layers:
+        layer = adapter.layers(model)[i]
+        columns = _standardize(_fluctuation(stats, (i, "o"), adapter.attention(layer).o.weight) ** 2)
+        per_head = columns.reshape(g.num_heads, dh).mean(1)
+        for u in range(space.head_units):
+            out[space.id(i, "head", u)] = per_head[_head_columns(space, u)].mean()
+        out[space.channel_slice(i)] = _standardize(_fluctuation(stats, (i, "down"), adapter.mlp(layer).down.weight))
     return out
+
+
+def choose_to_param_budget(space: StructureSpace, keep: np.ndarray, ranked: np.ndarray,
+                           param_sparsity: float) -> np.ndarray:
+    """The prefix of ``ranked`` (alive ids, first to remove first) whose removal brings the decoder
+    linear weights closest to ``param_sparsity`` (FLAP's global cut: a parameter budget, not a count).
+
+    Exact accounting: a query head frees its q rows and o columns, and the last query head of a
+    KV group also frees the group's k and v rows.
+    """
+    g = space.geometry
+    per_head = g.head_dim * g.hidden_size
+    alive_q, _ = space.head_and_kv_keep(keep)
+    alive_in_group = alive_q.reshape(g.num_layers, g.num_kv_heads, g.group_size).sum(2)
+    freed = np.zeros(len(ranked), np.int64)
+    for j, sid in enumerate(ranked):
+        layer, index = int(space.layer[sid]), int(space.index[sid])
+        if space.kind[sid] == 1:
+            freed[j] = 3 * g.hidden_size
+        elif space.gqa == "kv-group":
+            freed[j] = (2 * g.group_size + 2) * per_head
+        else:
+            alive_in_group[layer, index // g.group_size] -= 1
+            freed[j] = 2 * per_head * (2 if alive_in_group[layer, index // g.group_size] == 0 else 1)
+    total = space.total_linear_params()
+    removed_now = total - int(space.linear_params_per_layer(keep).sum())
+    reached = (removed_now + np.concatenate([[0], np.cumsum(freed)])) / total
+    return ranked[: int(np.argmin(np.abs(reached - param_sparsity)))]
 
 
 def choose_per_layer(space: StructureSpace, keep: np.ndarray, scores: np.ndarray, protected: np.ndarray,

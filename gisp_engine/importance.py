@@ -3,10 +3,18 @@
 Every scored weight gets a post-accumulate-grad hook. When the last micro-batch's
 gradient of that weight is ready, the hook reduces ``|W ⊙ ḡ|`` to one number per structure
 and frees the gradient at once. With one micro-batch no gradient outlives its hook; with
-several, PyTorch sums the micro-batch gradients of the *scored* weights in ``.grad`` first
-(the absolute value must be taken of the mean gradient), still freed at the last one.
+several, the micro-batch gradients of the *scored* weights are summed first (the absolute
+value must be taken of the mean gradient), still freed at the last one: in ``.grad`` for a
+float32 model, and in a float32 sum for a bfloat16/float16 one (a sum of tens of bf16
+gradients in bf16 loses precision; the float32 sum costs 4 bytes per scored weight).
 Weights that are never scored (embeddings, norms, protected layers, shared K/V under the
 ``query`` policy) do not ask for gradients at all.
+
+Under ``torch.distributed`` (see ``distributed.py``) each rank runs its share of the
+micro-batches, and each scored weight's gradient sum is all-reduced (float32) inside its hook
+before ``|W ⊙ ḡ|`` is taken. The all-reduces are issued in one fixed order on every rank
+(the order of a backward pass): a gradient that is ready early waits for its turn, and a rank
+with no micro-batch contributes zeros.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .adapters import DecoderAdapter
 from .objectives import Objective
 from .progress import ProgressCallback, ProgressEvent, null_progress
@@ -84,26 +93,79 @@ def score_structures(
     progress: ProgressCallback = null_progress,
     step: int | None = None,
     total_steps: int | None = None,
+    wide_sums: bool | None = None,
 ) -> ScoreResult:
-    """Raw scores ``Σ|W⊙ḡ|`` of every structure present in ``scored_layers``, and the loss."""
+    """Raw scores ``Σ|W⊙ḡ|`` of every structure present in ``scored_layers``, and the loss.
+
+    ``wide_sums`` (default: when the model is bf16/fp16 and there are several micro-batches)
+    sums the micro-batch gradients in float32; ``False`` keeps the model's dtype (the old way,
+    kept for the precision test and benchmark).
+    """
+    ctx = distributed.context()
     targets = _targets(model, adapter, space, layout, scored_layers)
+    batches = distributed.shard(objective.batches(), ctx)
     saved = {p: p.requires_grad for p in model.parameters()}
     acc: dict[int, torch.Tensor] = {}
     final = [False]
+    low_precision = any(t.param.dtype in (torch.bfloat16, torch.float16) for t in targets)
+    if wide_sums is None:
+        wide_sums = low_precision and len(batches) > 1
+    sums: dict[int, torch.Tensor] = {}  # float32 gradient sums (wide_sums only), freed at the last micro-batch
+    # distributed: all-reduces in one fixed order on every rank (a backward pass's own order: layers from
+    # the last, MLP before attention, o_proj first in it), so that a gradient rarely waits in `pending`
+    order = sorted(range(len(targets)), key=lambda i: (
+        -targets[i].layer, 0 if targets[i].per_head is None else 1 if targets[i].dim == 1 else 2, -i))
+    pending: dict[int, torch.Tensor] = {}
+    turn = [0]
 
-    def make_hook(t: _Target):
+    def finish(i: int, grad: torch.Tensor) -> None:
+        t = targets[i]
+        prod = (t.param.detach().float() * grad.float()).abs_()
+        if t.per_head is None:
+            per_unit = prod.sum(1 - t.dim)
+        else:
+            per_unit = _head_reduce(prod, t.per_head, t.dim)
+        del prod
+        layer_acc = acc.setdefault(t.layer, torch.zeros(space.per_layer, dtype=torch.float64, device=per_unit.device))
+        layer_acc.index_add_(0, t.units.to(per_unit.device), per_unit.double())
+        t.param.grad = None
+
+    def reduce_in_turn(flush: bool = False) -> None:
+        while turn[0] < len(order):
+            i = order[turn[0]]
+            grad = pending.pop(i, None)
+            if grad is None:
+                if not flush:
+                    return
+                p = targets[i].param  # no micro-batch here (or no gradient): this rank adds zeros
+                grad = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            if grad.dtype not in (torch.float32, torch.float64):
+                grad = grad.float()
+            distributed.all_reduce_sum_(grad)
+            finish(i, grad)
+            turn[0] += 1
+
+    def make_hook(i: int):
         def hook(param: torch.Tensor) -> None:
-            if not final[0]:
+            if wide_sums:
+                total = sums.get(i)
+                if total is None:
+                    sums[i] = param.grad.float()
+                else:
+                    total.add_(param.grad)
+                param.grad = None  # the next micro-batch's gradient lands in a fresh .grad
+                if not final[0]:
+                    return
+                grad = sums.pop(i)
+            elif not final[0]:
                 return  # accumulate in .grad until the last micro-batch
-            prod = (param.detach().float() * param.grad.float()).abs_()
-            if t.per_head is None:
-                per_unit = prod.sum(1 - t.dim)
             else:
-                per_unit = _head_reduce(prod, t.per_head, t.dim)
-            del prod
-            layer_acc = acc.setdefault(t.layer, torch.zeros(space.per_layer, dtype=torch.float64, device=per_unit.device))
-            layer_acc.index_add_(0, t.units.to(per_unit.device), per_unit.double())
-            param.grad = None
+                grad = param.grad
+            if ctx.active:
+                pending[i] = grad
+                reduce_in_turn()
+            else:
+                finish(i, grad)
 
         return hook
 
@@ -112,10 +174,9 @@ def score_structures(
         for p in model.parameters():
             p.requires_grad_(False)
             p.grad = None
-        for t in targets:
+        for i, t in enumerate(targets):
             t.param.requires_grad_(True)
-            handles.append(t.param.register_post_accumulate_grad_hook(make_hook(t)))
-        batches = objective.batches()
+            handles.append(t.param.register_post_accumulate_grad_hook(make_hook(i)))
         total_loss = 0.0
         progress(ProgressEvent("score", 0, len(batches), step, total_steps))
         for b, batch in enumerate(batches):
@@ -124,12 +185,17 @@ def score_structures(
             loss.backward()
             total_loss += float(loss.detach())
             progress(ProgressEvent("score", b + 1, len(batches), step, total_steps))
+        if ctx.active:
+            reduce_in_turn(flush=True)
+            total_loss = _sum_over_ranks(total_loss)
     finally:
         for h in handles:
             h.remove()
         for p, flag in saved.items():
             p.requires_grad_(flag)
             p.grad = None
+        sums.clear()
+        pending.clear()
 
     raw = np.full(space.size, np.nan)
     for layer, values in acc.items():
@@ -143,10 +209,18 @@ def score_structures(
         present[space.head_units + np.asarray(keep.channels, dtype=np.int64)] = True
         layer_raw = values.cpu().numpy()
         raw[start : start + space.per_layer] = np.where(present, layer_raw, np.nan)
+    if ctx.active:  # bitwise the same scores on every rank, so that every rank removes the same structures
+        shared = distributed.broadcast_tensor_(torch.from_numpy(np.append(raw, total_loss)))
+        raw, total_loss = shared[:-1].numpy(), float(shared[-1])
     return ScoreResult(raw=raw, loss=total_loss)
+
+
+def _sum_over_ranks(value: float) -> float:
+    return float(distributed.all_reduce_sum_(torch.tensor([value], dtype=torch.float64)))
 
 
 @torch.no_grad()
 def objective_value(model: nn.Module, objective: Objective) -> float:
-    """The objective on the current model, without gradients."""
-    return float(sum(float(objective.loss(model, batch)) for batch in objective.batches()))
+    """The objective on the current model, without gradients (each rank its share of the micro-batches)."""
+    value = float(sum(float(objective.loss(model, batch)) for batch in distributed.shard(objective.batches())))
+    return _sum_over_ranks(value) if distributed.context().active else value

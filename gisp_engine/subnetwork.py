@@ -6,10 +6,29 @@ import numpy as np
 import torch
 
 from .errors import GispError
-from .models import LoadedModel
+from .models import DTYPES, LoadedModel, load_config
 from .structures import LayerKeep
 from .surgery import NullAttention, apply_keep, full_layout
 from .trajectory import Trajectory
+
+
+def recorded_model(trajectory: Trajectory) -> str:
+    """The model a trajectory was built from, as its run named it (embedded name, local folder or hub id)."""
+    model = trajectory.meta.get("settings", {}).get("model") or trajectory.meta.get("model", {}).get("id")
+    if not model:
+        raise GispError(f"trajectory {trajectory.key or trajectory.path} does not record its model: give --model")
+    return str(model)
+
+
+def checkpoint_dtype(model: str) -> str:
+    """The dtype a model's checkpoint records in its config (``bfloat16``, ...), or ``auto`` when none is known.
+
+    Export writes this by default, so a bf16 checkpoint is not exported as float32 on CPU.
+    """
+    _, config, _ = load_config(model)
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(recorded).removeprefix("torch.") if recorded is not None else ""
+    return name if name in DTYPES else "auto"
 
 
 def check_compatible(loaded: LoadedModel, trajectory: Trajectory) -> None:
@@ -30,30 +49,39 @@ def resolve_step(trajectory: Trajectory, sparsity: float | None = None, step: in
     if sparsity is not None and step is not None:
         raise GispError("give a sparsity or a step, not both")
     if step is not None:
-        return trajectory._check_step(step)
+        return trajectory.check_step(step)
     if sparsity is None:
         return 0
     return trajectory.step_at_sparsity(float(sparsity))
 
 
+def compensates(trajectory: Trajectory, bias_compensation: bool | None = None) -> bool:
+    """Whether FLAP's bias compensation applies: as asked, or by default as the method does (FLAP: yes)."""
+    if bias_compensation is None:
+        return trajectory.meta.get("method") == "flap" and "input_mean_o" in trajectory.extras
+    return bias_compensation
+
+
 def apply_step(loaded: LoadedModel, trajectory: Trajectory, step: int, physical: bool = True,
-               bias_compensation: bool = False) -> list[LayerKeep] | None:
+               bias_compensation: bool | None = None) -> list[LayerKeep] | None:
     """Prune the loaded (dense) model in place to the trajectory's subnetwork at ``step``.
 
-    ``bias_compensation`` (FLAP): every removed ``o_proj``/``down_proj`` input column leaves
-    its mean contribution on the calibration data behind as a bias, ``W[:, removed] @ mean``.
+    ``bias_compensation`` (FLAP; by default on for FLAP trajectories, as published): every
+    removed ``o_proj``/``down_proj`` input column leaves its mean contribution on the
+    calibration data behind as a bias, ``W[:, removed] @ mean``.
     """
     check_compatible(loaded, trajectory)
     keep = trajectory.keep_mask(step)
-    biases = _compensation(loaded, trajectory, keep) if bias_compensation else None
+    biases = compensation_biases(loaded, trajectory, keep) if compensates(trajectory, bias_compensation) else None
     layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, full_layout(trajectory.space), keep, physical)
     if biases is not None:
-        _add_biases(loaded, biases)
+        add_biases(loaded, biases)
     return layout if physical else None  # a masked model has no layout of its own
 
 
 @torch.no_grad()
-def _compensation(loaded: LoadedModel, trajectory: Trajectory, keep: np.ndarray) -> list[tuple]:
+def compensation_biases(loaded: LoadedModel, trajectory: Trajectory, keep: np.ndarray) -> list[tuple]:
+    """Per layer, the (o_proj, down_proj) biases that stand in for the columns ``keep`` removes (dense model)."""
     if "input_mean_o" not in trajectory.extras:
         raise GispError("bias compensation needs a FLAP trajectory (--method flap), which keeps the calibration "
                         "input means it is computed from")
@@ -71,11 +99,12 @@ def _compensation(loaded: LoadedModel, trajectory: Trajectory, keep: np.ndarray)
 
 
 @torch.no_grad()
-def _add_biases(loaded: LoadedModel, biases: list[tuple]) -> None:
+def add_biases(loaded: LoadedModel, biases: list[tuple]) -> None:
+    """Add ``compensation_biases`` to the (sliced or masked) model; a layer without heads keeps its own."""
     for layer, (attn_bias, mlp_bias) in zip(loaded.adapter.layers(loaded.model), biases):
         attn = loaded.adapter.attention_module(layer)
-        if isinstance(attn, NullAttention):
-            attn.bias = attn_bias.to(loaded.dtype)
+        if isinstance(attn, NullAttention):  # a parameter, so that an export saves it
+            attn.bias = torch.nn.Parameter(attn_bias.to(loaded.dtype), requires_grad=False)
         else:
             _add_bias(loaded.adapter.attention(layer).o, attn_bias)
         _add_bias(loaded.adapter.mlp(layer).down, mlp_bias)

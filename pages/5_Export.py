@@ -8,6 +8,7 @@ import explorer_ui as ui
 from gisp_engine import checks, settings
 from gisp_engine.errors import GispError
 from gisp_engine.progress import ProgressEvent
+from gisp_engine.subnetwork import checkpoint_dtype
 
 ui.page_setup("Export")
 st.title("Export the chosen subnetwork")
@@ -39,19 +40,24 @@ st.caption(
     f"decoder linear weights; base model `{model}`."
 )
 
-uniform = st.toggle(
-    "Uniform widths (every layer cut to the same size; loads with stock transformers code, "
-    "but it is not exactly the trajectory's subnetwork)", value=False,
+THIS_STEP, UNIFORM, EVERY_STEP = "this step", "this step, uniform widths", "every step in one folder"
+kind = st.radio(
+    "What to write", [THIS_STEP, UNIFORM, EVERY_STEP], horizontal=True, key="export_kind",
+    captions=["exactly the trajectory's subnetwork at this step",
+              "every layer cut to the same size: loads with stock transformers code, but it is not exactly the "
+              "trajectory's subnetwork",
+              "elastic: about the dense model's size; any step loads from it, reading only what that step keeps"],
 )
-suffix = "-uniform" if uniform else ""
-default_out = settings.cache_dir() / "exports" / f"{checks.trajectory_id(traj)}-step{step}{suffix}"
+uniform = kind == UNIFORM
+name = {THIS_STEP: f"step{step}", UNIFORM: f"step{step}-uniform", EVERY_STEP: "all-steps"}[kind]
+default_out = settings.cache_dir() / "exports" / f"{checks.trajectory_id(traj)}-{name}"
 with st.form("export"):
     out = st.text_input("Output folder", str(default_out), help="replaced if it holds an earlier export")
     device = st.selectbox("Device", ["auto", "cpu", "cuda"])
     go = st.form_submit_button("Export", type="primary")
 
 if go:
-    if step == 0:
+    if step == 0 and kind != EVERY_STEP:
         st.warning("Step 0 is the dense model: the export is a copy of it.")
     bar = st.progress(0.0, text="loading the model")
 
@@ -62,13 +68,38 @@ if go:
     with ui.guard("The export failed: "):
         if not out.strip():
             raise GispError("give an output folder")
-        loaded = ui.dense_copy(model, device, "auto")  # the exporter slices the model it is given
-        result = exporter.export_subnetwork(loaded, traj, step, out.strip(), uniform=uniform, progress=report)
+        # the exporter slices the model it is given; it keeps the base checkpoint's dtype
+        loaded = ui.dense_copy(model, device, checkpoint_dtype(model))
+        if kind == EVERY_STEP:
+            from gisp_engine.elastic import export_elastic
+
+            result = export_elastic(loaded, traj, out.strip(), progress=report)
+        else:
+            result = exporter.export_subnetwork(loaded, traj, step, out.strip(), uniform=uniform, progress=report)
     summary = result.summary()
     st.session_state["export_last"] = summary
 
 summary = st.session_state.get("export_last")
-if summary:
+if summary and summary["kind"] == "elastic":
+    st.success(f"Exported every step to `{summary['path']}`")
+    c = st.columns(4)
+    c[0].metric("Kind", "elastic")
+    c[1].metric("Steps", f"0 .. {summary['last_step']}")
+    c[2].metric("Up to parameter sparsity", f"{summary['max_param_sparsity']:.1%}")
+    c[3].metric("Weights on disk", f"{summary['weights_bytes'] / 2**20:.0f} MiB")
+    st.write(f"Loads with {summary['loads_with']}.")
+    st.code(
+        f'''from gisp_engine.export import load_pruned    # verifies the files against the manifest
+pruned = load_pruned("{summary['path']}", step={step})    # or sparsity=0.3; neither: the last step
+model, tokenizer = pruned.model, pruned.tokenizer
+
+# or, without this project installed (reads only the rows step {step} keeps):
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{summary['path']}", trust_remote_code=True, gisp_step={step})
+tokenizer = AutoTokenizer.from_pretrained("{summary['path']}")''',
+        language="python",
+    )
+elif summary:
     st.success(f"Exported to `{summary['path']}`")
     c = st.columns(4)
     c[0].metric("Kind", summary["kind"])

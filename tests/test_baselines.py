@@ -32,7 +32,10 @@ def test_every_baseline_is_a_nested_fixed_ranking(tiny_llama, data_dir, method):
         for group in groups:  # within what competes, everything removed scored at most what is kept
             if (removed & group).any() and (kept & group).any():
                 assert scores[removed & group].max() <= scores[kept & group].min()
-    assert traj.steps[-1].structural_ratio == pytest.approx(0.4, abs=0.02)
+    if method == "flap":  # FLAP cuts to a parameter budget: the schedule is read as parameter sparsity
+        assert traj.steps[-1].param_sparsity == pytest.approx(0.4, abs=0.02)
+    else:
+        assert traj.steps[-1].structural_ratio == pytest.approx(0.4, abs=0.02)
 
 
 def test_per_layer_methods_cut_every_layer_alike(tiny_llama, data_dir):
@@ -81,10 +84,23 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
     expected = torch.cat([mlp.gate.weight[7], mlp.up.weight[7], mlp.down.weight[:, 7]]).detach().norm()
     assert magnitude[space.id(2, "channel", 7)] == pytest.approx(float(expected), rel=1e-5)
 
+    # FLAP (reference lib/prune.py, WIFV, AL-AM): o_proj column metric Var(x)·‖W_col‖², squared, z-scored over
+    # the layer's columns (std with n - 1), a head is the mean of its columns; channels z-scored per layer
     flap = fixed_scores("flap", loaded.model, loaded.adapter, space, objective, [1, 2], divisors, 0)[0]
-    for kind in (0, 1):
-        values = flap[np.isin(space.layer, [1, 2]) & (space.kind == kind)]
-        assert values.mean() == pytest.approx(0, abs=1e-9) and values.std() == pytest.approx(1, rel=1e-9)
+    z = lambda v: (v - v.mean()) / v.std(unbiased=True)  # noqa: E731
+    attn_cols = z((x_o.var(0, unbiased=True) * w_o.pow(2).sum(0)) ** 2)
+    for head in range(loaded.geometry.num_heads):
+        expected = attn_cols[head * dh:(head + 1) * dh].mean()
+        assert flap[space.id(2, "head", head)] == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
+    channels = z(x_down.var(0, unbiased=True) * w_down.pow(2).sum(0))
+    np.testing.assert_allclose(flap[space.channel_slice(2)], channels.numpy(), rtol=1e-6, atol=1e-9)
+    assert np.isnan(flap[space.layer == 0]).all()
+    # under kv-group a unit (KV head with its query heads) is the mean over all of the group's columns
+    groups = StructureSpace(loaded.geometry, "kv-group")
+    flap_kv = fixed_scores("flap", loaded.model, loaded.adapter, groups, objective, [2],
+                           groups.divisors("param-count"), 0)[0]
+    width = loaded.geometry.group_size * dh
+    assert flap_kv[groups.id(2, "head", 1)] == pytest.approx(float(attn_cols[width:2 * width].mean()), rel=1e-6)
 
     r0 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0]
     r1 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 1)[0]
@@ -92,13 +108,66 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
                           equal_nan=True) and not np.array_equal(r0, r1, equal_nan=True)
 
 
+def test_flap_cuts_to_a_parameter_budget(tiny_llama, data_dir):
+    """Every step removes the prefix of the one global ranking whose parameter sparsity is nearest the target."""
+    traj = prune(_cfg(tiny_llama, method="flap", steps=3, max_sparsity=0.45)).trajectory
+    space, scores = traj.space, traj.score
+    candidates = np.flatnonzero(~np.isin(space.layer, [0]))
+    ranked = candidates[np.lexsort((candidates, scores[candidates]))]
+    for t, target in zip((1, 2, 3), (0.15, 0.30, 0.45)):
+        removed = int((~traj.keep_mask(t)).sum())
+        assert np.array_equal(np.sort(ranked[:removed]), np.flatnonzero(~traj.keep_mask(t)))
+
+        def sparsity(n):
+            keep = np.ones(space.size, bool)
+            keep[ranked[:n]] = False
+            return space.param_sparsity(keep)
+
+        assert sparsity(removed) == pytest.approx(traj.steps[t].param_sparsity)
+        # no other prefix is nearer the budget (heads and channels free different numbers of weights)
+        assert all(abs(sparsity(removed) - target) <= abs(sparsity(n) - target) + 1e-12
+                   for n in range(len(ranked) + 1))
+    heads, _ = space.as_grid(~traj.keep_mask(3))
+    assert heads.sum() > 0  # heads compete with channels in the same ranking
+
+
 def test_flap_bias_compensation(tiny_llama, data_dir):
-    """Compensation adds W[:, removed] @ mean(x[removed]): sliced == masked, and it differs from plain removal."""
+    """Compensation adds W[:, removed] @ mean_input: by hand, sliced == masked, on by default for FLAP."""
     from gisp_engine import GispError, apply_step
 
     traj = prune(_cfg(tiny_llama, method="flap")).trajectory
     assert traj.extras["input_mean_o"].shape == (4, 32) and traj.extras["input_mean_down"].shape == (4, 48)
-    assert np.abs(traj.extras["input_mean_down"][1]).sum() > 0
+
+    # the calibration input means, by hand, and the biases they give at step 3
+    dense = load_model(str(tiny_llama), dtype="float32")
+    objective = objective_spec("perplexity").build(dense, _cfg(tiny_llama))
+    layer = dense.adapter.layers(dense.model)[2]
+    o, down = dense.adapter.attention(layer).o, dense.adapter.mlp(layer).down
+    captured = {}
+    hooks = [o.register_forward_pre_hook(lambda m, i: captured.setdefault("o", []).append(i[0].detach())),
+             down.register_forward_pre_hook(lambda m, i: captured.setdefault("down", []).append(i[0].detach()))]
+    with torch.no_grad():
+        for batch in objective.batches():
+            objective.loss(dense.model, batch)
+    for h in hooks:
+        h.remove()
+    mean_o = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured["o"]]).double().mean(0)
+    mean_down = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured["down"]]).double().mean(0)
+    np.testing.assert_allclose(traj.extras["input_mean_o"][2], mean_o.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(traj.extras["input_mean_down"][2], mean_down.numpy(), rtol=1e-5, atol=1e-6)
+    q_keep, _ = traj.space.head_and_kv_keep(traj.keep_mask(3))
+    _, ch_keep = traj.space.as_grid(traj.keep_mask(3))
+    removed_cols = torch.as_tensor(np.repeat(~q_keep[2], 8))
+    removed_ch = torch.as_tensor(~ch_keep[2])
+    assert removed_cols.any() and removed_ch.any()
+    expected_o = o.weight.double()[:, removed_cols] @ mean_o[removed_cols]
+    expected_down = down.weight.double()[:, removed_ch] @ mean_down[removed_ch]
+
+    pruned = load_model(str(tiny_llama), dtype="float32")
+    apply_step(pruned, traj, 3)  # FLAP's compensation is on by default, as published
+    layer = pruned.adapter.layers(pruned.model)[2]
+    torch.testing.assert_close(pruned.adapter.attention(layer).o.bias.double(), expected_o, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pruned.adapter.mlp(layer).down.bias.double(), expected_down, rtol=1e-4, atol=1e-5)
     x = torch.randint(0, 300, (2, 16))
     logits = {}
     for name, physical, comp in (("sliced", True, True), ("masked", False, True), ("plain", True, False)):

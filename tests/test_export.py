@@ -445,3 +445,75 @@ def test_embedded_model_export_equals_masked(embedded_model_dir, tmp_path):
         exported64 = pruned.model.double()(x).logits
     torch.testing.assert_close(exported64, masked64, rtol=0, atol=1e-8)
     assert (exported32 - masked32).abs().max() <= 1e-4 * masked32.abs().max()
+
+
+# ---- FLAP's bias compensation ----------------------------------------------------------------------
+def flap_trajectory(loaded: LoadedModel, seed: int = 0) -> Trajectory:
+    """The synthetic trajectory (layer 1 loses every head) as a FLAP one, with calibration input means."""
+    from dataclasses import replace
+
+    g = loaded.geometry
+    rng = np.random.default_rng(seed)
+    extras = {"input_mean_o": rng.normal(0, 1, (g.num_layers, g.num_heads * g.head_dim)).astype(np.float32),
+              "input_mean_down": rng.normal(0, 1, (g.num_layers, g.intermediate_size)).astype(np.float32)}
+    traj = synthetic_trajectory(loaded, "query", seed=seed)
+    return replace(traj, meta={**traj.meta, "method": "flap"}, extras=extras)
+
+
+def _compensated_masked_logits(folder: Path, traj: Trajectory, keep: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+    from gisp_engine.subnetwork import add_biases, compensation_biases
+
+    masked = load_model(str(folder), dtype="float32")
+    biases = compensation_biases(masked, traj, keep)  # W[:, removed] @ mean, from the dense weights
+    mask_(masked.model, masked.adapter, traj.space, keep)
+    add_biases(masked, biases)
+    with torch.no_grad():
+        return masked.model(x).logits
+
+
+def test_flap_exports_carry_the_bias_compensation(tiny_models, tmp_path):
+    """Both kinds of export hold FLAP's biases: each equals the masked model with the same biases."""
+    from safetensors import safe_open
+
+    folder = tiny_models[("llama", True)]
+    x = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(5))
+    traj = flap_trajectory(load_model(str(folder), dtype="float32"))
+
+    result = export_subnetwork(load_model(str(folder), dtype="float32"), traj, STEP, tmp_path / "per-layer")
+    assert result.manifest["bias_compensation"] is True
+    with safe_open(str(result.folder / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    # layer 1 lost every head: its attention is a constant bias of its own
+    assert {"model.layers.1.self_attn.bias", "model.layers.2.self_attn.o_proj.bias",
+            "model.layers.2.mlp.down_proj.bias"} <= names
+    pruned = load_pruned(result.folder, device="cpu", dtype="float32")
+    expected = _compensated_masked_logits(folder, traj, traj.keep_mask(STEP), x)
+    plain = masked_outputs(folder, traj.space, traj.keep_mask(STEP), x)[0]
+    with torch.no_grad():
+        logits = pruned.model(x).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    assert (logits - plain).abs().max() > 1e-2  # the biases are not zeros
+
+    loaded = load_model(str(folder), dtype="float32")
+    uniform = export_subnetwork(loaded, traj, STEP, tmp_path / "uniform", uniform=True)
+    config = json.loads((uniform.folder / "config.json").read_text())
+    assert uniform.manifest["bias_compensation"] is True and config["attention_bias"] and config["mlp_bias"]
+    pruned = load_pruned(uniform.folder, device="cpu", dtype="float32")  # stock code
+    assert type(pruned.model).__module__.startswith("transformers.models.llama")
+    keep = keep_from_manifest(traj.space, uniform.manifest)
+    with torch.no_grad():
+        logits = pruned.model(x).logits
+    torch.testing.assert_close(logits, _compensated_masked_logits(folder, traj, keep, x), rtol=1e-4, atol=1e-4)
+
+    # left out on request; a stock family without an o_proj/down_proj bias refuses the uniform kind
+    plain_export = export_subnetwork(load_model(str(folder), dtype="float32"), traj, STEP, tmp_path / "plain",
+                                     bias_compensation=False)
+    assert plain_export.manifest["bias_compensation"] is False
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(plain_export.folder, device="cpu", dtype="float32").model(x).logits,
+                                   plain, rtol=1e-4, atol=1e-4)
+    mistral = tiny_models[("mistral", True)]
+    flap_mistral = flap_trajectory(load_model(str(mistral), dtype="float32"))
+    with pytest.raises(GispError, match="no switch for an o_proj and down_proj bias"):
+        export_subnetwork(load_model(str(mistral), dtype="float32"), flap_mistral, STEP, tmp_path / "m", uniform=True)
+    assert not (tmp_path / "m").exists()

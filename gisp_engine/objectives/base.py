@@ -3,6 +3,9 @@
 An objective owns its calibration batches. ``loss`` returns this micro-batch's share of
 the objective (already divided by the number of calibration sequences), so that the sum
 over micro-batches is the objective and the sum of their gradients is its mean gradient.
+The divisors count the whole calibration set, never one rank's share: under torch.distributed
+each rank scores every N-th micro-batch (``distributed.shard``) and the sums over ranks are
+then the objective and its mean gradient, for every objective alike.
 """
 
 from __future__ import annotations

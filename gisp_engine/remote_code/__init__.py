@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 CONFIG_FILE = "configuration_gisp.py"
 MODELING_FILE = "modeling_gisp.py"
 CONFIG_CLASS = "GispPrunedConfig"
 MODEL_CLASS = "GispPrunedForCausalLM"
+ELASTIC_FILE = "modeling_gisp_elastic.py"  # every step of a trajectory in one folder (needs the two above)
+ELASTIC_CLASS = "GispElasticForCausalLM"
 _HERE = Path(__file__).parent
 
 
@@ -38,10 +40,11 @@ class BaseFamily:
         return "gisp_" + self.model_type
 
 
-def auto_map() -> dict[str, str]:
+def auto_map(elastic: bool = False) -> dict[str, str]:
+    model_file, model_class = (ELASTIC_FILE, ELASTIC_CLASS) if elastic else (MODELING_FILE, MODEL_CLASS)
     return {
         "AutoConfig": f"{CONFIG_FILE.removesuffix('.py')}.{CONFIG_CLASS}",
-        "AutoModelForCausalLM": f"{MODELING_FILE.removesuffix('.py')}.{MODEL_CLASS}",
+        "AutoModelForCausalLM": f"{model_file.removesuffix('.py')}.{model_class}",
     }
 
 
@@ -53,8 +56,8 @@ def _fill(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def render(family: BaseFamily) -> dict[str, str]:
-    """File name -> text of the configuration and modeling files for ``family``."""
+def render(family: BaseFamily, elastic: bool = False) -> dict[str, str]:
+    """File name -> text of the configuration and modeling files for ``family`` (and the elastic loader)."""
     config = _fill(
         (_HERE / CONFIG_FILE).read_text(encoding="utf-8"),
         {"BASE_MODEL_TYPE": family.model_type, "BASE_CONFIG_MODULE": family.config_module,
@@ -64,4 +67,7 @@ def render(family: BaseFamily) -> dict[str, str]:
         (_HERE / MODELING_FILE).read_text(encoding="utf-8"),
         {"BASE_MODELING_MODULE": family.modeling_module, "BASE_CLASS_PREFIX": family.class_prefix},
     )
-    return {CONFIG_FILE: config, MODELING_FILE: modeling}
+    files = {CONFIG_FILE: config, MODELING_FILE: modeling}
+    if elastic:  # family-independent: it builds the model above at a step's widths
+        files[ELASTIC_FILE] = (_HERE / ELASTIC_FILE).read_text(encoding="utf-8")
+    return files

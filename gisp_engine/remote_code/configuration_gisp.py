@@ -14,7 +14,7 @@ Load with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
 import importlib
 
-GISP_TEMPLATE_VERSION = 1
+GISP_TEMPLATE_VERSION = 2
 # filled in by the export: the family of the model that was pruned
 BASE_MODEL_TYPE = "llama"
 BASE_CONFIG_MODULE = "transformers.models.llama.configuration_llama"

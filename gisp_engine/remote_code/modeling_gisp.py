@@ -11,6 +11,9 @@ its attention and MLP rebuilt at the widths in ``config.gisp_layers``:
 * no heads left: ``GispNullAttention`` (adds nothing; keeps the cache in step);
 * the family's gated MLP with the kept channels.
 
+With ``config.gisp_output_bias`` (FLAP's bias compensation) every ``o_proj`` and
+``down_proj`` has a bias, and a layer with no heads adds a constant bias of its own.
+
 Load with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``.
 """
 
@@ -22,7 +25,7 @@ import torch
 
 from .configuration_gisp import GispPrunedConfig
 
-GISP_TEMPLATE_VERSION = 1
+GISP_TEMPLATE_VERSION = 2
 # filled in by the export: the family of the model that was pruned
 BASE_MODELING_MODULE = "transformers.models.llama.modeling_llama"
 BASE_CLASS_PREFIX = "Llama"
@@ -98,6 +101,8 @@ class GispNullAttention(torch.nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.head_dim = _head_dim(config)
+        # FLAP's bias compensation: what the removed heads added on average, as a constant
+        self.bias = torch.nn.Parameter(torch.zeros(config.hidden_size)) if _output_bias(config) else None
 
     def forward(self, hidden_states, *args, **kwargs):
         cache = _pop_cache(kwargs)
@@ -105,7 +110,17 @@ class GispNullAttention(torch.nn.Module):
             batch, length = hidden_states.shape[:2]
             empty = hidden_states.new_zeros(batch, 0, length, self.head_dim)
             cache.update(empty, empty, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
+        out = torch.zeros_like(hidden_states)
+        return (out if self.bias is None else out + self.bias.to(out.dtype)), None
+
+
+def _output_bias(config):
+    return bool(getattr(config, "gisp_output_bias", False))
+
+
+def _with_bias(linear):
+    return torch.nn.Linear(linear.in_features, linear.out_features, bias=True,
+                           device=linear.weight.device, dtype=linear.weight.dtype)
 
 
 def _layer_config(config, spec):
@@ -136,6 +151,10 @@ def _resize_layers(model, config):
         attention.config = config  # run-time choices (attention kernel, sliding window) follow the model's config
         layer.self_attn = attention
         layer.mlp = _BaseMLP(layer_config)
+        if _output_bias(config):
+            if int(spec["num_heads"]) > 0:
+                attention.o_proj = _with_bias(attention.o_proj)
+            layer.mlp.down_proj = _with_bias(layer.mlp.down_proj)
 
 
 class GispPrunedForCausalLM(_BaseForCausalLM):
