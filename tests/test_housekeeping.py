@@ -1,0 +1,105 @@
+"""Cache locks that say what they wait for, and the cache commands that remove entries."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from gisp_engine import PruneConfig, cache, checks, jobs, prune
+from gisp_engine.cli import main
+from gisp_engine.errors import GispError
+from gisp_engine.fsutil import atomic_write_json, file_lock, umask
+from gisp_engine.housekeeping import plan_cleanup, remove_trajectory
+
+
+def test_a_lock_times_out_naming_what_and_who(tmp_path, capsys):
+    path = tmp_path / "x.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with file_lock(path, what="trajectory abc"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    try:
+        start = time.monotonic()
+        with pytest.raises(GispError) as err:
+            with file_lock(path, what="trajectory abc", timeout=2.5):
+                pass
+        assert time.monotonic() - start >= 2.4
+        assert "waiting for trajectory abc" in str(err.value) and f"pid {os.getpid()}" in str(err.value)
+        assert "waiting for trajectory abc, held by pid" in capsys.readouterr().err
+    finally:
+        release.set()
+        t.join()
+    with file_lock(path, what="trajectory abc", timeout=1):  # free again once the holder left
+        pass
+
+
+def test_files_are_written_with_the_umask_read_once(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask()
+
+
+def _job_folder(key: str, state: str, updated: float) -> None:
+    folder = jobs.job_dir(key)
+    folder.mkdir(parents=True)
+    atomic_write_json(folder / "status.json", {"key": key, "state": state, "updated_unix": updated,
+                                               "started_unix": updated})
+
+
+def test_cache_rm_and_prune(tiny_llama, data_dir, capsys):
+    traj = prune(PruneConfig(model=str(tiny_llama), steps=2, max_sparsity=0.3, num_samples=4, seq_len=32,
+                             protect_first=1, dtype="float32", batch_size=4)).trajectory
+    checks.remember_evaluation(traj, {"identity": {"task": "x", "step": 0}, "task": "x", "step": 0, "value": 1.0,
+                                      "label": "x"})
+    now = time.time()
+    _job_folder("old-done", "done", now - 10 * 86400)
+    _job_folder("new-failed", "failed", now)
+
+    plan = plan_cleanup(finished_jobs=True)
+    assert {p.name for p, _ in plan.items} == {"old-done", "new-failed"} and plan.bytes > 0
+    assert {p.name for p, _ in plan_cleanup(finished_jobs=True, older_than_days=5).items} == {"old-done"}
+    # a dry run removes nothing; then the jobs go and the trajectory stays
+    assert main(["cache", "prune", "--jobs", "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dry_run"] is True and jobs.job_dir("old-done").is_dir()
+    assert main(["cache", "prune", "--jobs"]) == 0
+    assert not jobs.job_dir("old-done").exists() and not jobs.job_dir("new-failed").exists()
+    assert cache.lookup(traj.key) is not None
+
+    # trajectories older than a number of days: this one is new
+    assert plan_cleanup(finished_jobs=False, older_than_days=1).items == []
+    assert {p.name for p, _ in plan_cleanup(finished_jobs=False, older_than_days=0, now=now + 3600).items} >= {traj.key}
+
+    assert main(["cache", "rm", traj.key]) == 0
+    assert "removed trajectory" in capsys.readouterr().out
+    assert cache.lookup(traj.key) is None and not checks.evals_path(traj).exists()
+    with pytest.raises(GispError, match="no trajectory"):
+        remove_trajectory(traj.key)
+    assert main(["cache", "prune", "--older-than", "-1"]) == 2
+    assert "--older-than must be" in capsys.readouterr().err
+
+
+def test_a_running_job_is_never_pruned(isolated_cache):
+    import subprocess
+    import sys
+
+    # a live process that looks like a job (its command line names gisp_engine.jobs)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gisp_engine.jobs"])
+    try:
+        _job_folder("running", "running", time.time() - 100 * 86400)
+        (jobs.job_dir("running") / "pid").write_text(str(proc.pid))
+        _job_folder("dead", "running", time.time() - 100 * 86400)
+        (jobs.job_dir("dead") / "pid").write_text("999999")  # no such process: the job died, it is failed
+        assert [p.name for p, _ in plan_cleanup(finished_jobs=True, older_than_days=1).items] == ["dead"]
+        assert jobs.status("running").active
+    finally:
+        proc.kill()
+        proc.wait()
