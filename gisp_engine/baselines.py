@@ -29,7 +29,7 @@ from .objectives import Objective
 from .structures import StructureSpace
 from .surgery import full_layout
 
-METHODS = ("gisp", "gisp-oneshot", "llm-pruner", "magnitude", "random", "wanda-sp", "flap")
+from .config import METHODS  # noqa: E402  (the list lives where no torch is needed)
 GLOBAL_SELECTION = {"gisp", "gisp-oneshot", "flap"}
 # part of a method's cache key once its results change (FLAP 2: as its reference code, cut to a parameter budget)
 REVISIONS = {"flap": 2}

@@ -56,6 +56,16 @@ def locked(key: str) -> Iterator[None]:
         yield
 
 
+def resolve_trajectory(ref: str | Path) -> Trajectory:
+    """A trajectory from a folder or a cache key (what every command's ``--trajectory`` accepts)."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return Trajectory.load(path)
+    if not any(sep in str(ref) for sep in "/\\") and path_for(str(ref)).exists():
+        return Trajectory.load(path_for(str(ref)))
+    raise GispError(f"trajectory {str(ref)!r} not found (give a folder or a cache key; `gisp cache list` shows them)")
+
+
 def list_cached(root: Path | None = None) -> list[dict]:
     """Summaries of the complete, readable trajectories in the cache (newest first)."""
     root = root or trajectories_dir()

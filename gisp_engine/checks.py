@@ -266,7 +266,7 @@ def remember_evaluation(trajectory: Trajectory, row: dict) -> None:
     """Store ``row`` (replacing any row of the same identity) in the trajectory's evaluation file."""
     path = evals_path(trajectory)
     ensure_writable_dir(path.parent)
-    with file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock"), what=f"the evaluations of {trajectory_id(trajectory)}", timeout=120):
         rows = [r for r in _stored(path) if r.get("identity") != row["identity"]]
         rows.append(row)
         atomic_write_json(path, {"trajectory": trajectory_id(trajectory), "path": str(trajectory.path),

@@ -9,69 +9,13 @@ from pathlib import Path
 
 from . import settings
 from .errors import GispError
-from .progress import ProgressEvent
-
-
-class TqdmProgress:
-    """Renders engine progress events as tqdm bars on stderr.
-
-    Pruning shows one bar over the steps (with loss and sparsity beside it, and tqdm's
-    estimate of the time left) and, when a step has several micro-batches, a bar inside it.
-    """
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bars: dict[str, object] = {}
-
-    def _bar(self, key: str, total: int, desc: str, position: int, leave: bool):
-        from tqdm import tqdm
-
-        bar = self.bars.get(key)
-        if bar is None or bar.total != total or bar.desc != desc:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=total, desc=desc, position=position, leave=leave, file=sys.stderr, dynamic_ncols=True)
-            self.bars[key] = bar
-        return bar
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if not self.enabled:
-            return
-        if event.phase in ("prepare", "final"):
-            if event.message and event.done == 0:
-                print(f"gisp: {event.message}", file=sys.stderr)
-            return
-        if event.phase == "step":
-            bar = self._bar("step", event.total, "pruning steps", 0, True)
-            if event.info:
-                bar.set_postfix(event.info, refresh=False)
-            bar.n = event.done
-            bar.refresh()
-            return
-        if event.phase == "score" and event.total <= 1:
-            return  # one micro-batch: the step bar says it all
-        inner = "score" if event.phase == "score" else "eval"
-        desc = f"step {event.step} batches" if event.phase == "score" else event.message or event.phase
-        bar = self._bar(inner, event.total, desc, 1 if event.phase == "score" else 0, event.phase != "score")
-        bar.n = event.done
-        bar.refresh()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-        self.bars.clear()
+from .progress import ProgressEvent, TqdmProgress  # noqa: F401  (TqdmProgress: also gisp_engine.cli's)
 
 
 def _load_trajectory(ref: str):
-    from . import cache
-    from .trajectory import Trajectory
+    from .cache import resolve_trajectory
 
-    path = Path(ref).expanduser()
-    if path.exists():
-        return Trajectory.load(path)
-    if cache.path_for(ref).exists():
-        return Trajectory.load(cache.path_for(ref))
-    raise GispError(f"trajectory {ref!r} not found (give a folder or a cache key; `gisp cache list` shows them)")
+    return resolve_trajectory(ref)
 
 
 def _emit(args, payload: dict, text: str) -> None:
@@ -88,6 +32,7 @@ def cmd_prune(args) -> None:
         method=args.method,
         objective=args.objective,
         calib=args.calib,
+        sampling=args.sampling,
         tasks=args.tasks,
         calib_tokens=args.calib_tokens,
         num_samples=args.num_samples,
@@ -107,11 +52,17 @@ def cmd_prune(args) -> None:
         dtype=args.dtype,
         device_map=args.device_map,
     )
-    bar = TqdmProgress(enabled=not args.quiet)
-    try:
-        outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache, resume=args.resume)
-    finally:
-        bar.close()
+    from .distributed import session
+
+    # under torchrun (or with --distributed) every rank scores its share; rank 0 alone reports and writes
+    with session(args.device, required=args.distributed) as ctx:
+        bar = TqdmProgress(enabled=not args.quiet and ctx.is_main)
+        try:
+            outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache, resume=args.resume)
+        finally:
+            bar.close()
+    if not ctx.is_main:
+        return
     traj = outcome.trajectory
     payload = {"path": str(traj.path), "cache_hit": outcome.cache_hit, **traj.summary()}
     payload["path"] = str(traj.path)
@@ -143,14 +94,16 @@ def cmd_eval(args) -> None:
     from .checks import evaluate_step
     from .evaluate import evaluate_task, result_text
     from .models import load_model
-    from .subnetwork import apply_step, resolve_step
+    from .subnetwork import apply_step, recorded_model, resolve_step
 
     if (args.sparsity is not None or args.step is not None) and not args.trajectory:
         raise GispError("--sparsity/--step need --trajectory")
     traj = _load_trajectory(args.trajectory) if args.trajectory else None
     step = resolve_step(traj, args.sparsity, args.step) if traj else None
-    loaded = load_model(args.model, args.device, args.dtype, args.device_map)
-    payload = {"model": args.model, "task": args.task}
+    # a trajectory is evaluated on the model it was built from unless --model says otherwise
+    model = args.model or (recorded_model(traj) if traj else settings.DEFAULT_MODEL)
+    loaded = load_model(model, args.device, args.dtype, args.device_map)
+    payload = {"model": model, "task": args.task}
     options = {"seq_len": args.seq_len, "batch_size": args.batch_size, "few_shot": args.few_shot,
                "max_new_tokens": args.max_new_tokens, "include_pool": args.all_items}
     bar = TqdmProgress(enabled=not args.quiet)
@@ -175,11 +128,54 @@ def cmd_eval(args) -> None:
     _emit(args, payload, f"{text}\nat parameter sparsity {payload['param_sparsity']:.4f}")
 
 
+def cmd_sweep(args) -> None:
+    from .cost import CostSpec
+    from .models import load_model, resolve_device, resolve_dtype
+    from .subnetwork import recorded_model
+    from .sweep import SweepRequest, parse_checks, parse_steps, run_sweep, sweep_table
+
+    traj = _load_trajectory(args.trajectory)
+    cost = (CostSpec(batch=args.cost_batch, seq_len=args.cost_seq_len, new_tokens=args.cost_new_tokens,
+                     repeats=args.cost_repeats, export_dtype=args.export_dtype) if args.cost else None)
+    request = SweepRequest(tasks=parse_checks(args.task, allow_none=args.cost), steps=parse_steps(args.steps, traj),
+                           limit=args.limit,
+                           seq_len=args.seq_len, batch_size=args.batch_size, cost=cost)
+    model = args.model or recorded_model(traj)
+    dtype = str(resolve_dtype(args.dtype, resolve_device(args.device))).removeprefix("torch.")
+    bar = TqdmProgress(enabled=not args.quiet)
+    try:
+        report = run_sweep(traj, lambda: load_model(model, args.device, args.dtype, args.device_map), request, bar,
+                           copy_model=False, refresh=args.no_cache, dtype=dtype)
+    finally:
+        bar.close()
+    if args.save_in_trajectory:
+        from .checks import ship_evaluations
+
+        print(f"gisp: results written into {ship_evaluations(traj)}", file=sys.stderr)
+    table = sweep_table(traj)
+    rows = [r for r in table.to_rows() if r["step"] in report.steps]
+    columns = [c for c in (*table.quality, "prefill_speedup", "decode_speedup", "memory_ratio", "peak_bytes",
+                           "weight_bytes") if any(r.get(c) is not None for r in rows)]
+    lines = [f"sweep of {traj.path}: {report.computed} points computed, {report.remembered} remembered",
+             "  ".join(["step", "params", *columns])]
+    for r in rows:
+        cells = [f"{r['step']:>4}", f"{r['param_sparsity']:6.1%}"]
+        cells += ["-" if r.get(c) is None else f"{r[c]:.4g}" for c in columns]
+        lines.append("  ".join(cells))
+    lines += [f"{c}: {table.labels[c]}" for c in table.quality if c in columns]
+    if table.cost_label and cost is not None:
+        lines.append(f"cost: {table.cost_label}")
+    payload = {"trajectory": str(traj.path), "model": model, "request": request.to_dict(),
+               "computed": report.computed, "remembered": report.remembered, "rows": rows,
+               "labels": table.labels, "cost_label": table.cost_label}
+    _emit(args, payload, "\n".join(lines))
+
+
 def cmd_model_prepare(args) -> None:
     from .models import prepare_embedded_model
 
-    folder = prepare_embedded_model()
-    _emit(args, {"model": settings.DEFAULT_MODEL, "path": str(folder)}, str(folder))
+    folder = prepare_embedded_model(args.name)
+    _emit(args, {"model": args.name, "path": str(folder)}, str(folder))
 
 
 def cmd_cache_list(args) -> None:
@@ -193,6 +189,83 @@ def cmd_cache_list(args) -> None:
     _emit(args, {"trajectories": rows}, text)
 
 
+def cmd_cache_rm(args) -> None:
+    from .housekeeping import human_bytes, remove_trajectory
+
+    done = remove_trajectory(args.key)
+    _emit(args, {"removed": done.to_dict()}, f"removed trajectory {args.key}: {human_bytes(done.bytes)} freed")
+
+
+def cmd_cache_prune(args) -> None:
+    from .housekeeping import apply_cleanup, human_bytes, plan_cleanup
+
+    plan = plan_cleanup(finished_jobs=args.jobs, older_than_days=args.older_than)
+    if not args.dry_run:
+        apply_cleanup(plan)
+    verb = "would free" if args.dry_run else "freed"
+    lines = [f"{'would remove' if args.dry_run else 'removed'} {p}  ({why})" for p, why in plan.items]
+    lines.append(f"{len(plan.items)} entries, {human_bytes(plan.bytes)} {verb}")
+    _emit(args, {"dry_run": args.dry_run, **plan.to_dict()}, "\n".join(lines))
+
+
+def cmd_export(args) -> None:
+    from .export import check_out_dir, export_subnetwork
+    from .models import load_model
+    from .subnetwork import checkpoint_dtype, recorded_model, resolve_step
+
+    if args.all_steps:
+        return cmd_export_all_steps(args)
+    if args.sparsity is None and args.step is None:
+        raise GispError("give --sparsity S (parameter sparsity) or --step K, or --all-steps")
+    trajectory = _load_trajectory(args.trajectory)
+    step = resolve_step(trajectory, args.sparsity, args.step)
+    check_out_dir(Path(args.out).expanduser())  # before minutes of loading
+    model = args.model or recorded_model(trajectory)
+    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype  # keep a bf16 checkpoint bf16
+    loaded = load_model(model, args.device, dtype)
+    bar = TqdmProgress(enabled=not args.quiet)
+    try:
+        result = export_subnetwork(loaded, trajectory, step, args.out, uniform=args.uniform, progress=bar,
+                                   bias_compensation=False if args.no_bias_compensation else None)
+    finally:
+        bar.close()
+    s = result.summary()
+    text = (
+        f"{result.folder}\n{s['kind']} export of step {s['step']}: parameter sparsity {s['param_sparsity']:.4f} "
+        f"(trajectory point {s['trajectory_param_sparsity']:.4f}), {s['param_count']:,} parameters\n"
+        f"loads with {s['loads_with']}"
+    )
+    _emit(args, s, text)
+
+
+def cmd_export_all_steps(args) -> None:
+    from .elastic import export_elastic
+    from .export import check_out_dir
+    from .models import load_model
+    from .subnetwork import checkpoint_dtype, recorded_model
+
+    if args.sparsity is not None or args.step is not None or args.uniform:
+        raise GispError("--all-steps writes every step: give no --sparsity, --step or --uniform with it")
+    trajectory = _load_trajectory(args.trajectory)
+    check_out_dir(Path(args.out).expanduser())  # before minutes of loading
+    model = args.model or recorded_model(trajectory)
+    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype
+    loaded = load_model(model, args.device, dtype)
+    bar = TqdmProgress(enabled=not args.quiet)
+    try:
+        result = export_elastic(loaded, trajectory, args.out, progress=bar,
+                                bias_compensation=False if getattr(args, "no_bias_compensation", False) else None)
+    finally:
+        bar.close()
+    s = result.summary()
+    text = (
+        f"{result.folder}\nelastic export of steps 0..{s['last_step']} (parameter sparsity up to "
+        f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights\n"
+        f"loads with {s['loads_with']}"
+    )
+    _emit(args, s, text)
+
+
 # ---- parser ------------------------------------------------------------------------------
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda[:N]")
@@ -201,8 +274,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .baselines import METHODS
+    from .config import METHODS
     from .config import SCHEDULES, PruneConfig
+    from .data import SAMPLINGS
     from .objectives import OBJECTIVES
     from .structures import GQA_POLICIES, NORMALIZATIONS
 
@@ -216,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gisp (iterative); baselines rank once: gisp-oneshot, llm-pruner, magnitude, random, wanda-sp, flap")
     p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVES))
     p.add_argument("--calib", default=d.calib, help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
-    p.add_argument("--tasks", default=d.tasks, help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa or cmqa (all)")
+    p.add_argument("--sampling", default=d.sampling, choices=SAMPLINGS,
+                   help="perplexity objective: packed (shuffled documents, first tokens) or window "
+                        "(random spans of random long documents, as the reference loaders)")
+    p.add_argument("--tasks", default=d.tasks,
+                   help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, cmqa (all), "
+                        "and/or custom task files (path.jsonl; see README)")
     p.add_argument("--calib-tokens", type=int, default=None, help="token budget of task objectives (default num-samples x seq-len)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
@@ -233,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-scores", action="store_true", help="store every step's scores in the trajectory")
     p.add_argument("--no-cache", action="store_true", help="recompute even if the cache has this trajectory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed step")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel scoring over the processes torchrun started (automatic under torchrun; "
+                        "this flag refuses to run without it)")
     p.add_argument("--out", default=None, help="also write the trajectory to this folder")
     _device_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary (with \"path\")")
@@ -246,14 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     from .evaluate import TASKS as EVAL_TASKS
+    from .evaluate import task_argument
 
     p = sub.add_parser("eval", help="evaluate the dense model or a point of a trajectory")
-    p.add_argument("--model", default=settings.DEFAULT_MODEL)
+    p.add_argument("--model", default=None,
+                   help=f"default: the model the --trajectory was built from, else {settings.DEFAULT_MODEL}")
     p.add_argument("--trajectory", default=None)
     p.add_argument("--sparsity", type=float, default=None, help="parameter sparsity (the last step at or below it)")
     p.add_argument("--step", type=int, default=None, help="a step of the trajectory instead of a sparsity")
-    p.add_argument("--task", default="wikitext2", choices=EVAL_TASKS,
-                   help="wikitext2 (perplexity), a decision task or cmqa (all seven: zero-shot accuracy), gsm8k (exact match)")
+    p.add_argument("--task", default="wikitext2", metavar="TASK", type=task_argument,
+                   help=f"{', '.join(EVAL_TASKS)}: wikitext2 (perplexity), a decision task or cmqa (all seven: zero-shot "
+                        "accuracy), gsm8k (exact match), or a custom task file path.jsonl (see README)")
     p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length (128: GISP/LLM-Pruner; 2048: Wanda/SliceGPT)")
     p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or held-out items per task")
     p.add_argument("--few-shot", type=int, default=5, help="gsm8k: solved train problems before each question")
@@ -267,9 +352,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("sweep", help="evaluate every step of a trajectory (quality, and cost with --cost), remembered per point")
+    p.add_argument("--trajectory", required=True, help="a trajectory folder or cache key")
+    p.add_argument("--task", default="wikitext2",
+                   help="comma-separated checks: wikitext2, a decision task, cmqa, gsm8k, a .jsonl task file; "
+                        "none with --cost: cost only")
+    p.add_argument("--steps", default="all", help="'all' or step numbers like 0,2,4")
+    p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or items per task")
+    p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length")
+    p.add_argument("--batch-size", type=int, default=8, help="windows or options per forward pass")
+    p.add_argument("--model", default=None, help="the dense model (default: the one the trajectory records)")
+    p.add_argument("--cost", action="store_true",
+                   help="also measure prefill and decode speed, peak memory and weight bytes of each sliced step")
+    p.add_argument("--cost-batch", type=int, default=4, help="cost: prefill batch")
+    p.add_argument("--cost-seq-len", type=int, default=128, help="cost: prefill length")
+    p.add_argument("--cost-new-tokens", type=int, default=16, help="cost: decoded tokens at batch 1")
+    p.add_argument("--cost-repeats", type=int, default=3, help="cost: timings per step (median)")
+    p.add_argument("--export-dtype", default="auto", help="cost: dtype of the weight bytes (auto: the checkpoint's)")
+    p.add_argument("--no-cache", action="store_true", help="compute every point again")
+    p.add_argument("--save-in-trajectory", action="store_true",
+                   help="also write every remembered result into the trajectory's folder (evaluations.json), "
+                        "as the repository's examples carry theirs")
+    _device_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("model", help="the embedded default model")
     msub = p.add_subparsers(dest="model_command", required=True)
-    mp = msub.add_parser("prepare", help=f"convert {settings.DEFAULT_MODEL} from GGUF into the cache (once)")
+    mp = msub.add_parser("prepare", help="convert an embedded model from GGUF into the cache (once)")
+    mp.add_argument("name", nargs="?", default=settings.DEFAULT_MODEL,
+                    help=f"{' or '.join(settings.EMBEDDED_MODELS)} (default {settings.DEFAULT_MODEL})")
     mp.add_argument("--json", action="store_true")
     mp.set_defaults(func=cmd_model_prepare)
 
@@ -278,10 +391,42 @@ def build_parser() -> argparse.ArgumentParser:
     cp = csub.add_parser("list", help="complete trajectories in the cache")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_list)
+    cp = csub.add_parser("rm", help="remove one trajectory with its checkpoint and remembered evaluations")
+    cp.add_argument("key", help="the trajectory's cache key (`gisp cache list`)")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_cache_rm)
+    cp = csub.add_parser("prune", help="remove finished background jobs, old trajectories and unfinished writes")
+    cp.add_argument("--jobs", action="store_true", help="finished (done, failed, cancelled) background jobs")
+    cp.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="trajectories (and, with --jobs, jobs) older than this many days")
+    cp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_cache_prune)
 
-    # extra commands: each module adds its own subparser (one line per module below)
-    __import__("gisp_engine.export", fromlist=["register_cli"]).register_cli(sub)
+    _export_parser(sub)
     return parser
+
+
+def _export_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a point of a trajectory as a smaller model folder")
+    p.add_argument("--model", default=None,
+                   help="the base model (default: the one the trajectory records it was built from)")
+    p.add_argument("--trajectory", required=True, help="a trajectory folder or cache key")
+    p.add_argument("--sparsity", type=float, default=None, help="parameter sparsity (the last step at or below it)")
+    p.add_argument("--step", type=int, default=None, help="a step of the trajectory instead of a sparsity")
+    p.add_argument("--out", required=True, help="folder to write (replaced if it holds an earlier export)")
+    p.add_argument("--uniform", action="store_true",
+                   help="same width in every layer: loads with stock transformers code, differs from the trajectory")
+    p.add_argument("--all-steps", action="store_true",
+                   help="every step in one folder (elastic): load any step with gisp_step=T or load_pruned(DIR, step=T)")
+    p.add_argument("--no-bias-compensation", action="store_true",
+                   help="FLAP trajectories: leave out FLAP's bias compensation (written by default, as published)")
+    p.add_argument("--device", default="cpu", help="where to slice: cpu (default), cuda[:N], auto")
+    p.add_argument("--dtype", default="auto",
+                   help="dtype of the written weights: auto (the base checkpoint's own), float32, bfloat16, float16")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,18 +6,24 @@ import math
 from dataclasses import asdict, dataclass
 
 from . import settings
+from .data import SAMPLINGS
 from .errors import GispError
 from .structures import GQA_POLICIES, NORMALIZATIONS
 
 SCHEDULES = ("linear", "cosine")
 
 
+#: Pruning methods: iterative GISP, and the fixed-ranking baselines of ``gisp_engine.baselines``
+#: (named here, where no torch is imported, so that validating a config needs none).
+METHODS = ("gisp", "gisp-oneshot", "llm-pruner", "magnitude", "random", "wanda-sp", "flap")
+
 @dataclass
 class PruneConfig:
     model: str = settings.DEFAULT_MODEL
-    method: str = "gisp"  # or a baseline: see gisp_engine.baselines.METHODS
+    method: str = "gisp"  # or a baseline: METHODS
     objective: str = "perplexity"
     calib: str = "lambada"  # text source of the perplexity objective
+    sampling: str = "packed"  # how the perplexity objective cuts its windows: see gisp_engine.data.SAMPLINGS
     tasks: str = "cmqa"  # task list of the margin objective (comma-separated, or cmqa for all seven)
     calib_tokens: int | None = None  # token budget of task objectives; None: num_samples * seq_len
     num_samples: int = 16
@@ -58,10 +64,10 @@ class PruneConfig:
         r = self.max_sparsity
         if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0.0 < r < 1.0:
             raise GispError(f"--max-sparsity must be a fraction between 0 and 1 (exclusive), got {r!r}")
-        from .baselines import METHODS
-
         if self.method not in METHODS:
             raise GispError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.sampling not in SAMPLINGS:
+            raise GispError(f"unknown sampling {self.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
         if self.schedule not in SCHEDULES:
             raise GispError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.gqa not in GQA_POLICIES:

@@ -10,7 +10,8 @@ One :class:`CostSpec` says the workload; :func:`measure_cost` runs it on a loade
   weights  bytes of the parameters in the dtype the model would be exported in, and their count
 
 Absolute times mean little on a shared machine, so callers measure the dense model in the same
-process and report ratios to it (:func:`cost_ratios`); times are medians over ``repeats``.
+process, with the repeats of both interleaved (:func:`measure_costs`), and report ratios to it
+(:func:`cost_ratios`); times are medians over ``repeats``.
 """
 
 from __future__ import annotations
@@ -154,60 +155,82 @@ def _cache_of(output):
     return cache if cache is not None else output.past_key_values
 
 
+class _Workload:
+    """One model with the prefill and decode inputs of ``spec`` (the same random tokens for every model)."""
+
+    def __init__(self, model: torch.nn.Module, spec: CostSpec, seed: int):
+        import inspect
+
+        self.model, self.spec = model, spec
+        self.device = next(model.parameters()).device
+        max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        if max_len and max(spec.seq_len, spec.prompt_len + spec.new_tokens) > max_len:
+            raise GispError(f"the cost workload ({spec.seq_len} prefill tokens, {spec.prompt_len}+{spec.new_tokens} "
+                            f"decode) is longer than the model's context ({max_len} tokens)")
+        gen = torch.Generator().manual_seed(seed)
+        vocab = int(model.config.vocab_size)
+        self.batch = torch.randint(0, vocab, (spec.batch, spec.seq_len), generator=gen).to(self.device)
+        self.prompt = torch.randint(0, vocab, (1, spec.prompt_len), generator=gen).to(self.device)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        model.eval()
+
+    def prefill(self) -> float:
+        start = time.perf_counter()
+        self.model(input_ids=self.batch, use_cache=True, logits_to_keep=1)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def decode(self) -> float:
+        out = self.model(input_ids=self.prompt, use_cache=True, logits_to_keep=1)
+        cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(self.spec.new_tokens):
+            out = self.model(input_ids=token, use_cache=True, **{self.cache_arg: cache})
+            cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def peak_bytes(self) -> int:
+        """This model's weights plus the memory one prefill and one decode take above what was resident."""
+        return_freed_memory()
+        with PeakMemory(str(self.device)) as mem:
+            self.prefill()
+            self.decode()
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return int(weights + max(0, mem.peak - mem.baseline))
+
+
 @torch.inference_mode()
+def measure_costs(models: list[torch.nn.Module], spec: CostSpec = CostSpec(), seed: int = 0) -> list[Cost]:
+    """Cost of each model; their timing repeats are interleaved, so that load on a shared machine hits all alike."""
+    runs = [_Workload(m, spec, seed) for m in models]
+    for r in runs:  # warm-up: allocator pools, lazy kernels
+        r.prefill(), r.decode()
+    prefill_s: list[list[float]] = [[] for _ in runs]
+    decode_s: list[list[float]] = [[] for _ in runs]
+    for _ in range(spec.repeats):
+        for i, r in enumerate(runs):
+            prefill_s[i].append(r.prefill())
+            decode_s[i].append(r.decode())
+    out = []
+    for r, p, d in zip(runs, prefill_s, decode_s):
+        params = list(r.model.parameters())
+        param_count = sum(x.numel() for x in params)
+        export_dtype = checkpoint_dtype(r.model) if spec.export_dtype == "auto" else spec.export_dtype
+        out.append(Cost(
+            prefill_tok_s=spec.batch * spec.seq_len / statistics.median(p),
+            decode_tok_s=spec.new_tokens / statistics.median(d),
+            peak_bytes=r.peak_bytes(),
+            weight_bytes=int(param_count * _DTYPE_BYTES.get(export_dtype, 4)),
+            export_dtype=export_dtype,
+            param_count=int(param_count),
+            device=str(r.device),
+            threads=torch.get_num_threads(),
+        ))
+    return out
+
+
 def measure_cost(model: torch.nn.Module, spec: CostSpec = CostSpec(), seed: int = 0) -> Cost:
     """Time one prefill and greedy decoding, and take the peak memory, of ``model`` as it is now."""
-    import inspect
-
-    device = next(model.parameters()).device
-    max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    if max_len and max(spec.seq_len, spec.prompt_len + spec.new_tokens) > max_len:
-        raise GispError(f"the cost workload ({spec.seq_len} prefill tokens, {spec.prompt_len}+{spec.new_tokens} decode) "
-                        f"is longer than the model's context ({max_len} tokens)")
-    gen = torch.Generator().manual_seed(seed)
-    vocab = int(model.config.vocab_size)
-    batch = torch.randint(0, vocab, (spec.batch, spec.seq_len), generator=gen).to(device)
-    prompt = torch.randint(0, vocab, (1, spec.prompt_len), generator=gen).to(device)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    model.eval()
-
-    def prefill() -> float:
-        start = time.perf_counter()
-        model(input_ids=batch, use_cache=True, logits_to_keep=1)
-        _sync(device)
-        return time.perf_counter() - start
-
-    def decode() -> float:
-        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(spec.new_tokens):
-            out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
-            cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
-        _sync(device)
-        return time.perf_counter() - start
-
-    prefill(), decode()  # warm-up: allocator pools, lazy kernels
-    return_freed_memory()
-    with PeakMemory(str(device)) as mem:
-        prefill_s = [prefill()]
-        decode_s = [decode()]
-    for _ in range(spec.repeats - 1):
-        prefill_s.append(prefill())
-        decode_s.append(decode())
-    params = list(model.parameters())
-    param_count = sum(p.numel() for p in params)
-    export_dtype = checkpoint_dtype(model) if spec.export_dtype == "auto" else spec.export_dtype
-    loaded_bytes = sum(p.numel() * p.element_size() for p in params)
-    working = mem.peak - mem.baseline if device.type != "cuda" else mem.peak - loaded_bytes
-    return Cost(
-        prefill_tok_s=spec.batch * spec.seq_len / statistics.median(prefill_s),
-        decode_tok_s=spec.new_tokens / statistics.median(decode_s),
-        peak_bytes=int(loaded_bytes + max(0, working)),
-        weight_bytes=int(param_count * _DTYPE_BYTES.get(export_dtype, 4)),
-        export_dtype=export_dtype,
-        param_count=int(param_count),
-        device=str(device),
-        threads=torch.get_num_threads(),
-    )
+    return measure_costs([model], spec, seed)[0]

@@ -8,6 +8,7 @@ and, where there is one, the line.
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 from dataclasses import dataclass, field
@@ -183,37 +184,80 @@ def _load_hub_texts(hub: dict) -> list[str]:
     return [t for t in ds[text_field] if isinstance(t, str)]
 
 
+SAMPLINGS = ("packed", "window")
+SEPARATOR = "\n\n"  # between documents, in the packed stream and in the window sampler's stream
+# window sampling takes windows inside documents when at least this many times num_samples documents
+# are long enough; otherwise (LAMBADA at 128 tokens: 26 of 5153) it takes windows of the joined stream
+DOCUMENTS_PER_WINDOW = 10
+_PACKED_DESCRIPTION = "documents in seeded random order, joined with a blank line, cut into windows"
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
-    """Packed token windows for calibration and the record of where they came from."""
+    """Token windows for calibration and the record of where they came from (enough to rebuild them)."""
 
     input_ids: "torch.Tensor"  # noqa: F821 - (num_samples, seq_len), int64
     source: TextSource
-    documents_used: list[int]  # indices (file order) of the documents packed, in packing order
+    documents_used: list[int]  # indices (file order) of the documents the windows hold tokens of
     seed: int
+    sampling: str = "packed"
+    mode: str = "packed"  # packed; window: "documents" (one document per window) or "stream"
+    window_documents: list[int] | None = None  # mode "documents": the document of each window
+    window_starts: list[int] | None = None  # window: first token of each window, in its document or the stream
+    note: str = ""  # why the window sampler chose its mode
 
     def describe(self) -> dict:
         n, length = self.input_ids.shape
-        return {
+        out = {
             "source": self.source.name,
             **self.source.identity(),
             "num_samples": int(n),
             "seq_len": int(length),
             "seed": self.seed,
-            "packing": "documents in seeded random order, joined with a blank line, cut into windows",
-            "documents_used": self.documents_used,
+            "sampling": self.sampling,
         }
+        if self.sampling == "packed":
+            out["packing"] = _PACKED_DESCRIPTION
+        else:
+            out["mode"] = self.mode
+            out["packing"] = (
+                "each window a random span of a random document with more than seq_len tokens"
+                if self.mode == "documents" else
+                "documents in file order joined with a blank line; each window a random span of that stream"
+            )
+            out["note"] = self.note
+            if self.window_documents is not None:
+                out["window_documents"] = self.window_documents
+            out["window_starts"] = self.window_starts
+        out["documents_used"] = self.documents_used
+        return out
 
 
-def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: int, seed: int) -> CalibrationSet:
-    """Pack ``num_samples`` windows of ``seq_len`` tokens from documents in a seeded random order."""
+def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: int, seed: int,
+                      sampling: str = "packed") -> CalibrationSet:
+    """``num_samples`` windows of ``seq_len`` tokens, seeded, by one of the ``SAMPLINGS``.
+
+    ``packed`` shuffles the documents and cuts the first ``num_samples * seq_len`` tokens of
+    their joined stream. ``window`` is the reference loaders' sampler (Wanda, SparseGPT, GISP):
+    each window is a random span of a random document longer than ``seq_len``, or, when too few
+    documents are that long, a random span of all documents joined.
+    """
+    if sampling not in SAMPLINGS:
+        raise GispError(f"unknown sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    docs = load_documents(source)
+    if sampling == "window":
+        return _sample_windows(tokenizer, source, docs, num_samples, seq_len, seed)
+    return _pack(tokenizer, source, docs, num_samples, seq_len, seed)
+
+
+def _pack(tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int,
+          seed: int) -> CalibrationSet:
     import torch
 
-    docs = load_documents(source)
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     needed = num_samples * seq_len
-    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    separator = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
     tokens: list[int] = []
     used: list[int] = []
     for i in order:
@@ -233,6 +277,113 @@ def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: 
         )
     ids = torch.tensor(tokens[:needed], dtype=torch.long).view(num_samples, seq_len)
     return CalibrationSet(ids, source, used, seed)
+
+
+class _Tokens:
+    """Token ids of each document, tokenized the first time they are asked for."""
+
+    def __init__(self, tokenizer, docs: list[str]):
+        self.tokenizer, self.docs, self.memo = tokenizer, docs, {}
+
+    def __call__(self, i: int) -> list[int]:
+        if i not in self.memo:
+            self.memo[i] = self.tokenizer(self.docs[i], add_special_tokens=False)["input_ids"]
+        return self.memo[i]
+
+
+def _stream(tokens: _Tokens, separator: list[int]) -> tuple[list[int], list[int]]:
+    """All documents in file order joined by ``separator``, and where each document starts in it."""
+    stream: list[int] = []
+    starts: list[int] = []
+    for i in range(len(tokens.docs)):
+        if stream:
+            stream.extend(separator)
+        starts.append(len(stream))
+        stream.extend(tokens(i))
+    return stream, starts
+
+
+def _documents_spanned(doc_starts: list[int], start: int, stop: int) -> list[int]:
+    first = bisect.bisect_right(doc_starts, start) - 1
+    last = bisect.bisect_left(doc_starts, stop) - 1
+    return list(range(max(first, 0), last + 1))
+
+
+def _sample_windows(tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int,
+                    seed: int) -> CalibrationSet:
+    import torch
+
+    tokens = _Tokens(tokenizer, docs)
+    wanted = DOCUMENTS_PER_WINDOW * num_samples
+    long_enough = 0
+    for i in range(len(docs)):  # stops early on sources of long documents (C4): only a few are tokenized
+        long_enough += len(tokens(i)) > seq_len
+        if long_enough >= wanted:
+            break
+    rng = random.Random(seed)
+    rows: list[list[int]] = []
+    starts: list[int] = []
+    if long_enough >= wanted:
+        mode, note = "documents", f"at least {wanted} documents have more than {seq_len} tokens"
+        window_documents: list[int] | None = []
+        for _ in range(num_samples):
+            while True:  # as the reference loaders: redraw until a document is long enough
+                i = rng.randint(0, len(docs) - 1)
+                if len(tokens(i)) > seq_len:
+                    break
+            start = rng.randint(0, len(tokens(i)) - seq_len - 1)
+            window_documents.append(i)
+            starts.append(start)
+            rows.append(tokens(i)[start:start + seq_len])
+        used = sorted(set(window_documents))
+    else:
+        mode = "stream"
+        note = (f"only {long_enough} of {len(docs)} documents have more than {seq_len} tokens "
+                f"(fewer than {DOCUMENTS_PER_WINDOW} x {num_samples}): windows of the joined documents")
+        window_documents = None
+        stream, doc_starts = _stream(tokens, tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
+        if len(stream) <= seq_len:
+            raise GispError(
+                f"calibration source {source.name!r} has {len(stream)} tokens, not more than one window of "
+                f"{seq_len}: lower --seq-len or give a longer source"
+            )
+        used_set: set[int] = set()
+        for _ in range(num_samples):
+            start = rng.randint(0, len(stream) - seq_len - 1)
+            starts.append(start)
+            rows.append(stream[start:start + seq_len])
+            used_set.update(_documents_spanned(doc_starts, start, start + seq_len))
+        used = sorted(used_set)
+    ids = torch.tensor(rows, dtype=torch.long)
+    return CalibrationSet(ids, source, used, seed, "window", mode, window_documents, starts, note)
+
+
+def rebuild_calibration(tokenizer, described: dict) -> "torch.Tensor":  # noqa: F821
+    """The calibration tensor a trajectory recorded (``meta["objective"]["calibration"]``), from its record.
+
+    Reads the source again and checks it is the same data; the windows come from the recorded
+    documents and offsets, not from the seed.
+    """
+    import torch
+
+    source = resolve_text_source(described.get("source", ""))
+    recorded = {k: described.get(k) for k in source.identity()}
+    if source.identity() != recorded:
+        raise GispError(f"calibration source {source.name!r} is not the data the trajectory recorded "
+                        f"({recorded}): the calibration cannot be rebuilt from it")
+    n, seq_len = int(described["num_samples"]), int(described["seq_len"])
+    if described.get("sampling", "packed") == "packed":
+        return build_calibration(tokenizer, source, n, seq_len, int(described["seed"])).input_ids
+    tokens = _Tokens(tokenizer, load_documents(source))
+    starts = described["window_starts"]
+    if described["mode"] == "documents":
+        rows = [tokens(i)[s:s + seq_len] for i, s in zip(described["window_documents"], starts)]
+    else:
+        stream, _ = _stream(tokens, tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
+        rows = [stream[s:s + seq_len] for s in starts]
+    if len(rows) != n or any(len(r) != seq_len for r in rows):
+        raise GispError("the recorded calibration windows do not fit the source: it cannot be rebuilt")
+    return torch.tensor(rows, dtype=torch.long)
 
 
 # ---- WikiText-2 ------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from torch import nn
 
 from . import remote_code
 from .errors import GispError
-from .export import (ELASTIC, FORMAT, MANIFEST, VERSION, PrunedModel, _adapter_for, _check_out_dir, _manifest_json,
-                     _param_count, base_family)
+from .export_format import (ELASTIC, FORMAT, MANIFEST, VERSION, PrunedModel, adapter_for_manifest, base_family,
+                            check_out_dir, manifest_json, param_count)
 from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, sha256_file, staging_dir, umask
 from .models import LoadedModel, resolve_device, resolve_dtype
 from .progress import ProgressCallback, ProgressEvent, null_progress
@@ -280,7 +280,7 @@ def export_elastic(
     from .subnetwork import compensates
 
     out = Path(out_dir).expanduser()
-    _check_out_dir(out)
+    check_out_dir(out)
     check_compatible(loaded, trajectory)
     if compensates(trajectory, bias_compensation):
         raise GispError("an elastic export cannot hold FLAP's bias compensation (its biases differ at every step): "
@@ -363,7 +363,7 @@ def export_elastic(
             "engine_version": ENGINE_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_bytes(tmp / MANIFEST, _manifest_json(manifest).encode("utf-8"))
+        atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
     report(5, "done")
     return ElasticExportResult(out, manifest)
 
@@ -398,10 +398,10 @@ def load_elastic(folder: Path, manifest: dict, device: str = "auto", dtype: str 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, trust_remote_code=True, gisp_step=step,
                                                  device_map=str(dev))
     record = manifest["steps"][step]
-    count = _param_count(model)
+    count = param_count(model)
     if count != record["param_count"]:
         raise GispError(f"{folder}: step {step} loaded with {count} parameters, the manifest says {record['param_count']}")
-    adapter = _adapter_for(manifest, model.config)
+    adapter = adapter_for_manifest(manifest, model.config)
     head_dim = int(manifest["base_model"]["geometry"]["head_dim"])
     for i, (layer, expected) in enumerate(zip(adapter.layers(model), record["widths"], strict=True)):
         found = [0, 0, adapter.mlp(layer).gate.out_features]
@@ -417,31 +417,3 @@ def load_elastic(folder: Path, manifest: dict, device: str = "auto", dtype: str 
 def folder_bytes(folder: Path | str) -> int:
     """Bytes of the weight files of an export folder (what the size targets compare)."""
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name.endswith(".safetensors"))
-
-
-# ---- command line ---------------------------------------------------------------------------
-def cmd_export_all_steps(args) -> None:
-    from .cli import TqdmProgress, _emit, _load_trajectory
-    from .models import load_model
-    from .subnetwork import checkpoint_dtype, recorded_model
-
-    if args.sparsity is not None or args.step is not None or args.uniform:
-        raise GispError("--all-steps writes every step: give no --sparsity, --step or --uniform with it")
-    trajectory = _load_trajectory(args.trajectory)
-    _check_out_dir(Path(args.out).expanduser())  # before minutes of loading
-    model = args.model or recorded_model(trajectory)
-    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype
-    loaded = load_model(model, args.device, dtype)
-    bar = TqdmProgress(enabled=not args.quiet)
-    try:
-        result = export_elastic(loaded, trajectory, args.out, progress=bar,
-                                bias_compensation=False if getattr(args, "no_bias_compensation", False) else None)
-    finally:
-        bar.close()
-    s = result.summary()
-    text = (
-        f"{result.folder}\nelastic export of steps 0..{s['last_step']} (parameter sparsity up to "
-        f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights\n"
-        f"loads with {s['loads_with']}"
-    )
-    _emit(args, s, text)

@@ -22,10 +22,12 @@ from collections.abc import Iterable, Mapping
 
 from .data import wikitext2_test_text
 from .errors import GispError
-from .objectives import sequence_nll
+from .nll import sequence_nll
 from .progress import ProgressCallback, ProgressEvent, null_progress
-from .tasks import CHOICE_TASKS, SUITES
+from .tasks import CHOICE_TASKS, CUSTOM_FORMAT, SUITES, is_custom_task
 
+#: the named tasks; besides these, a custom task file (``path.jsonl``, see ``tasks.is_custom_task``)
+#: or a comma-separated list of decision tasks
 TASKS = ("wikitext2", *CHOICE_TASKS, *SUITES, "gsm8k")
 _TOKENS: dict = {}
 
@@ -87,6 +89,33 @@ def wikitext2_perplexity(
     return PerplexityResult("wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity)
 
 
+def check_task(task: str) -> str:
+    """``task`` if ``evaluate_task`` takes it (a custom file must exist), else a ``GispError`` saying why."""
+    from .tasks import parse_tasks
+
+    if task in TASKS:
+        return task
+    if is_custom_task(task) or "," in task:
+        parse_tasks(task)  # refuses unknown names and missing files
+        return task
+    raise _unknown_task(task)
+
+
+def _unknown_task(task: str) -> GispError:
+    return GispError(f"unknown evaluation task {task!r}: choose one of {', '.join(TASKS)}, "
+                     f"or a custom task file ending in .jsonl ({CUSTOM_FORMAT})")
+
+
+def task_argument(task: str) -> str:
+    """``check_task`` for argparse (``type=``), so that a wrong ``--task`` is refused before a model loads."""
+    import argparse
+
+    try:
+        return check_task(task)
+    except GispError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def evaluate_task(
     model: torch.nn.Module,
     tokenizer,
@@ -101,7 +130,8 @@ def evaluate_task(
     include_pool: bool = False,
     progress: ProgressCallback = null_progress,
 ):
-    """Evaluate ``task`` (one of ``TASKS``); the result has ``to_dict()``, and ``result_text`` renders it.
+    """Evaluate ``task`` (one of ``TASKS``, a custom task's ``.jsonl`` path, or a comma-separated list of
+    decision tasks); the result has ``to_dict()``, and ``result_text`` renders it.
 
     ``limit``: WikiText-2 windows, or items per task. ``exclusions``: item indices per task source
     that a trajectory calibrated on (``tasks.calibration_exclusions``), skipped on top of the
@@ -113,12 +143,12 @@ def evaluate_task(
     exclusions = exclusions or {}
     if task == "wikitext2":
         return wikitext2_perplexity(model, tokenizer, seq_len, limit, batch_size, progress)
-    if task in CHOICE_TASKS or task in SUITES:
+    if task in CHOICE_TASKS or task in SUITES or is_custom_task(task) or "," in task:
         return evaluate_choice_tasks(model, tokenizer, task, limit, exclusions, include_pool, batch_size, progress)
     if task == "gsm8k":
         return evaluate_gsm8k(model, tokenizer, limit, few_shot, max_new_tokens, batch_size,
                               exclusions.get(TEST_SOURCE, ()), progress)
-    raise GispError(f"unknown evaluation task {task!r}: choose one of {', '.join(TASKS)}")
+    raise _unknown_task(task)
 
 
 def result_text(result) -> str:

@@ -187,7 +187,7 @@ def submit(config: PruneConfig) -> JobStatus:
         return JobStatus(key=key, state="done", config=config.to_dict(), trajectory=str(hit.path), cache_hit=True,
                          step=hit.num_steps, total=hit.num_steps, fraction=1.0, message="answered from the cache")
     root = ensure_writable_dir(jobs_dir())
-    with file_lock(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
         current = status(key)
         if current is not None and current.active:
             return current
@@ -222,7 +222,7 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
             "dtype": dtype}
     key = "sweep-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     root = ensure_writable_dir(jobs_dir())
-    with file_lock(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
         current = status(key)
         if current is not None and current.active:
             return current

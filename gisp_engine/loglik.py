@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import GispError
-from .objectives.base import input_device, token_nll
+from .nll import input_device, token_nll
 
 
 @dataclass(frozen=True)

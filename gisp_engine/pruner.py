@@ -12,6 +12,7 @@ masked, ``shrink=False``); both give the same scores and the same trajectory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import platform
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import baselines, cache
+from . import baselines, cache, distributed
 from .config import PruneConfig, target_ratios
 from .errors import GispError
 from .fsutil import atomic_write_json, staging_dir
@@ -96,6 +97,8 @@ def plan(config: PruneConfig) -> PruningPlan:
         "dtype": str(resolve_dtype(config.dtype, resolve_device(config.device))).removeprefix("torch."),
         "save_scores": config.save_scores,
     }
+    if config.method in baselines.REVISIONS:  # a method whose results changed: earlier cache entries are not reused
+        request["method_revision"] = baselines.REVISIONS[config.method]
     return PruningPlan(config, space, protect_first, protected_layers, targets, request, cache.request_key(request))
 
 
@@ -113,20 +116,28 @@ def prune(
     same trajectory as an uninterrupted one. Without it, a stale checkpoint is discarded.
     """
     the_plan = plan(config)
+    ctx = distributed.context()
+    distributed.check_device_map(config.device_map, ctx)
+    # under torch.distributed only rank 0 reads and writes the cache and takes the lock; the others
+    # follow its decisions (broadcast), so a cache on rank 0's machine alone is enough
     if use_cache:
-        hit = cache.lookup(the_plan.key)
+        hit = distributed.broadcast_object(cache.lookup(the_plan.key) if ctx.is_main else None)
         if hit is not None:
-            return PruneOutcome(_copy_out(hit, out), cache_hit=True)
-    with cache.locked(the_plan.key):
+            return PruneOutcome(_copy_out(hit, out) if ctx.is_main else hit, cache_hit=True)
+    with cache.locked(the_plan.key) if ctx.is_main else contextlib.nullcontext():
         if use_cache:  # another process may have finished it while we waited for the lock
-            hit = cache.lookup(the_plan.key)
+            hit = distributed.broadcast_object(cache.lookup(the_plan.key) if ctx.is_main else None)
             if hit is not None:
-                return PruneOutcome(_copy_out(hit, out), cache_hit=True)
+                return PruneOutcome(_copy_out(hit, out) if ctx.is_main else hit, cache_hit=True)
         progress(ProgressEvent("prepare", 0, 1, message=f"loading {config.model}"))
         loaded = load_model(config.model, config.device, config.dtype, config.device_map)
         objective = objective_spec(config.objective).build(loaded, config)
+        if ctx.active and len(objective.batches()) < ctx.world_size:
+            progress(ProgressEvent("prepare", 0, 1, message=(
+                f"only {len(objective.batches())} micro-batches for {ctx.world_size} processes: some ranks idle "
+                "(lower --batch-size to use them all)")))
         progress(ProgressEvent("prepare", 1, 1, message="ready"))
-        checkpoint = cache.partial_path(the_plan.key)
+        checkpoint = cache.partial_path(the_plan.key) if ctx.is_main else None
         try:
             trajectory = run_gisp(loaded, the_plan, objective, progress, checkpoint=checkpoint, resume=resume)
         except torch.OutOfMemoryError:
@@ -135,6 +146,8 @@ def prune(
                 f"(now {config.resolved_batch_size(loaded.device)}) or --seq-len, use --dtype bfloat16, "
                 "or spread the model with --device-map auto; --resume continues from the last step"
             ) from None
+        if not ctx.is_main:
+            return PruneOutcome(trajectory, cache_hit=False)
         trajectory.save(cache.path_for(the_plan.key))
         shutil.rmtree(checkpoint, ignore_errors=True)
     return PruneOutcome(_copy_out(trajectory, out), cache_hit=False)
@@ -177,6 +190,8 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     started = time.perf_counter()
     first = 1
     state = LoopState.load(checkpoint, the_plan.key) if (checkpoint and resume) else None
+    if distributed.context().active and resume:  # rank 0 alone holds the checkpoint
+        state = distributed.broadcast_object(state)
     if state is not None:
         removal_step, last_score, steps, first = state.removal_step, state.last_score, state.steps, state.done + 1
         if all_scores is not None and state.all_scores is not None:
@@ -215,7 +230,11 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
         if baselines.selection(config.method) == "global":
             # one global ranking over heads and channels of every layer; ties go to the lower id
             ranked = candidates[np.lexsort((candidates, normalized[candidates]))]
-            chosen = ranked[: the_plan.targets[t - 1] - int((~keep).sum())]
+            if config.method == "flap":  # FLAP cuts to a parameter budget: the schedule's ratio as parameter sparsity
+                budget = target_ratios(config.schedule, config.max_sparsity, total_steps)[t - 1]
+                chosen = baselines.choose_to_param_budget(space, keep, ranked, budget)
+            else:
+                chosen = ranked[: the_plan.targets[t - 1] - int((~keep).sum())]
         else:
             ratio = min(1.0, the_plan.targets[t - 1] / n * layer_share)
             chosen = baselines.choose_per_layer(space, keep, normalized, protected, ratio)
@@ -297,6 +316,7 @@ def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, 
         "objective": objective.describe(),
         "request": the_plan.request,
         "device": str(loaded.device),
+        "processes": distributed.context().world_size,  # data-parallel scoring; not part of the key
         "versions": {
             "gisp_engine": ENGINE_VERSION,
             "torch": torch.__version__,

@@ -115,8 +115,3 @@ def _add_bias(linear: torch.nn.Linear, value: torch.Tensor) -> None:
         linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
                                                      device=linear.weight.device), requires_grad=False)
     linear.bias += value.to(linear.bias.dtype)
-
-
-def keep_fraction_per_layer(trajectory: Trajectory, step: int) -> dict[str, np.ndarray]:
-    heads, channels = trajectory.space.as_grid(trajectory.keep_mask(step))
-    return {"heads": heads.mean(1), "channels": channels.mean(1)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checks import available_checks, evaluate_step, evaluation_identity, find_evaluation, remember_evaluation
-from .cost import CostSpec, cost_ratios, measure_cost
+from .cost import CostSpec, cost_ratios, measure_costs
 from .errors import GispError
 from .models import LoadedModel
 from .progress import ProgressCallback, ProgressEvent, null_progress
@@ -183,11 +183,10 @@ def run_sweep(
         check_compatible(loaded, trajectory)
         if copy_model:
             loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-    dense_cost = None
+    dense = None
     if request.cost is not None and (refresh or pending_points(trajectory, request, dtype, device, threads)):
-        # ratios are to the dense model measured in this process, before the first slice
-        progress(ProgressEvent("prepare", 0, 1, message="measuring the dense model's cost"))
-        dense_cost = measure_cost(loaded.model, request.cost).to_dict()
+        # ratios are to the dense model, timed in this process alongside each step (a copy kept before slicing)
+        dense = copy.deepcopy(loaded.model)
 
     total = len(steps) * (len(tasks) + (request.cost is not None))
     done = 0
@@ -209,7 +208,7 @@ def run_sweep(
             done += 1
             progress(ProgressEvent("sweep", done, total, message=f"step {step}: {task}"))
         if request.cost is not None:
-            report.add(_cost_point(loaded, trajectory, step, request.cost, dense_cost, device, threads, dtype, refresh))
+            report.add(_cost_point(loaded, trajectory, step, request.cost, dense, device, threads, dtype, refresh))
             done += 1
             progress(ProgressEvent("sweep", done, total, message=f"step {step}: cost"))
     return report
@@ -221,7 +220,7 @@ def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback
     return report
 
 
-def _cost_point(loaded, trajectory, step, spec, dense_cost, device, threads, dtype, refresh) -> dict:
+def _cost_point(loaded, trajectory, step, spec, dense, device, threads, dtype, refresh) -> dict:
     import datetime as _dt
 
     options = _cost_identity(trajectory, spec, device, threads, dtype)
@@ -229,7 +228,10 @@ def _cost_point(loaded, trajectory, step, spec, dense_cost, device, threads, dty
         hit = find_evaluation(trajectory, COST, step, None, options, dtype)
         if hit is not None:
             return dict(hit, cached=True)
-    cost = dense_cost if step == 0 else measure_cost(loaded.model, spec).to_dict()  # the model is at ``step`` now
+    # the working model is at ``step`` now; the dense copy is timed in turn with it
+    models = [loaded.model] if step == 0 else [loaded.model, dense]
+    costs = [c.to_dict() for c in measure_costs(models, spec)]
+    cost, dense_cost = costs[0], costs[-1]
     ratios = cost_ratios(cost, dense_cost)
     row = {
         "identity": evaluation_identity(COST, step, None, options, dtype),

@@ -1,5 +1,14 @@
-"""Task data: the seven decision tasks (CMQA) and GSM8K, one loader per source, and the split
-between calibration and evaluation.
+"""Task data: the seven decision tasks (CMQA), custom multiple-choice files and GSM8K, one
+loader per source, and the split between calibration and evaluation.
+
+Prompts are those of lm-evaluation-harness 0.4.13's registered tasks (its YAML and utils.py):
+the data files keep their own layout (their ``query`` carries a ``Question: ``/``Passage: ``
+prefix) and the loaders turn each record into lm-eval's context, options and gold index, so
+evaluation and the margin objective see exactly what ``lm_eval --tasks boolq,...`` scores.
+
+A *custom task* is any JSON-lines file of ``{"query", "choices", "gold"}`` records (optionally
+``"continuation"``: partial scoring), named by its path wherever a task name goes
+(``--task my.jsonl``, ``--tasks cmqa,my.jsonl``); its prompt is used verbatim.
 
 Each source is read from the data directory (``$GISP_DATA_DIR``, layout in the data README)
 when its file is there, else from the Hugging Face hub through ``datasets`` unless the offline
@@ -19,7 +28,9 @@ evaluated on its test split, so there the pool is the whole train split.
 from __future__ import annotations
 
 import bz2
+import difflib
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +44,8 @@ SUITES = {"cmqa": CHOICE_TASKS}
 #: Tasks whose accuracy lm-evaluation-harness also reports length-normalised (``acc_norm``).
 ACC_NORM_TASKS = frozenset({"piqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa"})
 
+#: the prompts the loaders build (part of the margin objective's cache identity: a change is a new signal)
+PROMPTS_VERSION = "lm-eval-0.4.13"
 POOL_FRACTION = 0.2  # share of each decision task reserved for calibration
 POOL_SEED = 0  # with the task name, the only input of the pool's shuffle
 
@@ -43,7 +56,7 @@ class ChoiceItem:
 
     task: str
     index: int  # record number in the source (0-based, file order): the item's stable id
-    query: str  # the prompt shared by the options ("" under partial scoring)
+    query: str  # the prompt shared by the options (under partial scoring: the text before each option)
     choices: tuple[str, ...]  # the answer options; under partial scoring, the context options
     gold: int
     continuation: str | None = None  # partial scoring (WinoGrande): the shared text after each option
@@ -51,12 +64,12 @@ class ChoiceItem:
     def requests(self) -> list[tuple[str, str]]:
         """(context, continuation) per option; the option's score is log P(continuation | context).
 
-        As in lm-evaluation-harness, the continuation starts with the space that separates it
-        from the context.
+        As in lm-evaluation-harness (``target_delimiter`` " "), the continuation starts with the
+        space that separates it from the context.
         """
         if self.continuation is None:
             return [(self.query, " " + choice) for choice in self.choices]
-        return [(option, " " + self.continuation) for option in self.choices]
+        return [(self.query + option, " " + self.continuation) for option in self.choices]
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ class TaskData:
         n = len(self.items)
         size = n if self.pool_fraction >= 1.0 else round(self.pool_fraction * n)
         order = list(range(n))
-        random.Random(f"{POOL_SEED}:{self.name}").shuffle(order)
+        random.Random(f"{POOL_SEED}:{_pool_name(self.name)}").shuffle(order)
         return sorted(order[:size])
 
     def calibration_order(self, seed: int) -> list[int]:
@@ -137,11 +150,62 @@ def _options(record: dict, key: str, where: str, count: int | None = None) -> tu
     return tuple(value)
 
 
+def _after_prefix(query: str, prefix: str, where: str) -> str:
+    if not query.startswith(prefix):
+        raise GispError(f"{where}: 'query' must start with {prefix!r} (the data README's layout), got {query!r:.60}")
+    return query[len(prefix) :]
+
+
+def _boolq_prompt(query: str, where: str) -> str:
+    # file: "Passage: {passage}\nQuestion: {question}?"; lm-eval: "{passage}\nQuestion: {question}?\nAnswer:"
+    return _after_prefix(query, "Passage: ", where) + "\nAnswer:"
+
+
+def _piqa_prompt(query: str, where: str) -> str:
+    # file: "Question: {goal}\n"; lm-eval: "Question: {goal}\nAnswer:"
+    _after_prefix(query, "Question: ", where)
+    if not query.endswith("\n"):
+        raise GispError(f"{where}: a PIQA 'query' must end with a newline (the data README's layout)")
+    return query + "Answer:"
+
+
+def _arc_prompt(query: str, where: str) -> str:
+    # file: "Question: {question}"; lm-eval: "Question: {question}\nAnswer:"
+    _after_prefix(query, "Question: ", where)
+    return query + "\nAnswer:"
+
+
+#: file query -> lm-eval 0.4.13's ``doc_to_text``, per task (OpenBookQA: the question stem, as it is)
+PROMPTS: dict[str, Callable[[str, str], str]] = {
+    "boolq": _boolq_prompt, "piqa": _piqa_prompt, "arc_easy": _arc_prompt, "arc_challenge": _arc_prompt,
+}
+
+
 def choice_item(task: str, index: int, record: dict, where: str) -> ChoiceItem:
-    """``{"query", "choices", "gold"}`` (BoolQ, PIQA, ARC, OpenBookQA)."""
+    """``{"query", "choices", "gold"}`` (BoolQ, PIQA, ARC, OpenBookQA), the query made lm-eval's prompt."""
     query = _string(record, "query", where)
     choices = _options(record, "choices", where)
+    prompt = PROMPTS.get(task)
+    query = prompt(query, where) if prompt is not None else query
     return ChoiceItem(task, index, query, choices, _gold(record.get("gold"), len(choices), where))
+
+
+def custom_item(task: str, index: int, record: dict, where: str) -> ChoiceItem:
+    """A custom task's record: ``{"query", "choices", "gold"}``, optionally ``"continuation"``; used verbatim.
+
+    Without ``continuation`` each option is scored as ``" " + choice`` after ``query``. With it
+    (partial scoring), each option's context is ``query + choice`` (``query`` may then be "")
+    and the scored text is ``" " + continuation``.
+    """
+    for key in sorted(set(record) - set(CUSTOM_FIELDS)):  # other fields (an id, a source) are ignored, typos not
+        near = difflib.get_close_matches(key, CUSTOM_FIELDS, n=1, cutoff=0.8)
+        if near:
+            raise GispError(f"{where}: unknown field {key!r}: did you mean {near[0]!r}?")
+    partial = "continuation" in record
+    query = _string(record, "query", where, allow_empty=partial)
+    choices = _options(record, "choices", where)
+    continuation = _string(record, "continuation", where) if partial else None
+    return ChoiceItem(task, index, query, choices, _gold(record.get("gold"), len(choices), where), continuation)
 
 
 def partial_item(task: str, index: int, record: dict, where: str) -> ChoiceItem:
@@ -165,6 +229,33 @@ def _parse_jsonl(make: Callable) -> Callable[[Path, str], list[Item]]:
         return [make(task, n, record, _where(path, line)) for n, (line, record) in enumerate(read_jsonl_numbered(path))]
 
     return parse
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's ``hellaswag/utils.py:preprocess``: WikiHow's bracketed markers out, spaces tidied."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_item(task: str, index: int, context: str, endings: Sequence[str], gold: int, where: str,
+                   capitalize_tail: bool = True) -> ChoiceItem:
+    """lm-eval's HellaSwag item from ``"activity: ctx_a ctx_b"`` and the endings.
+
+    lm-eval builds the query as ``activity_label + ": " + ctx_a + " " + ctx_b.capitalize()``. The
+    file keeps ``ctx_b`` as it is: the lowercase fragment after the context's last sentence
+    (ActivityNet items; WikiHow items end on a full sentence and have none), so that fragment
+    is capitalized here (``capitalize_tail``; hub records are capitalized from their own ``ctx_b``).
+    """
+    end = max(context.rfind(". "), context.rfind("! "), context.rfind("? "))
+    tail = context[end + 2 :] if end >= 0 else ""
+    if capitalize_tail and tail[:1].islower() and tail[-1:] not in ".!?":
+        context = context[: end + 2] + tail.capitalize()
+    query, choices = hellaswag_preprocess(context), tuple(hellaswag_preprocess(e) for e in endings)
+    if not query or not all(choices):
+        raise GispError(f"{where}: empty context or ending once lm-eval's HellaSwag preprocessing is applied")
+    return ChoiceItem(task, index, query, choices, gold)
 
 
 def parse_hellaswag(path: Path, task: str = "hellaswag") -> list[ChoiceItem]:
@@ -198,7 +289,7 @@ def parse_hellaswag(path: Path, task: str = "hellaswag") -> list[ChoiceItem]:
         for k, ending in enumerate(endings):
             if not ending.strip():
                 raise GispError(f"{_where(path, start + 3 + k)}: empty ending")
-        items.append(ChoiceItem(task, len(items), context, tuple(endings), int(gold)))
+        items.append(hellaswag_item(task, len(items), context, endings, int(gold), where))
     return items
 
 
@@ -212,9 +303,9 @@ def _hub_piqa(r: dict) -> dict:
 
 
 def _hub_hellaswag(r: dict) -> dict:
-    # the offline file holds the context as "activity: ctx"; the hub's WikiHow endings may still carry
-    # bracketed markers that the offline copy does not
-    return {"context": f"{r['activity_label']}: {r['ctx']}", "endings": list(r["endings"]), "gold": int(r["label"])}
+    # lm-eval's context before preprocessing (hellaswag/utils.py), which the loader then applies
+    ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
+    return {"context": f"{r['activity_label']}: {ctx}", "endings": list(r["endings"]), "gold": int(r["label"])}
 
 
 def _hub_winogrande(r: dict) -> dict:
@@ -243,7 +334,8 @@ def _hub_gsm8k(r: dict) -> dict:
 
 def _hellaswag_from_record(task: str, index: int, record: dict, where: str) -> ChoiceItem:
     fields = {"query": record["context"], "choices": record["endings"], "gold": record["gold"]}
-    return choice_item(task, index, fields, where)
+    checked = choice_item(task, index, fields, where)
+    return hellaswag_item(task, index, checked.query, checked.choices, checked.gold, where, capitalize_tail=False)
 
 
 @dataclass(frozen=True)
@@ -293,8 +385,62 @@ def _source(name: str) -> TaskSource:
     return source
 
 
+# ---- custom tasks: a JSON-lines file of one's own, named by its path --------------------------
+CUSTOM_SUFFIX = ".jsonl"
+CUSTOM_FIELDS = ("query", "choices", "gold", "continuation")
+CUSTOM_FORMAT = ('a JSON-lines file of {"query", "choices", "gold"} records, optionally with "continuation" '
+                 "(partial scoring)")
+
+
+def is_custom_task(name: str) -> bool:
+    """Whether ``name`` names a custom task: one path ending in ``.jsonl`` (not a list, not a built-in).
+
+    Only the name is looked at; a missing or malformed file is refused, with a clear error, on loading.
+    """
+    return isinstance(name, str) and "," not in name and name.strip().lower().endswith(CUSTOM_SUFFIX)
+
+
+def custom_task_path(name: str) -> Path:
+    """The custom task's file, resolved (the task's canonical name is this path as a string)."""
+    path = Path(name.strip()).expanduser()
+    if not path.is_file():
+        raise GispError(f"custom task file {path} not found: a custom task is {CUSTOM_FORMAT}")
+    return path.resolve()
+
+
+def task_title(name: str) -> str:
+    """A short name to show: the built-in task's name, or the custom task's file name."""
+    return f"{Path(name.strip()).name} (custom)" if is_custom_task(name) else name
+
+
+def _pool_name(name: str) -> str:
+    # a custom task's pool follows its file name, so the split survives moving the file
+    return Path(name).name if is_custom_task(name) else name
+
+
+def _custom_identity(path: Path) -> dict:
+    return {"kind": "file", "file": str(path), "sha256": file_sha256(path)}
+
+
+def _load_custom(name: str) -> TaskData:
+    path = custom_task_path(name)
+    stat = path.stat()
+    key = ("custom", str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _MEMO:
+        task = str(path)
+        try:
+            records = read_jsonl_numbered(path)
+        except OSError as exc:
+            raise GispError(f"custom task file {path} could not be read ({exc.strerror or exc})") from None
+        items = [custom_item(task, n, record, _where(path, line)) for n, (line, record) in enumerate(records)]
+        _MEMO[key] = TaskData(task, tuple(items), _custom_identity(path), POOL_FRACTION)
+    return _MEMO[key]
+
+
 def local_path(name: str) -> Path | None:
-    """The task's file in the data directory, or None when it is not there."""
+    """The task's file in the data directory (a custom task: its own file), or None when it is not there."""
+    if is_custom_task(name):
+        return custom_task_path(name)
     root = settings.data_dir()
     path = root / _source(name).local if root is not None else None
     return path if path is not None and path.is_file() else None
@@ -302,6 +448,8 @@ def local_path(name: str) -> Path | None:
 
 def source_identity(name: str) -> dict:
     """What identifies the data of a task (for cache keys), without parsing it."""
+    if is_custom_task(name):
+        return _custom_identity(custom_task_path(name))
     source = _source(name)
     path = local_path(name)
     if path is not None:
@@ -324,7 +472,9 @@ _MEMO: dict[tuple, TaskData] = {}
 
 
 def load_task(name: str) -> TaskData:
-    """All items of a task source, in file order (memoized per file state)."""
+    """All items of a task source (a built-in name or a custom task's path), in file order (memoized per file state)."""
+    if is_custom_task(name):
+        return _load_custom(name)
     source = _source(name)
     path = local_path(name)
     if path is not None:
@@ -366,20 +516,29 @@ def _load_hub_items(source: TaskSource) -> list[Item]:
 
 
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """``boolq,piqa`` or ``cmqa`` (or a mix) -> the decision tasks, in canonical order, once each."""
+    """``boolq,piqa``, ``cmqa``, ``my.jsonl`` (or a mix) -> the decision tasks, once each.
+
+    Built-in tasks come in canonical order, then custom tasks (as resolved paths) in the order given.
+    """
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [s for s in names if s]
     if not names:
-        raise GispError(f"no task given: name one or more of {', '.join(CHOICE_TASKS)}, or cmqa")
+        raise GispError(f"no task given: name one or more of {', '.join(CHOICE_TASKS)}, cmqa, or a custom task file")
     chosen: set[str] = set()
+    custom: list[str] = []
     for name in names:
         if name in SUITES:
             chosen.update(SUITES[name])
         elif name in CHOICE_TASKS:
             chosen.add(name)
+        elif is_custom_task(name):
+            path = str(custom_task_path(name))
+            if path not in custom:
+                custom.append(path)
         else:
-            raise GispError(f"unknown task {name!r}: choose from {', '.join(CHOICE_TASKS)}, or cmqa (all seven)")
-    return tuple(t for t in CHOICE_TASKS if t in chosen)
+            raise GispError(f"unknown task {name!r}: choose from {', '.join(CHOICE_TASKS)}, cmqa (all seven), "
+                            f"or a custom task file ending in {CUSTOM_SUFFIX} ({CUSTOM_FORMAT})")
+    return tuple(t for t in CHOICE_TASKS if t in chosen) + tuple(custom)
 
 
 def calibration_exclusions(objective_meta: dict | None) -> dict[str, set[int]]:

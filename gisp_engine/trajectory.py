@@ -80,14 +80,14 @@ class Trajectory:
     def max_param_sparsity(self) -> float:
         return self.steps[-1].param_sparsity
 
-    def _check_step(self, step: int) -> int:
+    def check_step(self, step: int) -> int:
         if not isinstance(step, (int, np.integer)) or not 0 <= step <= self.num_steps:
             raise GispError(f"step {step} is outside this trajectory's steps 0..{self.num_steps}")
         return int(step)
 
     def keep_mask(self, step: int) -> np.ndarray:
         """Structures alive after ``step`` pruning steps (step 0 is the dense model)."""
-        step = self._check_step(step)
+        step = self.check_step(step)
         return (self.removal_step == -1) | (self.removal_step > step)
 
     def step_at_sparsity(self, sparsity: float) -> int:
@@ -119,11 +119,6 @@ class Trajectory:
             "kept_params": rec.kept_params,
             "layers": [lk.to_dict() for lk in self.space.layer_keep(keep)],
         }
-
-    def structure_table(self) -> dict[str, np.ndarray]:
-        """Columns naming every structure: layer, kind, index, removal_step, score."""
-        s = self.space
-        return {"layer": s.layer, "kind": s.kind, "index": s.index, "removal_step": self.removal_step, "score": self.score}
 
     def name(self, structure_id: int) -> tuple[int, str, int]:
         return self.space.name(structure_id)
@@ -261,7 +256,3 @@ def _check_geometry(g: Geometry, gqa: str, count: int, folder: Path) -> None:
     units = g.num_heads if gqa == "query" else g.num_kv_heads
     if g.num_layers * (units + g.intermediate_size) != count:
         raise GispError(f"corrupt trajectory {folder}: {count} structures do not match the declared geometry")
-
-
-def kind_name(code: int) -> str:
-    return KINDS[int(code)]

@@ -1,11 +1,12 @@
-"""Zero-shot multiple choice: the seven decision tasks, scored as lm-evaluation-harness scores them.
+"""Zero-shot multiple choice: the seven decision tasks and custom task files, scored as
+lm-evaluation-harness scores them.
 
-Each option's score is the log-likelihood of ``" " + option`` after the prompt (WinoGrande:
+The prompts are lm-eval 0.4.13's own (see ``tasks``). Each option's score is the log-likelihood of ``" " + option`` after the prompt (WinoGrande:
 of the shared continuation after each context option, "partial scoring"). ``acc`` counts the
 items whose likeliest option is the gold one; ``acc_norm`` divides each option's
 log-likelihood by the option's length in characters first (lm-evaluation-harness's
 ``acc_norm``; for these ASCII-dominated files it is the byte length), reported where that
-harness reports it. Items are the task's held-out part: the reserved calibration pool and
+harness reports it (custom tasks: unless they use partial scoring). Items are the task's held-out part: the reserved calibration pool and
 any calibration slice a trajectory names are skipped (see ``tasks``), and ``limit`` takes the
 first N held-out items in file order.
 """
@@ -21,7 +22,7 @@ import torch
 from .errors import GispError
 from .loglik import continuation_logprobs, length_batches, pad_batch, pad_id_of, scored_sequence
 from .progress import ProgressCallback, ProgressEvent, null_progress
-from .tasks import ACC_NORM_TASKS, ChoiceItem, load_task, parse_tasks
+from .tasks import ACC_NORM_TASKS, ChoiceItem, is_custom_task, load_task, parse_tasks, task_title
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ChoiceSuiteResult:
         lines = [f"{'task':<14} {'acc':>7} {'acc_norm':>8} {'items':>6}  skipped (calibration pool + slice)"]
         for t in self.tasks:
             norm = f"{t.acc_norm:8.4f}" if t.acc_norm is not None else f"{'-':>8}"
-            lines.append(f"{t.task:<14} {t.acc:7.4f} {norm} {t.items:>6}  "
+            lines.append(f"{task_title(t.task):<14} {t.acc:7.4f} {norm} {t.items:>6}  "
                          f"{t.counts['calibration_pool']} + {t.counts['calibration_slice']}")
         if len(self.tasks) > 1:
             lines.append(f"{'average':<14} {self.average_acc:7.4f}")
@@ -119,8 +120,10 @@ def evaluate_choice_task(
     lls = choice_loglikelihoods(model, tokenizer, items, batch_size, progress, message=task)
     picks = [pick(item, ll) for item, ll in zip(items, lls)]
     acc = float(np.mean([p == item.gold for (p, _), item in zip(picks, items)]))
-    acc_norm = float(np.mean([p == item.gold for (_, p), item in zip(picks, items)])) if task in ACC_NORM_TASKS else None
-    return ChoiceTaskResult(task, acc, acc_norm, len(items), counts, limit, data.identity())
+    # custom tasks: length-normalised too, unless partial scoring (the options are then contexts)
+    norm = task in ACC_NORM_TASKS or (is_custom_task(task) and all(it.continuation is None for it in items))
+    acc_norm = float(np.mean([p == item.gold for (_, p), item in zip(picks, items)])) if norm else None
+    return ChoiceTaskResult(data.name, acc, acc_norm, len(items), counts, limit, data.identity())
 
 
 def evaluate_choice_tasks(
@@ -133,7 +136,8 @@ def evaluate_choice_tasks(
     batch_size: int = 8,
     progress: ProgressCallback = null_progress,
 ) -> ChoiceSuiteResult:
-    """One or several decision tasks (``cmqa`` for all seven); ``exclusions``: items per task to skip."""
+    """One or several decision tasks (``cmqa`` for all seven, custom task files by path); ``exclusions``:
+    items per task to skip (keyed as ``tasks.parse_tasks`` names them)."""
     exclusions = exclusions or {}
     return ChoiceSuiteResult([
         evaluate_choice_task(model, tokenizer, t, limit, exclusions.get(t, ()), include_pool, batch_size, progress)

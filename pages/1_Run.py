@@ -11,9 +11,9 @@ import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine import jobs, settings
-from gisp_engine.baselines import METHODS
+from gisp_engine.config import METHODS
 from gisp_engine.config import SCHEDULES, PruneConfig
-from gisp_engine.data import CALIB_ALIASES
+from gisp_engine.data import CALIB_ALIASES, SAMPLINGS
 from gisp_engine.objectives import OBJECTIVES
 from gisp_engine.structures import GQA_POLICIES, NORMALIZATIONS
 
@@ -37,6 +37,11 @@ with st.form("run_settings"):
         calib = st.text_input("Calibration data", d.calib,
                               help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file, "
                                    "or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
+        sampling = st.selectbox(
+            "Calibration sampling", SAMPLINGS, index=SAMPLINGS.index(d.sampling),
+            help="perplexity objective. packed: documents shuffled, joined, the first tokens cut into windows. "
+                 "window: each sequence a random span of a random document longer than it (Wanda/SparseGPT/GISP "
+                 "reference loaders); sources of short documents (LAMBADA) are joined first")
         tasks = st.text_input("Tasks (task objectives)", d.tasks,
                               help="comma-separated task names, or cmqa for all seven")
     with c2:
@@ -64,7 +69,8 @@ with st.form("run_settings"):
 
 if submitted:
     config = PruneConfig(
-        model=model.strip(), method=method, objective=objective, calib=calib.strip(), tasks=tasks.strip(),
+        model=model.strip(), method=method, objective=objective, calib=calib.strip(), sampling=sampling,
+        tasks=tasks.strip(),
         num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
         schedule=schedule, gqa=gqa, normalization=normalization,
         protect_first=None if protect_first < 0 else int(protect_first), protect_last=int(protect_last),
@@ -121,7 +127,7 @@ def _show(job: jobs.JobStatus) -> None:
 
 
 def _runs() -> None:
-    rows = jobs.list_jobs()
+    rows = jobs.list_jobs(kind="prune")
     if not rows:
         st.write("No runs yet.")
         return
@@ -139,7 +145,7 @@ def _runs_polling() -> None:
 
 
 st.subheader("Runs")
-st.session_state["run_polling"] = bool(jobs.list_jobs(active_only=True))
+st.session_state["run_polling"] = bool(jobs.list_jobs(active_only=True, kind="prune"))
 if st.session_state["run_polling"]:
     st.fragment(run_every=1.0)(_runs_polling)()
 else:

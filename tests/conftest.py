@@ -36,13 +36,15 @@ def _require(what: str) -> None:
 @pytest.fixture(autouse=True)
 def isolated_cache(request, tmp_path, monkeypatch):
     """Every test writes trajectories into its own cache; the embedded model is shared read-only."""
-    if "embedded_model_dir" in request.fixturenames:
-        request.getfixturevalue("embedded_model_dir")
+    for fixture in ("embedded_model_dir", "embedded_gemma_dir"):
+        if fixture in request.fixturenames:
+            request.getfixturevalue(fixture)
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
-    real = PROJECT_CACHE / "models" / settings.DEFAULT_MODEL
-    if real.is_dir():
-        (cache / "models" / settings.DEFAULT_MODEL).symlink_to(real, target_is_directory=True)
+    for name in settings.EMBEDDED_MODELS:
+        real = PROJECT_CACHE / "models" / name
+        if real.is_dir():
+            (cache / "models" / name).symlink_to(real, target_is_directory=True)
     monkeypatch.setenv("GISP_CACHE_DIR", str(cache))
     return cache
 
@@ -62,7 +64,7 @@ def tiny_models(tmp_path_factory) -> dict[tuple[str, bool], Path]:
     return {
         (family, gqa): make_tiny_model(root / f"{family}-{'gqa' if gqa else 'mha'}", family, gqa=gqa, seed=i)
         for i, (family, gqa) in enumerate(
-            (f, g) for f in ("llama", "mistral", "qwen2", "qwen3") for g in (True, False)
+            (f, g) for f in ("llama", "mistral", "qwen2", "qwen3", "gemma3") for g in (True, False)
         )
     }
 
@@ -72,20 +74,31 @@ def tiny_llama(tiny_models) -> Path:
     return tiny_models[("llama", True)]
 
 
-@pytest.fixture(scope="session")
-def embedded_model_dir() -> Path:
-    """The embedded SmolLM2-135M, converted into the project cache once per machine."""
+def _prepared(name: str) -> Path:
+    """An embedded model, converted into the project cache once per machine."""
     from gisp_engine.errors import GispError
     from gisp_engine.models import prepare_embedded_model
 
     saved = os.environ.get("GISP_CACHE_DIR")
     os.environ["GISP_CACHE_DIR"] = str(PROJECT_CACHE)
     try:
-        return prepare_embedded_model()
+        return prepare_embedded_model(name)
     except GispError as exc:
-        _require(f"the embedded model ({exc})")
+        _require(f"the embedded model {name} ({exc})")
     finally:
         if saved is None:
             os.environ.pop("GISP_CACHE_DIR", None)
         else:
             os.environ["GISP_CACHE_DIR"] = saved
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2-135M (the default)."""
+    return _prepared(settings.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def embedded_gemma_dir() -> Path:
+    """The embedded Gemma 3 270M (one KV head, head_dim 256, 262k vocabulary)."""
+    return _prepared("gemma3-270m")

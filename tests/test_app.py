@@ -322,6 +322,20 @@ def test_export_page_writes_the_subnetwork_and_shows_how_to_load_it(runs, tmp_pa
     assert any("is a file" in e.value for e in at.error)
 
 
+def test_export_page_writes_every_step_in_one_folder(runs, tmp_path):
+    pytest.importorskip("gisp_engine.elastic")
+    at = open_page("pages/5_Export.py", select=runs["iterative"])
+    at.radio(key="export_kind").set_value("every step in one folder").run()
+    at.select_slider[0].set_value(1).run()
+    out = tmp_path / "elastic"
+    at.text_input[0].set_value(str(out))
+    at.button[0].click().run()
+    no_errors(at)
+    manifest = json.loads((out / "gisp_manifest.json").read_text())
+    assert manifest["kind"] == "elastic" and len(manifest["steps"]) > 2
+    assert any("gisp_step=1" in c.value and str(out) in c.value for c in at.code)
+
+
 # ---- run --------------------------------------------------------------------------------------
 def _fill_run_form(at, model: str, max_sparsity: float, steps: int = 2) -> None:
     at.text_input[0].set_value(model)

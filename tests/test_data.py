@@ -37,3 +37,16 @@ def test_wikitext2_string_follows_the_convention(data_dir):
     assert identity["source"] == "file" and len(identity["sha256"]) == 64
     assert text.startswith(" = Robert Boulter = \n\n\n ")
     assert "\r" not in text and text.count("\n\n") >= 2890
+
+
+def test_window_sampling_on_lambada_follows_its_document_lengths(tiny_llama, data_dir):
+    from gisp_engine.data import DOCUMENTS_PER_WINDOW, rebuild_calibration
+
+    tok = load_model(str(tiny_llama)).tokenizer
+    source = resolve_text_source("lambada")
+    lengths = [len(ids) for ids in tok(load_documents(source), add_special_tokens=False)["input_ids"]]
+    for seq_len in (32, 128):
+        cal = build_calibration(tok, source, 4, seq_len, seed=0, sampling="window")
+        long_enough = sum(n > seq_len for n in lengths)
+        assert cal.mode == ("documents" if long_enough >= DOCUMENTS_PER_WINDOW * 4 else "stream")
+        assert torch.equal(rebuild_calibration(tok, cal.describe()), cal.input_ids)

@@ -249,7 +249,7 @@ def test_tampered_elastic_folders_are_refused(cases, tmp_path):
     (d / MANIFEST).write_text(json.dumps(m))
     refused(d, "not the modeling code")
 
-    d = shutil.copytree(c.elastic, tmp_path / "count")
+    d = shutil.copytree(c.elastic, tmp_path / "count-elastic")
     m = _manifest(d)
     m["steps"][2]["param_count"] += 1
     (d / MANIFEST).write_text(json.dumps(m))

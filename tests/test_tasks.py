@@ -47,14 +47,43 @@ def test_loaders_read_every_record_of_the_real_files(data_dir, name):
     if name == "boolq":
         assert {it.choices for it in data.items} == {("no", "yes")}
         assert data.items[0].requests()[1] == (data.items[0].query, " yes")
+    # lm-evaluation-harness's prompts (tests/test_lm_eval_agreement.py checks them against its own tasks)
+    query = data.items[0].query
+    if name == "boolq":
+        assert not query.startswith("Passage:") and query.endswith("?\nAnswer:") and "\nQuestion: " in query
+    if name in ("piqa", "arc_easy", "arc_challenge"):
+        assert all(it.query.startswith("Question: ") and it.query.endswith("\nAnswer:") for it in data.items)
+    if name == "openbookqa":
+        assert query.startswith("A person wants to start saving money") and "Answer" not in query
 
 
 def test_hellaswag_items_follow_the_six_line_layout(data_dir):
     with bz2.open(data_dir / "cmqa" / "hellaswag_val_full.txt.bz2", "rt", encoding="utf-8") as fh:
         head = [next(fh).rstrip("\n") for _ in range(12)]
     items = load_task("hellaswag").items
-    assert items[0].query == head[0] and items[0].gold == int(head[1]) and items[0].choices == tuple(head[2:6])
-    assert items[1].query == head[6] and items[1].choices == tuple(head[8:12])
+    # lm-eval capitalizes ctx_b, the fragment after the last sentence ("... a roof. he" -> "... a roof. He")
+    assert head[0].endswith("roof. he") and items[0].query == head[0][:-2] + "He"
+    assert items[0].gold == int(head[1]) and items[0].choices == tuple(head[2:6])
+    assert head[6].endswith("pole. the lady") and items[1].query == head[6][: -len("the lady")] + "The lady"
+    assert items[1].choices == tuple(head[8:12])
+
+
+@pytest.mark.parametrize(
+    ("context", "query"),
+    [
+        ("Sumo: A video is shown. two men", "Sumo: A video is shown. Two men"),
+        ("Health: How to rest. Sleep well. Drink water.", "Health: How to rest. Sleep well. Drink water."),
+        ("Home: Visit a site like [www.x.org] to find  games.", "Home: Visit a site like to find games."),
+        ("Home: How to [title] Do it.", "Home: How to. Do it."),
+    ],
+)
+def test_hellaswag_preprocessing_is_lm_evaluation_harness_s(context, query):
+    from gisp_engine.tasks import hellaswag_item
+
+    item = hellaswag_item("hellaswag", 0, context, [" an [step] end ", "b", "c", "d"], 0, "x")
+    assert item.query == query and item.choices == ("an end", "b", "c", "d")
+    with pytest.raises(GispError, match="x: empty context or ending"):
+        hellaswag_item("hellaswag", 0, context, ["[only a marker]", "b", "c", "d"], 0, "x")
 
 
 @pytest.fixture
@@ -72,6 +101,7 @@ def _write_jsonl(path, lines):
 
 
 GOOD = {"query": "Question: why?", "choices": ["a", "b"], "gold": 1}
+GOOD_QUERY = {"boolq": "Passage: P.\nQuestion: why?", "piqa": "Question: why?\n"}  # each file's layout
 
 
 @pytest.mark.parametrize(
@@ -80,13 +110,17 @@ GOOD = {"query": "Question: why?", "choices": ["a", "b"], "gold": 1}
         ("arc_easy", '{"query": "Question: why?", "choices": ["a", "b"], "gold": 1', "malformed JSON"),
         ("arc_easy", {"query": "Question: why?", "choices": ["a", "b"], "gold": 2}, "'gold' must be an option index 0..1"),
         ("boolq", {"query": "", "choices": ["no", "yes"], "gold": 0}, "'query' must be a non-empty string"),
+        ("boolq", {"query": "P.\nQuestion: why?", "choices": ["no", "yes"], "gold": 0}, "must start with 'Passage: '"),
         ("piqa", {"query": "Question: x\n", "choices": ["only one"], "gold": 0}, "'choices' must be a list"),
+        ("piqa", {"query": "Question: x", "choices": ["a", "b"], "gold": 0}, "must end with a newline"),
+        ("arc_challenge", {"query": "x?", "choices": ["a", "b"], "gold": 0}, "must start with 'Question: '"),
         ("winogrande", {"context_options": ["a", "b", "c"], "continuation": "x", "gold": 0}, "list of 2"),
         ("openbookqa", [1, 2], "expected a JSON object"),
     ],
 )
 def test_a_malformed_record_names_file_and_line(tmp_data, task, bad, message):
-    good = GOOD if task != "winogrande" else {"context_options": ["a", "b"], "continuation": "x", "gold": 0}
+    good = {**GOOD, "query": GOOD_QUERY.get(task, GOOD["query"])}
+    good = good if task != "winogrande" else {"context_options": ["a", "b"], "continuation": "x", "gold": 0}
     path = tmp_data / SOURCES[task].local
     _write_jsonl(path, [good, "", bad if not isinstance(bad, list) else json.dumps(bad), good])
     with pytest.raises(GispError) as err:
@@ -198,6 +232,9 @@ def test_hub_records_map_into_the_file_format(tmp_data, data_dir, monkeypatch):
         ("aps/super_glue", "boolq", "validation"): [{"passage": "P.", "question": "is it", "label": 1}],
         ("openai/gsm8k", "main", "test"): [{"question": "1+1?", "answer": "1+1=2\n#### 2"}],
         ("baber/piqa", None, "validation"): [{"goal": "open a jar", "sol1": "twist", "sol2": "push"}],  # no label
+        ("Rowan/hellaswag", None, "validation"): [
+            {"activity_label": "Home", "ctx_a": "[header] How to cook [title] Boil it.", "ctx_b": "you can",
+             "endings": ["Stir [title] Then", "b", "c", "d"], "label": "2"}],
     }
     calls = []
 
@@ -213,10 +250,14 @@ def test_hub_records_map_into_the_file_format(tmp_data, data_dir, monkeypatch):
     assert wino.source == {"kind": "hub", "dataset": "allenai/winogrande", "config": "winogrande_xl", "split": "validation"}
     local = tasks.partial_item("winogrande", 0, json.loads((data_dir / "cmqa" / "winogrande.jsonl").open().readline()), "x")
     assert wino.items[0] == local  # the same item as the offline file's first record
-    assert load_task("arc_easy").items[0].requests()[1] == ("Question: Which is a gas?", " steam")
+    assert load_task("arc_easy").items[0].requests()[1] == ("Question: Which is a gas?\nAnswer:", " steam")
     boolq = load_task("boolq").items[0]
-    assert (boolq.query, boolq.gold) == ("Passage: P.\nQuestion: is it?", 1)
+    assert (boolq.query, boolq.gold) == ("P.\nQuestion: is it?\nAnswer:", 1)
+    # lm-eval's HellaSwag: ctx_a + " " + ctx_b.capitalize(), then its preprocessing, endings too
+    hella = load_task("hellaswag").items[0]
+    assert hella.query == "Home: How to cook. Boil it. You can" and hella.choices == ("Stir. Then", "b", "c", "d")
+    assert hella.gold == 2
     assert load_task("gsm8k_test").items[0].final == "2"
     with pytest.raises(GispError, match=r"hub baber/piqa \(validation\) record 0: unexpected record layout"):
         load_task("piqa")
-    assert len(calls) == 5
+    assert len(calls) == 6

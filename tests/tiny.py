@@ -16,6 +16,7 @@ FAMILIES = {
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
 }
 
 _SAMPLE_TEXT = (
@@ -63,6 +64,12 @@ def make_tiny_model(folder: Path, family: str = "llama", gqa: bool = True, layer
     )
     if family == "qwen3":
         kwargs["head_dim"] = hidden // heads
+    if family == "gemma3":
+        # as in Gemma 3 270M: one KV head (gqa), head_dim wider than hidden/heads, tied embeddings,
+        # sliding and global layers interleaved (a window shorter than the test sequences)
+        kwargs.update(num_key_value_heads=1 if gqa else heads, head_dim=2 * hidden // heads, query_pre_attn_scalar=16,
+                      tie_word_embeddings=True, sliding_window=8,
+                      layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)])
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
     model = model_cls(config).to(dtype)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from ..data import build_calibration, resolve_text_source
 from ..errors import GispError
-from .base import Objective, input_device, sequence_nll
+from ..nll import input_device, sequence_nll
+from .base import Objective
 from .perplexity import PerplexityObjective
 from .margin import MarginObjective, build_margin, margin_identity
 from .gsm8k import GSM8KObjective, build_gsm8k, gsm8k_identity
@@ -28,12 +29,15 @@ def _perplexity_identity(config) -> dict:
         "num_samples": config.num_samples,
         "seq_len": config.seq_len,
         "seed": config.seed,
+        # packed is left out so that keys made before the setting existed still answer
+        **({} if config.sampling == "packed" else {"sampling": config.sampling}),
     }
 
 
 def _perplexity_build(loaded, config) -> Objective:
     source = resolve_text_source(config.calib)
-    calibration = build_calibration(loaded.tokenizer, source, config.num_samples, config.seq_len, config.seed)
+    calibration = build_calibration(loaded.tokenizer, source, config.num_samples, config.seq_len, config.seed,
+                                     config.sampling)
     return PerplexityObjective(calibration, config.resolved_batch_size(loaded.device))
 
 

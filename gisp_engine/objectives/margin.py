@@ -1,7 +1,10 @@
 """Margin: the objective of decision tasks (multiple choice).
 
 Every answer option of a calibration item is one sequence (prompt + " " + option), and only
-the option's tokens are scored. With ``nll(s)`` the mean NLL of sequence ``s``'s answer
+the option's tokens are scored. Items are those the evaluator scores: lm-evaluation-harness's
+prompts for the seven built-in tasks, and custom task files (``--tasks cmqa,my.jsonl``) as
+written (see ``tasks``); under partial scoring (WinoGrande) the scored text is the shared
+continuation after each option. With ``nll(s)`` the mean NLL of sequence ``s``'s answer
 tokens,
 
     L⁺ = mean of nll(s) over the correct options,   L⁻ = mean over the incorrect ones,
@@ -9,7 +12,9 @@ tokens,
 
 so its gradient is ``ḡ⁺ − ḡ⁻`` and the importance ``|W ⊙ (ḡ⁺ − ḡ⁻)|``. Each micro-batch
 contributes ``Σ nll(s)/N⁺`` over its correct sequences minus ``Σ nll(s)/N⁻`` over its
-incorrect ones, so the micro-batches sum to the objective whatever their mix.
+incorrect ones, so the micro-batches sum to the objective whatever their mix. N⁺ and N⁻ count
+the whole calibration set, so under torch.distributed (each rank its share of the micro-batches,
+gradient sums all-reduced) ḡ⁺ and ḡ⁻ are each reduced over all ranks.
 
 The token budget (``--calib-tokens``) is spread evenly over the chosen tasks; each task takes
 whole items from its reserved calibration pool, in an order seeded by ``--seed``, until its
@@ -24,13 +29,13 @@ import torch
 
 from ..errors import GispError
 from ..loglik import ScoredSequence, continuation_logprobs, length_batches, pad_batch, pad_id_of, scored_sequence
-from ..tasks import POOL_FRACTION, POOL_SEED, load_task, parse_tasks, source_identity
+from ..tasks import POOL_FRACTION, POOL_SEED, PROMPTS_VERSION, load_task, parse_tasks, source_identity
 from .base import Objective
 
 LOSS = ("L+ - L-: mean over correct options of each option's mean answer-token NLL, "
         "minus the same mean over incorrect options")
-POOL_RULE = (f"per task a fixed {POOL_FRACTION:.0%} of the items (shuffle seeded by POOL_SEED and the task name) is "
-             "reserved for calibration; evaluation uses the rest")
+POOL_RULE = (f"per task a fixed {POOL_FRACTION:.0%} of the items (shuffle seeded by POOL_SEED and the task name, "
+             "a custom task's file name) is reserved for calibration; evaluation uses the rest")
 
 
 @dataclass
@@ -63,6 +68,7 @@ def margin_identity(config) -> dict:
         "loss": LOSS,
         "tasks": list(tasks),
         "sources": {t: source_identity(t) for t in tasks},
+        "prompts": PROMPTS_VERSION,
         "calib_tokens": config.resolved_calib_tokens(),
         "seed": config.seed,
         "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED},
@@ -132,6 +138,7 @@ class MarginObjective(Objective):
             "objective": self.name,
             "loss": LOSS,
             "tasks": [s.task for s in self.slices],
+            "prompts": PROMPTS_VERSION,
             "calib_tokens": self.calib_tokens,
             "tokens_used": sum(s.tokens for s in self.slices),  # every option sequence's tokens, prompt included
             "seed": self.seed,

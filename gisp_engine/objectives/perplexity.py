@@ -7,7 +7,8 @@ import math
 import torch
 
 from ..data import CalibrationSet
-from .base import Objective, sequence_nll
+from ..nll import sequence_nll
+from .base import Objective
 
 
 class PerplexityObjective(Objective):
