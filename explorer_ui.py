@@ -24,7 +24,20 @@ CHOSEN_STEPS = "chosen_steps"  # {trajectory path: step} chosen on any page
 
 
 def page_setup(title: str) -> None:
+    _leave_legacy_navigation()
     st.set_page_config(page_title=f"{title} · GISP Explorer", layout="wide")
+
+
+def _leave_legacy_navigation() -> None:
+    """A page URL opened first in a fresh server runs under Streamlit's legacy ``pages/`` navigation
+    (the sidebar then lists "app" and every file); one rerun goes through app.py's ``st.navigation``."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # another Streamlit: nothing to undo
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False  # what st.navigation itself sets
+        st.rerun()
 
 
 @contextlib.contextmanager
