@@ -5,6 +5,8 @@
 
 import streamlit as st
 
+import explorer_ui as ui
+
 PAGES = [
     st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/6_Choose.py", title="Choose", icon=":material/target:"),
@@ -16,4 +18,6 @@ PAGES = [
     st.Page("pages/7_Learn.py", title="How GISP works", icon=":material/school:"),
 ]
 
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+with ui.navigating():
+    page.run()

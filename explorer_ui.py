@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +29,31 @@ def page_setup(title: str) -> None:
     st.set_page_config(page_title=f"{title} · GISP Explorer", layout="wide")
 
 
+_VIA_APP = threading.local()  # set while app.py's st.navigation runs the page (per script thread)
+
+
+@contextlib.contextmanager
+def navigating() -> Iterator[None]:
+    """app.py runs the chosen page inside this: the page then knows it was reached through app.py."""
+    _VIA_APP.active = True
+    try:
+        yield
+    finally:
+        _VIA_APP.active = False
+
+
 def _leave_legacy_navigation() -> None:
-    """A page URL opened first in a fresh server runs under Streamlit's legacy ``pages/`` navigation
-    (the sidebar then lists "app" and every file); one rerun goes through app.py's ``st.navigation``."""
+    """A page URL opened first in a fresh server runs under Streamlit's legacy ``pages/`` navigation,
+    without app.py (the sidebar then lists "app" and every file); one rerun goes through app.py."""
+    if getattr(_VIA_APP, "active", False) or st.session_state.get("_left_legacy_navigation"):
+        return  # once per session is enough: the server then stays on app.py's navigation
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # another Streamlit: nothing to undo
         return
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False  # what st.navigation itself sets
-        st.rerun()
+    st.session_state["_left_legacy_navigation"] = True
+    PagesManager.uses_pages_directory = False  # what st.navigation itself sets
+    st.rerun()
 
 
 @contextlib.contextmanager

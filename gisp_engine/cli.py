@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import settings
 from .errors import GispError
-from .progress import ProgressEvent, TqdmProgress  # noqa: F401  (TqdmProgress: also gisp_engine.cli's)
+from .progress import TqdmProgress
 
 
 def _load_trajectory(ref: str):
@@ -208,62 +208,48 @@ def cmd_cache_prune(args) -> None:
     _emit(args, {"dry_run": args.dry_run, **plan.to_dict()}, "\n".join(lines))
 
 
-def cmd_export(args) -> None:
-    from .export import check_out_dir, export_subnetwork
-    from .models import load_model
-    from .subnetwork import checkpoint_dtype, recorded_model, resolve_step
-
-    if args.all_steps:
-        return cmd_export_all_steps(args)
-    if args.sparsity is None and args.step is None:
-        raise GispError("give --sparsity S (parameter sparsity) or --step K, or --all-steps")
-    trajectory = _load_trajectory(args.trajectory)
-    step = resolve_step(trajectory, args.sparsity, args.step)
-    check_out_dir(Path(args.out).expanduser())  # before minutes of loading
-    model = args.model or recorded_model(trajectory)
-    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype  # keep a bf16 checkpoint bf16
-    loaded = load_model(model, args.device, dtype)
-    bar = TqdmProgress(enabled=not args.quiet)
-    try:
-        result = export_subnetwork(loaded, trajectory, step, args.out, uniform=args.uniform, progress=bar,
-                                   bias_compensation=False if args.no_bias_compensation else None)
-    finally:
-        bar.close()
-    s = result.summary()
-    text = (
-        f"{result.folder}\n{s['kind']} export of step {s['step']}: parameter sparsity {s['param_sparsity']:.4f} "
-        f"(trajectory point {s['trajectory_param_sparsity']:.4f}), {s['param_count']:,} parameters\n"
-        f"loads with {s['loads_with']}"
-    )
-    _emit(args, s, text)
-
-
-def cmd_export_all_steps(args) -> None:
-    from .elastic import export_elastic
+def _export_model(args, trajectory):
+    """The trajectory's base model, loaded in the dtype to write (the output folder checked first)."""
     from .export import check_out_dir
     from .models import load_model
     from .subnetwork import checkpoint_dtype, recorded_model
 
-    if args.sparsity is not None or args.step is not None or args.uniform:
-        raise GispError("--all-steps writes every step: give no --sparsity, --step or --uniform with it")
-    trajectory = _load_trajectory(args.trajectory)
     check_out_dir(Path(args.out).expanduser())  # before minutes of loading
     model = args.model or recorded_model(trajectory)
-    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype
-    loaded = load_model(model, args.device, dtype)
+    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype  # keep a bf16 checkpoint bf16
+    return load_model(model, args.device, dtype)
+
+
+def cmd_export(args) -> None:
+    from .elastic import export_elastic
+    from .export import export_subnetwork
+    from .subnetwork import resolve_step
+
+    compensation = False if args.no_bias_compensation else None
+    if args.all_steps and (args.sparsity is not None or args.step is not None or args.uniform):
+        raise GispError("--all-steps writes every step: give no --sparsity, --step or --uniform with it")
+    if not args.all_steps and args.sparsity is None and args.step is None:
+        raise GispError("give --sparsity S (parameter sparsity) or --step K, or --all-steps")
+    trajectory = _load_trajectory(args.trajectory)
+    step = None if args.all_steps else resolve_step(trajectory, args.sparsity, args.step)
+    loaded = _export_model(args, trajectory)
     bar = TqdmProgress(enabled=not args.quiet)
     try:
-        result = export_elastic(loaded, trajectory, args.out, progress=bar,
-                                bias_compensation=False if getattr(args, "no_bias_compensation", False) else None)
+        if args.all_steps:
+            result = export_elastic(loaded, trajectory, args.out, progress=bar, bias_compensation=compensation)
+        else:
+            result = export_subnetwork(loaded, trajectory, step, args.out, uniform=args.uniform, progress=bar,
+                                       bias_compensation=compensation)
     finally:
         bar.close()
     s = result.summary()
-    text = (
-        f"{result.folder}\nelastic export of steps 0..{s['last_step']} (parameter sparsity up to "
-        f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights\n"
-        f"loads with {s['loads_with']}"
-    )
-    _emit(args, s, text)
+    if args.all_steps:
+        what = (f"elastic export of steps 0..{s['last_step']} (parameter sparsity up to "
+                f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights")
+    else:
+        what = (f"{s['kind']} export of step {s['step']}: parameter sparsity {s['param_sparsity']:.4f} "
+                f"(trajectory point {s['trajectory_param_sparsity']:.4f}), {s['param_count']:,} parameters")
+    _emit(args, s, f"{result.folder}\n{what}\nloads with {s['loads_with']}")
 
 
 # ---- parser ------------------------------------------------------------------------------

@@ -186,21 +186,7 @@ def submit(config: PruneConfig) -> JobStatus:
     if hit is not None:
         return JobStatus(key=key, state="done", config=config.to_dict(), trajectory=str(hit.path), cache_hit=True,
                          step=hit.num_steps, total=hit.num_steps, fraction=1.0, message="answered from the cache")
-    root = ensure_writable_dir(jobs_dir())
-    with file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
-        current = status(key)
-        if current is not None and current.active:
-            return current
-        folder = job_dir(key)
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in (PID_FILE, LOG_FILE):
-            (folder / stale).unlink(missing_ok=True)
-        now = time.time()
-        atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": config.to_dict()})
-        started = JobStatus(key=key, state="starting", config=config.to_dict(), total=config.steps,
-                            message="starting", started=_iso(now), started_unix=now)
-        _write_status(folder, started)
-        return _spawn(folder, started)
+    return _start(key, config.to_dict(), total=config.steps)
 
 
 def submit_sweep(trajectory, request, model: str | None = None, device: str = "auto", dtype: str = "auto") -> JobStatus:
@@ -221,6 +207,12 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
             "request": request.to_dict(), "model": model or recorded_model(trajectory), "device": device,
             "dtype": dtype}
     key = "sweep-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    total = len(request.steps) * (len(request.tasks) + (request.cost is not None))
+    return _start(key, body, total=total, kind="sweep", trajectory=body["trajectory"])
+
+
+def _start(key: str, config: dict, **fields) -> JobStatus:
+    """Start the job ``key`` for ``config`` unless one is going already (its status is returned then)."""
     root = ensure_writable_dir(jobs_dir())
     with file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
         current = status(key)
@@ -231,10 +223,9 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
         for stale in (PID_FILE, LOG_FILE):
             (folder / stale).unlink(missing_ok=True)
         now = time.time()
-        atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": body})
-        total = len(request.steps) * (len(request.tasks) + (request.cost is not None))
-        started = JobStatus(key=key, state="starting", config=body, total=total, kind="sweep", message="starting",
-                            started=_iso(now), started_unix=now, trajectory=body["trajectory"])
+        atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": config})
+        started = JobStatus(key=key, state="starting", config=config, message="starting", started=_iso(now),
+                            started_unix=now, **fields)
         _write_status(folder, started)
         return _spawn(folder, started)
 
