@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -61,8 +62,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    traj = Trajectory.load(args.trajectory)
-    model = recorded_model(traj)
+    # the trajectory without the results it may ship (evaluations.json): every point is computed
+    copy = scratch / "trajectory"
+    copy.mkdir()
+    for name in ("trajectory.json", "structures.safetensors"):
+        shutil.copy(Path(args.trajectory) / name, copy / name)
+    traj = Trajectory.load(copy)
+    model = recorded_model(Trajectory.load(args.trajectory))
     result = {"machine": machine(), "threads": torch.get_num_threads(), "trajectory": args.trajectory}
 
     if args.part in ("all", "perplexity"):
