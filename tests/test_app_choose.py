@@ -27,7 +27,7 @@ def test_choose_sweeps_in_the_background_then_recommends(runs, data_dir, no_jobs
     at.number_input[0].set_value(2)  # windows
     next(b for b in at.button if b.label.startswith("Sweep every step")).click().run()
     no_errors(at)
-    job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0])
+    job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0], timeout=600)
     assert job.kind == "sweep" and job.state == "done", job.error
     assert job.step == job.total == traj.num_steps + 1
 
