@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import GispError
+from .models import recorded_dtype
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -136,13 +137,7 @@ class PeakMemory:
 # ---- the workload ---------------------------------------------------------------------------
 def checkpoint_dtype(model: torch.nn.Module) -> str:
     """The dtype the model's checkpoint was saved in (what an export keeps), else the loaded dtype."""
-    config = model.config
-    for name in ("dtype", "torch_dtype"):
-        value = getattr(config, name, None)
-        value = str(value).removeprefix("torch.") if value is not None else None
-        if value in _DTYPE_BYTES:
-            return value
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
+    return recorded_dtype(model.config) or str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def _sync(device: torch.device) -> None:

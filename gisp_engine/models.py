@@ -249,6 +249,16 @@ def weights_sha256(folder: Path) -> str:
     return value
 
 
+def recorded_dtype(config) -> str | None:
+    """The dtype a config records (``dtype``, else ``torch_dtype``) when it is one the engine loads, else None."""
+    for name in ("dtype", "torch_dtype"):
+        value = getattr(config, name, None)
+        value = str(value).removeprefix("torch.") if value is not None else None
+        if value in DTYPES:
+            return value
+    return None
+
+
 def load_config(model: str):
     """The transformers config and adapter of a model, without loading its weights."""
     from transformers import AutoConfig

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .errors import GispError
-from .models import DTYPES, LoadedModel, load_config
+from .models import LoadedModel, load_config, recorded_dtype
 from .structures import LayerKeep
 from .surgery import NullAttention, apply_keep, full_layout
 from .trajectory import Trajectory
@@ -26,9 +26,7 @@ def checkpoint_dtype(model: str) -> str:
     Export writes this by default, so a bf16 checkpoint is not exported as float32 on CPU.
     """
     _, config, _ = load_config(model)
-    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    name = str(recorded).removeprefix("torch.") if recorded is not None else ""
-    return name if name in DTYPES else "auto"
+    return recorded_dtype(config) or "auto"
 
 
 def check_compatible(loaded: LoadedModel, trajectory: Trajectory) -> None:

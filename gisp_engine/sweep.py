@@ -125,7 +125,7 @@ class SweepReport:
 
 
 # ---- running it -----------------------------------------------------------------------------
-def _cost_identity(trajectory: Trajectory, spec: CostSpec, device: str, threads: int, dtype: str) -> dict:
+def _cost_identity(spec: CostSpec, device: str, threads: int, dtype: str) -> dict:
     return {"spec": spec.to_dict(), "device": device, "threads": threads, "dtype": dtype}  # options of a cost row
 
 
@@ -140,7 +140,7 @@ def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str, de
             if find_evaluation(trajectory, task, step, request.limit, options, dtype) is None:
                 todo.append((step, task))
         if request.cost is not None:
-            opts = _cost_identity(trajectory, request.cost, device or "?", threads or 0, dtype)
+            opts = _cost_identity(request.cost, device or "?", threads or 0, dtype)
             if device is None or find_evaluation(trajectory, COST, step, None, opts, dtype) is None:
                 todo.append((step, COST))
     return todo
@@ -223,7 +223,7 @@ def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback
 def _cost_point(loaded, trajectory, step, spec, dense, device, threads, dtype, refresh) -> dict:
     import datetime as _dt
 
-    options = _cost_identity(trajectory, spec, device, threads, dtype)
+    options = _cost_identity(spec, device, threads, dtype)
     if not refresh:
         hit = find_evaluation(trajectory, COST, step, None, options, dtype)
         if hit is not None:
