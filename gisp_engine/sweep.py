@@ -179,14 +179,16 @@ def run_sweep(
         dtype = str(loaded.dtype).removeprefix("torch.")
     device = str(loaded.device) if loaded is not None else None
     threads = torch.get_num_threads()
+    untouched = None  # the caller's dense model, when the sweep slices a copy of it
     if loaded is not None:
         check_compatible(loaded, trajectory)
         if copy_model:
+            untouched = loaded.model
             loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     dense = None
     if request.cost is not None and (refresh or pending_points(trajectory, request, dtype, device, threads)):
-        # ratios are to the dense model, timed in this process alongside each step (a copy kept before slicing)
-        dense = copy.deepcopy(loaded.model)
+        # ratios are to the dense model, timed in this process alongside each step (kept unsliced)
+        dense = untouched if untouched is not None else copy.deepcopy(loaded.model)
 
     total = len(steps) * (len(tasks) + (request.cost is not None))
     done = 0
