@@ -35,6 +35,7 @@ def cmd_prune(args) -> None:
         sampling=args.sampling,
         tasks=args.tasks,
         calib_tokens=args.calib_tokens,
+        calib_items=args.calib_items,
         num_samples=args.num_samples,
         seq_len=args.seq_len,
         steps=args.steps,
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, cmqa (all), "
                         "and/or custom task files (path.jsonl; see README)")
     p.add_argument("--calib-tokens", type=int, default=None, help="token budget of task objectives (default num-samples x seq-len)")
+    p.add_argument("--calib-items", type=int, default=None,
+                   help="margin objective: this many calibration items from every task, instead of a token budget")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     p.add_argument("--steps", type=int, default=d.steps, help="pruning steps (1 = one-shot)")

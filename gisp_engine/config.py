@@ -26,6 +26,7 @@ class PruneConfig:
     sampling: str = "packed"  # how the perplexity objective cuts its windows: see gisp_engine.data.SAMPLINGS
     tasks: str = "cmqa"  # task list of the margin objective (comma-separated, or cmqa for all seven)
     calib_tokens: int | None = None  # token budget of task objectives; None: num_samples * seq_len
+    calib_items: int | None = None  # margin objective: this many items from every task, instead of a token budget
     num_samples: int = 16
     seq_len: int = 128
     steps: int = 10
@@ -59,6 +60,13 @@ class PruneConfig:
             whole("batch_size", 1)
         if self.calib_tokens is not None:
             whole("calib_tokens", 1)
+        if self.calib_items is not None:
+            whole("calib_items", 1)
+            if self.objective != "margin":
+                raise GispError(f"--calib-items applies to the margin objective, not {self.objective!r}: "
+                                "use --calib-tokens (or --num-samples) for this one")
+            if self.calib_tokens is not None:
+                raise GispError("give --calib-items (items per task) or --calib-tokens (a token budget), not both")
         if not isinstance(self.seed, int):
             raise GispError(f"--seed must be a whole number, got {self.seed!r}")
         r = self.max_sparsity

@@ -111,6 +111,32 @@ def test_margin_budget_is_spread_evenly_and_drawn_from_the_pool(tiny_llama, data
                                                            tasks="openbookqa", calib_tokens=10**7))
 
 
+def test_margin_items_per_task_take_exactly_that_many_items(tiny_llama, data_dir):
+    loaded = load_model(str(tiny_llama), dtype="float32")
+    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks="hellaswag,winogrande", calib_items=5,
+                         seed=2)
+    desc = objective_spec("margin").build(loaded, config.validate()).describe()
+    assert desc["calib_items"] == 5 and "calib_tokens" not in desc
+    for task, sl in desc["slices"].items():
+        data = load_task(task)
+        assert sl["items"] == data.calibration_order(2)[:5]  # the seeded order, whatever the items' lengths
+        expected = sum(len(scored_sequence(loaded.tokenizer, c, x, loaded.max_length or None)) for i in sl["items"]
+                       for c, x in data.items[i].requests())
+        assert sl["tokens"] == expected
+    # long HellaSwag items cost more tokens than short WinoGrande ones at the same item count
+    assert desc["slices"]["hellaswag"]["tokens"] > desc["slices"]["winogrande"]["tokens"]
+    pool = len(load_task("openbookqa").calibration_pool())
+    with pytest.raises(GispError, match=f"--calib-items {pool + 1} is more than its calibration pool holds"):
+        objective_spec("margin").build(loaded, PruneConfig(model=str(tiny_llama), objective="margin",
+                                                           tasks="openbookqa", calib_items=pool + 1))
+    with pytest.raises(GispError, match="not both"):
+        PruneConfig(objective="margin", calib_items=4, calib_tokens=100).validate()
+    with pytest.raises(GispError, match="applies to the margin objective"):
+        PruneConfig(objective="perplexity", calib_items=4).validate()
+    with pytest.raises(GispError, match="--calib-items must be a whole number of at least 1"):
+        PruneConfig(objective="margin", calib_items=0).validate()
+
+
 def test_gsm8k_objective_is_the_mean_answer_nll(tiny_llama, data_dir):
     loaded = load_model(str(tiny_llama), dtype="float32")
     config = PruneConfig(model=str(tiny_llama), objective="gsm8k", calib_tokens=1500, batch_size=2)
@@ -142,6 +168,7 @@ def test_cache_key_follows_tasks_budget_seed_and_data(tiny_llama, data_dir, tmp_
     assert key(tasks="boolq") != base
     assert key(tasks="boolq,piqa", calib_tokens=4096) != base
     assert key(tasks="boolq,piqa", seed=1) != base
+    assert key(tasks="boolq,piqa", calib_items=8) not in (base, key(tasks="boolq,piqa", calib_items=9))
     assert key(tasks="cmqa") == key(tasks="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
     assert plan(PruneConfig(model=str(tiny_llama), objective="perplexity")).key != base
     assert plan(PruneConfig(model=str(tiny_llama), objective="gsm8k")).key not in (base,)

@@ -18,7 +18,9 @@ gradient sums all-reduced) ḡ⁺ and ḡ⁻ are each reduced over all ranks.
 
 The token budget (``--calib-tokens``) is spread evenly over the chosen tasks; each task takes
 whole items from its reserved calibration pool, in an order seeded by ``--seed``, until its
-share is reached. The items taken are recorded in ``describe()["slices"]``.
+share is reached. With ``--calib-items N`` every task takes its first N items in that order
+instead, whatever their length (long-item tasks such as HellaSwag then cost more tokens).
+The items taken are recorded in ``describe()["slices"]``.
 """
 
 from __future__ import annotations
@@ -69,24 +71,35 @@ def margin_identity(config) -> dict:
         "tasks": list(tasks),
         "sources": {t: source_identity(t) for t in tasks},
         "prompts": PROMPTS_VERSION,
-        "calib_tokens": config.resolved_calib_tokens(),
+        # an item count replaces the token budget; without one the identity is as it always was
+        **({"calib_items": config.calib_items} if config.calib_items is not None
+           else {"calib_tokens": config.resolved_calib_tokens()}),
         "seed": config.seed,
         "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED},
     }
 
 
-def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int, seed: int, max_length: int | None):
-    """Per task, whole items from the pool (seeded order) until the task's share of tokens is reached."""
-    if calib_tokens < len(tasks):
+def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int | None, seed: int,
+                       max_length: int | None, calib_items: int | None = None):
+    """Per task, whole items from the pool (seeded order): until the task's share of tokens is
+    reached or, with ``calib_items``, exactly that many items."""
+    if calib_items is not None:
+        budgets = dict.fromkeys(tasks, None)
+    elif calib_tokens < len(tasks):
         raise GispError(f"--calib-tokens {calib_tokens} is fewer than one token per task ({len(tasks)} tasks)")
+    else:
+        budgets = task_budgets(calib_tokens, tasks)
     slices: list[TaskSlice] = []
     sequences: list[tuple[ScoredSequence, bool]] = []
-    for task, budget in task_budgets(calib_tokens, tasks).items():
+    for task, budget in budgets.items():
         data = load_task(task)
         order = data.calibration_order(seed)
+        if calib_items is not None and calib_items > len(order):
+            raise GispError(f"task {task!r}: --calib-items {calib_items} is more than its calibration pool holds "
+                            f"({len(order)} items): lower it to at most {len(order)} or drop the task")
         taken = TaskSlice(task, data.identity(), len(order), [], 0, 0, 0)
         for index in order:
-            if taken.tokens >= budget:
+            if (len(taken.items) >= calib_items) if calib_items is not None else (taken.tokens >= budget):
                 break
             item = data.items[index]
             for option, (context, continuation) in enumerate(item.requests()):
@@ -96,7 +109,7 @@ def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int, see
                 taken.correct += option == item.gold
                 taken.incorrect += option != item.gold
             taken.items.append(index)
-        if taken.tokens < budget:
+        if budget is not None and taken.tokens < budget:
             raise GispError(
                 f"task {task!r}: its calibration pool ({len(order)} items, {taken.tokens} tokens) is smaller than its "
                 f"share of --calib-tokens ({budget} of {calib_tokens}): lower --calib-tokens to at most "
@@ -109,10 +122,11 @@ def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int, see
 class MarginObjective(Objective):
     name = "margin"
 
-    def __init__(self, slices: list[TaskSlice], sequences: list[tuple[ScoredSequence, bool]], calib_tokens: int,
-                 seed: int, max_sequences: int, max_tokens: int, pad_id: int = 0):
+    def __init__(self, slices: list[TaskSlice], sequences: list[tuple[ScoredSequence, bool]], calib_tokens: int | None,
+                 seed: int, max_sequences: int, max_tokens: int, pad_id: int = 0, calib_items: int | None = None):
         self.slices = slices
         self.calib_tokens = calib_tokens
+        self.calib_items = calib_items
         self.seed = seed
         self.num_correct = sum(1 for _, ok in sequences if ok)
         self.num_incorrect = len(sequences) - self.num_correct
@@ -139,7 +153,7 @@ class MarginObjective(Objective):
             "loss": LOSS,
             "tasks": [s.task for s in self.slices],
             "prompts": PROMPTS_VERSION,
-            "calib_tokens": self.calib_tokens,
+            **({"calib_items": self.calib_items} if self.calib_items is not None else {"calib_tokens": self.calib_tokens}),
             "tokens_used": sum(s.tokens for s in self.slices),  # every option sequence's tokens, prompt included
             "seed": self.seed,
             "sequences": {"correct": self.num_correct, "incorrect": self.num_incorrect},
@@ -153,9 +167,10 @@ class MarginObjective(Objective):
 
 def build_margin(loaded, config) -> MarginObjective:
     tasks = parse_tasks(config.tasks)
-    slices, sequences = select_calibration(loaded.tokenizer, tasks, config.resolved_calib_tokens(), config.seed,
-                                           loaded.max_length or None)
+    budget = None if config.calib_items is not None else config.resolved_calib_tokens()
+    slices, sequences = select_calibration(loaded.tokenizer, tasks, budget, config.seed, loaded.max_length or None,
+                                           config.calib_items)
     per_batch = config.resolved_batch_size(loaded.device)
     # options vary in length: cap each micro-batch's padded tokens as the perplexity objective's are capped
-    return MarginObjective(slices, sequences, config.resolved_calib_tokens(), config.seed, per_batch,
-                           per_batch * config.seq_len, pad_id_of(loaded.tokenizer))
+    return MarginObjective(slices, sequences, budget, config.seed, per_batch, per_batch * config.seq_len,
+                           pad_id_of(loaded.tokenizer), config.calib_items)
