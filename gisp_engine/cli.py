@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="build (or fetch from the cache) a pruning trajectory")
     p.add_argument("--model", default=d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a folder, or a hub id")
     p.add_argument("--method", default=d.method, choices=METHODS,
-                   help="gisp (iterative); baselines rank once: gisp-oneshot, llm-pruner, magnitude, random, wanda-sp, flap")
+                   help=f"gisp (iterative); baselines rank once: {', '.join(m for m in METHODS if m != 'gisp')}")
     p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVES))
     p.add_argument("--calib", default=d.calib, help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
     p.add_argument("--sampling", default=d.sampling, choices=SAMPLINGS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from . import settings
 from .data import SAMPLINGS
@@ -13,9 +14,20 @@ from .structures import GQA_POLICIES, NORMALIZATIONS
 SCHEDULES = ("linear", "cosine")
 
 
-#: Pruning methods: iterative GISP, and the fixed-ranking baselines of ``gisp_engine.baselines``
-#: (named here, where no torch is imported, so that validating a config needs none).
-METHODS = ("gisp", "gisp-oneshot", "llm-pruner", "magnitude", "random", "wanda-sp", "flap")
+
+
+def _method_names() -> tuple[str, ...]:
+    """One per public module of ``gisp_engine/methods`` (``wanda_sp.py``: ``wanda-sp``), GISP first.
+
+    Read from the file names, so that validating a config imports no method (and no torch).
+    """
+    folder = Path(__file__).with_name("methods")
+    names = {p.stem.replace("_", "-") for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    return tuple(sorted(names, key=lambda n: (n != "gisp", n)))
+
+
+#: Pruning methods: iterative GISP, and the fixed-ranking baselines (``gisp_engine.methods``).
+METHODS = _method_names()
 
 @dataclass
 class PruneConfig:

@@ -89,7 +89,7 @@ class TrajectoryView:
     key: str
     path: str
     model: str
-    method: str  # gisp, or a baseline (gisp_engine.baselines)
+    method: str  # gisp, or a baseline (gisp_engine.methods)
     objective: str
     head_unit: str  # "query head" or "KV group"
     num_steps: int

@@ -8,6 +8,10 @@
 Nothing removed comes back, so the result is one removal step per structure: a chain
 of nested subnetworks. Between steps the working model is sliced physically (or only
 masked, ``shrink=False``); both give the same scores and the same trajectory.
+
+The loop runs every method the same way: it asks the method (``gisp_engine.methods``) for
+scores, once on the dense model or at every step (``rescores``), and lets the method's
+selection pick the step's removals. It never asks which method it runs.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import baselines, cache, distributed
+from . import cache, distributed, methods
 from .config import PruneConfig, target_ratios
 from .errors import GispError
 from .fsutil import atomic_write_json, staging_dir
 from .settings import ENGINE_VERSION
-from .importance import objective_value, score_structures
+from .importance import objective_value
 from .models import LoadedModel, load_config, load_model, resolve_device, resolve_dtype, weights_sha256
 from .objectives import Objective, objective_spec
 from .progress import ProgressCallback, ProgressEvent, null_progress
@@ -97,8 +101,9 @@ def plan(config: PruneConfig) -> PruningPlan:
         "dtype": str(resolve_dtype(config.dtype, resolve_device(config.device))).removeprefix("torch."),
         "save_scores": config.save_scores,
     }
-    if config.method in baselines.REVISIONS:  # a method whose results changed: earlier cache entries are not reused
-        request["method_revision"] = baselines.REVISIONS[config.method]
+    revision = methods.get(config.method).revision
+    if revision is not None:  # a method whose results changed: earlier cache entries are not reused
+        request["method_revision"] = revision
     return PruningPlan(config, space, protect_first, protected_layers, targets, request, cache.request_key(request))
 
 
@@ -174,12 +179,16 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     n, total_steps = space.size, config.steps
     protected = space.protected_mask(the_plan.protect_first, config.protect_last)
     scored_layers = [i for i in range(space.geometry.num_layers) if i not in the_plan.protected_layers]
+    method = methods.get(config.method)
     divisors = space.divisors(config.normalization)
-    iterative = config.method == "gisp"
-    # a baseline ranks once, on the dense model (before any resumed state prunes it)
-    fixed, extras = (None, {}) if iterative else baselines.fixed_scores(
-        config.method, model, adapter, space, objective, scored_layers, divisors, config.seed)
-    layer_share = n / max(1, int((~protected).sum()))  # per-layer methods: ratio inside unprotected layers
+
+    def scoring(**current) -> methods.Scoring:
+        return methods.Scoring(model, adapter, space, objective, scored_layers, divisors, config.seed, **current)
+
+    # a fixed ranking is computed once, on the dense model (before any resumed state prunes it)
+    fixed = None if method.rescores else method.scores(scoring())
+    ratios = target_ratios(config.schedule, config.max_sparsity, total_steps)
+    layer_share = n / max(1, int((~protected).sum()))
 
     keep = np.ones(n, bool)
     layout = full_layout(space)
@@ -216,28 +225,17 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     removed_last = int((removal_step == first - 1).sum()) if first > 1 else 0
     progress(ProgressEvent("step", first - 1, total_steps, first - 1, total_steps, "pruning"))
     for t in range(first, total_steps + 1):
-        if iterative:
-            result = score_structures(model, adapter, space, layout, objective, scored_layers, progress, t, total_steps)
-            loss, normalized = result.loss, np.nan_to_num(result.raw, nan=0.0) / divisors
-        else:
-            loss, normalized = objective_value(model, objective), fixed
+        scores = fixed if fixed is not None else method.scores(
+            scoring(layout=layout, progress=progress, step=t, total_steps=total_steps))
+        loss = scores.loss if scores.loss is not None else objective_value(model, objective)
         steps.append(record(t - 1, loss, removed_last))
 
         candidates = np.flatnonzero(keep & ~protected)
-        last_score[candidates] = normalized[candidates]
+        last_score[candidates] = scores.values[candidates]
         if all_scores is not None:
-            all_scores[t - 1, candidates] = normalized[candidates]
-        if baselines.selection(config.method) == "global":
-            # one global ranking over heads and channels of every layer; ties go to the lower id
-            ranked = candidates[np.lexsort((candidates, normalized[candidates]))]
-            if config.method == "flap":  # FLAP cuts to a parameter budget: the schedule's ratio as parameter sparsity
-                budget = target_ratios(config.schedule, config.max_sparsity, total_steps)[t - 1]
-                chosen = baselines.choose_to_param_budget(space, keep, ranked, budget)
-            else:
-                chosen = ranked[: the_plan.targets[t - 1] - int((~keep).sum())]
-        else:
-            ratio = min(1.0, the_plan.targets[t - 1] / n * layer_share)
-            chosen = baselines.choose_per_layer(space, keep, normalized, protected, ratio)
+            all_scores[t - 1, candidates] = scores.values[candidates]
+        chosen = method.selection.choose(space, keep, protected, scores.values,
+                                         methods.Cut(the_plan.targets[t - 1], ratios[t - 1], layer_share))
         removal_step[chosen] = t
         keep[chosen] = False
         removed_last = len(chosen)
@@ -255,7 +253,8 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     steps.append(record(total_steps, objective_value(model, objective), removed_last))
     progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
     meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
-    return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores, extras=extras)
+    return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores,
+                      extras=fixed.extras if fixed else {})
 
 
 @dataclass
@@ -310,7 +309,7 @@ def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, 
     return {
         "key": the_plan.key,
         "method": the_plan.config.method,
-        "ranking": baselines.describe(the_plan.config.method),
+        "ranking": methods.get(the_plan.config.method).describe(),
         "model": loaded.describe(),
         "settings": settings,
         "objective": objective.describe(),

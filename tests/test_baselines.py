@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from gisp_engine import PruneConfig, load_model, prune
-from gisp_engine.baselines import METHODS, fixed_scores
+from gisp_engine import methods
+from gisp_engine.config import METHODS
 from gisp_engine.objectives import objective_spec
 from gisp_engine.structures import StructureSpace
+
+
+def fixed_scores(method, model, adapter, space, objective, scored_layers, divisors, seed):
+    """A method's scores of the dense model, and its extras, through the interface the loop calls."""
+    assert not methods.get(method).rescores
+    scores = methods.get(method).scores(methods.Scoring(model, adapter, space, objective, scored_layers, divisors,
+                                                        seed))
+    return scores.values, scores.extras
 
 
 def _cfg(folder, **kw):
@@ -180,3 +196,51 @@ def test_flap_bias_compensation(tiny_llama, data_dir):
     gisp = prune(_cfg(tiny_llama)).trajectory
     with pytest.raises(GispError, match="needs a FLAP trajectory"):
         apply_step(load_model(str(tiny_llama)), gisp, 1, bias_compensation=True)
+
+
+NEW_METHOD = """
+from ._base import Scores
+from .magnitude import Magnitude
+
+
+class ReverseMagnitude(Magnitude):
+    name = "reverse-magnitude"
+
+    def scores(self, scoring):
+        return Scores(-super().scores(scoring).values)
+
+
+METHOD = ReverseMagnitude()
+"""
+
+
+def test_a_new_method_is_one_file(tmp_path, tiny_llama, data_dir):
+    """One module dropped into gisp_engine/methods is a method: config, CLI and loop take it, nothing else changes."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "gisp_engine", tmp_path / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "gisp_engine" / "methods" / "reverse_magnitude.py").write_text(NEW_METHOD)
+    out = tmp_path / "reverse"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "gisp_engine.cli", "prune", "--model", str(tiny_llama), "--method",
+                           "reverse-magnitude", "--num-samples", "4", "--seq-len", "32", "--steps", "4",
+                           "--max-sparsity", "0.4", "--protect-first", "1", "--dtype", "float32", "--out", str(out),
+                           "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from gisp_engine.trajectory import Trajectory
+
+    reverse = Trajectory.load(out)
+    assert reverse.meta["ranking"].startswith("fixed ranking (reverse-magnitude)") and json.loads(done.stdout)
+    magnitude = prune(_cfg(tiny_llama, method="magnitude")).trajectory
+    scored = ~np.isnan(magnitude.score)
+    np.testing.assert_array_equal(reverse.score[scored], -magnitude.score[scored])
+    space = reverse.space
+    for t in (1, 4):  # the same per-layer cut from the other end: in every layer the largest structures go first
+        removed, kept = ~reverse.keep_mask(t) & scored, reverse.keep_mask(t) & scored
+        for group in [(space.layer == i) & (space.kind == k) for i in (1, 2) for k in (0, 1)]:
+            if (removed & group).any() and (kept & group).any():
+                assert magnitude.score[removed & group].min() >= magnitude.score[kept & group].max()
+        assert removed.sum() == (~magnitude.keep_mask(t) & scored).sum()
+        assert not np.array_equal(reverse.keep_mask(t), magnitude.keep_mask(t))
+    with pytest.raises(SystemExit):  # in this tree, without the file, the CLI refuses the name
+        from gisp_engine.cli import main
+        main(["prune", "--method", "reverse-magnitude"])

@@ -154,12 +154,12 @@ def test_unwritable_cache_is_a_clear_error(tiny_llama, data_dir, tmp_path, monke
 def test_out_of_memory_suggests_what_to_lower(tiny_llama, data_dir, monkeypatch):
     import torch
 
-    import gisp_engine.pruner as pruner
+    import gisp_engine.methods.gisp as gisp
 
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(pruner, "score_structures", boom)
+    monkeypatch.setattr(gisp, "score_structures", boom)  # the scoring inside the loop runs out of memory
     with pytest.raises(GispError, match=r"out of memory .*lower --batch-size .*--resume"):
         prune(_cfg(tiny_llama))
 

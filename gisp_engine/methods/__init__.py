@@ -1,0 +1,38 @@
+"""Pruning methods, one module each: iterative GISP and the fixed-ranking baselines.
+
+Every public module here (``gisp.py``, ``wanda_sp.py``, …) defines ``METHOD``, an instance of
+``_base.Method``: its scores for the current model, whether it re-scores after every step,
+and how a step selects (``_selection``). The loop (``pruner``) asks nothing else, so adding a
+method means adding one file; ``config.METHODS`` reads the names from the file names.
+
+| method | score of a structure | selection |
+|---|---|---|
+| ``gisp`` | Σ|W⊙ḡ| divided by its block's constant, recomputed at every step | global |
+| ``gisp-oneshot`` | GISP's score on the dense model | global (every step equals ``--steps 1`` at that sparsity) |
+| ``llm-pruner`` | first-order Taylor Σ|W⊙ḡ| (LLM-Pruner style) | within each layer, same ratio everywhere |
+| ``magnitude`` | L2 norm of the structure's weights | within each layer, same ratio everywhere |
+| ``random`` | seeded uniform random numbers | within each layer, same ratio everywhere |
+| ``wanda-sp`` | Σ |W|·‖X‖ over the structure's ``o_proj``/``down_proj`` columns | within each layer, same ratio everywhere |
+| ``flap`` | FLAP's WIFV, standardized per layer and block; a head is the mean of its columns | global, cut to a parameter budget |
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..config import METHODS
+from ..errors import GispError
+from ._base import Method, Scores, Scoring
+from ._selection import Cut
+
+
+def get(name: str) -> Method:
+    """The method called ``name`` (its module is imported on first use)."""
+    if name not in METHODS:
+        raise GispError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    method = importlib.import_module(f"{__name__}.{name.replace('-', '_')}").METHOD
+    assert method.name == name, f"{name}: its module's METHOD is called {method.name!r}"
+    return method
+
+
+__all__ = ["Cut", "METHODS", "Method", "Scores", "Scoring", "get"]
