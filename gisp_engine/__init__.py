@@ -10,37 +10,48 @@ The library behind the ``gisp`` CLI and the Streamlit explorer (it never imports
     print(wikitext2_perplexity(loaded.model, loaded.tokenizer, limit=50).perplexity)
 """
 
-from .config import PruneConfig
-from .errors import GispError
-from .evaluate import wikitext2_perplexity
-from .export import ExportResult, PrunedModel, export_subnetwork, load_pruned
-from .models import LoadedModel, load_model, prepare_embedded_model
+from __future__ import annotations
+
+import importlib
+
 from .settings import ENGINE_VERSION
-from .pruner import PruneOutcome, plan, prune
-from .structures import StructureSpace
-from .subnetwork import apply_step, check_compatible, resolve_step
-from .trajectory import StepRecord, Trajectory
 
 __version__ = ENGINE_VERSION
 
-__all__ = [
-    "ExportResult",
-    "GispError",
-    "LoadedModel",
-    "PrunedModel",
-    "PruneConfig",
-    "PruneOutcome",
-    "StepRecord",
-    "StructureSpace",
-    "Trajectory",
-    "apply_step",
-    "check_compatible",
-    "export_subnetwork",
-    "load_model",
-    "load_pruned",
-    "plan",
-    "prepare_embedded_model",
-    "prune",
-    "resolve_step",
-    "wikitext2_perplexity",
-]
+# name -> module: imported on first use, so that ``import gisp_engine.config`` (validating a
+# config, listing the methods) loads no torch
+_EXPORTS = {
+    "ExportResult": "export",
+    "GispError": "errors",
+    "LoadedModel": "models",
+    "PrunedModel": "export",
+    "PruneConfig": "config",
+    "PruneOutcome": "pruner",
+    "StepRecord": "trajectory",
+    "StructureSpace": "structures",
+    "Trajectory": "trajectory",
+    "apply_step": "subnetwork",
+    "check_compatible": "subnetwork",
+    "export_subnetwork": "export",
+    "load_model": "models",
+    "load_pruned": "export",
+    "plan": "pruner",
+    "prepare_embedded_model": "models",
+    "prune": "pruner",
+    "resolve_step": "subnetwork",
+    "wikitext2_perplexity": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

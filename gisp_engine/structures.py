@@ -9,11 +9,14 @@ first, then channels; the same numbering is used in trajectories, heatmaps and e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .adapters import Geometry
 from .errors import GispError
+
+if TYPE_CHECKING:  # a type only: validating a config (config imports this module) loads no torch
+    from .adapters import Geometry
 
 HEAD = "head"
 CHANNEL = "channel"

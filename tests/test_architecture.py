@@ -64,3 +64,18 @@ def test_each_contract_fails_on_a_bad_import(tmp_path, contract, module, bad_imp
     result = verdicts(lint(tmp_path))
     assert result[contract] == "BROKEN", result
     assert all(v == "KEPT" for c, v in result.items() if c != contract), result
+
+
+def test_validating_a_config_loads_no_torch():
+    """``gisp_engine`` imports its parts on first use: the method list and config validation need no torch."""
+    code = ("import sys; from gisp_engine.config import METHODS, PruneConfig; PruneConfig(method='flap').validate(); "
+            "import gisp_engine; assert gisp_engine.__version__; print(METHODS, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False", done.stdout
+    assert "'gisp'" in done.stdout and "'wanda-sp'" in done.stdout
+    import gisp_engine
+
+    assert gisp_engine.prune.__module__ == "gisp_engine.pruner" and "prune" in dir(gisp_engine)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        gisp_engine.nope  # noqa: B018
