@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..adapters import DecoderAdapter
@@ -14,6 +15,19 @@ def head_columns(space: StructureSpace, unit: int) -> list[int]:
     """Query heads (o_proj column blocks) that make up head unit ``unit``."""
     g = space.geometry
     return [unit] if space.gqa == "query" else list(range(unit * g.group_size, (unit + 1) * g.group_size))
+
+
+def assemble(space: StructureSpace, layers: Sequence[int], per_layer: Callable[[int], tuple[np.ndarray, np.ndarray]],
+             reduce: Callable[[np.ndarray], float]) -> np.ndarray:
+    """One score per structure from each layer's (per query head, per channel) scores; a head unit
+    ``reduce``s its query heads' scores. NaN outside ``layers``."""
+    out = np.full(space.size, np.nan)
+    for i in layers:
+        per_head, per_channel = per_layer(i)
+        for u in range(space.head_units):
+            out[space.id(i, "head", u)] = reduce(per_head[head_columns(space, u)])
+        out[space.channel_slice(i)] = per_channel
+    return out
 
 
 @torch.no_grad()

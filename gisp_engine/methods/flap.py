@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._activations import head_columns, input_statistics
+from ._activations import assemble, input_statistics
 from ._base import Method, Scores, Scoring, only_scored
 from ._selection import PARAM_BUDGET
 
@@ -26,19 +26,17 @@ class Flap(Method):
 
     @torch.no_grad()
     def scores(self, scoring: Scoring) -> Scores:
-        space, adapter = scoring.space, scoring.adapter
+        space, adapter, g = scoring.space, scoring.adapter, scoring.space.geometry
         stats = input_statistics(scoring.model, adapter, scoring.objective, scoring.scored_layers)
-        g, dh = space.geometry, space.geometry.head_dim
-        out = np.full(space.size, np.nan)
-        for i in scoring.scored_layers:
+
+        def per_layer(i: int) -> tuple[np.ndarray, np.ndarray]:
             layer = adapter.layers(scoring.model)[i]
             columns = _standardize(_fluctuation(stats, (i, "o"), adapter.attention(layer).o.weight) ** 2)
-            per_head = columns.reshape(g.num_heads, dh).mean(1)
-            for u in range(space.head_units):
-                out[space.id(i, "head", u)] = per_head[head_columns(space, u)].mean()
-            out[space.channel_slice(i)] = _standardize(_fluctuation(stats, (i, "down"), adapter.mlp(layer).down.weight))
-        return Scores(only_scored(scoring, out), extras=_input_means(space, stats))
+            channels = _standardize(_fluctuation(stats, (i, "down"), adapter.mlp(layer).down.weight))
+            return columns.reshape(g.num_heads, g.head_dim).mean(1), channels
 
+        values = assemble(space, scoring.scored_layers, per_layer, np.mean)
+        return Scores(only_scored(scoring, values), extras=_input_means(space, stats))
 
 def _fluctuation(stats: dict, key: tuple, weight: torch.Tensor) -> np.ndarray:
     """FLAP's WIFV per input column: sample variance of the input feature times the column's squared norm."""
