@@ -211,7 +211,7 @@ def cmd_cache_prune(args) -> None:
 
 def _export_model(args, trajectory):
     """The trajectory's base model, loaded in the dtype to write (the output folder checked first)."""
-    from .export import check_out_dir
+    from .export_format import check_out_dir
     from .models import load_model
     from .subnetwork import checkpoint_dtype, recorded_model
 

@@ -22,8 +22,6 @@ the stored order of every layer (original indices) and the SHA-256 of every file
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +32,13 @@ from torch import nn
 
 from . import remote_code
 from .errors import GispError
-from .export_format import (ELASTIC, FORMAT, MANIFEST, VERSION, PrunedModel, adapter_for_manifest, base_family,
-                            check_out_dir, manifest_json, param_count)
-from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, sha256_file, staging_dir, umask
+from .export_format import (ELASTIC, MANIFEST, PrunedModel, adapter_for_manifest, hash_files, manifest_head,
+                            manifest_json, param_count, start_export, write_config_and_code)
+from .fsutil import atomic_write_bytes, atomic_write_json, staging_dir
 from .models import LoadedModel, resolve_device, resolve_dtype
-from .progress import ProgressCallback, ProgressEvent, null_progress
-from .settings import ENGINE_VERSION
+from .progress import ProgressCallback, null_progress
 from .structures import StructureSpace
-from .subnetwork import check_compatible
-from .surgery import _rows, _slice_linear, linear_weight_count
+from .surgery import _rows, _slice_linear
 from .trajectory import SPARSITY_EPS, Trajectory
 
 TRANSPOSED = "_t"  # suffix of a stored input-major tensor (must match the remote code's)
@@ -279,21 +275,12 @@ def export_elastic(
     """Write every step of ``trajectory`` into one folder (see the module docstring); ``loaded`` is left as it was."""
     from .subnetwork import compensates
 
-    out = Path(out_dir).expanduser()
-    check_out_dir(out)
-    check_compatible(loaded, trajectory)
+    start = start_export(loaded, trajectory, out_dir, progress, slices_in_place=False)
+    out, family, report = start.out, start.family, start.report
     if compensates(trajectory, bias_compensation):
         raise GispError("an elastic export cannot hold FLAP's bias compensation (its biases differ at every step): "
                         "export single steps, or leave it out (--no-bias-compensation, bias_compensation=False)")
     space, g = trajectory.space, trajectory.geometry
-    family = base_family(loaded)
-    if linear_weight_count(loaded.model, loaded.adapter) != space.total_linear_params():
-        raise GispError("export needs the dense model as loaded: load the model again")
-    stages = 5
-
-    def report(done: int, message: str) -> None:
-        progress(ProgressEvent("export", done, stages, message="export", info={"stage": message}))
-
     report(0, "ordering structures")
     order = survival_order(trajectory)
     roles, transposed = _param_roles(loaded)
@@ -322,32 +309,15 @@ def export_elastic(
         finally:
             _permute(loaded, space, order, inverse=True)
         report(3, "writing config, tokenizer and code")
-        loaded.tokenizer.save_pretrained(tmp)
         if getattr(loaded.model, "generation_config", None) is not None:
             loaded.model.generation_config.save_pretrained(tmp)
-        atomic_write_json(tmp / "config.json", config)
         code = remote_code.render(family, elastic=True)
-        for name, text in code.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        write_config_and_code(tmp, loaded, config, code)
         report(4, "hashing")
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            if path.is_file() and not path.name.startswith(TMP_MARK):
-                os.chmod(path, 0o666 & ~umask())
-                files[path.name] = sha256_file(path)
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": ELASTIC,
-            "loads_with": ELASTIC_LOADS_WITH,
-            "base_model": loaded.describe(),
-            "trajectory": {
-                "key": trajectory.key,
-                "path": str(trajectory.path) if trajectory.path else None,
-                "gqa": trajectory.gqa,
-                "objective": trajectory.meta.get("objective", {}).get("objective"),
-                "num_steps": trajectory.num_steps,
-            },
+        files = hash_files(tmp)
+        manifest = manifest_head(ELASTIC, ELASTIC_LOADS_WITH, loaded, trajectory)
+        manifest["trajectory"]["num_steps"] = trajectory.num_steps
+        manifest.update({
             "dense_linear_params": space.total_linear_params(),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "steps": steps,
@@ -360,9 +330,7 @@ def export_elastic(
             },
             "order": [o.to_dict() for o in order],
             "files": files,
-            "engine_version": ENGINE_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+        })
         atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
     report(5, "done")
     return ElasticExportResult(out, manifest)

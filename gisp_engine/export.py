@@ -27,8 +27,6 @@ afterwards ``loaded.model`` *is* the subnetwork. Load the model again for the de
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,21 +35,20 @@ import torch
 
 from . import remote_code
 from .errors import GispError
-from .settings import ENGINE_VERSION
-from .fsutil import TMP_MARK, atomic_write_bytes, atomic_write_json, sha256_file, staging_dir, umask
+from .fsutil import atomic_write_bytes, staging_dir
 from .models import LoadedModel
-from .progress import ProgressCallback, ProgressEvent, null_progress
+from .progress import ProgressCallback, null_progress
 from .structures import LayerKeep, StructureSpace
-from .subnetwork import add_biases, check_compatible, compensates, compensation_biases, resolve_step
+from .subnetwork import add_biases, compensates, compensation_biases, resolve_step
 from .surgery import full_layout, kv_expand_index, linear_weight_count, slice_
 from .trajectory import Trajectory
 
-from .export_format import (ELASTIC, FORMAT, MANIFEST, PER_LAYER, UNIFORM, VERSION, PrunedModel,  # noqa: F401
-                            adapter_for_manifest, base_family, check_out_dir, manifest_json, param_count,
-                            verify_export)
+from .export_format import (MANIFEST, PER_LAYER, UNIFORM, hash_files, manifest_head, manifest_json,
+                            param_count, start_export, write_config_and_code)
+# the public names of exports live here too: gisp_engine.export.load_pruned, MANIFEST, verify_export, PrunedModel
+from .export_format import PrunedModel, verify_export  # noqa: F401
 from .export_load import load_pruned  # noqa: F401
-from .export_widths import (UNIFORM_RULE, UniformWidths, _config_accepts, _weight_norms,  # noqa: F401
-                            uniform_keep_mask, uniform_widths)
+from .export_widths import UNIFORM_RULE, UniformWidths, _config_accepts, _weight_norms, uniform_keep_mask
 
 
 @dataclass
@@ -158,19 +155,10 @@ def export_subnetwork(
 
     ``bias_compensation``: FLAP's biases for the removed columns (default: on for FLAP trajectories).
     """
-    out = Path(out_dir).expanduser()
-    check_out_dir(out)
-    check_compatible(loaded, trajectory)
+    start = start_export(loaded, trajectory, out_dir, progress, slices_in_place=True)
+    out, family, report = start.out, start.family, start.report
     step = resolve_step(trajectory, step=step)
     space = trajectory.space
-    family = base_family(loaded)
-    if linear_weight_count(loaded.model, loaded.adapter) != space.total_linear_params():
-        raise GispError("export needs the dense model as loaded (it slices it in place): load the model again")
-    stages = 5
-
-    def report(done: int, message: str) -> None:
-        progress(ProgressEvent("export", done, stages, message="export", info={"stage": message}))
-
     report(0, "choosing structures")
     widths = None
     if uniform:
@@ -203,37 +191,19 @@ def export_subnetwork(
         # shards of 2 GB: writing holds at most one shard's bytes beside the (already smaller) model
         loaded.model.save_pretrained(tmp, max_shard_size="2GB")
         report(3, "writing config, tokenizer and code")
-        loaded.tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "config.json", config)
         code = {} if uniform else remote_code.render(family)
-        for name, text in code.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        write_config_and_code(tmp, loaded, config, code)
         report(4, "hashing")
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            if path.is_file() and not path.name.startswith(TMP_MARK):
-                os.chmod(path, 0o666 & ~umask())  # some writers create 0600 files; an export is for sharing
-                files[path.name] = sha256_file(path)
+        files = hash_files(tmp)
         loads_with = (
             "AutoModelForCausalLM.from_pretrained(DIR) (stock code) or gisp_engine.load_pruned(DIR)" if uniform
             else "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) (and AutoTokenizer likewise) "
             "or gisp_engine.load_pruned(DIR)"
         )
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": UNIFORM if uniform else PER_LAYER,
-            "loads_with": loads_with,
-            "base_model": loaded.describe(),
-            "trajectory": {
-                "key": trajectory.key,
-                "path": str(trajectory.path) if trajectory.path else None,
-                "gqa": trajectory.gqa,
-                "objective": trajectory.meta.get("objective", {}).get("objective"),
-                "step": step,
-                "param_sparsity": point.param_sparsity,
-                "structural_ratio": point.structural_ratio,
-            },
+        manifest = manifest_head(UNIFORM if uniform else PER_LAYER, loads_with, loaded, trajectory)
+        manifest["trajectory"].update(step=step, param_sparsity=point.param_sparsity,
+                                      structural_ratio=point.structural_ratio)
+        manifest.update({
             "param_sparsity": space.param_sparsity(keep),
             "structural_ratio": float(1.0 - keep.mean()),
             "linear_params": linear,
@@ -250,9 +220,7 @@ def export_subnetwork(
             },
             "layers": [lk.to_dict() for lk in layout],
             "files": files,
-            "engine_version": ENGINE_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+        })
         atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
     report(5, "done")
     return ExportResult(out, manifest)

@@ -6,10 +6,13 @@ Shared by the writers (:mod:`gisp_engine.export`, :mod:`gisp_engine.elastic`) an
 
 from __future__ import annotations
 
+import datetime as _dt
 import importlib
 import json
+import os
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +21,10 @@ import torch
 from . import remote_code
 from .adapters import DecoderAdapter, adapter_for_config
 from .errors import GispError
-from .fsutil import sha256_file
+from .fsutil import TMP_MARK, atomic_write_json, sha256_file, umask
 from .models import LoadedModel
+from .progress import ProgressCallback, ProgressEvent
+from .settings import ENGINE_VERSION
 
 
 FORMAT = "gisp-export"
@@ -80,6 +85,77 @@ def manifest_json(manifest: dict) -> str:
     """Indented JSON with every list of numbers on one line (the kept channels run into thousands)."""
     text = json.dumps(manifest, indent=1)
     return re.sub(r"\[\s*((?:-?\d+,\s*)*-?\d+)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text) + "\n"
+
+
+EXPORT_STAGES = 5  # the progress stages of every export (``ExportStart.report``)
+
+
+@dataclass
+class ExportStart:
+    """What every export establishes first: the folder, the base family, a stage reporter."""
+
+    out: Path
+    family: remote_code.BaseFamily
+    report: Callable[[int, str], None]
+
+
+def start_export(loaded: LoadedModel, trajectory, out_dir: Path | str, progress: ProgressCallback,
+                 slices_in_place: bool) -> ExportStart:
+    """The checks every export makes before it writes anything: the folder can take an export,
+    the model is the trajectory's, it is a stock transformers causal LM, and it is still dense."""
+    from .subnetwork import check_compatible
+    from .surgery import linear_weight_count
+
+    out = Path(out_dir).expanduser()
+    check_out_dir(out)
+    check_compatible(loaded, trajectory)
+    family = base_family(loaded)
+    if linear_weight_count(loaded.model, loaded.adapter) != trajectory.space.total_linear_params():
+        why = " (it slices it in place)" if slices_in_place else ""
+        raise GispError(f"export needs the dense model as loaded{why}: load the model again")
+
+    def report(done: int, message: str) -> None:
+        progress(ProgressEvent("export", done, EXPORT_STAGES, message="export", info={"stage": message}))
+
+    return ExportStart(out, family, report)
+
+
+def write_config_and_code(folder: Path, loaded: LoadedModel, config: dict, code: dict[str, str]) -> None:
+    """The tokenizer, ``config.json`` and the remote code files of an export."""
+    loaded.tokenizer.save_pretrained(folder)
+    atomic_write_json(folder / "config.json", config)
+    for name, text in code.items():
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of an export, made readable as the umask allows (some writers create 0600
+    files; an export is for sharing)."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(TMP_MARK):
+            os.chmod(path, 0o666 & ~umask())
+            files[path.name] = sha256_file(path)
+    return files
+
+
+def manifest_head(kind: str, loads_with: str, loaded: LoadedModel, trajectory) -> dict:
+    """The fields every manifest opens with; the caller adds its own (and to ``trajectory``)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "loads_with": loads_with,
+        "base_model": loaded.describe(),
+        "trajectory": {
+            "key": trajectory.key,
+            "path": str(trajectory.path) if trajectory.path else None,
+            "gqa": trajectory.gqa,
+            "objective": trajectory.meta.get("objective", {}).get("objective"),
+        },
+        "engine_version": ENGINE_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def check_out_dir(out: Path) -> None:

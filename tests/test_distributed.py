@@ -12,7 +12,6 @@ import datetime
 import multiprocessing
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
