@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from gisp_engine import checks, explore
+from gisp_engine import checks, explore, jobs
 from gisp_engine.errors import GispError
 from gisp_engine.trajectory import META_FILE
 
@@ -68,6 +68,29 @@ def guard(what: str = "") -> Iterator[None]:
         traceback.print_exc(file=sys.stderr)  # the server log keeps the details
         st.error(f"{what}unexpected {type(exc).__name__}: {exc}")
         st.stop()
+
+
+# ---- background jobs -------------------------------------------------------------------------
+def job_progress(job) -> None:
+    """A running job's progress bar, with its latest message."""
+    st.progress(min(max(job.fraction, 0.0), 1.0), text=job.message or job.state)
+
+
+def cancel_button(job, label: str = "Cancel") -> None:
+    if st.button(label, key=f"cancel_{job.key}"):
+        with guard("Could not cancel: "):
+            jobs.cancel(job.key)
+        st.rerun()
+
+
+def job_outcome(job, done: str, what: str, cancelled: str) -> None:
+    """A finished job in one line: ``done`` on success, else ``what`` failed or was cancelled."""
+    if job.state == "done":
+        st.success(done)
+    elif job.state == "failed":
+        st.error(f"{what} failed: {job.error}")
+    else:
+        st.warning(cancelled)
 
 
 # ---- trajectories ---------------------------------------------------------------------------

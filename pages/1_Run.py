@@ -105,25 +105,18 @@ def _show(job: jobs.JobStatus) -> None:
             f"structural ratio {cfg.get('max_sparsity')} · **{job.state}**"
         )
         if job.active:
-            st.progress(min(max(job.fraction, 0.0), 1.0), text=job.message or job.state)
+            ui.job_progress(job)
             m1, m2, m3, m4 = st.columns(4)
             m1.metric("Steps done", f"{job.step} of {job.total}")
             m2.metric("Calibration loss", "—" if job.loss is None else f"{job.loss:.4f}")
             m3.metric("Parameter sparsity", "—" if job.param_sparsity is None else f"{job.param_sparsity:.1%}")
             m4.metric("Time left", _format_eta(job.eta_s), help="from the mean time of the finished steps")
-            if st.button("Cancel", key=f"cancel_{job.key}"):
-                with ui.guard("Could not cancel: "):
-                    jobs.cancel(job.key)
-                st.rerun()
-        elif job.state == "done":
-            st.success(f"Done in {job.elapsed_s or 0:.0f} s: {job.trajectory}")
-            if st.button("Explore it", key=f"explore_{job.key}"):
-                ui.remember_trajectory(job.trajectory)
-                st.switch_page("pages/2_Explore.py")
-        elif job.state == "failed":
-            st.error(f"The run failed: {job.error}")
-        else:
-            st.warning("Cancelled.")
+            ui.cancel_button(job)
+            return
+        ui.job_outcome(job, f"Done in {job.elapsed_s or 0:.0f} s: {job.trajectory}", "The run", "Cancelled.")
+        if job.state == "done" and st.button("Explore it", key=f"explore_{job.key}"):
+            ui.remember_trajectory(job.trajectory)
+            st.switch_page("pages/2_Explore.py")
 
 
 def _runs() -> None:

@@ -58,21 +58,15 @@ def _sweep_status() -> None:
     if job is None:
         return
     if job.active:
-        st.progress(min(max(job.fraction, 0.0), 1.0), text=job.message or job.state)
+        ui.job_progress(job)
         seen = st.session_state.get("sweep_points_seen")
         st.session_state["sweep_points_seen"] = job.step
         if seen is not None and job.step != seen:
             st.rerun()  # a point is finished: redraw the charts with it
-        if st.button("Cancel the sweep", key=f"cancel_{job.key}"):
-            with ui.guard("Could not cancel: "):
-                jobs.cancel(job.key)
-            st.rerun()
-    elif job.state == "done":
-        st.success(f"Sweep finished: {job.total} points in {job.elapsed_s or 0:.0f} s.")
-    elif job.state == "failed":
-        st.error(f"The sweep failed: {job.error}")
-    elif job.state == "cancelled":
-        st.warning("Sweep cancelled: the points it finished are kept; sweep again to continue.")
+        ui.cancel_button(job, "Cancel the sweep")
+    else:
+        ui.job_outcome(job, f"Sweep finished: {job.total} points in {job.elapsed_s or 0:.0f} s.", "The sweep",
+                       "Sweep cancelled: the points it finished are kept; sweep again to continue.")
     if st.session_state.get("sweep_polling") and not job.active:
         st.session_state["sweep_polling"] = False
         st.rerun()  # the last points are in: draw them
