@@ -19,7 +19,9 @@ match, so an interrupted run continues, and two processes can share the work:
     python benchmarks/bench_objectives.py --quick                   # minutes: proves the pipeline, numbers mean little
     python benchmarks/bench_objectives.py --only margin &           # build the two trajectories in parallel
     python benchmarks/bench_objectives.py --only perplexity; wait
-    python benchmarks/bench_objectives.py                           # evaluate and report (see --help)
+    python benchmarks/bench_objectives.py --share 0/2 &             # evaluate the points in two processes
+    python benchmarks/bench_objectives.py --share 1/2; wait
+    python benchmarks/bench_objectives.py                           # report (evaluates what is missing)
 """
 
 from __future__ import annotations
@@ -123,9 +125,10 @@ def point_path(name: str, settings: dict) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--max-sparsity", type=float, default=0.4,
-                    help="structural ratio at the last step (0.4 in 4 steps: about 10/20/30/40%% of parameters)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--max-sparsity", type=float, default=0.5,
+                    help="structural ratio at the last step (0.5 in 8 steps: a point every 4-5%% of parameters, "
+                         "so that both objectives have one near 30%% and near 40%%)")
     ap.add_argument("--calib-items", type=int, default=32, help="margin objective: calibration items per task")
     ap.add_argument("--calib-tokens", type=int, default=None,
                     help="instead of --calib-items: the same token budget for both objectives")
@@ -136,6 +139,8 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["perplexity", "margin"], help="build this trajectory only, then stop")
+    ap.add_argument("--share", default=None, metavar="K/N",
+                    help="evaluate only every N-th point starting at K (0-based), then stop: run N processes in parallel")
     ap.add_argument("--quick", action="store_true", help="2 steps, 2 items per task, 5 evaluation items per task")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
@@ -171,8 +176,11 @@ def main() -> None:
     points = [("dense", None, 0.0, 0)] + [
         (name, traj, target, traj.step_nearest_sparsity(min(target, traj.max_param_sparsity)))
         for target in targets for name, traj in trajectories.items()]
+    share = tuple(int(x) for x in args.share.split("/")) if args.share else None
     results = {}
-    for name, traj, target, step in points:
+    for index, (name, traj, target, step) in enumerate(points):
+        if share and index % share[1] != share[0]:
+            continue
         settings = {**eval_settings, "trajectory": traj.key if traj else None, "step": step}
         path = point_path(name, settings)
         if path.exists():
@@ -192,6 +200,8 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result) + "\n")
         results[(name, target)] = result
+    if share:
+        return
 
     dense = results[("dense", 0.0)]
     for (name, _), r in results.items():  # every point is scored on the same items

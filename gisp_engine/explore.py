@@ -29,12 +29,14 @@ def examples_dir() -> Path:
 
 
 def available_trajectories() -> list[dict]:
-    """Cache entries (newest first), then the repository's examples (by name); each row names its ``source``.
+    """Cache entries (newest first), then the repository's examples (the default model's first, then by
+    name); each row names its ``source``.
 
     An example that is also in the cache (same request key) is listed once, as the example.
     """
     examples = []
-    for row in sorted(cache.list_cached(examples_dir()), key=lambda r: r["path"]):
+    for row in sorted(cache.list_cached(examples_dir()),
+                      key=lambda r: (r.get("model") != settings.DEFAULT_MODEL, r["path"])):
         row = dict(row, source="example", name=Path(row["path"]).name)
         try:
             row["key"] = json.loads((Path(row["path"]) / META_FILE).read_text())["key"]

@@ -157,3 +157,18 @@ def test_device_map_auto_gives_the_same_trajectory(tiny_llama, data_dir):
     plain = prune(_config(tiny_llama), use_cache=False).trajectory
     mapped = prune(_config(tiny_llama, device_map="auto"), use_cache=False).trajectory
     np.testing.assert_array_equal(plain.removal_step, mapped.removal_step)
+
+
+def test_the_default_models_examples_are_offered_first():
+    """On a fresh machine (empty cache) the pickers open on an example of the embedded default model."""
+    from gisp_engine import explore, settings
+
+    rows = explore.available_trajectories()
+    examples = [r for r in rows if r["source"] == "example"]
+    if len({r["model"] for r in examples}) < 2:
+        pytest.skip("the repository's examples of two models are not in this checkout")
+    assert rows[0]["source"] == "example" and rows[0]["model"] == settings.DEFAULT_MODEL
+    models = [r["model"] == settings.DEFAULT_MODEL for r in examples]
+    assert models == sorted(models, reverse=True)  # every default-model example before any other
+    assert [r["name"] for r in examples if r["model"] == settings.DEFAULT_MODEL] == sorted(
+        r["name"] for r in examples if r["model"] == settings.DEFAULT_MODEL)
