@@ -69,7 +69,7 @@ def paired_difference(a: dict[str, list[int]], b: dict[str, list[int]]) -> tuple
 def evaluate_point(loaded, exclusions: dict, args) -> dict:
     """Per-item correctness on the first ``limit`` held-out items of every task, and WikiText-2 perplexity."""
     from gisp_engine.evaluate import evaluate_task
-    from gisp_engine.tasks import CHOICE_TASKS, load_task
+    from gisp_engine.tasks import ACC_NORM_TASKS, CHOICE_TASKS, load_task
     from gisp_engine.zeroshot import choice_loglikelihoods, pick
 
     tasks = {}
@@ -80,7 +80,9 @@ def evaluate_point(loaded, exclusions: dict, args) -> dict:
         picks = [pick(item, ll) for item, ll in zip(items, lls)]
         tasks[task] = {"items": [it.index for it in items],
                        "correct": [int(p == it.gold) for (p, _), it in zip(picks, items)],
-                       "correct_norm": [int(p == it.gold) for (_, p), it in zip(picks, items)], "counts": counts}
+                       # acc_norm only where lm-evaluation-harness reports it (not BoolQ, not WinoGrande)
+                       "correct_norm": [int(p == it.gold) for (_, p), it in zip(picks, items)]
+                       if task in ACC_NORM_TASKS else None, "counts": counts}
         print(f"  {task}: acc {np.mean(tasks[task]['correct']):.3f} on {len(items)} items", flush=True)
     ppl = evaluate_task(loaded.model, loaded.tokenizer, "wikitext2", seq_len=128, limit=args.ppl_limit,
                         batch_size=args.eval_batch)
@@ -171,8 +173,15 @@ def main() -> None:
     if args.only:
         return
 
+    from gisp_engine.fsutil import atomic_write_json
+    from gisp_engine.models import resolve_device, resolve_dtype, resolve_model_dir, weights_sha256
+    from gisp_engine.tasks import PROMPTS_VERSION
+
     targets = [float(x) for x in args.at.split(",")]
-    eval_settings = {"model": args.model, "limit": args.limit, "ppl_limit": args.ppl_limit, "dtype": args.dtype}
+    device = resolve_device(args.device)
+    eval_settings = {"model": args.model, "weights": weights_sha256(resolve_model_dir(args.model)),
+                     "limit": args.limit, "ppl_limit": args.ppl_limit, "prompts": PROMPTS_VERSION,
+                     "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."), "device": device.type}
     points = [("dense", None, 0.0, 0)] + [
         (name, traj, target, traj.step_nearest_sparsity(min(target, traj.max_param_sparsity)))
         for target in targets for name, traj in trajectories.items()]
@@ -184,7 +193,7 @@ def main() -> None:
         settings = {**eval_settings, "trajectory": traj.key if traj else None, "step": step}
         path = point_path(name, settings)
         if path.exists():
-            results[(name, target)] = json.loads(path.read_text())
+            results[(name, target)] = dict(json.loads(path.read_text()), target=target)
             print(f"{name} at step {step}: stored in {path}", flush=True)
             continue
         print(f"evaluating {name} at step {step}", flush=True)
@@ -198,7 +207,7 @@ def main() -> None:
                   "param_sparsity": rec.param_sparsity if rec else 0.0, "settings": settings,
                   **evaluate_point(loaded, exclusions, args), "wall_s": time.perf_counter() - t0}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result) + "\n")
+        atomic_write_json(path, result)
         results[(name, target)] = result
     if share:
         return
@@ -215,7 +224,8 @@ def main() -> None:
     def row(r: dict, label: str, target: str) -> list:
         correct = {t: r["tasks"][t]["correct"] for t in CHOICE_TASKS}
         avg, half = mean_of_proportions(correct)
-        norm = float(np.mean([np.mean(r["tasks"][t]["correct_norm"]) for t in CHOICE_TASKS]))
+        norm = float(np.mean([np.mean(r["tasks"][t]["correct_norm"]) for t in CHOICE_TASKS
+                              if r["tasks"][t]["correct_norm"] is not None]))
         return [label, target, r["step"], f"{r['param_sparsity']:.3f}", *(cell(r, t) for t in CHOICE_TASKS),
                 f"{avg:.3f} ± {half:.3f}", f"{norm:.3f}", f"{r['wikitext2']['perplexity']:.1f}"]
 
@@ -233,7 +243,7 @@ def main() -> None:
                             "ci95_half_width": half})
 
     header = ["objective", "target", "step", "params", *(SHORT[t] for t in CHOICE_TASKS), "avg acc ± 95%",
-              "avg acc_norm", "wt2 ppl"]
+              "acc_norm avg (5)", "wt2 ppl"]
     calib = (f"{args.calib_tokens} calibration tokens each" if args.calib_tokens else
              f"margin: {args.calib_items} items per task ({tokens} tokens); perplexity: "
              f"{plan['perplexity'].num_samples} LAMBADA windows of {args.seq_len} tokens")
@@ -246,7 +256,8 @@ def main() -> None:
               f"{d['perplexity_param_sparsity']:.1%} of parameters): average acc {d['avg_acc_difference']:+.3f} "
               f"± {d['ci95_half_width']:.3f} (paired 95% interval)")
     summary = [{k: v for k, v in r.items() if k != "tasks"} | {
-        "tasks": {t: {"acc": float(np.mean(v["correct"])), "acc_norm": float(np.mean(v["correct_norm"])),
+        "tasks": {t: {"acc": float(np.mean(v["correct"])),
+                      "acc_norm": None if v["correct_norm"] is None else float(np.mean(v["correct_norm"])),
                       "items": len(v["correct"]), "ci95": wilson(sum(v["correct"]), len(v["correct"]))}
                   for t, v in r["tasks"].items()}} for r in results.values()]
     path = write_result("objectives" + ("-quick" if args.quick else ""), {

@@ -13,6 +13,7 @@ The library behind the ``gisp`` CLI and the Streamlit explorer (it never imports
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .settings import ENGINE_VERSION
 
@@ -47,7 +48,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)  # gisp_engine.export etc., as before
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value

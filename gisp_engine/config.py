@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pkgutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,20 +15,19 @@ from .structures import GQA_POLICIES, NORMALIZATIONS
 SCHEDULES = ("linear", "cosine")
 
 
-
-
 def _method_names() -> tuple[str, ...]:
     """One per public module of ``gisp_engine/methods`` (``wanda_sp.py``: ``wanda-sp``), GISP first.
 
-    Read from the file names, so that validating a config imports no method (and no torch).
+    Found without importing them, so that validating a config imports no method (and no torch).
     """
-    folder = Path(__file__).with_name("methods")
-    names = {p.stem.replace("_", "-") for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    found = pkgutil.iter_modules([str(Path(__file__).with_name("methods"))])
+    names = {m.name.replace("_", "-") for m in found if not m.name.startswith("_")}
     return tuple(sorted(names, key=lambda n: (n != "gisp", n)))
 
 
 #: Pruning methods: iterative GISP, and the fixed-ranking baselines (``gisp_engine.methods``).
 METHODS = _method_names()
+
 
 @dataclass
 class PruneConfig:
@@ -75,8 +75,9 @@ class PruneConfig:
         if self.calib_items is not None:
             whole("calib_items", 1)
             if self.objective != "margin":
+                other = "--num-samples and --seq-len" if self.objective == "perplexity" else "--calib-tokens"
                 raise GispError(f"--calib-items applies to the margin objective, not {self.objective!r}: "
-                                "use --calib-tokens (or --num-samples) for this one")
+                                f"size this one's calibration with {other}")
             if self.calib_tokens is not None:
                 raise GispError("give --calib-items (items per task) or --calib-tokens (a token budget), not both")
         if not isinstance(self.seed, int):

@@ -227,7 +227,8 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     for t in range(first, total_steps + 1):
         scores = fixed if fixed is not None else method.scores(
             scoring(layout=layout, progress=progress, step=t, total_steps=total_steps))
-        loss = scores.loss if scores.loss is not None else objective_value(model, objective)
+        # a fixed ranking's loss (if any) is the dense model's: every step measures its own
+        loss = scores.loss if method.rescores and scores.loss is not None else objective_value(model, objective)
         steps.append(record(t - 1, loss, removed_last))
 
         candidates = np.flatnonzero(keep & ~protected)

@@ -77,5 +77,6 @@ def test_validating_a_config_loads_no_torch():
     import gisp_engine
 
     assert gisp_engine.prune.__module__ == "gisp_engine.pruner" and "prune" in dir(gisp_engine)
+    assert gisp_engine.export.load_pruned is gisp_engine.export_load.load_pruned  # submodules answer as attributes
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gisp_engine.nope  # noqa: B018

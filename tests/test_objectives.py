@@ -129,10 +129,14 @@ def test_margin_items_per_task_take_exactly_that_many_items(tiny_llama, data_dir
     with pytest.raises(GispError, match=f"--calib-items {pool + 1} is more than its calibration pool holds"):
         objective_spec("margin").build(loaded, PruneConfig(model=str(tiny_llama), objective="margin",
                                                            tasks="openbookqa", calib_items=pool + 1))
+    with pytest.raises(GispError, match=f"--calib-items {pool + 1} is more than its calibration pool holds"):
+        plan(PruneConfig(model=str(tiny_llama), objective="margin", tasks="openbookqa", calib_items=pool + 1))
     with pytest.raises(GispError, match="not both"):
         PruneConfig(objective="margin", calib_items=4, calib_tokens=100).validate()
-    with pytest.raises(GispError, match="applies to the margin objective"):
+    with pytest.raises(GispError, match="applies to the margin objective, not 'perplexity': .*--num-samples"):
         PruneConfig(objective="perplexity", calib_items=4).validate()
+    with pytest.raises(GispError, match="applies to the margin objective, not 'gsm8k': .*--calib-tokens"):
+        PruneConfig(objective="gsm8k", calib_items=4).validate()
     with pytest.raises(GispError, match="--calib-items must be a whole number of at least 1"):
         PruneConfig(objective="margin", calib_items=0).validate()
 

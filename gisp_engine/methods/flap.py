@@ -38,6 +38,7 @@ class Flap(Method):
         values = assemble(space, scoring.scored_layers, per_layer, np.mean)
         return Scores(only_scored(scoring, values), extras=_input_means(space, stats))
 
+
 def _fluctuation(stats: dict, key: tuple, weight: torch.Tensor) -> np.ndarray:
     """FLAP's WIFV per input column: sample variance of the input feature times the column's squared norm."""
     count, total, squares = stats[key]

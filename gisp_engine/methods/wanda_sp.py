@@ -30,4 +30,5 @@ class WandaSp(Method):
 
         return Scores(only_scored(scoring, assemble(space, scoring.scored_layers, per_layer, np.sum)))
 
+
 METHOD = WandaSp()

@@ -65,6 +65,9 @@ def task_budgets(total: int, tasks: tuple[str, ...]) -> dict[str, int]:
 
 def margin_identity(config) -> dict:
     tasks = parse_tasks(config.tasks)
+    if config.calib_items is not None:  # refused before any weight is loaded (plan, jobs.submit)
+        for task in tasks:
+            check_pool(task, len(load_task(task).calibration_pool()), config.calib_items)
     return {
         "objective": "margin",
         "loss": LOSS,
@@ -77,6 +80,13 @@ def margin_identity(config) -> dict:
         "seed": config.seed,
         "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED},
     }
+
+
+def check_pool(task: str, pool: int, calib_items: int) -> None:
+    if calib_items > pool:
+        lower = f"lower it to at most {pool} or drop the task" if pool else "drop the task"
+        raise GispError(f"task {task!r}: --calib-items {calib_items} is more than its calibration pool holds "
+                        f"({pool} items): {lower}")
 
 
 def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int | None, seed: int,
@@ -94,9 +104,8 @@ def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int | No
     for task, budget in budgets.items():
         data = load_task(task)
         order = data.calibration_order(seed)
-        if calib_items is not None and calib_items > len(order):
-            raise GispError(f"task {task!r}: --calib-items {calib_items} is more than its calibration pool holds "
-                            f"({len(order)} items): lower it to at most {len(order)} or drop the task")
+        if calib_items is not None:
+            check_pool(task, len(order), calib_items)
         taken = TaskSlice(task, data.identity(), len(order), [], 0, 0, 0)
         for index in order:
             if (len(taken.items) >= calib_items) if calib_items is not None else (taken.tokens >= budget):
