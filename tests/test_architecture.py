@@ -80,3 +80,13 @@ def test_validating_a_config_loads_no_torch():
     assert gisp_engine.export.load_pruned is gisp_engine.export_load.load_pruned  # submodules answer as attributes
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gisp_engine.nope  # noqa: B018
+
+
+def test_the_loop_never_names_a_method():
+    """The pruning loop asks a method for scores and a selection; it never branches on a method's name."""
+    from gisp_engine.config import METHODS
+
+    source = (ROOT / "gisp_engine" / "pruner.py").read_text()
+    assert len(METHODS) >= 7
+    for name in METHODS:
+        assert f'"{name}"' not in source and f"'{name}'" not in source, name
