@@ -151,7 +151,7 @@ def main() -> None:
         args.steps, args.calib_items, args.limit, args.ppl_limit = 2, 2, 5, 5
 
     from gisp_engine import apply_step, load_model, prune
-    from gisp_engine.tasks import CHOICE_TASKS, calibration_exclusions
+    from gisp_engine.tasks import CHOICE_TASKS, calibration_exclusions, load_task
 
     started = time.perf_counter()
     tokens = None if args.calib_tokens else margin_tokens(args)
@@ -237,10 +237,17 @@ def main() -> None:
         m, p = results[("margin", target)], results[("perplexity", target)]
         diff, half = paired_difference({t: m["tasks"][t]["correct"] for t in CHOICE_TASKS},
                                        {t: p["tasks"][t]["correct"] for t in CHOICE_TASKS})
+        per_task = {t: paired_difference({t: m["tasks"][t]["correct"]}, {t: p["tasks"][t]["correct"]})
+                    for t in CHOICE_TASKS}
         differences.append({"target": target, "margin_step": m["step"], "perplexity_step": p["step"],
                             "margin_param_sparsity": m["param_sparsity"],
                             "perplexity_param_sparsity": p["param_sparsity"], "avg_acc_difference": diff,
-                            "ci95_half_width": half})
+                            "ci95_half_width": half, "per_task": per_task})
+    # what always answering the same option scores: a model that collapses onto one answer reaches it
+    constant = {t: max(np.bincount([load_task(t).items[i].gold for i in dense["tasks"][t]["items"]])) /
+                len(dense["tasks"][t]["items"]) for t in CHOICE_TASKS}
+    rows.append(["one answer always", "", "", "", *(f"{constant[t]:.3f}" for t in CHOICE_TASKS),
+                 f"{np.mean(list(constant.values())):.3f}", "", ""])
 
     header = ["objective", "target", "step", "params", *(SHORT[t] for t in CHOICE_TASKS), "avg acc ± 95%",
               "acc_norm avg (5)", "wt2 ppl"]
@@ -254,7 +261,8 @@ def main() -> None:
     for d in differences:
         print(f"margin − perplexity at {d['target']:.0%} ({d['margin_param_sparsity']:.1%} vs "
               f"{d['perplexity_param_sparsity']:.1%} of parameters): average acc {d['avg_acc_difference']:+.3f} "
-              f"± {d['ci95_half_width']:.3f} (paired 95% interval)")
+              f"± {d['ci95_half_width']:.3f} (paired 95% interval); per task: "
+              + ", ".join(f"{SHORT[t]} {v:+.3f} ± {h:.3f}" for t, (v, h) in d["per_task"].items()))
     summary = [{k: v for k, v in r.items() if k != "tasks"} | {
         "tasks": {t: {"acc": float(np.mean(v["correct"])),
                       "acc_norm": None if v["correct_norm"] is None else float(np.mean(v["correct_norm"])),
@@ -262,7 +270,7 @@ def main() -> None:
                   for t, v in r["tasks"].items()}} for r in results.values()]
     path = write_result("objectives" + ("-quick" if args.quick else ""), {
         "settings": vars(args), "machine": machine(), "trajectories": prune_wall, "results": summary,
-        "differences": differences, "wall_s": time.perf_counter() - started,
+        "differences": differences, "one_answer_always": constant, "wall_s": time.perf_counter() - started,
     })
     print(f"\nwritten to {path} ({time.perf_counter() - started:.0f} s)")
 
