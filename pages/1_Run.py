@@ -44,6 +44,11 @@ with st.form("run_settings"):
                  "reference loaders); sources of short documents (LAMBADA) are joined first")
         tasks = st.text_input("Tasks (task objectives)", d.tasks,
                               help="comma-separated task names, or cmqa for all seven")
+        calib_items = st.number_input(
+            "Calibration items per task (margin)", min_value=0, value=0, step=8, key="run_calib_items",
+            help="margin objective: this many items from every task's calibration pool (32 is a sound minimum). "
+                 "0: a token budget of calibration sequences x tokens, spread evenly over the tasks (few items "
+                 "of long-item tasks such as HellaSwag)")
     with c2:
         num_samples = st.number_input("Calibration sequences", min_value=1, value=d.num_samples, step=1)
         seq_len = st.number_input("Tokens per sequence", min_value=2, value=d.seq_len, step=32)
@@ -64,13 +69,17 @@ with st.form("run_settings"):
         seed = e2.number_input("Seed", value=d.seed, step=1)
         dtype = e2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"])
         batch_size = e3.number_input("Sequences per micro-batch (0: by device)", min_value=0, value=0, step=1)
+        calib_tokens = e3.number_input("Calibration tokens of task objectives (0: sequences x tokens)", min_value=0,
+                                       value=0, step=1024, key="run_calib_tokens",
+                                       help="margin and gsm8k objectives: their token budget")
         save_scores = e3.checkbox("Keep every step's scores", value=d.save_scores)
     submitted = st.form_submit_button("Start the run", type="primary")
 
 if submitted:
     config = PruneConfig(
         model=model.strip(), method=method, objective=objective, calib=calib.strip(), sampling=sampling,
-        tasks=tasks.strip(),
+        tasks=tasks.strip(), calib_items=(int(calib_items) or None) if objective == "margin" else None,
+        calib_tokens=int(calib_tokens) or None,
         num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
         schedule=schedule, gqa=gqa, normalization=normalization,
         protect_first=None if protect_first < 0 else int(protect_first), protect_last=int(protect_last),

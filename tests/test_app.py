@@ -357,6 +357,14 @@ def test_run_page_bad_settings_show_errors(tiny_llama, tmp_path):
     at.button[0].click().run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
+    # margin calibration items per task: more than a task's pool is refused before anything starts
+    _fill_run_form(at, str(tiny_llama), 0.3)
+    next(s for s in at.selectbox if s.label == "Objective").set_value("margin")
+    next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value("openbookqa")
+    at.number_input(key="run_calib_items").set_value(500)
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("--calib-items 500 is more than its calibration pool holds (100 items)" in e.value for e in at.error)
     assert jobs.list_jobs() == []
 
 
