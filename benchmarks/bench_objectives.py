@@ -69,15 +69,14 @@ def paired_difference(a: dict[str, list[int]], b: dict[str, list[int]]) -> tuple
 def evaluate_point(loaded, exclusions: dict, args) -> dict:
     """Per-item correctness on the first ``limit`` held-out items of every task, and WikiText-2 perplexity."""
     from gisp_engine.evaluate import evaluate_task
-    from gisp_engine.tasks import ACC_NORM_TASKS, CHOICE_TASKS, load_task
-    from gisp_engine.zeroshot import choice_loglikelihoods, pick
+    from gisp_engine.tasks import ACC_NORM_TASKS, CHOICE_TASKS
+    from gisp_engine.zeroshot import choice_picks
 
     tasks = {}
     for task in CHOICE_TASKS:
-        items, counts = load_task(task).evaluation_items(exclusions.get(task, ()))
-        items = items[: args.limit]
-        lls = choice_loglikelihoods(loaded.model, loaded.tokenizer, items, args.eval_batch)
-        picks = [pick(item, ll) for item, ll in zip(items, lls)]
+        done = choice_picks(loaded.model, loaded.tokenizer, task, args.limit, exclusions.get(task, ()),
+                            batch_size=args.eval_batch)
+        items, picks, counts = done.items, done.picks, done.counts
         tasks[task] = {"items": [it.index for it in items],
                        "correct": [int(p == it.gold) for (p, _), it in zip(picks, items)],
                        # acc_norm only where lm-evaluation-harness reports it (not BoolQ, not WinoGrande)

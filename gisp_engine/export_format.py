@@ -25,6 +25,8 @@ from .fsutil import TMP_MARK, atomic_write_json, sha256_file, umask
 from .models import LoadedModel
 from .progress import ProgressCallback, ProgressEvent
 from .settings import ENGINE_VERSION
+from .subnetwork import check_compatible
+from .surgery import linear_weight_count
 
 
 FORMAT = "gisp-export"
@@ -103,9 +105,6 @@ def start_export(loaded: LoadedModel, trajectory, out_dir: Path | str, progress:
                  slices_in_place: bool) -> ExportStart:
     """The checks every export makes before it writes anything: the folder can take an export,
     the model is the trajectory's, it is a stock transformers causal LM, and it is still dense."""
-    from .subnetwork import check_compatible
-    from .surgery import linear_weight_count
-
     out = Path(out_dir).expanduser()
     check_out_dir(out)
     check_compatible(loaded, trajectory)

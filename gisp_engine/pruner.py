@@ -255,7 +255,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
     meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
     return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores,
-                      extras=fixed.extras if fixed else {})
+                      extras=fixed.extras if fixed is not None else {})
 
 
 @dataclass

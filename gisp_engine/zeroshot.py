@@ -100,6 +100,36 @@ def pick(item: ChoiceItem, loglikelihoods: np.ndarray) -> tuple[int, int]:
     return int(np.argmax(loglikelihoods)), int(np.argmax(loglikelihoods / lengths))
 
 
+@dataclass
+class ChoicePicks:
+    """Per evaluated item, the option picked plain and length-normalised (what ``acc`` and ``acc_norm`` count)."""
+
+    items: list[ChoiceItem]
+    picks: list[tuple[int, int]]
+    counts: dict  # total, calibration_pool, calibration_slice (skipped), held_out
+
+
+def choice_picks(
+    model: torch.nn.Module,
+    tokenizer,
+    task: str,
+    limit: int | None = None,
+    exclude: Iterable[int] = (),
+    include_pool: bool = False,
+    batch_size: int = 8,
+    progress: ProgressCallback = null_progress,
+) -> ChoicePicks:
+    """The first ``limit`` held-out items of ``task`` and the model's picks on each."""
+    if limit is not None and limit < 1:
+        raise GispError("--limit must be at least 1")
+    items, counts = load_task(task).evaluation_items(exclude, include_pool)
+    items = items[:limit] if limit is not None else items
+    if not items:
+        raise GispError(f"task {task!r}: no items left to evaluate after skipping the calibration items")
+    lls = choice_loglikelihoods(model, tokenizer, items, batch_size, progress, message=task)
+    return ChoicePicks(items, [pick(item, ll) for item, ll in zip(items, lls)], counts)
+
+
 def evaluate_choice_task(
     model: torch.nn.Module,
     tokenizer,
@@ -110,15 +140,8 @@ def evaluate_choice_task(
     batch_size: int = 8,
     progress: ProgressCallback = null_progress,
 ) -> ChoiceTaskResult:
-    if limit is not None and limit < 1:
-        raise GispError("--limit must be at least 1")
-    data = load_task(task)
-    items, counts = data.evaluation_items(exclude, include_pool)
-    items = items[:limit] if limit is not None else items
-    if not items:
-        raise GispError(f"task {task!r}: no items left to evaluate after skipping the calibration items")
-    lls = choice_loglikelihoods(model, tokenizer, items, batch_size, progress, message=task)
-    picks = [pick(item, ll) for item, ll in zip(items, lls)]
+    done = choice_picks(model, tokenizer, task, limit, exclude, include_pool, batch_size, progress)
+    items, picks, counts, data = done.items, done.picks, done.counts, load_task(task)
     acc = float(np.mean([p == item.gold for (p, _), item in zip(picks, items)]))
     # custom tasks: length-normalised too, unless partial scoring (the options are then contexts)
     norm = task in ACC_NORM_TASKS or (is_custom_task(task) and all(it.continuation is None for it in items))
