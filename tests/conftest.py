@@ -22,7 +22,7 @@ import transformers  # noqa: E402
 transformers.utils.logging.disable_progress_bar()
 
 from gisp_engine import settings  # noqa: E402
-from tiny import make_tiny_model  # noqa: E402
+from tiny import cache_dir, make_tiny_model  # noqa: E402
 
 PROJECT_CACHE = settings.cache_dir()
 
@@ -79,17 +79,11 @@ def _prepared(name: str) -> Path:
     from gisp_engine.errors import GispError
     from gisp_engine.models import prepare_embedded_model
 
-    saved = os.environ.get("GISP_CACHE_DIR")
-    os.environ["GISP_CACHE_DIR"] = str(PROJECT_CACHE)
-    try:
-        return prepare_embedded_model(name)
-    except GispError as exc:
-        _require(f"the embedded model {name} ({exc})")
-    finally:
-        if saved is None:
-            os.environ.pop("GISP_CACHE_DIR", None)
-        else:
-            os.environ["GISP_CACHE_DIR"] = saved
+    with cache_dir(PROJECT_CACHE):
+        try:
+            return prepare_embedded_model(name)
+        except GispError as exc:
+            _require(f"the embedded model {name} ({exc})")
 
 
 @pytest.fixture(scope="session")

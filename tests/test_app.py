@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from gisp_engine import PruneConfig, Trajectory, jobs, prune
 from gisp_engine.checks import load_evaluations
+from tiny import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -28,21 +28,14 @@ APP = str(ROOT / "app.py")
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
     """Three small trajectories: iterative and one-shot of one model, and one of another model."""
-    saved = os.environ.get("GISP_CACHE_DIR")
-    os.environ["GISP_CACHE_DIR"] = str(tmp_path_factory.mktemp("app-cache"))
-    base = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
-    llama, other = tiny_models[("llama", True)], tiny_models[("llama", False)]
-    try:
+    with cache_dir(tmp_path_factory.mktemp("app-cache")):
+        base = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
+        llama, other = tiny_models[("llama", True)], tiny_models[("llama", False)]
         return {
             "iterative": prune(PruneConfig(model=str(llama), steps=4, max_sparsity=0.5, **base)).path,
             "oneshot": prune(PruneConfig(model=str(llama), steps=1, max_sparsity=0.5, **base)).path,
             "other": prune(PruneConfig(model=str(other), steps=2, max_sparsity=0.3, **base)).path,
         }
-    finally:
-        if saved is None:
-            os.environ.pop("GISP_CACHE_DIR", None)
-        else:
-            os.environ["GISP_CACHE_DIR"] = saved
 
 
 @pytest.fixture

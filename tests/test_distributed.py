@@ -24,6 +24,7 @@ from gisp_engine import PruneConfig, cache, distributed
 from gisp_engine.cli import main as cli_main
 from gisp_engine.errors import GispError
 from gisp_engine.pruner import LoopState, plan, prune
+from tiny import cache_dir
 
 WORLD = 2
 SMALL = dict(num_samples=6, seq_len=24, steps=3, max_sparsity=0.3, save_scores=True, dtype="float32", device="cpu")
@@ -127,18 +128,11 @@ def two_process_runs(tiny_models, data_dir, tmp_path_factory):
     """Every tiny-model case, run once by 2 ranks (one spawn); returns cases, both ranks' results, cache dir."""
     tmp = tmp_path_factory.mktemp("dist")
     cache_root, rank1_cache = tmp / "cache", tmp / "rank1-cache"
-    saved = os.environ.get("GISP_CACHE_DIR")
-    os.environ["GISP_CACHE_DIR"] = str(cache_root)
-    try:
+    with cache_dir(cache_root):
         cases = _cases(tiny_models)
         # rank 1 gets a cache of its own (as on another machine): it must never be written
         results, codes = run_ranks(tmp, [(name, kw, False) for name, kw in cases.items()],
                                    rank_env={1: {"GISP_CACHE_DIR": str(rank1_cache)}})
-    finally:
-        if saved is None:
-            os.environ.pop("GISP_CACHE_DIR", None)
-        else:
-            os.environ["GISP_CACHE_DIR"] = saved
     assert codes == [0, 0] and all(r is not None and "error" not in r for r in results), results
     return cases, results, cache_root, rank1_cache
 

@@ -21,7 +21,7 @@ from gisp_engine.elastic import export_elastic, folder_bytes, survival_order
 from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
 from gisp_engine.settings import PROJECT_ROOT
 from test_export import CASES, NEW_TOKENS, case_id, synthetic_trajectory
-from tiny import FAMILIES
+from tiny import FAMILIES, cache_dir
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -53,9 +53,7 @@ def _outputs(model, x):
 def cases(tiny_models, tmp_path_factory) -> dict:
     """Every family and GQA policy: an elastic folder, and the per-step export of every step with its outputs."""
     root = tmp_path_factory.mktemp("elastic")
-    saved = os.environ.get("GISP_CACHE_DIR")
-    os.environ["GISP_CACHE_DIR"] = str(root / "cache")  # weights-SHA memo out of the project cache
-    try:
+    with cache_dir(root / "cache"):  # weights-SHA memo out of the project cache
         out = {}
         for i, case in enumerate(CASES):
             family, gqa, policy = case
@@ -76,11 +74,6 @@ def cases(tiny_models, tmp_path_factory) -> dict:
                 counts.append(result.param_count)
             out[case] = Case(traj, elastic, per_step, x, logits, tokens, counts)
         return out
-    finally:
-        if saved is None:
-            os.environ.pop("GISP_CACHE_DIR", None)
-        else:
-            os.environ["GISP_CACHE_DIR"] = saved
 
 
 def _manifest(folder: Path) -> dict:

@@ -22,6 +22,7 @@ from gisp_engine.models import LoadedModel
 from gisp_engine.settings import PROJECT_ROOT
 from gisp_engine.structures import StructureSpace
 from gisp_engine.surgery import mask_
+from tiny import cache_dir
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -156,9 +157,7 @@ def run_isolated(jobs: dict, workdir: Path) -> tuple[dict, dict]:
 def exported(tiny_models, tmp_path_factory) -> dict:
     """Every case exported both ways, with the masked model's outputs to compare against."""
     root = tmp_path_factory.mktemp("exports")
-    saved = os.environ.get("GISP_CACHE_DIR")
-    os.environ["GISP_CACHE_DIR"] = str(root / "cache")  # weights-SHA memo out of the project cache
-    try:
+    with cache_dir(root / "cache"):  # weights-SHA memo out of the project cache
         out = {}
         for i, case in enumerate(CASES):
             family, gqa, policy = case
@@ -174,11 +173,6 @@ def exported(tiny_models, tmp_path_factory) -> dict:
             u_logits, u_tokens = masked_outputs(folder, traj.space, keep, x)
             out[case] = Exported(folder, traj, per_layer, uniform.folder, x, logits, tokens, keep, u_logits, u_tokens)
         return out
-    finally:
-        if saved is None:
-            os.environ.pop("GISP_CACHE_DIR", None)
-        else:
-            os.environ["GISP_CACHE_DIR"] = saved
 
 
 @pytest.fixture(scope="module")

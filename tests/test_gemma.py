@@ -23,6 +23,7 @@ from gisp_engine.importance import score_structures
 from gisp_engine.objectives import objective_spec, sequence_nll
 from gisp_engine.structures import StructureSpace
 from gisp_engine.surgery import NullAttention, full_layout, linear_weight_count, slice_
+from tiny import cache_dir
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -121,14 +122,10 @@ def test_shrinking_equals_masking(tiny_models, data_dir, case):
 @pytest.fixture(scope="module")
 def gemma_exports(tiny_models, tmp_path_factory) -> dict:
     """Each policy exported per-layer and --uniform, with the masked model's outputs, all loaded in a fresh process."""
-    import os
-
     from test_export import NEW_TOKENS, STEP, keep_from_manifest, masked_outputs, run_isolated, synthetic_trajectory
 
     root = tmp_path_factory.mktemp("gemma-exports")
-    saved = os.environ.get("GISP_CACHE_DIR")
-    os.environ["GISP_CACHE_DIR"] = str(root / "cache")
-    try:
+    with cache_dir(root / "cache"):
         cases, jobs = {}, {}
         for i, case in enumerate(POLICIES):
             gqa, policy = case
@@ -145,11 +142,6 @@ def gemma_exports(tiny_models, tmp_path_factory) -> dict:
                 jobs[f"{_id(case)}.{kind}"] = {"dir": str(out), "remote": remote, "x": x.tolist(),
                                                "new_tokens": NEW_TOKENS}
             cases[case] = (per_layer, uniform.folder, x, expected)
-    finally:
-        if saved is None:
-            os.environ.pop("GISP_CACHE_DIR", None)
-        else:
-            os.environ["GISP_CACHE_DIR"] = saved
     return {"cases": cases, "isolated": run_isolated(jobs, tmp_path_factory.mktemp("gemma-isolated"))}
 
 

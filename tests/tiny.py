@@ -7,6 +7,9 @@ model, in seconds.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -83,3 +86,18 @@ def make_tiny_model(folder: Path, family: str = "llama", gqa: bool = True, layer
                 p.normal_(0, 0.05)
     model.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def cache_dir(path: Path | str) -> Iterator[None]:
+    """``GISP_CACHE_DIR`` set to ``path`` for the block, then restored (for module- and session-scoped
+    fixtures, which pytest's ``monkeypatch`` cannot serve)."""
+    saved = os.environ.get("GISP_CACHE_DIR")
+    os.environ["GISP_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("GISP_CACHE_DIR", None)
+        else:
+            os.environ["GISP_CACHE_DIR"] = saved
