@@ -150,6 +150,7 @@ def main() -> None:
         args.steps, args.calib_items, args.limit, args.ppl_limit = 2, 2, 5, 5
 
     from gisp_engine import apply_step, load_model, prune
+    from gisp_engine.progress import TqdmProgress
     from gisp_engine.tasks import CHOICE_TASKS, calibration_exclusions, load_task
 
     started = time.perf_counter()
@@ -160,7 +161,9 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         t0 = time.perf_counter()
-        outcome = prune(config, resume=True)
+        bar = TqdmProgress()  # steps with loss and sparsity, and the micro-batches inside a step
+        outcome = prune(config, progress=bar, resume=True)
+        bar.close()
         trajectories[name] = outcome.trajectory
         prune_wall[name] = {"wall_s": time.perf_counter() - t0, "cache_hit": outcome.cache_hit,
                             "loop_wall_s": outcome.trajectory.meta.get("wall_time_s"), "key": outcome.trajectory.key,
