@@ -49,6 +49,7 @@ def cmd_prune(args) -> None:
         batch_size=args.batch_size,
         shrink=not args.no_shrink,
         save_scores=args.save_scores,
+        align=args.align,
         device=args.device,
         dtype=args.dtype,
         device_map=args.device_map,
@@ -229,10 +230,16 @@ def cmd_export(args) -> None:
     compensation = False if args.no_bias_compensation else None
     if args.all_steps and (args.sparsity is not None or args.step is not None or args.uniform):
         raise GispError("--all-steps writes every step: give no --sparsity, --step or --uniform with it")
+    if args.all_steps and args.align is not None:
+        raise GispError("--align rounds one point: give --sparsity or --step, or prune with --align for aligned steps")
     if not args.all_steps and args.sparsity is None and args.step is None:
         raise GispError("give --sparsity S (parameter sparsity) or --step K, or --all-steps")
     trajectory = _load_trajectory(args.trajectory)
     step = None if args.all_steps else resolve_step(trajectory, args.sparsity, args.step)
+    if args.align is not None:  # before minutes of loading
+        from .methods import check_align
+
+        check_align(args.align, trajectory.geometry.intermediate_size)
     loaded = _export_model(args, trajectory)
     bar = TqdmProgress(enabled=not args.quiet)
     try:
@@ -240,7 +247,7 @@ def cmd_export(args) -> None:
             result = export_elastic(loaded, trajectory, args.out, progress=bar, bias_compensation=compensation)
         else:
             result = export_subnetwork(loaded, trajectory, step, args.out, uniform=args.uniform, progress=bar,
-                                       bias_compensation=compensation)
+                                       bias_compensation=compensation, align=args.align)
     finally:
         bar.close()
     s = result.summary()
@@ -299,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (default by device)")
     p.add_argument("--no-shrink", action="store_true", help="mask instead of slicing the working model between steps")
     p.add_argument("--save-scores", action="store_true", help="store every step's scores in the trajectory")
+    p.add_argument("--align", type=int, default=None, metavar="N",
+                   help="keep every cut layer's MLP channel count a multiple of N at every step (64: fast matmul "
+                        "kernels); off by default")
     p.add_argument("--no-cache", action="store_true", help="recompute even if the cache has this trajectory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed step")
     p.add_argument("--distributed", action="store_true",
@@ -408,6 +418,9 @@ def _export_parser(subparsers) -> None:
                    help="same width in every layer: loads with stock transformers code, differs from the trajectory")
     p.add_argument("--all-steps", action="store_true",
                    help="every step in one folder (elastic): load any step with gisp_step=T or load_pruned(DIR, step=T)")
+    p.add_argument("--align", type=int, default=None, metavar="N",
+                   help="round every layer's MLP width to a multiple of N (nearest, at least N), keeping the channels "
+                        "the trajectory removed last")
     p.add_argument("--no-bias-compensation", action="store_true",
                    help="FLAP trajectories: leave out FLAP's bias compensation (written by default, as published)")
     p.add_argument("--device", default="cpu", help="where to slice: cpu (default), cuda[:N], auto")

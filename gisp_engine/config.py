@@ -52,6 +52,7 @@ class PruneConfig:
     batch_size: int | None = None  # sequences per micro-batch; None: by device
     shrink: bool = True  # physically shrink the working model between steps (same result as masking)
     save_scores: bool = False  # keep every step's scores in the trajectory
+    align: int | None = None  # every cut layer's MLP channel count a multiple of this at every step; None: any count
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None
@@ -72,6 +73,8 @@ class PruneConfig:
             whole("batch_size", 1)
         if self.calib_tokens is not None:
             whole("calib_tokens", 1)
+        if self.align is not None:
+            whole("align", 1)
         if self.calib_items is not None:
             whole("calib_items", 1)
             if self.objective != "margin":

@@ -48,7 +48,9 @@ from .export_format import (MANIFEST, PER_LAYER, UNIFORM, hash_files, manifest_h
 # the public names of exports live here too: gisp_engine.export.load_pruned, MANIFEST, verify_export, PrunedModel
 from .export_format import PrunedModel, verify_export  # noqa: F401
 from .export_load import load_pruned  # noqa: F401
-from .export_widths import UNIFORM_RULE, UniformWidths, _config_accepts, _weight_norms, uniform_keep_mask
+from .export_widths import (UNIFORM_RULE, UniformWidths, _config_accepts, _weight_norms, aligned_keep_mask,
+                            uniform_keep_mask)
+from .methods import ALIGN_RULE, check_align
 
 
 @dataclass
@@ -80,6 +82,7 @@ class ExportResult:
             "param_count": self.param_count,
             "linear_params": m["linear_params"],
             "uniform": m["uniform"],
+            "align": (m.get("align") or {}).get("multiple"),
             "loads_with": m["loads_with"],
         }
 
@@ -150,11 +153,15 @@ def export_subnetwork(
     uniform: bool = False,
     progress: ProgressCallback = null_progress,
     bias_compensation: bool | None = None,
+    align: int | None = None,
 ) -> ExportResult:
     """Write the subnetwork at ``step`` (or its uniform version) into ``out_dir``; slices ``loaded`` in place.
 
     ``bias_compensation``: FLAP's biases for the removed columns (default: on for FLAP trajectories).
+    ``align``: every layer's MLP width rounded to a multiple of it, in the trajectory's order (``ALIGN_RULE``).
     """
+    if align is not None:  # before anything is written
+        check_align(align, trajectory.geometry.intermediate_size)
     start = start_export(loaded, trajectory, out_dir, progress, slices_in_place=True)
     out, family, report = start.out, start.family, start.report
     step = resolve_step(trajectory, step=step)
@@ -164,9 +171,9 @@ def export_subnetwork(
     if uniform:
         unscored = sorted({int(space.layer[i]) for i in np.flatnonzero(np.isnan(trajectory.score))})
         norms = _weight_norms(loaded, space, unscored) if unscored else None
-        keep, widths = uniform_keep_mask(trajectory, step, _config_accepts(loaded.model.config), norms)
+        keep, widths = uniform_keep_mask(trajectory, step, _config_accepts(loaded.model.config), norms, align)
     else:
-        keep = trajectory.keep_mask(step)
+        keep = trajectory.keep_mask(step) if align is None else aligned_keep_mask(trajectory, step, align)
     compensate = compensates(trajectory, bias_compensation)
     if compensate and uniform:
         _check_stock_biases(loaded)
@@ -212,6 +219,8 @@ def export_subnetwork(
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "bias_compensation": compensate,
             "uniform": None if widths is None else {**widths.to_dict(), "rule": UNIFORM_RULE},
+            "align": None if align is None else {"multiple": align, "rule": ALIGN_RULE,
+                                                 "intermediate_sizes": [len(lk.channels) for lk in layout]},
             "remote_code": None if uniform else {
                 "template_version": remote_code.TEMPLATE_VERSION,
                 "base": family.to_dict(),

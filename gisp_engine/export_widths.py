@@ -1,4 +1,5 @@
-"""Which structures a uniform export keeps: the same width in every layer, chosen from the trajectory."""
+"""Which structures an export keeps when it does not keep the trajectory's point as it is: the same width in
+every layer (uniform), or every layer's MLP width rounded to a multiple (aligned); both in the trajectory's order."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import GispError
+from .methods import aligned_count, check_align
 from .models import LoadedModel
 from .structures import StructureSpace
 from .trajectory import Trajectory
@@ -62,12 +64,13 @@ def _top(values: np.ndarray, n: int) -> np.ndarray:
 
 
 def uniform_widths(
-    trajectory: Trajectory, step: int, accepts: Callable[[int, int], bool] | None = None
+    trajectory: Trajectory, step: int, accepts: Callable[[int, int], bool] | None = None, align: int | None = None
 ) -> UniformWidths:
     """The per-layer widths of the uniform export of ``step`` (see ``UNIFORM_RULE``).
 
     ``accepts(heads, kv_heads)`` says whether the family's stock config allows that head
-    count (Llama requires the hidden size to be a multiple of the head count).
+    count (Llama requires the hidden size to be a multiple of the head count). ``align``: the
+    channel count rounded as ``ALIGN_RULE`` says.
     """
     space, g = trajectory.space, trajectory.geometry
     point = trajectory.keep_mask(step)
@@ -86,8 +89,11 @@ def uniform_widths(
     heads, n_kv = min(candidates, key=lambda c: (abs(c[0] - mean_heads), abs(c[1] - mean_kv), -c[0]))
     target = float(space.linear_params_per_layer(point).sum()) / layers
     attention = 2 * g.head_dim * g.hidden_size * (heads + n_kv)
-    channels = int(round((target - attention) / (3 * g.hidden_size)))
-    return UniformWidths(heads, n_kv, min(max(channels, 1), g.intermediate_size))
+    channels = min(max(int(round((target - attention) / (3 * g.hidden_size))), 1), g.intermediate_size)
+    if align is not None:
+        check_align(align, g.intermediate_size)
+        channels = aligned_count(channels, align, g.intermediate_size)
+    return UniformWidths(heads, n_kv, channels)
 
 
 def uniform_keep_mask(
@@ -95,13 +101,15 @@ def uniform_keep_mask(
     step: int,
     accepts: Callable[[int, int], bool] | None = None,
     fallback_scores: np.ndarray | None = None,
+    align: int | None = None,
 ) -> tuple[np.ndarray, UniformWidths]:
     """A keep-mask with the same widths in every layer, chosen from the trajectory's order (``UNIFORM_RULE``).
 
     ``fallback_scores`` ranks structures the trajectory never scored (NaN score, i.e. protected layers).
+    ``align``: the channel count a multiple of it (``ALIGN_RULE``).
     """
     space, g = trajectory.space, trajectory.geometry
-    widths = uniform_widths(trajectory, step, accepts)
+    widths = uniform_widths(trajectory, step, accepts, align)
     rank = _survival_rank(trajectory, fallback_scores)
     keep = np.zeros(space.size, bool)
     per_kv = widths.heads // widths.kv_heads
@@ -116,6 +124,28 @@ def uniform_keep_mask(
                 keep[heads.start + group * g.group_size + _top(groups[group], per_kv)] = True
         keep[channels.start + _top(rank[channels], widths.channels)] = True
     return keep, widths
+
+
+def aligned_keep_mask(trajectory: Trajectory, step: int, align: int) -> np.ndarray:
+    """The keep-mask of ``step`` with every layer's MLP channel count rounded as ``ALIGN_RULE`` says.
+
+    The channels added or dropped follow the trajectory's own order (``_survival_rank``): a layer
+    rounded up gets back the channels removed latest (at ``step`` itself first), a layer rounded
+    down loses the survivors removed soonest after ``step``. Heads, and layers at full width
+    (protected ones among them), stay as they are.
+    """
+    space = trajectory.space
+    check_align(align, space.geometry.intermediate_size)
+    keep = trajectory.keep_mask(step)
+    rank = _survival_rank(trajectory, None)
+    for layer in range(space.geometry.num_layers):
+        channels = space.channel_slice(layer)
+        kept = int(keep[channels].sum())
+        target = aligned_count(kept, align, space.geometry.intermediate_size)
+        if target != kept:
+            keep[channels] = False
+            keep[channels.start + _top(rank[channels], target)] = True
+    return keep
 
 
 def _weight_norms(loaded: LoadedModel, space: StructureSpace, layers: list[int]) -> np.ndarray:

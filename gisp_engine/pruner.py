@@ -4,6 +4,7 @@
         ḡ  = mean gradient of the objective on the current model
         S  = Σ|W ⊙ ḡ| per head and channel, divided by its block's constant
         remove the lowest-ranked unprotected structures until the structural ratio is r_t
+        (--align N: then round every cut layer's MLP channel count to a multiple of N)
 
 Nothing removed comes back, so the result is one removal step per structure: a chain
 of nested subnetworks. Between steps the working model is sliced physically (or only
@@ -78,6 +79,8 @@ def plan(config: PruneConfig) -> PruningPlan:
     protect_first = config.resolved_protect_first(geometry.num_layers)
     protected_layers = space.protected_layers(protect_first, config.protect_last)
     prunable = int((~space.protected_mask(protect_first, config.protect_last)).sum())
+    if config.align is not None:
+        methods.check_align(config.align, geometry.intermediate_size)
     targets = [round(r * space.size) for r in target_ratios(config.schedule, config.max_sparsity, config.steps)]
     if targets[-1] > prunable:
         raise GispError(
@@ -104,6 +107,8 @@ def plan(config: PruneConfig) -> PruningPlan:
     revision = methods.get(config.method).revision
     if revision is not None:  # a method whose results changed: earlier cache entries are not reused
         request["method_revision"] = revision
+    if (config.align or 1) > 1:  # in the key only when it rounds: unaligned keys stay as they were
+        request["align"] = config.align
     return PruningPlan(config, space, protect_first, protected_layers, targets, request, cache.request_key(request))
 
 
@@ -189,6 +194,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     fixed = None if method.rescores else method.scores(scoring())
     ratios = target_ratios(config.schedule, config.max_sparsity, total_steps)
     layer_share = n / max(1, int((~protected).sum()))
+    align = config.align or 1
 
     keep = np.ones(n, bool)
     layout = full_layout(space)
@@ -236,7 +242,7 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
         if all_scores is not None:
             all_scores[t - 1, candidates] = scores.values[candidates]
         chosen = method.selection.choose(space, keep, protected, scores.values,
-                                         methods.Cut(the_plan.targets[t - 1], ratios[t - 1], layer_share))
+                                         methods.Cut(the_plan.targets[t - 1], ratios[t - 1], layer_share, align))
         removal_step[chosen] = t
         keep[chosen] = False
         removed_last = len(chosen)

@@ -68,6 +68,10 @@ with st.form("run_settings"):
         protect_last = e1.number_input("Protected last layers", min_value=0, value=d.protect_last, step=1)
         seed = e2.number_input("Seed", value=d.seed, step=1)
         dtype = e2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"])
+        align = e2.number_input(
+            "MLP widths a multiple of (0: off)", min_value=0, value=0, step=32, key="run_align",
+            help="every cut layer keeps a multiple of this many MLP channels at every step (64 suits llama.cpp's "
+                 "matmul kernels: odd widths can make a pruned model slower than the dense one). 0: any width")
         batch_size = e3.number_input("Sequences per micro-batch (0: by device)", min_value=0, value=0, step=1)
         calib_tokens = e3.number_input("Calibration tokens of task objectives (0: sequences x tokens)", min_value=0,
                                        value=0, step=1024, key="run_calib_tokens",
@@ -83,7 +87,8 @@ if submitted:
         num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
         schedule=schedule, gqa=gqa, normalization=normalization,
         protect_first=None if protect_first < 0 else int(protect_first), protect_last=int(protect_last),
-        seed=int(seed), batch_size=int(batch_size) or None, save_scores=save_scores, device=device, dtype=dtype,
+        seed=int(seed), batch_size=int(batch_size) or None, save_scores=save_scores, align=int(align) or None,
+        device=device, dtype=dtype,
     )
     asked = time.time()
     with ui.guard("The run was not started: "), st.spinner("Checking the settings…"):
@@ -111,7 +116,9 @@ def _show(job: jobs.JobStatus) -> None:
         st.markdown(
             f"**`{job.key}`** · {cfg.get('model')} · {cfg.get('method', 'gisp')} · {cfg.get('objective')} · "
             f"{cfg.get('steps')} steps to "
-            f"structural ratio {cfg.get('max_sparsity')} · **{job.state}**"
+            f"structural ratio {cfg.get('max_sparsity')}"
+            + (f" · MLP widths multiples of {cfg['align']}" if cfg.get("align") else "")
+            + f" · **{job.state}**"
         )
         if job.active:
             ui.job_progress(job)

@@ -23,7 +23,7 @@ import importlib
 from ..config import METHODS
 from ..errors import GispError
 from ._base import Method, Scores, Scoring
-from ._selection import Cut
+from ._selection import ALIGN_RULE, Cut, aligned_count, check_align
 
 
 def get(name: str) -> Method:
@@ -35,4 +35,4 @@ def get(name: str) -> Method:
     return method
 
 
-__all__ = ["Cut", "METHODS", "Method", "Scores", "Scoring", "get"]
+__all__ = ["ALIGN_RULE", "Cut", "METHODS", "Method", "Scores", "Scoring", "aligned_count", "check_align", "get"]
