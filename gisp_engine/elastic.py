@@ -254,7 +254,7 @@ def _elastic_config(loaded: LoadedModel, space: StructureSpace, family: remote_c
         auto_map=remote_code.auto_map(elastic=True),
         head_dim=space.geometry.head_dim,
         gisp_base_model_type=family.model_type,
-        gisp_template_version=remote_code.TEMPLATE_VERSION,
+        gisp_template_version=remote_code.ELASTIC_TEMPLATE_VERSION,
         gisp_step=None,  # set by from_pretrained(..., gisp_step=T); None: the last step
         gisp_sparsity=None,
         gisp_elastic={
@@ -322,7 +322,7 @@ def export_elastic(
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "steps": steps,
             "remote_code": {
-                "template_version": remote_code.TEMPLATE_VERSION,
+                "template_version": remote_code.ELASTIC_TEMPLATE_VERSION,
                 "base": family.to_dict(),
                 "files": sorted(code),
                 "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",

@@ -203,11 +203,12 @@ def verify_export(folder: Path | str) -> dict:
             family = remote_code.BaseFamily(**manifest["remote_code"]["base"])
         except (KeyError, TypeError):
             raise GispError(f"corrupt export manifest {path}: no remote-code record") from None
-        for name, text in remote_code.render(family, elastic=manifest["kind"] == ELASTIC).items():
+        elastic = manifest["kind"] == ELASTIC
+        for name, text in remote_code.render(family, elastic=elastic).items():
             if name not in files or (folder / name).read_bytes() != text.encode("utf-8"):
                 raise GispError(
                     f"{folder / name} is not the modeling code this GISP Explorer writes "
-                    f"(template version {remote_code.TEMPLATE_VERSION}): export the subnetwork again"
+                    f"(template version {remote_code.template_version(elastic)}): export the subnetwork again"
                 )
     elif manifest.get("kind") != UNIFORM:
         raise GispError(f"corrupt export manifest {path}: unknown kind {manifest.get('kind')!r}")

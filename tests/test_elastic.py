@@ -143,6 +143,9 @@ def test_folder_holds_the_dense_model_once(cases):
     m = _manifest(c.elastic)
     assert m["kind"] == "elastic" and [s["step"] for s in m["steps"]] == list(range(STEPS + 1))
     assert set(m["remote_code"]["files"]) == {"configuration_gisp.py", "modeling_gisp.py", "modeling_gisp_elastic.py"}
+    # the version recorded is the one the loader's code states
+    assert m["remote_code"]["template_version"] == remote_code.ELASTIC_TEMPLATE_VERSION
+    assert f"GISP_TEMPLATE_VERSION = {remote_code.ELASTIC_TEMPLATE_VERSION}\n" in (c.elastic / "modeling_gisp_elastic.py").read_text()
     for name, text in remote_code.render(remote_code.BaseFamily(**m["remote_code"]["base"]), elastic=True).items():
         assert (c.elastic / name).read_text() == text and "gisp_engine" not in text
     dense = load_pruned(c.per_step[0], device="cpu")
@@ -329,9 +332,51 @@ def test_embedded_model_elastic_equals_per_step_exports(embedded_model_dir, tmp_
         one = load_pruned(per_step, device="cpu", dtype="float32")
         expected, expected_tokens = _outputs(one.model, x)
         del one
+        if step == 2:  # lm-eval's HFLM, as `lm_eval --model hf --model_args pretrained=DIR,...,gisp_step=2`
+            np.testing.assert_allclose([ll for ll, _ in _hflm_logliks(elastic, gisp_step=step)],
+                                       [ll for ll, _ in _hflm_logliks(per_step)], rtol=1e-5, atol=1e-3)
         shutil.rmtree(per_step)
         pruned = load_pruned(elastic, device="cpu", dtype="float32", step=step)
         assert pruned.param_count == pruned.manifest["steps"][step]["param_count"]
         logits, tokens = _outputs(pruned.model, x)
         assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
         assert torch.equal(tokens, expected_tokens)
+
+
+# ---- lm-evaluation-harness ----------------------------------------------------------------------
+LM_EVAL_REQUESTS = [("The quick brown fox", " jumps over the lazy dog."), ("She sells", " sea shells by the sea shore."),
+                    ("", "In the beginning the universe was created.")]
+
+
+def _hflm_logliks(folder: Path, **model_args) -> list[tuple[float, bool]]:
+    """Log-likelihoods as ``lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True,...`` computes them."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    # lm-eval builds the model itself: from_pretrained(DIR, device_map={"": "cpu"}, max_memory=None, ...)
+    lm = HFLM(pretrained=str(folder), trust_remote_code=True, device="cpu", dtype="float32", batch_size=2, **model_args)
+    if "gisp_step" in model_args:
+        assert type(lm.model).__name__ == "GispElasticForCausalLM" and lm.model.config.gisp_step == model_args["gisp_step"]
+    requests = [Instance("loglikelihood", {}, (context, continuation), i)
+                for i, (context, continuation) in enumerate(LM_EVAL_REQUESTS)]
+    return lm.loglikelihood(requests, disable_tqdm=True)
+
+
+def test_lm_eval_hflm_on_an_elastic_folder_equals_the_per_step_export(cases):
+    """lm-eval's own HFLM loads an elastic folder at a step (a one-device map) and scores as that step's export."""
+    pytest.importorskip("lm_eval")
+    c = cases[("llama", True, "query")]
+    for step in (1, STEPS):
+        elastic = _hflm_logliks(c.elastic, gisp_step=step)
+        per_step = _hflm_logliks(c.per_step[step])
+        assert [greedy for _, greedy in elastic] == [greedy for _, greedy in per_step]
+        np.testing.assert_allclose([ll for ll, _ in elastic], [ll for ll, _ in per_step], rtol=1e-5, atol=1e-4)
+
+
+def test_a_device_map_of_one_device_is_that_device():
+    from gisp_engine.remote_code.modeling_gisp_elastic import _device
+
+    assert _device({"": "cpu"}) == _device("cpu") == _device(None) == torch.device("cpu")
+    assert _device({"": 0}) == _device({"model": "cuda:0", "lm_head": 0}) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="one device"):
+        _device({"model": "cpu", "lm_head": "cuda:0"})

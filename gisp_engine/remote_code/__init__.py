@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TEMPLATE_VERSION = 2
+TEMPLATE_VERSION = 2  # of configuration_gisp.py and modeling_gisp.py
+ELASTIC_TEMPLATE_VERSION = 3  # of modeling_gisp_elastic.py (3: a device map of one device loads, as lm-eval passes)
 CONFIG_FILE = "configuration_gisp.py"
 MODELING_FILE = "modeling_gisp.py"
 CONFIG_CLASS = "GispPrunedConfig"
@@ -54,6 +55,11 @@ def _fill(text: str, values: dict[str, str]) -> str:
         if count != 1:  # the template and this renderer must agree on every constant
             raise RuntimeError(f"remote-code template: constant {name} found {count} times")
     return text
+
+
+def template_version(elastic: bool = False) -> int:
+    """The version an export of this kind records (its code is checked byte for byte all the same)."""
+    return ELASTIC_TEMPLATE_VERSION if elastic else TEMPLATE_VERSION
 
 
 def render(family: BaseFamily, elastic: bool = False) -> dict[str, str]:

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from .configuration_gisp import GispPrunedConfig
 from .modeling_gisp import GispPrunedForCausalLM
 
-GISP_TEMPLATE_VERSION = 2
+GISP_TEMPLATE_VERSION = 3
 TRANSPOSED = "_t"  # suffix of a tensor stored input-major
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -35,6 +35,8 @@ SPARSITY_EPS = 1e-9
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 _IGNORED_KWARGS = ("_from_auto", "_from_pipeline", "trust_remote_code", "adapter_kwargs", "low_cpu_mem_usage",
                    "use_safetensors", "code_revision")
+# loaders such as lm-evaluation-harness's HFLM pass these, as None, whatever the model: None asks for nothing
+_UNSET_KWARGS = ("max_memory", "gguf_file", "quantization_config", "offload_folder", "tp_plan")
 
 try:  # transformers 5
     from transformers.initialization import no_init_weights as _no_init_weights
@@ -79,15 +81,20 @@ def step_layers(elastic, step):
 
 
 def _device(device_map):
-    if device_map is None:
+    if isinstance(device_map, dict):  # a map that puts every module on one device is that device: {"": "cpu"}
+        devices = {str(torch.device("cuda", d) if isinstance(d, int) else torch.device(d)) for d in device_map.values()}
+        if len(devices) == 1:
+            return torch.device(devices.pop())
+    elif device_map is None:
         return torch.device("cpu")
-    if isinstance(device_map, int):
+    elif isinstance(device_map, int):
         return torch.device("cuda", device_map)
-    if device_map == "auto":
+    elif device_map == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device_map, (str, torch.device)):
+    elif isinstance(device_map, (str, torch.device)):
         return torch.device(device_map)
-    raise ValueError("an elastic GISP folder loads onto one device: give device_map as a device ('cpu', 'cuda:0')")
+    raise ValueError("an elastic GISP folder loads onto one device: give device_map as a device ('cpu', 'cuda:0') "
+                     'or a map of everything to one device ({"": "cpu"})')
 
 
 def _dtype(config, dtype):
@@ -186,6 +193,9 @@ class GispElasticForCausalLM(GispPrunedForCausalLM):
         step, sparsity = kwargs.pop("gisp_step", None), kwargs.pop("gisp_sparsity", None)
         for name in _IGNORED_KWARGS:
             kwargs.pop(name, None)
+        for name in _UNSET_KWARGS:
+            if name in kwargs and kwargs[name] is None:
+                del kwargs[name]
         if config is None:
             config, kwargs = cls.config_class.from_pretrained(folder, return_unused_kwargs=True, **hub, **kwargs)
         if kwargs:
