@@ -1,0 +1,301 @@
+"""Aligned MLP widths: what rounding every layer's MLP width to a multiple of N costs in quality, and gains in speed.
+
+On the 10-step example (``cache/examples/smollm2-135m-ppl-iterative``, the embedded SmolLM2-135M), for
+N = 32, 64, 128, at the steps nearest 22/32/43/53% of parameters, three kinds of point:
+
+  unaligned    the example's own point
+  export N     the same point, every layer's MLP width rounded afterwards in the trajectory's order
+               (``export_widths.aligned_keep_mask``, what ``gisp export --align N`` writes)
+  prune N      the step nearest the same parameter sparsity of a trajectory pruned with ``--align N``
+               (the example's settings otherwise; pruned here once, then answered from the cache)
+
+Quality: WikiText-2 perplexity, 120 non-overlapping windows of 128 tokens (the setting of the example's
+shipped evaluations). Speed: one column group per runtime (``RUNTIMES``). PyTorch: prefill (1 x 512 tokens)
+and decode (64 tokens after 16) of the physically sliced models, float32 on the CPU, 1 thread, through
+``gisp_engine.cost.measure_costs``: every model of one target and the dense model in one call, their repeats
+interleaved; ``--rounds`` such calls, each giving a ratio to dense; the table shows the median of the rounds'
+ratios and [lowest, highest].
+
+Adding a runtime (llama.cpp): write ``def llamacpp_speed(points, dense_model, args) -> dict[str, Speed]``
+(one ``Speed`` per ``Point.id``, measured against dense in that runtime, e.g. each point's GGUF) and add it
+to ``RUNTIMES``; the table grows its columns and the JSON its entries.
+
+    python benchmarks/bench_align.py                       # everything (about 1-2 h on 2 busy cores)
+    python benchmarks/bench_align.py --part quality        # perplexity only
+    python benchmarks/bench_align.py --aligns 64 --targets 0.32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, table, write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
+
+
+@dataclass
+class Point:
+    """One subnetwork measured: which trajectory, which step, and how its widths were aligned."""
+
+    id: str
+    target: float  # the parameter sparsity asked for
+    kind: str  # unaligned | export | prune
+    align: int | None
+    trajectory: object  # gisp_engine.trajectory.Trajectory
+    step: int
+    keep: np.ndarray = field(repr=False)
+    param_sparsity: float = 0.0
+    structural_ratio: float = 0.0
+    widths: list[int] = field(default_factory=list)  # MLP channels per layer
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "target": self.target, "kind": self.kind, "align": self.align,
+                "trajectory": self.trajectory.key, "step": self.step, "param_sparsity": self.param_sparsity,
+                "structural_ratio": self.structural_ratio, "widths": self.widths}
+
+
+@dataclass
+class Speed:
+    """Speed-ups against dense in one runtime: median and [lowest, highest] over rounds."""
+
+    prefill: float
+    prefill_low: float
+    prefill_high: float
+    decode: float
+    decode_low: float
+    decode_high: float
+    detail: dict = field(default_factory=dict)
+
+
+# ---- the points ---------------------------------------------------------------------------------
+def aligned_trajectory(example, align: int):
+    """The example's settings with ``--align``: pruned once (minutes), then answered from the cache."""
+    from gisp_engine import PruneConfig, prune
+    from gisp_engine.progress import TqdmProgress
+
+    fields = set(PruneConfig.__dataclass_fields__)
+    settings = {k: v for k, v in example.meta["settings"].items() if k in fields}
+    bar = TqdmProgress()
+    try:
+        outcome = prune(PruneConfig(**{**settings, "align": align}), progress=bar)
+    finally:
+        bar.close()
+    print(f"--align {align}: {outcome.trajectory.key} ({'cache' if outcome.cache_hit else 'pruned now'}, "
+          f"{outcome.trajectory.meta['wall_time_s']:.0f} s to prune)")
+    return outcome.trajectory
+
+
+def make_point(pid, target, kind, align, traj, step, keep) -> Point:
+    space = traj.space
+    widths = space.as_grid(keep)[1].sum(1).astype(int).tolist()
+    return Point(pid, target, kind, align, traj, step, keep, space.param_sparsity(keep), float(1.0 - keep.mean()),
+                 widths)
+
+
+def build_points(example, aligned: dict, targets: list[float]) -> list[Point]:
+    from gisp_engine.export_widths import aligned_keep_mask
+
+    points = []
+    for target in targets:
+        step = example.step_nearest_sparsity(target)
+        points.append(make_point(f"{target:.2f}/unaligned", target, "unaligned", None, example, step,
+                                 example.keep_mask(step)))
+        for n, traj in aligned.items():
+            points.append(make_point(f"{target:.2f}/export{n}", target, "export", n, example, step,
+                                     aligned_keep_mask(example, step, n)))
+        for n, traj in aligned.items():
+            own = traj.step_nearest_sparsity(target)
+            points.append(make_point(f"{target:.2f}/prune{n}", target, "prune", n, traj, own, traj.keep_mask(own)))
+    return points
+
+
+def sliced(dense, point: Point):
+    """A physically sliced copy of the dense model at ``point``."""
+    from gisp_engine.surgery import full_layout, slice_
+
+    model = copy.deepcopy(dense.model)
+    slice_(model, dense.adapter, point.trajectory.space, full_layout(point.trajectory.space), point.keep)
+    return model
+
+
+# ---- quality --------------------------------------------------------------------------------------
+def perplexities(dense, points: list[Point], args) -> dict[str, float]:
+    from gisp_engine.evaluate import evaluate_task
+
+    out = {}
+    for i, point in enumerate(points):
+        start = time.perf_counter()
+        model = sliced(dense, point)
+        result = evaluate_task(model, dense.tokenizer, "wikitext2", limit=args.windows, seq_len=args.seq_len,
+                               batch_size=8)
+        out[point.id] = float(result.perplexity)
+        print(f"  [{i + 1}/{len(points)}] {point.id}: step {point.step}, params {point.param_sparsity:.4f}, "
+              f"ppl {result.perplexity:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        del model
+        gc.collect()
+    return out
+
+
+# ---- speed, one function per runtime ---------------------------------------------------------------
+def pytorch_speed(points: list[Point], dense, args) -> dict[str, Speed]:
+    """PyTorch eager on the CPU: every target's models with dense in one ``measure_costs`` call, ``--rounds`` times."""
+    import torch
+
+    from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
+
+    workload = dict(batch=1, seq_len=args.prefill_tokens, prompt_len=16, new_tokens=args.decode_tokens,
+                    repeats=args.repeats)
+    if "threads" in CostSpec.__dataclass_fields__:  # cost.py may set its own thread count
+        workload["threads"] = args.threads
+    spec = CostSpec(**workload)
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    out = {}
+    try:
+        for target in sorted({p.target for p in points}):
+            group = [p for p in points if p.target == target]
+            models = [sliced(dense, p) for p in group]
+            ratios: dict[str, list[dict]] = {p.id: [] for p in group}
+            start = time.perf_counter()
+            for _ in range(args.rounds):
+                costs = measure_costs([dense.model, *models], spec)
+                base = costs[0].to_dict()
+                for p, cost in zip(group, costs[1:]):
+                    ratios[p.id].append(cost_ratios(cost.to_dict(), base))
+            print(f"  speed at {target:.0%}: {len(group)} models + dense, {args.rounds} rounds "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            for p in group:
+                pre = [r["prefill_speedup"] for r in ratios[p.id]]
+                dec = [r["decode_speedup"] for r in ratios[p.id]]
+                out[p.id] = Speed(statistics.median(pre), min(pre), max(pre), statistics.median(dec), min(dec),
+                                  max(dec), {"rounds": ratios[p.id]})
+            del models
+            gc.collect()
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+RUNTIMES: dict[str, Callable[[list[Point], object, argparse.Namespace], dict[str, Speed]]] = {
+    "pytorch": pytorch_speed,
+    # "llamacpp": llamacpp_speed,  # the llama.cpp cost sweep adds its column here
+}
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+def schedule_fidelity(aligned: dict) -> list[list]:
+    """How far each aligned trajectory's steps land from the schedule's structural ratio."""
+    from gisp_engine.config import target_ratios
+
+    rows = []
+    for n, traj in aligned.items():
+        s = traj.meta["settings"]
+        wanted = [0.0, *target_ratios(s["schedule"], s["max_sparsity"], s["steps"])]
+        gaps = [r.structural_ratio - w for r, w in zip(traj.steps, wanted)]
+        rows.append([n, traj.key, min(gaps), max(gaps), statistics.mean(abs(g) for g in gaps[1:])])
+    return rows
+
+
+def spread(s: Speed | None, what: str) -> str:
+    if s is None:
+        return "-"
+    return f"{getattr(s, what):.2f}x [{getattr(s, what + '_low'):.2f}, {getattr(s, what + '_high'):.2f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trajectory", default=str(EXAMPLE))
+    ap.add_argument("--aligns", default="32,64,128")
+    ap.add_argument("--targets", default="0.22,0.32,0.43,0.53", help="parameter sparsities")
+    ap.add_argument("--windows", type=int, default=120)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"speed columns: {', '.join(RUNTIMES)}")
+    ap.add_argument("--threads", type=int, default=1, help="threads of the speed measurement")
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timings per round (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="measure_costs calls per target (the spread)")
+    args = ap.parse_args()
+
+    from gisp_engine.models import load_model
+    from gisp_engine.subnetwork import recorded_model
+    from gisp_engine.trajectory import Trajectory
+
+    example = Trajectory.load(args.trajectory)
+    aligns = [int(n) for n in args.aligns.split(",")]
+    targets = [float(t) for t in args.targets.split(",")]
+    aligned = {n: aligned_trajectory(example, n) for n in aligns}
+    points = build_points(example, aligned, targets)
+    dense = load_model(recorded_model(example), "cpu", "float32")
+    result = {"machine": machine(), "trajectory": example.key, "settings": vars(args),
+              "points": [p.to_dict() for p in points]}
+
+    fidelity = schedule_fidelity(aligned)
+    print("\n" + table(fidelity, ["N", "trajectory", "min gap", "max gap", "mean |gap|"]))
+    print("gap: a step's structural ratio minus the schedule's (steps 1..10)")
+    result["schedule_gaps"] = [dict(zip(["align", "key", "min", "max", "mean_abs"], r)) for r in fidelity]
+
+    ppl, shipped = {}, {}
+    if args.part in ("all", "quality"):
+        print(f"\nWikiText-2 perplexity ({args.windows} windows of {args.seq_len} tokens)", flush=True)
+        ppl = perplexities(dense, points, args)
+        dense_ppl = perplexities(dense, [make_point("dense", 0.0, "dense", None, example, 0, example.keep_mask(0))],
+                                 args)["dense"]
+        result["dense_perplexity"] = dense_ppl
+        shipped_file = Path(args.trajectory) / "evaluations.json"
+        if shipped_file.is_file():  # the example's own evaluations: the unaligned points must agree
+            for r in json.loads(shipped_file.read_text())["results"]:
+                ident = r["identity"]
+                if (r["task"] == "wikitext2" and ident["limit"] == args.windows
+                        and ident["options"].get("seq_len") == args.seq_len):
+                    shipped[int(r["step"])] = float(r["value"])
+        result["perplexity"] = ppl
+        result["shipped_unaligned_perplexity"] = shipped
+
+    speeds: dict[str, dict[str, Speed]] = {}
+    if args.part in ("all", "speed"):
+        for name in args.runtimes.split(","):
+            print(f"\n{name} speed-ups against dense", flush=True)
+            speeds[name] = RUNTIMES[name](points, dense, args)
+        result["speed"] = {name: {pid: asdict(s) for pid, s in got.items()} for name, got in speeds.items()}
+
+    header = ["params asked", "point", "step", "params", "MLP widths (min-max)", "ppl", "ppl vs unaligned"]
+    for name in speeds:
+        header += [f"{name} prefill", f"{name} decode"]
+    rows = []
+    for p in points:
+        base = next(q for q in points if q.target == p.target and q.kind == "unaligned")
+        cut = [w for w in p.widths if w < example.geometry.intermediate_size] or p.widths
+        row = [f"{p.target:.0%}", p.kind if p.align is None else f"{p.kind} {p.align}", p.step,
+               f"{p.param_sparsity:.1%}", f"{min(cut)}-{max(cut)}",
+               f"{ppl[p.id]:.1f}" if p.id in ppl else "-",
+               f"{ppl[p.id] / ppl[base.id]:.3f}x" if p.id in ppl else "-"]
+        for got in speeds.values():
+            row += [spread(got.get(p.id), "prefill"), spread(got.get(p.id), "decode")]
+        rows.append(row)
+    print("\n" + table(rows, header))
+    if ppl:
+        print(f"dense perplexity {result['dense_perplexity']:.2f}; the example's shipped evaluations at the unaligned "
+              "steps: " + ", ".join(f"step {s} {v:.2f}" for s, v in sorted(shipped.items())
+                                    if any(p.step == s and p.kind == "unaligned" for p in points)))
+    print(f"results: {write_result('bench_align', result)}")
+
+
+if __name__ == "__main__":
+    main()
