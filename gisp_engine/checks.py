@@ -44,24 +44,40 @@ class Check:
     def options(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.defaults)
 
-    def resolve(self, options: dict | None) -> dict:
-        """Every option of this check, given or default, so equal requests have equal identities."""
+    def resolve(self, options: dict | None, family: str | None = None) -> dict:
+        """Every option of this check, given or default, so equal requests have equal identities.
+
+        A BOS policy is resolved for the model ``family`` (``data.resolve_bos``); ``stream``, the protocol
+        of every result remembered before the setting existed, is left out so that those still answer.
+        """
+        from .data import resolve_bos
+
         given = options or {}
-        return {name: given.get(name, default) for name, default in self.defaults}
+        resolved = {name: given.get(name, default) for name, default in self.defaults}
+        if "bos" in resolved:
+            bos = resolve_bos(resolved.pop("bos"), family)
+            if bos != "stream":
+                resolved["bos"] = bos
+        return resolved
 
 
 def _wikitext2(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
-               seq_len: int = 128, batch_size: int = 8) -> dict:
+               seq_len: int = 128, batch_size: int = 8, bos: str = "stream") -> dict:
     from .evaluate import wikitext2_perplexity
 
-    result = wikitext2_perplexity(loaded.model, loaded.tokenizer, seq_len, limit, batch_size, progress)
+    result = wikitext2_perplexity(loaded.model, loaded.tokenizer, seq_len, limit, batch_size, progress, bos)
     return {"value": result.perplexity, **result.to_dict()}
 
 
 CHECKS: dict[str, Check] = {
     "wikitext2": Check("wikitext2", "perplexity", "WikiText-2 perplexity", _wikitext2,
-                       (("seq_len", 128), ("batch_size", 8))),
+                       (("seq_len", 128), ("batch_size", 8), ("bos", "auto"))),
 }
+
+
+def trajectory_family(trajectory: Trajectory) -> str | None:
+    """The model family a trajectory was built for (what ``auto`` settings resolve by)."""
+    return trajectory.meta.get("model", {}).get("family")
 
 _HEADLINES = ("perplexity", "average_acc", "exact_match", "acc")  # the one number of each result type
 
@@ -202,10 +218,24 @@ def find_evaluation(trajectory: Trajectory, task: str, step: int, limit: int | N
 
 
 def _label(check: Check, limit: int | None, options: dict) -> str:
+    """The check and every setting that changes its value, e.g. 'WikiText-2 perplexity (seq len 128, BOS stream,
+    first 120)'."""
     parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(options.items())
-             if k not in ("batch_size", "max_new_tokens") and v is not False]
+             if k not in ("batch_size", "max_new_tokens", "bos") and v is not False]
+    if "bos" in check.options:  # stated whether or not the identity holds it (absent: stream)
+        parts.append(f"BOS {options.get('bos', 'stream')}")
     parts.append(f"first {limit}" if limit else "all")
     return f"{check.title} ({', '.join(parts)})"
+
+
+def row_label(row: dict) -> str:
+    """A remembered result's settings in words, from its identity (rows stored before a setting was stated
+    in labels are described as today's are); the stored label where the check is not known here."""
+    ident = row.get("identity") or {}
+    check = available_checks([row.get("task", "")]).get(row.get("task", ""))
+    if check is None or "options" not in ident:
+        return row.get("label", str(row.get("task")))
+    return _label(check, ident.get("limit"), ident["options"])
 
 
 def evaluate_step(
@@ -224,7 +254,7 @@ def evaluate_step(
         raise GispError(f"unknown check {task!r}: choose one of {', '.join(checks)}")
     check = checks[task]
     trajectory.check_step(step)
-    options = check.resolve(options)
+    options = check.resolve(options, trajectory_family(trajectory))
     if limit is not None and limit < 1:
         raise GispError(f"the limit must be at least 1 example (or none for all), got {limit}")
     dtype = str(loaded_at_step.dtype).removeprefix("torch.")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import settings
-from .data import SAMPLINGS
+from .data import BOS_POLICIES, SAMPLINGS
 from .errors import GispError
 from .structures import GQA_POLICIES, NORMALIZATIONS
 
@@ -36,6 +36,7 @@ class PruneConfig:
     objective: str = "perplexity"
     calib: str = "lambada"  # text source of the perplexity objective
     sampling: str = "packed"  # how the perplexity objective cuts its windows: see gisp_engine.data.SAMPLINGS
+    bos: str = "auto"  # BOS token of the perplexity objective's windows: see gisp_engine.data.BOS_POLICIES
     tasks: str = "cmqa"  # task list of the margin objective (comma-separated, or cmqa for all seven)
     calib_tokens: int | None = None  # token budget of task objectives; None: num_samples * seq_len
     calib_items: int | None = None  # margin objective: this many items from every task, instead of a token budget
@@ -92,6 +93,11 @@ class PruneConfig:
             raise GispError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.sampling not in SAMPLINGS:
             raise GispError(f"unknown sampling {self.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+        if self.bos not in BOS_POLICIES:
+            raise GispError(f"unknown BOS policy {self.bos!r}: choose one of {', '.join(BOS_POLICIES)}")
+        if self.bos != "auto" and self.objective != "perplexity":
+            raise GispError(f"--bos applies to the perplexity objective's text windows, not {self.objective!r}, "
+                            "whose sequences are tokenized as lm-evaluation-harness does: leave it at auto")
         if self.schedule not in SCHEDULES:
             raise GispError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.gqa not in GQA_POLICIES:

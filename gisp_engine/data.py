@@ -9,6 +9,7 @@ and, where there is one, the line.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import random
 from dataclasses import dataclass, field
@@ -185,6 +186,39 @@ def _load_hub_texts(hub: dict) -> list[str]:
 
 
 SAMPLINGS = ("packed", "window")
+#: Where a window's BOS token comes from. ``stream``: windows are cut from one token stream with no BOS
+#: (the pruning papers' loaders; WikiText-2 then has at most one, at the very start of the split).
+#: ``each``: every window starts with the tokenizer's BOS, ``seq_len`` tokens in all. ``auto``: ``each``
+#: for the families trained to see a BOS first (``adapters.BOS_FAMILIES``: Gemma 3), ``stream`` for the others.
+BOS_POLICIES = ("auto", "each", "stream")
+
+
+def resolve_bos(policy: str, family: str | None) -> str:
+    """``each`` or ``stream`` for ``policy`` and a model family (``auto``: by the family; unknown: ``stream``)."""
+    if policy not in BOS_POLICIES:
+        raise GispError(f"unknown BOS policy {policy!r}: choose one of {', '.join(BOS_POLICIES)}")
+    if policy != "auto":
+        return policy
+    from .adapters import BOS_FAMILIES
+
+    return "each" if family in BOS_FAMILIES else "stream"
+
+
+def bos_token_id(tokenizer) -> int:
+    """The tokenizer's BOS id, or a GispError saying that ``--bos each`` cannot be used with it."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise GispError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')!r} has no BOS token: "
+                        "use --bos stream")
+    return int(bos)
+
+
+def with_bos(rows: "torch.Tensor", bos_id: int) -> "torch.Tensor":  # noqa: F821
+    """``rows`` (n, L) with a column of ``bos_id`` in front: (n, L + 1)."""
+    import torch
+
+    return torch.cat([torch.full((rows.shape[0], 1), bos_id, dtype=rows.dtype), rows], dim=1)
+
 SEPARATOR = "\n\n"  # between documents, in the packed stream and in the window sampler's stream
 # window sampling takes windows inside documents when at least this many times num_samples documents
 # are long enough; otherwise (LAMBADA at 128 tokens: 26 of 5153) it takes windows of the joined stream
@@ -205,6 +239,7 @@ class CalibrationSet:
     window_documents: list[int] | None = None  # mode "documents": the document of each window
     window_starts: list[int] | None = None  # window: first token of each window, in its document or the stream
     note: str = ""  # why the window sampler chose its mode
+    bos: str = "stream"  # each: every window is the tokenizer's BOS then seq_len - 1 tokens of text
 
     def describe(self) -> dict:
         n, length = self.input_ids.shape
@@ -215,6 +250,7 @@ class CalibrationSet:
             "seq_len": int(length),
             "seed": self.seed,
             "sampling": self.sampling,
+            "bos": self.bos,
         }
         if self.sampling == "packed":
             out["packing"] = _PACKED_DESCRIPTION
@@ -234,20 +270,32 @@ class CalibrationSet:
 
 
 def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: int, seed: int,
-                      sampling: str = "packed") -> CalibrationSet:
+                      sampling: str = "packed", bos: str = "stream") -> CalibrationSet:
     """``num_samples`` windows of ``seq_len`` tokens, seeded, by one of the ``SAMPLINGS``.
 
     ``packed`` shuffles the documents and cuts the first ``num_samples * seq_len`` tokens of
     their joined stream. ``window`` is the reference loaders' sampler (Wanda, SparseGPT, GISP):
     each window is a random span of a random document longer than ``seq_len``, or, when too few
-    documents are that long, a random span of all documents joined.
+    documents are that long, a random span of all documents joined. ``bos`` (resolved: ``each`` or
+    ``stream``, see ``resolve_bos``): with ``each`` the text spans are ``seq_len - 1`` tokens and every
+    window starts with the tokenizer's BOS.
     """
     if sampling not in SAMPLINGS:
         raise GispError(f"unknown sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if bos not in ("each", "stream"):
+        raise GispError(f"the calibration needs a resolved BOS policy (each or stream), got {bos!r}")
+    if bos == "each" and seq_len < 2:
+        raise GispError("--seq-len must be at least 2 to hold a BOS token and text")
+    bos_id = bos_token_id(tokenizer) if bos == "each" else None
+    text_len = seq_len - 1 if bos == "each" else seq_len
     docs = load_documents(source)
     if sampling == "window":
-        return _sample_windows(tokenizer, source, docs, num_samples, seq_len, seed)
-    return _pack(tokenizer, source, docs, num_samples, seq_len, seed)
+        made = _sample_windows(tokenizer, source, docs, num_samples, text_len, seed)
+    else:
+        made = _pack(tokenizer, source, docs, num_samples, text_len, seed)
+    if bos_id is None:
+        return made
+    return dataclasses.replace(made, input_ids=with_bos(made.input_ids, bos_id), bos="each")
 
 
 def _pack(tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int,
@@ -372,18 +420,21 @@ def rebuild_calibration(tokenizer, described: dict) -> "torch.Tensor":  # noqa: 
         raise GispError(f"calibration source {source.name!r} is not the data the trajectory recorded "
                         f"({recorded}): the calibration cannot be rebuilt from it")
     n, seq_len = int(described["num_samples"]), int(described["seq_len"])
+    bos = described.get("bos", "stream")  # recorded since the setting exists; before it, always stream
     if described.get("sampling", "packed") == "packed":
-        return build_calibration(tokenizer, source, n, seq_len, int(described["seed"])).input_ids
+        return build_calibration(tokenizer, source, n, seq_len, int(described["seed"]), bos=bos).input_ids
+    text_len = seq_len - 1 if bos == "each" else seq_len
     tokens = _Tokens(tokenizer, load_documents(source))
     starts = described["window_starts"]
     if described["mode"] == "documents":
-        rows = [tokens(i)[s:s + seq_len] for i, s in zip(described["window_documents"], starts)]
+        rows = [tokens(i)[s:s + text_len] for i, s in zip(described["window_documents"], starts)]
     else:
         stream, _ = _stream(tokens, tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
-        rows = [stream[s:s + seq_len] for s in starts]
-    if len(rows) != n or any(len(r) != seq_len for r in rows):
+        rows = [stream[s:s + text_len] for s in starts]
+    if len(rows) != n or any(len(r) != text_len for r in rows):
         raise GispError("the recorded calibration windows do not fit the source: it cannot be rebuilt")
-    return torch.tensor(rows, dtype=torch.long)
+    ids = torch.tensor(rows, dtype=torch.long)
+    return with_bos(ids, bos_token_id(tokenizer)) if bos == "each" else ids
 
 
 # ---- WikiText-2 ------------------------------------------------------------------------------

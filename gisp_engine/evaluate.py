@@ -8,7 +8,10 @@ The windows are ``seq_len`` tokens long and do not overlap; the loss of a window
 mean NLL of its ``seq_len - 1`` next-token predictions, and the perplexity is the
 exponential of the mean over windows. 128-token windows are the convention of the GISP
 and LLM-Pruner papers; Wanda and SliceGPT use 2,048. The two are not comparable, so the
-window length is part of every result.
+window length is part of every result, and so is the BOS policy (``data.BOS_POLICIES``):
+``stream`` cuts the windows from the split tokenized once (at most one BOS, at its very start:
+the papers' protocol); ``each`` puts the tokenizer's BOS in front of ``seq_len - 1`` tokens of
+text in every window, which models trained to see a BOS first (Gemma 3) need.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from collections.abc import Iterable, Mapping
 
-from .data import wikitext2_test_text
+from .data import bos_token_id, resolve_bos, wikitext2_test_text, with_bos
 from .errors import GispError
 from .nll import sequence_nll
 from .progress import ProgressCallback, ProgressEvent, null_progress
@@ -41,19 +44,37 @@ class PerplexityResult:
     perplexity: float
     mean_nll: float
     data: dict
+    bos: str = "stream"  # resolved BOS policy: each (one per window) or stream (none but the split's first)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def wikitext2_ids(tokenizer) -> tuple[torch.Tensor, dict]:
-    """The whole test split tokenized once (memoized per tokenizer)."""
-    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+def wikitext2_ids(tokenizer, special_tokens: bool = True) -> tuple[torch.Tensor, dict]:
+    """The whole test split tokenized once (memoized per tokenizer); ``special_tokens``: as the tokenizer
+    adds them to a text (a BOS at the start for most), else none."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), special_tokens)
     if key not in _TOKENS:
         text, identity = wikitext2_test_text()
-        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+        ids = torch.tensor(tokenizer(text, add_special_tokens=special_tokens)["input_ids"], dtype=torch.long)
         _TOKENS[key] = (ids, identity)
     return _TOKENS[key]
+
+
+def wikitext2_windows(tokenizer, seq_len: int, limit: int | None, bos: str) -> tuple[torch.Tensor, dict]:
+    """The first ``limit`` (all when None) non-overlapping windows of ``seq_len`` tokens under the resolved
+    BOS policy ``bos`` (``each``: BOS + ``seq_len - 1`` tokens of text; ``stream``: ``seq_len`` tokens)."""
+    each = bos == "each"
+    bos_id = bos_token_id(tokenizer) if each else None
+    ids, identity = wikitext2_ids(tokenizer, special_tokens=not each)
+    text_len = seq_len - 1 if each else seq_len
+    windows = ids.numel() // text_len
+    if limit is not None:
+        windows = min(windows, limit)
+    if windows == 0:
+        raise GispError("WikiText-2 is shorter than one window")
+    data = ids[: windows * text_len].view(windows, text_len)
+    return (with_bos(data, bos_id) if each else data), identity
 
 
 @torch.no_grad()
@@ -64,7 +85,12 @@ def wikitext2_perplexity(
     limit: int | None = None,
     batch_size: int = 8,
     progress: ProgressCallback = null_progress,
+    bos: str = "auto",
 ) -> PerplexityResult:
+    """Perplexity over the first ``limit`` windows of ``seq_len`` tokens; ``bos``: a ``data.BOS_POLICIES``
+    entry (``auto`` resolves by the model's family)."""
+    from .adapters import family_of_config
+
     if seq_len < 2:
         raise GispError("--seq-len must be at least 2")
     max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -72,13 +98,9 @@ def wikitext2_perplexity(
         raise GispError(f"--seq-len {seq_len} is longer than the model's context ({max_len} tokens)")
     if limit is not None and limit < 1:
         raise GispError("--limit must be at least 1")
-    ids, identity = wikitext2_ids(tokenizer)
-    windows = ids.numel() // seq_len
-    if limit is not None:
-        windows = min(windows, limit)
-    if windows == 0:
-        raise GispError("WikiText-2 is shorter than one window")
-    data = ids[: windows * seq_len].view(windows, seq_len)
+    bos = resolve_bos(bos, family_of_config(model.config))
+    data, identity = wikitext2_windows(tokenizer, seq_len, limit, bos)
+    windows = data.shape[0]
     total = 0.0
     model.eval()
     for start in range(0, windows, batch_size):
@@ -86,7 +108,8 @@ def wikitext2_perplexity(
         total += float(sequence_nll(model, chunk).double().sum())
         progress(ProgressEvent("eval", min(start + batch_size, windows), windows, message="wikitext2"))
     mean_nll = total / windows
-    return PerplexityResult("wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity)
+    return PerplexityResult("wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity,
+                            bos)
 
 
 def check_task(task: str) -> str:
@@ -129,11 +152,13 @@ def evaluate_task(
     exclusions: Mapping[str, Iterable[int]] | None = None,
     include_pool: bool = False,
     progress: ProgressCallback = null_progress,
+    bos: str = "auto",
 ):
     """Evaluate ``task`` (one of ``TASKS``, a custom task's ``.jsonl`` path, or a comma-separated list of
     decision tasks); the result has ``to_dict()``, and ``result_text`` renders it.
 
-    ``limit``: WikiText-2 windows, or items per task. ``exclusions``: item indices per task source
+    ``limit``: WikiText-2 windows, or items per task. ``bos``: WikiText-2's BOS policy (the choice tasks
+    tokenize as lm-evaluation-harness does, with the BOS it adds). ``exclusions``: item indices per task source
     that a trajectory calibrated on (``tasks.calibration_exclusions``), skipped on top of the
     reserved calibration pools (which ``include_pool`` keeps in).
     """
@@ -142,7 +167,7 @@ def evaluate_task(
 
     exclusions = exclusions or {}
     if task == "wikitext2":
-        return wikitext2_perplexity(model, tokenizer, seq_len, limit, batch_size, progress)
+        return wikitext2_perplexity(model, tokenizer, seq_len, limit, batch_size, progress, bos)
     if task in CHOICE_TASKS or task in SUITES or is_custom_task(task) or "," in task:
         return evaluate_choice_tasks(model, tokenizer, task, limit, exclusions, include_pool, batch_size, progress)
     if task == "gsm8k":
@@ -158,7 +183,7 @@ def result_text(result) -> str:
 
     if isinstance(result, PerplexityResult):
         return (f"{result.task} perplexity {result.perplexity:.3f} ({result.windows} non-overlapping windows "
-                f"of {result.seq_len} tokens)")
+                f"of {result.seq_len} tokens, BOS {result.bos})")
     if isinstance(result, ChoiceSuiteResult):
         return result.table()
     if isinstance(result, GSM8KResult):

@@ -93,7 +93,7 @@ def plan(config: PruneConfig) -> PruningPlan:
         "method": config.method,
         "model_sha256": weights_sha256(folder),
         "model_type": hf_config.model_type,
-        "objective": objective_spec(config.objective).identity(config),
+        "objective": objective_spec(config.objective).identity(config, adapter.family),
         "steps": config.steps,
         "max_sparsity": config.max_sparsity,
         "schedule": config.schedule,

@@ -36,7 +36,8 @@ def tiny_tokenizer(folder: Path, texts: list[str] | None = None):
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts or [_SAMPLE_TEXT] * 20, vocab_size=320, min_frequency=1,
                             special_tokens=["<|endoftext|>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+    # the one special token serves as BOS too (as GPT-2's does), so that --bos each works on every family
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
     return tok

@@ -14,6 +14,15 @@ ADAPTERS: tuple[type[DecoderAdapter], ...] = (LlamaAdapter, MistralAdapter, Qwen
 _BY_MODEL_TYPE = {mt: cls for cls in ADAPTERS for mt in cls.model_types}
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BY_MODEL_TYPE))
+#: families whose models expect a BOS token at the start of every sequence
+BOS_FAMILIES: frozenset[str] = frozenset(cls.family for cls in ADAPTERS if cls.needs_bos)
+
+
+def family_of_config(config) -> str | None:
+    """The family of a transformers config (a GISP export's base family), or None when unsupported."""
+    model_type = getattr(config, "gisp_base_model_type", None) or getattr(config, "model_type", None)
+    cls = _BY_MODEL_TYPE.get(model_type)
+    return cls.family if cls is not None else None
 
 
 def adapter_for_config(config) -> DecoderAdapter:
@@ -32,10 +41,12 @@ def adapter_for_config(config) -> DecoderAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "BOS_FAMILIES",
     "SUPPORTED_MODEL_TYPES",
     "AttentionLinears",
     "DecoderAdapter",
     "Geometry",
     "MlpLinears",
     "adapter_for_config",
+    "family_of_config",
 ]

@@ -62,6 +62,9 @@ class DecoderAdapter:
     model_types: tuple[str, ...] = ()
     #: Notes shown to users about what pruning keeps untouched in this family.
     notes: str = ""
+    #: Whether the family's models are trained to see a BOS token first, so that a window of text
+    #: cut from a stream without one is off-distribution (``--bos auto`` then prepends one to each)
+    needs_bos: bool = False
 
     def geometry(self, config) -> Geometry:
         heads = config.num_attention_heads

@@ -22,6 +22,8 @@ _GATED_ACTIVATIONS = {"gelu_pytorch_tanh", "gelu", "silu"}
 class Gemma3Adapter(DecoderAdapter):
     family = "gemma3"
     model_types = ("gemma3_text",)
+    # dense Gemma 3 270M on WikiText-2 (8 windows of 128): perplexity 254 without a BOS, 43 with one per window
+    needs_bos = True
     notes = ("q_norm/k_norm act within a head (over head_dim) and are kept whole; "
              "the single KV head of a layer stays while any of its query heads does.")
 

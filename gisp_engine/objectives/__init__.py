@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..data import build_calibration, resolve_text_source
+from ..data import build_calibration, resolve_bos, resolve_text_source
 from ..errors import GispError
 from ..nll import input_device, sequence_nll
 from .base import Objective
@@ -17,27 +17,29 @@ from .gsm8k import GSM8KObjective, build_gsm8k, gsm8k_identity
 @dataclass(frozen=True)
 class ObjectiveSpec:
     name: str
-    identity: Callable  # (PruneConfig) -> dict: everything that determines the calibration signal
+    identity: Callable  # (PruneConfig, family) -> dict: everything that determines the calibration signal
     build: Callable  # (LoadedModel, PruneConfig) -> Objective
 
 
-def _perplexity_identity(config) -> dict:
+def _perplexity_identity(config, family: str | None) -> dict:
     source = resolve_text_source(config.calib)
+    bos = resolve_bos(config.bos, family)
     return {
         "objective": "perplexity",
         "calib": source.identity(),
         "num_samples": config.num_samples,
         "seq_len": config.seq_len,
         "seed": config.seed,
-        # packed is left out so that keys made before the setting existed still answer
+        # packed and stream are left out so that keys made before the settings existed still answer
         **({} if config.sampling == "packed" else {"sampling": config.sampling}),
+        **({} if bos == "stream" else {"bos": bos}),
     }
 
 
 def _perplexity_build(loaded, config) -> Objective:
     source = resolve_text_source(config.calib)
     calibration = build_calibration(loaded.tokenizer, source, config.num_samples, config.seq_len, config.seed,
-                                     config.sampling)
+                                     config.sampling, resolve_bos(config.bos, loaded.adapter.family))
     return PerplexityObjective(calibration, config.resolved_batch_size(loaded.device))
 
 

@@ -22,7 +22,7 @@ SOURCE = "gsm8k_train"
 PROMPT = "Question: {question}\nAnswer:"
 
 
-def gsm8k_identity(config) -> dict:
+def gsm8k_identity(config, family: str | None = None) -> dict:
     return {
         "objective": "gsm8k",
         "source": source_identity(SOURCE),

@@ -63,7 +63,7 @@ def task_budgets(total: int, tasks: tuple[str, ...]) -> dict[str, int]:
     return {t: share + (1 if i < extra else 0) for i, t in enumerate(tasks)}
 
 
-def margin_identity(config) -> dict:
+def margin_identity(config, family: str | None = None) -> dict:
     tasks = parse_tasks(config.tasks)
     if config.calib_items is not None:  # refused before any weight is loaded (plan, jobs.submit)
         for task in tasks:
