@@ -38,6 +38,7 @@ def cmd_prune(args) -> None:
         calib_items=args.calib_items,
         num_samples=args.num_samples,
         seq_len=args.seq_len,
+        bos=args.bos,
         steps=args.steps,
         max_sparsity=args.max_sparsity,
         schedule=args.schedule,
@@ -107,7 +108,7 @@ def cmd_eval(args) -> None:
     loaded = load_model(model, args.device, args.dtype, args.device_map)
     payload = {"model": model, "task": args.task}
     options = {"seq_len": args.seq_len, "batch_size": args.batch_size, "few_shot": args.few_shot,
-               "max_new_tokens": args.max_new_tokens, "include_pool": args.all_items}
+               "max_new_tokens": args.max_new_tokens, "include_pool": args.all_items, "bos": args.bos}
     bar = TqdmProgress(enabled=not args.quiet)
     try:
         if traj is not None:
@@ -130,6 +131,31 @@ def cmd_eval(args) -> None:
     _emit(args, payload, f"{text}\nat parameter sparsity {payload['param_sparsity']:.4f}")
 
 
+def _limits(spec: str | None) -> tuple[int | None, tuple[tuple[str, int | None], ...]]:
+    """``--limit``: N for every check, or ``task=N`` pairs (``wikitext2=120,arc_easy=100``; ``all`` for no limit)."""
+    if spec is None or not str(spec).strip():
+        return None, ()
+
+    def number(text: str) -> int | None:
+        text = text.strip()
+        if text.lower() in ("all", "0", "none"):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise GispError(f"--limit {spec!r}: expected a number or task=N pairs like wikitext2=120,arc_easy=100") from None
+
+    if "=" not in spec:
+        return number(spec), ()
+    pairs = []
+    for part in spec.split(","):
+        task, sep, value = part.partition("=")
+        if not sep or not task.strip():
+            raise GispError(f"--limit {spec!r}: expected task=N pairs like wikitext2=120,arc_easy=100")
+        pairs.append((task.strip(), number(value)))
+    return None, tuple(pairs)
+
+
 def cmd_sweep(args) -> None:
     from .cost import CostSpec
     from .models import load_model, resolve_device, resolve_dtype
@@ -138,10 +164,15 @@ def cmd_sweep(args) -> None:
 
     traj = _load_trajectory(args.trajectory)
     cost = (CostSpec(batch=args.cost_batch, seq_len=args.cost_seq_len, new_tokens=args.cost_new_tokens,
-                     repeats=args.cost_repeats, export_dtype=args.export_dtype) if args.cost else None)
-    request = SweepRequest(tasks=parse_checks(args.task, allow_none=args.cost), steps=parse_steps(args.steps, traj),
-                           limit=args.limit,
-                           seq_len=args.seq_len, batch_size=args.batch_size, cost=cost)
+                     repeats=args.cost_repeats, export_dtype=args.export_dtype, threads=args.cost_threads)
+            if args.cost else None)
+    limit, limits = _limits(args.limit)
+    tasks = parse_checks(args.task, allow_none=args.cost)
+    unknown = [t for t, _ in limits if t not in tasks]
+    if unknown:
+        raise GispError(f"--limit names {', '.join(unknown)}, which --task does not sweep ({', '.join(tasks) or 'none'})")
+    request = SweepRequest(tasks=tasks, steps=parse_steps(args.steps, traj), limit=limit, limits=limits,
+                           seq_len=args.seq_len, batch_size=args.batch_size, cost=cost, bos=args.bos)
     model = args.model or recorded_model(traj)
     dtype = str(resolve_dtype(args.dtype, resolve_device(args.device))).removeprefix("torch.")
     bar = TqdmProgress(enabled=not args.quiet)
@@ -154,10 +185,12 @@ def cmd_sweep(args) -> None:
         from .checks import ship_evaluations
 
         print(f"gisp: results written into {ship_evaluations(traj)}", file=sys.stderr)
-    table = sweep_table(traj)
+    # exactly the points asked for (computed now or remembered with these settings), never another series
+    table = sweep_table(traj, report.rows)
     rows = [r for r in table.to_rows() if r["step"] in report.steps]
-    columns = [c for c in (*table.quality, "prefill_speedup", "decode_speedup", "memory_ratio", "peak_bytes",
-                           "weight_bytes") if any(r.get(c) is not None for r in rows)]
+    speed = [f"{c}{s}" for c in ("prefill_speedup", "decode_speedup") for s in ("", "_low", "_high")]
+    columns = [c for c in (*table.quality, *speed, "memory_ratio", "peak_bytes", "weight_bytes")
+               if any(r.get(c) is not None for r in rows)]
     lines = [f"sweep of {traj.path}: {report.computed} points computed, {report.remembered} remembered",
              "  ".join(["step", "params", *columns])]
     for r in rows:
@@ -165,8 +198,8 @@ def cmd_sweep(args) -> None:
         cells += ["-" if r.get(c) is None else f"{r[c]:.4g}" for c in columns]
         lines.append("  ".join(cells))
     lines += [f"{c}: {table.labels[c]}" for c in table.quality if c in columns]
-    if table.cost_label and cost is not None:
-        lines.append(f"cost: {table.cost_label}")
+    if table.cost_label:
+        lines.append(f"cost: {table.cost_label}; speed-ups: median [lowest, highest] of the repeats' ratios to dense")
     payload = {"trajectory": str(traj.path), "model": model, "request": request.to_dict(),
                "computed": report.computed, "remembered": report.remembered, "rows": rows,
                "labels": table.labels, "cost_label": table.cost_label}
@@ -234,8 +267,19 @@ def cmd_export(args) -> None:
         raise GispError("--align rounds one point: give --sparsity or --step, or prune with --align for aligned steps")
     if not args.all_steps and args.sparsity is None and args.step is None:
         raise GispError("give --sparsity S (parameter sparsity) or --step K, or --all-steps")
+    if args.format == "gguf" and args.all_steps:
+        raise GispError("--format gguf writes one step: give --sparsity or --step instead of --all-steps")
+    if args.outtype is not None and args.format != "gguf":
+        raise GispError("--outtype is the GGUF file's type: give it with --format gguf")
     trajectory = _load_trajectory(args.trajectory)
     step = None if args.all_steps else resolve_step(trajectory, args.sparsity, args.step)
+    if args.format == "gguf":  # what cannot be written is refused before minutes of loading
+        from .export_gguf import DEFAULT_OUTTYPE, check_request
+        from .subnetwork import compensates
+
+        args.outtype = args.outtype or DEFAULT_OUTTYPE
+        check_request(trajectory.meta.get("model", {}).get("family", ""), args.outtype, args.uniform,
+                      compensates(trajectory, compensation))
     if args.align is not None:  # before minutes of loading
         from .methods import check_align
 
@@ -245,13 +289,22 @@ def cmd_export(args) -> None:
     try:
         if args.all_steps:
             result = export_elastic(loaded, trajectory, args.out, progress=bar, bias_compensation=compensation)
+        elif args.format == "gguf":
+            from .export_gguf import export_gguf
+
+            result = export_gguf(loaded, trajectory, step, args.out, uniform=args.uniform, outtype=args.outtype,
+                                 progress=bar, bias_compensation=compensation, align=args.align)
         else:
             result = export_subnetwork(loaded, trajectory, step, args.out, uniform=args.uniform, progress=bar,
                                        bias_compensation=compensation, align=args.align)
     finally:
         bar.close()
     s = result.summary()
-    if args.all_steps:
+    if args.format == "gguf":
+        padded = f", {s['padding_overhead']:.1%} more weights for equal GQA groups" if s["padding_overhead"] else ""
+        what = (f"GGUF ({s['layout']}, llama.cpp arch {s['arch']}, {s['outtype']}) of step {s['step']}: parameter "
+                f"sparsity {s['param_sparsity']:.4f}{padded}, {s['file_bytes'] / 2**20:.1f} MiB")
+    elif args.all_steps:
         what = (f"elastic export of steps 0..{s['last_step']} (parameter sparsity up to "
                 f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights")
     else:
@@ -261,6 +314,15 @@ def cmd_export(args) -> None:
 
 
 # ---- parser ------------------------------------------------------------------------------
+def _bos_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
+    from .data import BOS_POLICIES
+
+    p.add_argument("--bos", default=default, choices=BOS_POLICIES,
+                   help=f"BOS token of the {what}: each (one starts every window), stream (cut from one token "
+                        "stream: the papers' protocol), auto (each for families trained with one: Gemma 3; "
+                        "else stream)")
+
+
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda[:N]")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
@@ -295,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="margin objective: this many calibration items from every task, instead of a token budget")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
+    _bos_arg(p, "perplexity objective's calibration windows", d.bos)
     p.add_argument("--steps", type=int, default=d.steps, help="pruning steps (1 = one-shot)")
     p.add_argument("--max-sparsity", type=float, default=d.max_sparsity, help="structural ratio reached at the last step")
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
@@ -339,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(EVAL_TASKS)}: wikitext2 (perplexity), a decision task or cmqa (all seven: zero-shot "
                         "accuracy), gsm8k (exact match), or a custom task file path.jsonl (see README)")
     p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length (128: GISP/LLM-Pruner; 2048: Wanda/SliceGPT)")
+    _bos_arg(p, "wikitext2 windows")
     p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or held-out items per task")
     p.add_argument("--few-shot", type=int, default=5, help="gsm8k: solved train problems before each question")
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length limit")
@@ -357,8 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated checks: wikitext2, a decision task, cmqa, gsm8k, a .jsonl task file; "
                         "none with --cost: cost only")
     p.add_argument("--steps", default="all", help="'all' or step numbers like 0,2,4")
-    p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or items per task")
+    p.add_argument("--limit", default=None,
+                   help="only the first N windows (wikitext2) or items per task; or per check: wikitext2=120,arc_easy=100")
     p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length")
+    _bos_arg(p, "wikitext2 windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows or options per forward pass")
     p.add_argument("--model", default=None, help="the dense model (default: the one the trajectory records)")
     p.add_argument("--cost", action="store_true",
@@ -366,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-batch", type=int, default=4, help="cost: prefill batch")
     p.add_argument("--cost-seq-len", type=int, default=128, help="cost: prefill length")
     p.add_argument("--cost-new-tokens", type=int, default=16, help="cost: decoded tokens at batch 1")
-    p.add_argument("--cost-repeats", type=int, default=3, help="cost: timings per step (median)")
+    p.add_argument("--cost-repeats", type=int, default=5,
+                   help="cost: timings per step, interleaved with dense (median, and the spread of their ratios)")
+    p.add_argument("--cost-threads", type=int, default=None,
+                   help="cost: threads (default: every core this process may use; the app uses the same default)")
     p.add_argument("--export-dtype", default="auto", help="cost: dtype of the weight bytes (auto: the checkpoint's)")
     p.add_argument("--no-cache", action="store_true", help="compute every point again")
     p.add_argument("--save-in-trajectory", action="store_true",
@@ -423,6 +492,12 @@ def _export_parser(subparsers) -> None:
                         "the trajectory removed last")
     p.add_argument("--no-bias-compensation", action="store_true",
                    help="FLAP trajectories: leave out FLAP's bias compensation (written by default, as published)")
+    p.add_argument("--format", default="hf", choices=("hf", "gguf"),
+                   help="hf: a transformers folder (default); gguf: one GGUF file for llama.cpp and Ollama "
+                        "(per-layer as llama.cpp's deci: Llama, Mistral, Qwen2; --uniform: the family's stock arch)")
+    p.add_argument("--outtype", default=None,
+                   help="--format gguf: f32, f16 (default), bf16, q8_0, or a llama.cpp quantization "
+                        "(q4_k_m, q5_k_m, q6_k, ...; needs llama-cpp-python)")
     p.add_argument("--device", default="cpu", help="where to slice: cpu (default), cuda[:N], auto")
     p.add_argument("--dtype", default="auto",
                    help="dtype of the written weights: auto (the base checkpoint's own), float32, bfloat16, float16")

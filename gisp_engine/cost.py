@@ -11,7 +11,10 @@ One :class:`CostSpec` says the workload; :func:`measure_cost` runs it on a loade
 
 Absolute times mean little on a shared machine, so callers measure the dense model in the same
 process, with the repeats of both interleaved (:func:`measure_costs`), and report ratios to it
-(:func:`cost_ratios`); times are medians over ``repeats``.
+(:func:`cost_ratios`): the median over the repeats of each repeat's ratio, with the lowest and
+highest of them as its spread, so that a speed-up the noise could reverse shows as such.
+Every figure is measured with ``spec.threads`` threads (default: every core this process may use),
+set explicitly, so that the app's background sweeps and ``gisp sweep --cost`` measure alike.
 """
 
 from __future__ import annotations
@@ -32,21 +35,42 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity), the default thread count of a cost measurement."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class CostSpec:
+    """One cost workload. The defaults are the CLI's and the app's alike (their results answer each other)."""
+
     batch: int = 4
     seq_len: int = 128
     prompt_len: int = 16
     new_tokens: int = 16
-    repeats: int = 3
+    repeats: int = 5
     export_dtype: str = "auto"  # bytes of the weights as exported; auto: the checkpoint's dtype
+    threads: int | None = None  # None: every core this process may use (``available_cores``)
 
     def __post_init__(self):
         for name in ("batch", "seq_len", "prompt_len", "new_tokens", "repeats"):
             if int(getattr(self, name)) < 1:
                 raise GispError(f"cost setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.repeats < 3:
+            raise GispError(f"cost repeats must be at least 3 to give a spread, got {self.repeats}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise GispError(f"cost threads must be at least 1, got {self.threads}")
         if self.export_dtype != "auto" and self.export_dtype not in _DTYPE_BYTES:
             raise GispError(f"unknown export dtype {self.export_dtype!r}: auto, {', '.join(_DTYPE_BYTES)}")
+
+    def resolved(self) -> "CostSpec":
+        """The spec with its thread count fixed (what identifies a measurement)."""
+        from dataclasses import replace
+
+        return self if self.threads is not None else replace(self, threads=available_cores())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +86,8 @@ class Cost:
     param_count: int
     device: str
     threads: int
+    prefill_s: list[float]  # every repeat's prefill time, in the order measured
+    decode_s: list[float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,10 +102,24 @@ RATIO_FIELDS = {  # figure -> name of its ratio to dense (higher speed is better
 }
 
 
+SPEED_TIMES = {"prefill_speedup": "prefill_s", "decode_speedup": "decode_s"}  # speed-up -> its repeats' times
+
+
 def cost_ratios(cost: dict, dense: dict) -> dict:
-    """Each figure of ``cost`` as a ratio to the dense model's (measured in the same process)."""
-    return {ratio: float(cost[name]) / float(dense[name]) if dense.get(name) else float("nan")
-            for name, ratio in RATIO_FIELDS.items()}
+    """Each figure of ``cost`` as a ratio to the dense model's (measured in the same process).
+
+    Speed-ups are the median of the repeats' own ratios (repeat i of dense against repeat i of this
+    model, measured one after the other), with ``<name>_low``/``<name>_high`` their lowest and highest.
+    """
+    out = {ratio: float(cost[name]) / float(dense[name]) if dense.get(name) else float("nan")
+           for name, ratio in RATIO_FIELDS.items()}
+    for ratio, times in SPEED_TIMES.items():
+        mine, theirs = cost.get(times), dense.get(times)
+        if mine and theirs and len(mine) == len(theirs):
+            paired = [d / m for d, m in zip(theirs, mine)]
+            out[ratio] = statistics.median(paired)
+            out[f"{ratio}_low"], out[f"{ratio}_high"] = min(paired), max(paired)
+    return out
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -196,9 +236,19 @@ class _Workload:
         return int(weights + max(0, mem.peak - mem.baseline))
 
 
-@torch.inference_mode()
 def measure_costs(models: list[torch.nn.Module], spec: CostSpec = CostSpec(), seed: int = 0) -> list[Cost]:
     """Cost of each model; their timing repeats are interleaved, so that load on a shared machine hits all alike."""
+    spec = spec.resolved()
+    before = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        return _measure(models, spec, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.inference_mode()
+def _measure(models: list[torch.nn.Module], spec: CostSpec, seed: int) -> list[Cost]:
     runs = [_Workload(m, spec, seed) for m in models]
     for r in runs:  # warm-up: allocator pools, lazy kernels
         r.prefill(), r.decode()
@@ -222,6 +272,8 @@ def measure_costs(models: list[torch.nn.Module], spec: CostSpec = CostSpec(), se
             param_count=int(param_count),
             device=str(r.device),
             threads=torch.get_num_threads(),
+            prefill_s=p,
+            decode_s=d,
         ))
     return out
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import available_checks, evaluate_step, evaluation_identity, find_evaluation, remember_evaluation
+from .checks import (available_checks, evaluate_step, evaluation_identity, find_evaluation, remember_evaluation,
+                     row_label, trajectory_family)
 from .cost import CostSpec, cost_ratios, measure_costs
 from .errors import GispError
 from .models import LoadedModel
@@ -74,7 +75,11 @@ def parse_checks(spec: str | Sequence[str], allow_none: bool = False) -> tuple[s
 
 @dataclass(frozen=True)
 class SweepRequest:
-    """One sweep: which checks at which steps, with which settings (part of every result's identity)."""
+    """One sweep: which checks at which steps, with which settings (part of every result's identity).
+
+    ``limit`` applies to every check without one of its own in ``limits`` ((task, limit) pairs), so that
+    a quick accuracy sweep does not also re-measure perplexity on a handful of windows.
+    """
 
     tasks: tuple[str, ...] = ("wikitext2",)
     steps: tuple[int, ...] | None = None  # None: every step
@@ -82,15 +87,25 @@ class SweepRequest:
     seq_len: int = 128
     batch_size: int = 8
     cost: CostSpec | None = None
+    limits: tuple[tuple[str, int | None], ...] = ()  # per check, overriding ``limit``
+    bos: str = "auto"  # WikiText-2's BOS policy (gisp_engine.data.BOS_POLICIES)
+
+    def limit_for(self, task: str) -> int | None:
+        return dict(self.limits).get(task, self.limit)
 
     def options(self, task: str) -> dict:
         check = available_checks([task])[task]
-        given = {"seq_len": self.seq_len, "batch_size": self.batch_size}
+        given = {"seq_len": self.seq_len, "batch_size": self.batch_size, "bos": self.bos}
         return {k: v for k, v in given.items() if k in check.options}
+
+    def resolved_options(self, task: str, family: str | None) -> dict:
+        """The options of ``task`` as its results' identities hold them."""
+        return available_checks([task])[task].resolve(self.options(task), family)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["tasks"], d["steps"] = list(self.tasks), None if self.steps is None else list(self.steps)
+        d["limits"] = [list(pair) for pair in self.limits]
         return d
 
     @classmethod
@@ -99,7 +114,21 @@ class SweepRequest:
         d["tasks"] = tuple(d.get("tasks") or ("wikitext2",))
         d["steps"] = None if d.get("steps") is None else tuple(d["steps"])
         d["cost"] = CostSpec(**d["cost"]) if d.get("cost") else None
+        d["limits"] = tuple((str(t), n) for t, n in d.get("limits") or ())
         return cls(**d)
+
+    def series_keys(self, trajectory: Trajectory, dtype: str, device: str | None = None) -> dict[str, str]:
+        """Per check (and ``cost``), the key of the series of results this request asks for (see ``series_key``).
+
+        The cost series needs the device it is measured on; without one it is left out.
+        """
+        family = trajectory_family(trajectory)
+        keys = {task: series_key(evaluation_identity(task, 0, self.limit_for(task),
+                                                     self.resolved_options(task, family), dtype))
+                for task in self.tasks}
+        if self.cost is not None and device is not None:
+            keys[COST] = series_key(evaluation_identity(COST, 0, None, _cost_identity(self.cost, device, dtype), dtype))
+        return keys
 
 
 @dataclass
@@ -125,22 +154,25 @@ class SweepReport:
 
 
 # ---- running it -----------------------------------------------------------------------------
-def _cost_identity(spec: CostSpec, device: str, threads: int, dtype: str) -> dict:
-    return {"spec": spec.to_dict(), "device": device, "threads": threads, "dtype": dtype}  # options of a cost row
+def _cost_identity(spec: CostSpec, device: str, dtype: str) -> dict:
+    """The options of a cost row: the workload with its thread count resolved, the device and dtype."""
+    spec = spec.resolved()
+    return {"spec": spec.to_dict(), "device": device, "threads": spec.threads, "dtype": dtype}
 
 
-def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str, device: str | None = None,
-                   threads: int | None = None) -> list[tuple[int, str]]:
+def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str,
+                   device: str | None = None) -> list[tuple[int, str]]:
     """(step, check) points the store does not hold yet; cost points need the device to be known."""
     steps = parse_steps(request.steps, trajectory)
+    family = trajectory_family(trajectory)
     todo = []
     for step in steps:
         for task in request.tasks:
-            options = available_checks([task])[task].resolve(request.options(task))
-            if find_evaluation(trajectory, task, step, request.limit, options, dtype) is None:
+            options = request.resolved_options(task, family)
+            if find_evaluation(trajectory, task, step, request.limit_for(task), options, dtype) is None:
                 todo.append((step, task))
         if request.cost is not None:
-            opts = _cost_identity(request.cost, device or "?", threads or 0, dtype)
+            opts = _cost_identity(request.cost, device or "?", dtype)
             if device is None or find_evaluation(trajectory, COST, step, None, opts, dtype) is None:
                 todo.append((step, COST))
     return todo
@@ -157,18 +189,21 @@ def run_sweep(
 ) -> SweepReport:
     """Evaluate ``request.tasks`` (and cost) at each requested step, remembering every point.
 
+    The report's rows are exactly the requested points, computed now or remembered with exactly the
+    requested settings (never another limit's or window's results).
+
     ``model``: the dense model the trajectory was built for, or a function that loads it, called
     only when some point is not remembered yet (``dtype``: the dtype it would load in, so that
     remembered points can be found without loading it). The model is sliced forward from step to
     step, so with ``copy_model=False`` the caller's model is pruned in place (to the last step swept).
     """
-    import torch
-
     steps = parse_steps(request.steps, trajectory)
     tasks = parse_checks(request.tasks, allow_none=request.cost is not None)
     request = dataclasses.replace(request, tasks=tasks, steps=steps)
-    if request.limit is not None and request.limit < 1:
-        raise GispError(f"the limit must be at least 1 (or none for all), got {request.limit}")
+    for task in tasks:
+        limit = request.limit_for(task)
+        if limit is not None and limit < 1:
+            raise GispError(f"the limit of {task} must be at least 1 (or none for all), got {limit}")
     report = SweepReport(trajectory.key or str(trajectory.path), steps, tasks)
     loaded = model if isinstance(model, LoadedModel) else None
     if loaded is not None:
@@ -178,7 +213,6 @@ def run_sweep(
         loaded = model()
         dtype = str(loaded.dtype).removeprefix("torch.")
     device = str(loaded.device) if loaded is not None else None
-    threads = torch.get_num_threads()
     untouched = None  # the caller's dense model, when the sweep slices a copy of it
     if loaded is not None:
         check_compatible(loaded, trajectory)
@@ -186,7 +220,7 @@ def run_sweep(
             untouched = loaded.model
             loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     dense = None
-    if request.cost is not None and (refresh or pending_points(trajectory, request, dtype, device, threads)):
+    if request.cost is not None and (refresh or pending_points(trajectory, request, dtype, device)):
         # ratios are to the dense model, timed in this process alongside each step (kept unsliced)
         dense = untouched if untouched is not None else copy.deepcopy(loaded.model)
 
@@ -199,21 +233,26 @@ def run_sweep(
             # nested steps: slicing the current model forward gives the next subnetwork
             layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, layout, trajectory.keep_mask(step), True)
         for task in tasks:
-            options = request.options(task)
+            limit = request.limit_for(task)
             if loaded is None:
-                resolved = available_checks([task])[task].resolve(options)
-                row = dict(find_evaluation(trajectory, task, step, request.limit, resolved, dtype), cached=True)
+                resolved = request.resolved_options(task, trajectory_family(trajectory))
+                row = dict(find_evaluation(trajectory, task, step, limit, resolved, dtype), cached=True)
             else:
-                row = evaluate_step(loaded, trajectory, step, task, request.limit, options,
+                row = evaluate_step(loaded, trajectory, step, task, limit, request.options(task),
                                     _inner(progress, step, task), refresh=refresh)
             report.add(row)
             done += 1
             progress(ProgressEvent("sweep", done, total, message=f"step {step}: {task}"))
         if request.cost is not None:
-            report.add(_cost_point(loaded, trajectory, step, request.cost, dense, device, threads, dtype, refresh))
+            report.add(_cost_point(loaded, trajectory, step, request.cost, dense, device, dtype, refresh))
             done += 1
             progress(ProgressEvent("sweep", done, total, message=f"step {step}: cost"))
     return report
+
+
+def cost_label(spec: CostSpec, device: str) -> str:
+    return (f"cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "
+            f"{spec.threads} threads, median of {spec.repeats} interleaved repeats)")
 
 
 def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback:
@@ -222,10 +261,11 @@ def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback
     return report
 
 
-def _cost_point(loaded, trajectory, step, spec, dense, device, threads, dtype, refresh) -> dict:
+def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -> dict:
     import datetime as _dt
 
-    options = _cost_identity(spec, device, threads, dtype)
+    spec = spec.resolved()
+    options = _cost_identity(spec, device, dtype)
     if not refresh:
         hit = find_evaluation(trajectory, COST, step, None, options, dtype)
         if hit is not None:
@@ -239,8 +279,7 @@ def _cost_point(loaded, trajectory, step, spec, dense, device, threads, dtype, r
         "identity": evaluation_identity(COST, step, None, options, dtype),
         "task": COST,
         "metric": COST,
-        "label": f"cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "
-                 f"{threads} threads)",
+        "label": cost_label(spec, device),
         "value": float(ratios["prefill_speedup"]),
         "step": int(step),
         "param_sparsity": trajectory.steps[step].param_sparsity,
@@ -264,7 +303,9 @@ class SweepTable:
 
     ``quality``: column -> values per step (``wikitext2`` perplexity, ``cmqa`` average accuracy,
     one column per decision task, ``gsm8k``...), ``labels``: column -> the settings it was measured
-    with, ``cost``: figure -> values per step (``prefill_speedup``, ``memory_ratio``, ``peak_bytes``...).
+    with, ``cost``: figure -> values per step (``prefill_speedup`` with ``prefill_speedup_low``/``_high``,
+    ``memory_ratio``, ``peak_bytes``...). Of a check measured with several settings, one series is shown
+    (``series``: task -> its key); ``alternatives`` lists every series remembered per task (``cost`` too).
     """
 
     steps: np.ndarray
@@ -276,6 +317,8 @@ class SweepTable:
     labels: dict[str, str]
     cost: dict[str, np.ndarray]
     cost_label: str | None = None
+    series: dict[str, str] = field(default_factory=dict)
+    alternatives: dict[str, list["Series"]] = field(default_factory=dict)
 
     @property
     def accuracy_columns(self) -> list[str]:
@@ -301,44 +344,83 @@ def _plain(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _series_key(row: dict) -> str:
-    ident = row.get("identity", {})
-    rest = {k: v for k, v in ident.items() if k != "step"}
+def series_key(identity: dict) -> str:
+    """What identifies a series of results: a result's identity without its step."""
+    rest = {k: v for k, v in identity.items() if k != "step"}
     return repr(sorted((k, repr(v)) for k, v in rest.items()))
 
 
-def _pick_series(rows: list[dict]) -> list[dict]:
-    """Of a check measured with several settings, the one covering the most steps (then the newest)."""
-    series: dict[str, list[dict]] = {}
+@dataclass(frozen=True)
+class Series:
+    """The results of one check measured with one set of settings, over some steps."""
+
+    task: str
+    key: str
+    label: str
+    steps: tuple[int, ...]
+    created: str  # the newest result's time
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _group(rows: list[dict], n: int) -> dict[str, dict[str, list[dict]]]:
+    """task -> series key -> rows (of steps 0..n-1)."""
+    out: dict[str, dict[str, list[dict]]] = {}
     for row in rows:
-        series.setdefault(_series_key(row), []).append(row)
-    best = max(series.values(), key=lambda s: (len({r["step"] for r in s}), max(r.get("created", "") for r in s)))
-    return best
+        if 0 <= int(row.get("step", -1)) < n:
+            out.setdefault(row["task"], {}).setdefault(series_key(row.get("identity", {})), []).append(row)
+    return out
 
 
-def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None) -> SweepTable:
-    """Everything remembered about ``trajectory`` as one row per step (see :class:`SweepTable`)."""
+def _series(task: str, key: str, rows: list[dict]) -> Series:
+    return Series(task, key, row_label(rows[0]), tuple(sorted({int(r["step"]) for r in rows})),
+                  max(r.get("created", "") for r in rows))
+
+
+def _ordered(task: str, by_key: dict[str, list[dict]]) -> list[Series]:
+    """The series of a task, covering the most steps first; among equals the newest first."""
+    newest_first = sorted((_series(task, k, r) for k, r in by_key.items()), key=lambda x: x.created, reverse=True)
+    return sorted(newest_first, key=lambda x: -len(x.steps))  # stable: ties stay newest first
+
+
+def list_series(trajectory: Trajectory, evaluations: list[dict] | None = None) -> dict[str, list[Series]]:
+    """Per check (and ``cost``), every series remembered for ``trajectory``: most steps first, then newest."""
+    from .checks import load_evaluations
+
+    rows = load_evaluations(trajectory) if evaluations is None else evaluations
+    return {task: _ordered(task, by_key) for task, by_key in _group(rows, trajectory.num_steps + 1).items()}
+
+
+def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None,
+                prefer: dict[str, str] | None = None) -> SweepTable:
+    """Everything remembered about ``trajectory`` as one row per step (see :class:`SweepTable`).
+
+    ``prefer``: task -> the series to show (``SweepRequest.series_keys``: the settings a user asked for);
+    a task without a preferred series that is remembered shows the one covering the most steps (then the newest).
+    """
     from .checks import load_evaluations
 
     rows = load_evaluations(trajectory) if evaluations is None else evaluations
     n = trajectory.num_steps + 1
-    steps = np.arange(n)
     table = SweepTable(
-        steps=steps,
+        steps=np.arange(n),
         param_sparsity=np.array([r.param_sparsity for r in trajectory.steps]),
         structural_ratio=np.array([r.structural_ratio for r in trajectory.steps]),
         kept_params=np.array([r.kept_params for r in trajectory.steps]),
         quality={}, metric={}, labels={}, cost={},
     )
-    by_task: dict[str, list[dict]] = {}
-    for row in rows:
-        if 0 <= int(row.get("step", -1)) < n:
-            by_task.setdefault(row["task"], []).append(row)
-    direct = set(by_task)
-    for task in sorted(by_task, key=lambda t: (t != PERPLEXITY, t)):
-        chosen = _pick_series(by_task[task])
+    grouped = _group(rows, n)
+    prefer = prefer or {}
+    direct = set(grouped)
+    for task in sorted(grouped, key=lambda t: (t != PERPLEXITY, t)):
+        by_key = grouped[task]
+        series = table.alternatives[task] = _ordered(task, by_key)
+        key = prefer.get(task) if prefer.get(task) in by_key else series[0].key
+        table.series[task] = key
+        chosen = sorted(by_key[key], key=lambda r: int(r["step"]))
         if task == COST:
-            table.cost_label = chosen[0]["label"]
+            table.cost_label = row_label(chosen[0])
             for row in chosen:
                 for name, value in row.get("details", {}).items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -346,7 +428,7 @@ def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None) -
             continue
         metric = chosen[0].get("metric", "accuracy")
         column = table.quality.setdefault(task, np.full(n, np.nan))
-        table.metric[task], table.labels[task] = metric, chosen[0]["label"]
+        table.metric[task], table.labels[task] = metric, row_label(chosen[0])
         for row in chosen:
             column[row["step"]] = float(row["value"])
             # a suite's per-task accuracies become columns of their own, unless measured directly
@@ -354,7 +436,7 @@ def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None) -
                 if name in direct or not isinstance(sub, dict) or "acc" not in sub:
                     continue
                 table.quality.setdefault(name, np.full(n, np.nan))[row["step"]] = float(sub["acc"])
-                table.metric[name], table.labels[name] = "accuracy", f"{name} accuracy (from {chosen[0]['label']})"
+                table.metric[name], table.labels[name] = "accuracy", f"{name} accuracy (from {table.labels[task]})"
     return table
 
 
@@ -369,6 +451,7 @@ class Constraints:
     min_task_accuracy: tuple[tuple[str, float], ...] = ()
     max_memory_mb: float | None = None  # peak memory of one prefill + decode, MiB
     min_prefill_speedup: float | None = None  # x dense
+    min_decode_speedup: float | None = None  # x dense
 
     def __post_init__(self):
         def bad(what: str):
@@ -383,13 +466,15 @@ class Constraints:
                 bad(f"min accuracy of {name} is {value:g}: give a fraction between 0 and 1")
         if self.max_memory_mb is not None and self.max_memory_mb <= 0:
             bad(f"max memory {self.max_memory_mb:g} MiB must be above 0")
-        if self.min_prefill_speedup is not None and self.min_prefill_speedup <= 0:
-            bad(f"min prefill speed-up {self.min_prefill_speedup:g} must be above 0 (1 = as fast as dense)")
+        for name, value in (("prefill", self.min_prefill_speedup), ("decode", self.min_decode_speedup)):
+            if value is not None and value <= 0:
+                bad(f"min {name} speed-up {value:g} must be above 0 (1 = as fast as dense)")
 
     @property
     def empty(self) -> bool:
         return all(v is None for v in (self.max_perplexity, self.max_perplexity_ratio, self.min_average_accuracy,
-                                       self.max_memory_mb, self.min_prefill_speedup)) and not self.min_task_accuracy
+                                       self.max_memory_mb, self.min_prefill_speedup, self.min_decode_speedup)) \
+            and not self.min_task_accuracy
 
 
 @dataclass(frozen=True)
@@ -398,20 +483,25 @@ class _Test:
     column: str
     ok: np.ndarray  # per step: met (NaN: not measured counts as not met)
     measured: np.ndarray
+    uncertain: np.ndarray  # per step: the median meets it but the spread of the repeats reaches below (not met)
 
 
 def _tests(table: SweepTable, c: Constraints) -> list[_Test]:
     tests = []
+    n = len(table.steps)
+    none = np.full(n, np.nan)
 
-    def add(name: str, column: str, values: np.ndarray, ok: np.ndarray, need: str) -> None:
+    def add(name: str, column: str, values: np.ndarray, ok: np.ndarray, need: str,
+            uncertain: np.ndarray | None = None) -> None:
         measured = ~np.isnan(values)
         if not measured.any():
             raise GispError(f"the constraint '{name}' needs {need}, which this trajectory has no measurement of: "
                             "run a sweep that includes it")
-        tests.append(_Test(name, column, ok & measured, measured))
+        flagged = np.zeros(n, bool) if uncertain is None else uncertain & measured
+        tests.append(_Test(name, column, ok & measured & ~flagged, measured, flagged))
 
     if c.max_perplexity is not None or c.max_perplexity_ratio is not None:
-        ppl = table.quality.get(PERPLEXITY, np.full(len(table.steps), np.nan))
+        ppl = table.quality.get(PERPLEXITY, none)
         if c.max_perplexity is not None:
             add(f"perplexity <= {c.max_perplexity:g}", PERPLEXITY, ppl, ppl <= c.max_perplexity, "WikiText-2 perplexity")
         if c.max_perplexity_ratio is not None:
@@ -422,20 +512,25 @@ def _tests(table: SweepTable, c: Constraints) -> list[_Test]:
             add(f"perplexity <= {c.max_perplexity_ratio:g}x dense", PERPLEXITY, ppl, ratio <= c.max_perplexity_ratio,
                 "WikiText-2 perplexity")
     if c.min_average_accuracy is not None:
-        acc = table.quality.get("cmqa", np.full(len(table.steps), np.nan))
+        acc = table.quality.get("cmqa", none)
         add(f"average accuracy >= {c.min_average_accuracy:.1%}", "cmqa", acc, acc >= c.min_average_accuracy,
             "the average accuracy (task cmqa)")
     for task, value in c.min_task_accuracy:
-        acc = table.quality.get(task, np.full(len(table.steps), np.nan))
+        acc = table.quality.get(task, none)
         add(f"{task} accuracy >= {value:.1%}", task, acc, acc >= value, f"{task} accuracy")
     if c.max_memory_mb is not None:
-        mem = table.cost.get("peak_bytes", np.full(len(table.steps), np.nan)) / 2**20
+        mem = table.cost.get("peak_bytes", none) / 2**20
         add(f"peak memory <= {c.max_memory_mb:g} MiB", "peak_bytes", mem, mem <= c.max_memory_mb,
             "cost (a sweep with --cost)")
-    if c.min_prefill_speedup is not None:
-        speed = table.cost.get("prefill_speedup", np.full(len(table.steps), np.nan))
-        add(f"prefill >= {c.min_prefill_speedup:g}x dense", "prefill_speedup", speed, speed >= c.min_prefill_speedup,
-            "cost (a sweep with --cost)")
+    for what, limit in (("prefill", c.min_prefill_speedup), ("decode", c.min_decode_speedup)):
+        if limit is None:
+            continue
+        column = f"{what}_speedup"
+        speed = table.cost.get(column, none)
+        low = table.cost.get(f"{column}_low", speed)  # results without a spread count as their median
+        with np.errstate(invalid="ignore"):
+            add(f"{what} >= {limit:g}x dense", column, speed, speed >= limit, "cost (a sweep with --cost)",
+                uncertain=(speed >= limit) & (low < limit))
     return tests
 
 
@@ -447,10 +542,22 @@ class Recommendation:
     meets: np.ndarray  # per step: meets every constraint
     binding: list[str]  # the constraints that stop a sparser step (or that nothing meets)
     measured: np.ndarray  # per step: every constrained figure measured
+    uncertain: dict[str, list[int]] = field(default_factory=dict)  # constraint -> steps its noise leaves open
+
+
+def _speed_text(table: SweepTable, column: str, step: int) -> str | None:
+    speed = table.cost.get(column)
+    if speed is None or np.isnan(speed[step]):
+        return None
+    text = f"{column.split('_')[0]} {speed[step]:.2f}x dense"
+    low, high = table.cost.get(f"{column}_low"), table.cost.get(f"{column}_high")
+    if low is not None and high is not None and not np.isnan(low[step]):
+        text += f" [{low[step]:.2f}, {high[step]:.2f}]"
+    return text
 
 
 def describe_step(table: SweepTable, step: int) -> str:
-    """e.g. 'step 7: 35.9% of parameters removed, perplexity 259 (4.9x dense), prefill 1.45x dense'."""
+    """e.g. 'step 7: 35.9% of parameters removed, perplexity 259 (4.9x dense), prefill 1.45x dense [1.38, 1.52]'."""
     parts = [f"step {step}: {table.param_sparsity[step]:.1%} of parameters removed"]
     ppl = table.quality.get(PERPLEXITY)
     if ppl is not None and not np.isnan(ppl[step]):
@@ -461,57 +568,64 @@ def describe_step(table: SweepTable, step: int) -> str:
     acc = table.quality.get("cmqa")
     if acc is not None and not np.isnan(acc[step]):
         parts.append(f"average accuracy {acc[step]:.1%}" + (f" (dense {acc[0]:.1%})" if step and not np.isnan(acc[0]) else ""))
-    speed = table.cost.get("prefill_speedup")
-    if speed is not None and not np.isnan(speed[step]):
-        parts.append(f"prefill {speed[step]:.2f}x dense")
+    parts += [t for t in (_speed_text(table, c, step) for c in ("prefill_speedup", "decode_speedup")) if t]
     mem = table.cost.get("peak_bytes")
     if mem is not None and not np.isnan(mem[step]):
         parts.append(f"peak memory {mem[step] / 2**20:.0f} MiB")
     return ", ".join(parts)
 
 
+NO_CONSTRAINT = "Set a constraint (perplexity, accuracy, memory or speed) to get a recommendation."
+
+
 def recommend(table: SweepTable, constraints: Constraints) -> Recommendation:
-    """The sparsest step that meets every constraint; when none does, which constraint binds."""
-    tests = _tests(table, constraints)
+    """The sparsest step that meets every constraint; when none does, which constraint binds.
+
+    Nothing is recommended without a constraint. A speed-up whose repeats straddle its threshold does not
+    count as met; the steps where that happened are named.
+    """
     n = len(table.steps)
+    if constraints.empty:
+        return Recommendation(None, None, NO_CONSTRAINT, np.zeros(n, bool), [], np.zeros(n, bool))
+    tests = _tests(table, constraints)
     measured = np.ones(n, bool)
     for t in tests:
         measured &= t.measured
     meets = measured.copy()
     for t in tests:
         meets &= t.ok
+    uncertain = {t.name: [int(i) for i in np.flatnonzero(t.uncertain)] for t in tests if t.uncertain.any()}
+    noise = "".join(f" {name}: too close to call (the repeats' spread straddles the threshold) at "
+                    f"{_steps_text(table, steps)}, counted as not met." for name, steps in uncertain.items())
     if meets.any():
         candidates = np.flatnonzero(meets)
         step = int(candidates[np.argmax(table.param_sparsity[candidates])])
         sparser = [i for i in range(n) if table.param_sparsity[i] > table.param_sparsity[step] and measured[i]]
         binding = [t.name for t in tests if any(not t.ok[i] for i in sparser)]
         text = describe_step(table, step)
-        if not tests:
-            text += " (no constraints: the sparsest step measured)"
-        elif binding:
-            text += f"; a sparser step would break: {', '.join(binding)}"
-        else:
-            text += "; it is the sparsest step measured"
-        return Recommendation(step, float(table.param_sparsity[step]), text, meets, binding, measured)
+        text += f"; a sparser step would break: {', '.join(binding)}" if binding else "; it is the sparsest step measured"
+        return Recommendation(step, float(table.param_sparsity[step]), text + "." + noise, meets, binding, measured,
+                              uncertain)
     if not measured.any():
         raise GispError("no step has every figure these constraints need: sweep the trajectory first")
     never = [t for t in tests if not (t.ok & measured).any()]
     if never:
         names = [t.name for t in never]
         best = "; ".join(_best_text(table, t) for t in never)
-        text = f"No step meets {' and '.join(names)}: {best}."
-        return Recommendation(None, None, text, meets, names, measured)
+        text = f"No step meets {' and '.join(names)}: {best}." + noise
+        return Recommendation(None, None, text, meets, names, measured, uncertain)
     # each constraint alone is met somewhere, but never together: they contradict on this trajectory
-    spans = "; ".join(f"{t.name} holds at {_span(table, t.ok & measured)}" for t in tests)
-    text = f"The constraints contradict each other on this trajectory: no step meets them all ({spans})."
-    return Recommendation(None, None, text, meets, [t.name for t in tests], measured)
+    spans = "; ".join(f"{t.name} holds at {_steps_text(table, np.flatnonzero(t.ok & measured))}" for t in tests)
+    text = f"The constraints contradict each other on this trajectory: no step meets them all ({spans})." + noise
+    return Recommendation(None, None, text, meets, [t.name for t in tests], measured, uncertain)
 
 
-def _span(table: SweepTable, ok: np.ndarray) -> str:
-    where = table.param_sparsity[ok]
-    if len(where) == 1:
-        return f"{where[0]:.1%} sparsity only"
-    return f"{where.min():.1%} to {where.max():.1%} sparsity"
+def _steps_text(table: SweepTable, steps) -> str:
+    """Exactly these steps, with their sparsity: 'steps 5 (26.6%), 6 (32.3%) and 9 (49.0%)'."""
+    parts = [f"{int(i)} ({table.param_sparsity[int(i)]:.1%})" for i in steps]
+    if len(parts) == 1:
+        return f"step {parts[0]} only"
+    return f"steps {', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def _best_text(table: SweepTable, test: _Test) -> str:
@@ -527,7 +641,7 @@ def _best_text(table: SweepTable, test: _Test) -> str:
         i = int(np.nanargmin(values))
         return f"the lowest peak memory measured is {values[i] / 2**20:.0f} MiB (step {i})"
     i = int(np.nanargmax(values))
-    return f"the fastest prefill measured is {values[i]:.2f}x dense (step {i})"
+    return f"the fastest {column.split('_')[0]} measured is {_speed_text(table, column, i)} (step {i})"
 
 
 # ---- two trajectories -----------------------------------------------------------------------

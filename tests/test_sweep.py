@@ -18,10 +18,11 @@ import pytest
 
 from gisp_engine import PruneConfig, checks, prune
 from gisp_engine.cli import main
-from gisp_engine.cost import CostSpec
+from gisp_engine.cost import CostSpec, available_cores
 from gisp_engine.errors import GispError
 from gisp_engine.models import load_model
 from gisp_engine.sweep import (
+    NO_CONSTRAINT,
     Constraints,
     SweepRequest,
     compare_at,
@@ -90,6 +91,42 @@ def test_sweep_equals_gisp_eval_step_by_step(tiny_trajectory, tiny_llama, capsys
     assert again["rows"] == swept["rows"]
 
 
+def test_sweep_prints_the_requested_settings_when_others_are_remembered(tiny_trajectory, capsys):
+    """A series of other settings covering more steps must never stand in for the one asked for."""
+    path = str(tiny_trajectory.path)
+    wide = run_json(capsys, ["sweep", "--trajectory", path, "--limit", "4"])  # every step, 4 windows
+    asked = run_json(capsys, ["sweep", "--trajectory", path, "--limit", "2", "--steps", "0,2,4"])
+    assert asked["computed"] == 3 and [r["step"] for r in asked["rows"]] == [0, 2, 4]
+    assert asked["labels"]["wikitext2"] == "WikiText-2 perplexity (seq len 128, BOS stream, first 2)"
+    for row in asked["rows"]:
+        fresh = run_json(capsys, ["eval", "--trajectory", path, "--step", str(row["step"]), "--limit", "2",
+                                  "--no-cache"])
+        assert row["wikitext2"] == pytest.approx(fresh["perplexity"], rel=1e-6)
+        assert row["wikitext2"] != pytest.approx(wide["rows"][row["step"]]["wikitext2"], rel=1e-6)
+    # asked again, everything remembered: the same requested values, still not the wider series
+    again = run_json(capsys, ["sweep", "--trajectory", path, "--limit", "2", "--steps", "0,2,4"])
+    assert again["remembered"] == 3 and again["rows"] == asked["rows"]
+    # the table of everything remembered shows the widest series by default, the asked one when preferred
+    request = SweepRequest.from_dict(asked["request"])
+    assert sweep_table(tiny_trajectory).labels["wikitext2"].endswith("first 4)")
+    preferred = sweep_table(tiny_trajectory, prefer=request.series_keys(tiny_trajectory, "float32"))
+    assert preferred.labels["wikitext2"].endswith("first 2)")
+    assert preferred.quality["wikitext2"][2] == pytest.approx(asked["rows"][1]["wikitext2"])
+    assert [len(s.steps) for s in preferred.alternatives["wikitext2"]] == [5, 3]
+
+
+def test_every_check_has_its_own_limit(tiny_trajectory, capsys):
+    path = str(tiny_trajectory.path)
+    out = run_json(capsys, ["sweep", "--trajectory", path, "--task", "wikitext2,arc_easy", "--steps", "0,4",
+                            "--limit", "wikitext2=3,arc_easy=2"])
+    limits = {(r["task"], r["identity"]["limit"]) for r in checks.load_evaluations(tiny_trajectory)}
+    assert limits == {("wikitext2", 3), ("arc_easy", 2)} and out["computed"] == 4
+    assert out["labels"]["arc_easy"].endswith("first 2)") and out["labels"]["wikitext2"].endswith("first 3)")
+    assert main(["sweep", "--trajectory", path, "--task", "wikitext2", "--limit", "piqa=3", "--quiet"]) == 2
+    assert "which --task does not sweep" in capsys.readouterr().err
+    assert main(["sweep", "--trajectory", path, "--limit", "many", "--quiet"]) == 2
+
+
 def test_sweep_killed_part_way_continues_without_recomputing(tiny_trajectory, tiny_llama, monkeypatch):
     loaded = load_model(str(tiny_llama), "cpu", "float32")
     request = SweepRequest(tasks=("wikitext2",), limit=2)
@@ -122,7 +159,7 @@ def test_a_fully_remembered_sweep_loads_no_model(tiny_trajectory, tiny_llama):
 
 def test_cost_sweep_measures_every_step_against_dense(tiny_trajectory, tiny_llama):
     loaded = load_model(str(tiny_llama), "cpu", "float32")
-    spec = CostSpec(batch=2, seq_len=16, prompt_len=4, new_tokens=4, repeats=1)
+    spec = CostSpec(batch=2, seq_len=16, prompt_len=4, new_tokens=4, repeats=3)
     report = run_sweep(tiny_trajectory, loaded, SweepRequest(tasks=("wikitext2",), limit=2, cost=spec))
     table = sweep_table(tiny_trajectory)
     assert report.computed == 2 * 5
@@ -131,6 +168,11 @@ def test_cost_sweep_measures_every_step_against_dense(tiny_trajectory, tiny_llam
     assert np.all(np.diff(params) <= 0) and params[-1] < params[0]
     np.testing.assert_array_equal(table.cost["weight_bytes"], params * 4)
     assert table.cost["param_ratio"][0] == 1.0 and table.cost["prefill_speedup"][0] == 1.0
+    # every speed-up carries the spread of its repeats' ratios (step 0 is the dense model against itself)
+    for what in ("prefill", "decode"):
+        low, mid, high = (table.cost[f"{what}_speedup{s}"] for s in ("_low", "", "_high"))
+        assert np.all(low <= mid) and np.all(mid <= high) and low[0] == high[0] == 1.0
+    assert table.cost_label.endswith(f"{available_cores()} threads, median of 3 interleaved repeats)")
     np.testing.assert_allclose(table.cost["param_ratio"], params / params[0])
     assert np.all(table.cost["prefill_tok_s"] > 0) and np.all(table.cost["peak_bytes"] >= table.cost["weight_bytes"])
     # the decoder weights the trajectory counts are a part of every parameter count
@@ -157,6 +199,8 @@ def test_bad_sweeps_are_clear_errors_and_lose_nothing(tiny_trajectory, tiny_mode
 # ---- the recommendation ----------------------------------------------------------------------------
 def _independent(table, c: Constraints) -> int | None:
     """The sparsest step meeting ``c``, computed with pandas from the table's rows alone."""
+    if c == Constraints():
+        return None  # nothing is recommended until a constraint is set
     df = pd.DataFrame(table.to_rows())
     ok = pd.Series(True, index=df.index)
     if c.max_perplexity is not None:
@@ -169,8 +213,8 @@ def _independent(table, c: Constraints) -> int | None:
         ok &= df[task] >= value
     if c.max_memory_mb is not None:
         ok &= df["peak_bytes"] / 2**20 <= c.max_memory_mb
-    if c.min_prefill_speedup is not None:
-        ok &= df["prefill_speedup"] >= c.min_prefill_speedup
+    if c.min_prefill_speedup is not None:  # met only when the lowest of the repeats meets it
+        ok &= df["prefill_speedup_low"] >= c.min_prefill_speedup
     ok &= df["wikitext2"].notna()
     if not ok.any():
         return None
@@ -182,6 +226,7 @@ def _synthetic_rows(traj: Trajectory) -> list[dict]:
     ppl = [20.0, 22.0, 21.0, 35.0, 90.0]
     acc = [0.60, 0.58, 0.55, 0.50, 0.40]
     speed = [1.0, 1.1, 1.3, 1.5, 1.9]
+    low = [1.0, 0.9, 1.25, 1.45, 1.5]  # step 4's repeats straddle 1.6: its median alone would meet >= 1.6
     mem = [400, 380, 350, 320, 300]
     rows = []
     for step in range(traj.num_steps + 1):
@@ -193,7 +238,8 @@ def _synthetic_rows(traj: Trajectory) -> list[dict]:
                      "details": {"tasks": {"piqa": {"acc": acc[step] + 0.1}, "boolq": {"acc": acc[::-1][step]}}}})
         rows.append({**base, "task": "cost", "metric": "cost", "label": "cost", "value": speed[step],
                      "identity": {"task": "cost", "step": step},
-                     "details": {"prefill_speedup": speed[step], "peak_bytes": mem[step] * 2**20}})
+                     "details": {"prefill_speedup": speed[step], "prefill_speedup_low": low[step],
+                                 "prefill_speedup_high": speed[step] + 0.1, "peak_bytes": mem[step] * 2**20}})
     return rows
 
 
@@ -206,7 +252,8 @@ def _synthetic_rows(traj: Trajectory) -> list[dict]:
     Constraints(max_memory_mb=360, max_perplexity=40),
     Constraints(min_prefill_speedup=1.2, max_perplexity_ratio=2.0),
     Constraints(max_perplexity=10),  # nothing meets it
-    Constraints(min_prefill_speedup=1.6, max_perplexity_ratio=1.5),  # each alone is met, never together
+    Constraints(min_prefill_speedup=1.4, max_perplexity_ratio=1.5),  # each alone is met, never together
+    Constraints(min_prefill_speedup=1.6),  # only step 4's median meets it, and its spread straddles it
 ])
 def test_recommendation_equals_an_independent_computation(tiny_trajectory, constraints):
     table = sweep_table(tiny_trajectory, _synthetic_rows(tiny_trajectory))
@@ -217,10 +264,18 @@ def test_recommendation_equals_an_independent_computation(tiny_trajectory, const
         assert rec.text.startswith(f"step {rec.step}: {table.param_sparsity[rec.step]:.1%} of parameters removed")
         assert rec.meets[rec.step] and not rec.meets[[s for s in range(5) if table.param_sparsity[s] >
                                                        table.param_sparsity[rec.step]]].any()
+    elif constraints == Constraints():
+        assert rec.text == NO_CONSTRAINT and not rec.meets.any()
     elif constraints.max_perplexity == 10:
         assert rec.binding == ["perplexity <= 10"] and "the best wikitext2 measured is 20 (step 0)" in rec.text
-    else:
-        assert "contradict" in rec.text and "prefill >= 1.6x dense holds at" in rec.text
+    elif constraints.min_prefill_speedup == 1.6:
+        assert rec.uncertain == {"prefill >= 1.6x dense": [4]} and "too close to call" in rec.text
+        assert "No step meets prefill >= 1.6x dense" in rec.text
+    else:  # exactly the steps where each holds, not a span that would include steps where it fails
+        p = table.param_sparsity
+        assert "contradict" in rec.text
+        assert f"prefill >= 1.4x dense holds at steps 3 ({p[3]:.1%}) and 4 ({p[4]:.1%})" in rec.text
+        assert f"perplexity <= 1.5x dense holds at steps 0 ({p[0]:.1%}), 1 ({p[1]:.1%}) and 2 ({p[2]:.1%})" in rec.text
 
 
 def test_recommendation_words(tiny_trajectory):
@@ -229,13 +284,15 @@ def test_recommendation_words(tiny_trajectory):
     p = table.param_sparsity[3]
     assert rec.step == 3
     assert rec.text.startswith(f"step 3: {p:.1%} of parameters removed, perplexity 35 (1.8x dense), "
-                               f"average accuracy 50.0% (dense 60.0%), prefill 1.50x dense, peak memory 320 MiB")
+                               f"average accuracy 50.0% (dense 60.0%), prefill 1.50x dense [1.45, 1.60], "
+                               f"peak memory 320 MiB")
     assert "a sparser step would break: perplexity <= 1.8x dense" in rec.text
 
 
 def test_constraints_that_cannot_be_used_are_clear_errors(tiny_trajectory):
     for bad, words in [(dict(max_perplexity=0.5), "below 1"), (dict(min_average_accuracy=45), "fraction"),
                        (dict(max_memory_mb=-1), "above 0"), (dict(min_prefill_speedup=0), "above 0"),
+                       (dict(min_decode_speedup=-1), "above 0"),
                        (dict(min_task_accuracy=(("piqa", 1.5),)), "fraction")]:
         with pytest.raises(GispError, match=words):
             Constraints(**bad)
