@@ -131,6 +131,17 @@ class SweepRequest:
         return keys
 
 
+def requested_series(trajectory: Trajectory, request: SweepRequest, device: str = "auto",
+                     dtype: str = "auto") -> dict[str, str]:
+    """``request.series_keys`` for a request not run yet: its device and dtype resolved as the sweep will."""
+    from .models import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    resolved = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
+    where = f"cuda:{dev.index or 0}" if dev.type == "cuda" else str(dev)  # as a loaded model's device reads
+    return request.series_keys(trajectory, resolved, where)
+
+
 @dataclass
 class SweepReport:
     """What a sweep did: the points computed now and those remembered from before."""

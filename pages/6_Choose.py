@@ -9,7 +9,8 @@ import streamlit as st
 import explorer_ui as ui
 from gisp_engine import checks, figures, jobs
 from gisp_engine.cost import CostSpec
-from gisp_engine.sweep import Constraints, SweepRequest, recommend, sweep_table
+from gisp_engine.data import BOS_POLICIES
+from gisp_engine.sweep import Constraints, SweepRequest, recommend, requested_series, sweep_table
 
 ui.page_setup("Choose")
 st.title("Choose a deployment sparsity")
@@ -22,33 +23,55 @@ path, view, traj = ui.picked_trajectory()
 
 
 # ---- the sweep ----------------------------------------------------------------------------------
+DEFAULT_LIMITS = {"wikitext2": 120, "gsm8k": 50}  # windows, problems; every other check: items per task
+ITEMS = 100
+
+
+def _request_slot() -> str:
+    return f"sweep_request_{path}"
+
+
 def _sweep_form() -> None:
     available = checks.available_checks()
+    remembered = {r["task"] for r in ui.evaluations(path)}
+    tasks = st.multiselect("Checks", list(available), default=[] if "wikitext2" in remembered else ["wikitext2"],
+                           format_func=lambda t: available[t].title, key=f"sweep_checks_{path}",
+                           help="Perplexity, each decision task, cmqa (all seven, with their average), gsm8k. "
+                                "Each has its own limit below.")
     with st.form("sweep_settings"):
-        c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-        tasks = c1.multiselect("Checks", list(available), default=["wikitext2"], format_func=lambda t: available[t].title,
-                               help="Perplexity, each decision task, cmqa (all seven, with their average), gsm8k.")
-        limit = c2.number_input("Limit (windows or items; 0 = all)", min_value=0, value=120, step=8,
-                                help="120 windows of 128 tokens: the explorer's perplexity sweep.")
-        seq_len = c3.number_input("Window length", min_value=2, value=128, step=64)
-        device = c4.selectbox("Device", ["auto", "cpu", "cuda"])
-        cost = st.checkbox("Also measure cost: prefill and decode speed, peak memory, weight bytes (relative to dense)",
+        limits = {}
+        columns = st.columns(max(len(tasks), 1) + 1) if tasks else [st]
+        for col, task in zip(columns, tasks):
+            unit = "windows" if task == "wikitext2" else "problems" if task == "gsm8k" else "items per task"
+            limits[task] = col.number_input(f"{task}: {unit} (0 = all)", min_value=0,
+                                            value=DEFAULT_LIMITS.get(task, ITEMS), step=8, key=f"sweep_limit_{task}")
+        c1, c2, c3 = st.columns(3)
+        seq_len = c1.number_input("Window length (wikitext2)", min_value=2, value=128, step=64)
+        bos = c2.selectbox("BOS token (wikitext2)", BOS_POLICIES,
+                           help="auto: a BOS token starts each window for families trained with one (Gemma 3), "
+                                "else windows are cut from one token stream (the papers' protocol)")
+        device = c3.selectbox("Device", ["auto", "cpu", "cuda"])
+        spec = CostSpec().resolved()
+        cost = st.checkbox(f"Also measure cost: prefill and decode speed, peak memory, weight bytes (relative to dense; "
+                           f"{spec.repeats} interleaved repeats, {spec.threads} threads, as `gisp sweep --cost`)",
                            value=False)
         go = st.form_submit_button("Sweep every step in the background", type="primary")
     if go:
         with ui.guard("Cannot start the sweep: "):
-            request = SweepRequest(tasks=tuple(tasks), limit=int(limit) or None, seq_len=int(seq_len),
-                                   cost=CostSpec() if cost else None)
+            request = SweepRequest(tasks=tuple(tasks), limits=tuple((t, int(n) or None) for t, n in limits.items()),
+                                   seq_len=int(seq_len), bos=bos, cost=CostSpec() if cost else None)
             job = jobs.submit_sweep(traj, request, device=device)
         st.session_state[f"sweep_job_{path}"] = job.key
+        st.session_state[_request_slot()] = (request.to_dict(), device)
 
 
 def _sweep_key() -> str | None:
-    """This session's sweep of the trajectory, else one running for it (a reload, another tab)."""
+    """This session's sweep of the trajectory, else the newest one of it, running first (a reload, another tab)."""
     key = st.session_state.get(f"sweep_job_{path}")
     if key is None:
-        running = [j for j in jobs.list_jobs(active_only=True, kind="sweep") if j.config.get("trajectory") == path]
-        key = running[0].key if running else None
+        sweeps = [j for j in jobs.list_jobs(kind="sweep") if j.config.get("trajectory") == path]
+        sweeps.sort(key=lambda j: not j.active)  # stable: newest first within each
+        key = sweeps[0].key if sweeps else None
     return key
 
 
@@ -65,7 +88,7 @@ def _sweep_status() -> None:
             st.rerun()  # a point is finished: redraw the charts with it
         ui.cancel_button(job, "Cancel the sweep")
     else:
-        ui.job_outcome(job, f"Sweep finished: {job.total} points in {job.elapsed_s or 0:.0f} s.", "The sweep",
+        ui.job_outcome(job, f"Sweep finished: {job.total} points in {job.elapsed_s or 0:.0f} s", "The sweep",
                        "Sweep cancelled: the points it finished are kept; sweep again to continue.")
     if st.session_state.get("sweep_polling") and not job.active:
         st.session_state["sweep_polling"] = False
@@ -83,15 +106,48 @@ with st.expander("Sweep this trajectory", expanded=not ui.evaluations(path)):
         _sweep_status()
 
 
+def _requested() -> dict[str, str]:
+    """The series the user asked for last: this session's sweep request, else the newest sweep of this trajectory."""
+    asked = st.session_state.get(_request_slot())
+    if asked is None:
+        mine = [j for j in jobs.list_jobs(kind="sweep") if j.config.get("trajectory") == path]
+        if not mine:
+            return {}
+        asked = (mine[0].config["request"], mine[0].config.get("device", "auto"))
+    with ui.guard("Cannot read the last sweep's settings: "):
+        return requested_series(traj, SweepRequest.from_dict(asked[0]), asked[1])
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
-def _table(path: str, stamp: int, evaluations: list[dict]):
-    return sweep_table(ui.load_trajectory(path), evaluations)
+def _table(path: str, stamp: int, evaluations: list[dict], prefer: tuple[tuple[str, str], ...]):
+    return sweep_table(ui.load_trajectory(path), evaluations, dict(prefer))
 
 
-table = _table(path, ui.stamp(path), ui.evaluations(path))
-if not table.quality:
+def _series_pickers(table) -> dict[str, str]:
+    """One picker per check remembered with several settings; the requested series first."""
+    several = {t: alts for t, alts in table.alternatives.items() if len(alts) > 1}
+    if not several:
+        return dict(table.series)
+    chosen = dict(table.series)
+    with st.expander(f"Settings of the series shown ({len(several)} checks are remembered with several)",
+                     expanded=False):
+        st.caption("Each check is shown with one set of settings; the one your last sweep asked for is the default. "
+                   "A series measured with other settings is never mixed in.")
+        for task, alts in several.items():
+            keys = [a.key for a in alts]
+            by_key = {a.key: a for a in alts}
+            chosen[task] = st.selectbox(
+                f"{task}", keys, index=keys.index(table.series[task]), key=f"choose_series_{task}_{path}",
+                format_func=lambda k, by_key=by_key: f"{by_key[k].label} · {len(by_key[k].steps)} steps")
+    return chosen
+
+
+first = _table(path, ui.stamp(path), ui.evaluations(path), tuple(sorted(_requested().items())))
+if not first.quality and not first.cost:
     st.info("No step of this trajectory is evaluated yet: sweep it above (or evaluate single points on Evaluate).")
     st.stop()
+picked = _series_pickers(first)
+table = _table(path, ui.stamp(path), ui.evaluations(path), tuple(sorted(picked.items())))
 
 # ---- constraints ------------------------------------------------------------------------------
 st.subheader("Constraints")
@@ -99,7 +155,7 @@ have_ppl = "wikitext2" in table.quality
 accuracy_columns = table.accuracy_columns
 have_cost = "prefill_speedup" in table.cost
 c1, c2, c3 = st.columns(3)
-max_ppl = max_ratio = min_avg = max_mem = min_speed = None
+max_ppl = max_ratio = min_avg = max_mem = min_speed = min_decode = None
 task_minimums: list[tuple[str, float]] = []
 with c1:
     if have_ppl:
@@ -130,16 +186,22 @@ with c3:
         speed = st.number_input("Minimum prefill speed-up (x dense; 0 = none)", min_value=0.0, value=0.0, step=0.1,
                                 key="choose_min_speed")
         min_speed = speed or None
+        decode = st.number_input("Minimum decode speed-up (x dense; 0 = none)", min_value=0.0, value=0.0, step=0.1,
+                                 key="choose_min_decode")
+        min_decode = decode or None
+        st.caption("A speed-up counts as met only when every repeat's ratio meets it.")
     else:
         st.caption("Sweep with cost to constrain memory and speed.")
 
 with ui.guard("These constraints cannot be used: "):
     constraints = Constraints(max_perplexity=max_ppl, max_perplexity_ratio=max_ratio, min_average_accuracy=min_avg,
                               min_task_accuracy=tuple(task_minimums), max_memory_mb=max_mem,
-                              min_prefill_speedup=min_speed)
+                              min_prefill_speedup=min_speed, min_decode_speedup=min_decode)
     rec = recommend(table, constraints)
 
-if rec.step is None:
+if constraints.empty:
+    st.info(rec.text)
+elif rec.step is None:
     st.warning(rec.text)
 else:
     st.success(f"**Recommended:** {rec.text}")
@@ -150,6 +212,12 @@ else:
     if right.button("Inspect it on Explore"):
         ui.jump_to_step(path, rec.step)
         st.switch_page("pages/2_Explore.py")
+if not constraints.empty:  # the series behind the recommendation, with their settings
+    basis = [table.labels["wikitext2"]] if max_ppl or max_ratio else []
+    basis += [table.labels["cmqa"]] if min_avg else []
+    basis += [table.labels[t] for t, _ in task_minimums]
+    basis += [table.cost_label] if max_mem or min_speed or min_decode else []
+    st.caption("Measured with: " + "; ".join(basis))
 
 # ---- charts -----------------------------------------------------------------------------------
 left, right = st.columns(2)
@@ -171,5 +239,6 @@ st.dataframe(rows, hide_index=True, key="choose_table",
                             "structural_ratio": st.column_config.NumberColumn("structural ratio", format="percent")})
 notes = [f"**{c}**: {label}" for c, label in table.labels.items()]
 if table.cost_label:
-    notes.append(f"**cost**: {table.cost_label}; ratios are to the dense model measured in the same process")
+    notes.append(f"**cost**: {table.cost_label}; speed-ups are the median of each repeat's ratio to the dense model "
+                 "measured in the same process, with the lowest and highest (_low, _high)")
 st.caption(" · ".join(notes))

@@ -7,7 +7,7 @@ import pytest
 
 from gisp_engine import jobs
 from gisp_engine.models import load_model
-from gisp_engine.sweep import Constraints, SweepRequest, describe_step, recommend, run_sweep, sweep_table
+from gisp_engine.sweep import NO_CONSTRAINT, Constraints, SweepRequest, describe_step, recommend, run_sweep, sweep_table
 from gisp_engine.trajectory import Trajectory
 from test_app import chart, decode, no_errors, no_jobs_left, open_page, runs, tiny_runs, wait_for  # noqa: F401
 
@@ -35,9 +35,17 @@ def test_choose_sweeps_in_the_background_then_recommends(runs, data_dir, no_jobs
     no_errors(at)
     table = sweep_table(traj)
     assert np.isfinite(table.quality["wikitext2"]).all()
-    # no constraint: the sparsest step, stated in words and starred on the chart
+    # no constraint: nothing is recommended (no star, no export button), the page asks for one
+    assert any(i.value == NO_CONSTRAINT for i in at.info)
+    assert not any(s.value.startswith("**Recommended") for s in at.success)
+    assert _star(at, "Perplexity against parameter sparsity") is None
+    assert not any(b.label == "Export this point" for b in at.button)
+    # a constraint every step meets: the sparsest step, stated in words and starred on the chart
+    at.radio(key="choose_ppl_kind").set_value("multiple of dense").run()
+    at.number_input(key="choose_max_ratio").set_value(1e6).run()
     sparsest = int(np.argmax(table.param_sparsity))
     assert at.success[-1].value.startswith(f"**Recommended:** {describe_step(table, sparsest)}")
+    assert any(c.value == "Measured with: WikiText-2 perplexity (seq len 128, BOS stream, first 2)" for c in at.caption)
     x, y = _star(at, "Perplexity against parameter sparsity")
     assert x == pytest.approx(table.param_sparsity[sparsest]) and y == pytest.approx(table.quality["wikitext2"][sparsest])
 
@@ -75,7 +83,8 @@ def test_choose_constraints_move_the_recommendation(runs, data_dir):
     assert "No step meets perplexity <=" in at.warning[-1].value
 
     # "Export this point" opens the exporter at the recommended step
-    at.radio(key="choose_ppl_kind").set_value("none").run()
+    at.radio(key="choose_ppl_kind").set_value("multiple of dense").run()
+    at.number_input(key="choose_max_ratio").set_value(1e6).run()
     next(b for b in at.button if b.label == "Export this point").click().run()
     no_errors(at)
     sparsest = int(np.argmax(table.param_sparsity))
@@ -104,3 +113,30 @@ def test_learn_page_illustrates_with_the_examples(runs):
         at.slider(key="learn_step").set_value(step).run()
         removed.append(decode(chart(at, "Attention heads")["data"][0]["z"]) > 0)
     assert (removed[1] >= removed[0]).all() and removed[1].sum() > removed[0].sum()
+
+
+def test_choose_shows_the_series_the_user_asked_for(runs, data_dir, no_jobs_left):
+    """A newer series of other settings (here 2 windows) must not replace the one this page's sweep asked for."""
+    path = runs["iterative"]
+    traj = Trajectory.load(path)
+    at = open_page("pages/6_Choose.py", select=path)
+    at.number_input[0].set_value(3)  # wikitext2 windows
+    next(b for b in at.button if b.label.startswith("Sweep every step")).click().run()
+    job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0], timeout=600)
+    assert job.state == "done", job.error
+    run_sweep(traj, load_model(str(traj.meta["settings"]["model"]), "cpu", "float32"),
+              SweepRequest(tasks=("wikitext2",), limit=2))  # newer, same steps: the table's own default
+    assert sweep_table(traj).labels["wikitext2"].endswith("first 2)")
+
+    at.run()
+    no_errors(at)
+    picker = at.selectbox(key=f"choose_series_wikitext2_{path}")
+    assert "first 3" in picker.format_func(picker.value)
+    shown = at.dataframe[-1].value
+    three = sweep_table(traj, prefer={"wikitext2": picker.value}).quality["wikitext2"]
+    np.testing.assert_allclose(shown["wikitext2"], three)
+    two = next(a.key for a in sweep_table(traj).alternatives["wikitext2"] if a.label.endswith("first 2)"))
+    picker.set_value(two).run()
+    no_errors(at)
+    np.testing.assert_allclose(at.dataframe[-1].value["wikitext2"], sweep_table(traj).quality["wikitext2"])
+    assert not np.allclose(three, sweep_table(traj).quality["wikitext2"])
