@@ -13,7 +13,7 @@ import explorer_ui as ui
 from gisp_engine import jobs, settings
 from gisp_engine.config import METHODS
 from gisp_engine.config import SCHEDULES, PruneConfig
-from gisp_engine.data import CALIB_ALIASES, SAMPLINGS
+from gisp_engine.data import BOS_POLICIES, CALIB_ALIASES, SAMPLINGS
 from gisp_engine.objectives import OBJECTIVES
 from gisp_engine.structures import GQA_POLICIES, NORMALIZATIONS
 
@@ -42,6 +42,11 @@ with st.form("run_settings"):
             help="perplexity objective. packed: documents shuffled, joined, the first tokens cut into windows. "
                  "window: each sequence a random span of a random document longer than it (Wanda/SparseGPT/GISP "
                  "reference loaders); sources of short documents (LAMBADA) are joined first")
+        bos = st.selectbox(
+            "BOS token of the windows", BOS_POLICIES, index=BOS_POLICIES.index(d.bos), key="run_bos",
+            help="perplexity objective. each: a BOS token starts every calibration window; stream: windows cut from "
+                 "one token stream (the papers' protocol); auto: each for families trained with one (Gemma 3), "
+                 "else stream")
         tasks = st.text_input("Tasks (task objectives)", d.tasks,
                               help="comma-separated task names, or cmqa for all seven")
         calib_items = st.number_input(
@@ -82,6 +87,7 @@ with st.form("run_settings"):
 if submitted:
     config = PruneConfig(
         model=model.strip(), method=method, objective=objective, calib=calib.strip(), sampling=sampling,
+        bos=bos if objective == "perplexity" else "auto",
         tasks=tasks.strip(), calib_items=(int(calib_items) or None) if objective == "margin" else None,
         calib_tokens=int(calib_tokens) or None,
         num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
@@ -91,16 +97,20 @@ if submitted:
         device=device, dtype=dtype,
     )
     asked = time.time()
-    with ui.guard("The run was not started: "), st.spinner("Checking the settings…"):
+    # a refused start says why and leaves the list of runs below in place
+    with ui.guard("The run was not started: ", stop=False), st.spinner("Checking the settings…"):
         job = jobs.submit(config)
-    st.session_state["run_last_key"] = job.key
-    if job.cache_hit:
-        st.success(f"Answered from the cache: this trajectory exists already (`{job.key}`).")
-        ui.remember_trajectory(job.trajectory)
-    elif job.started_unix and job.started_unix < asked - 1:
-        st.info(f"The same run is already going (`{job.key}`): following it below.")
-    else:
-        st.success(f"Started run `{job.key}` in the background.")
+        st.session_state["run_last_key"] = job.key
+        if job.cache_hit:
+            st.success(f"Answered from the cache: this trajectory exists already (`{job.key}`).")
+            ui.remember_trajectory(job.trajectory)
+        elif job.started_unix and job.started_unix < asked - 1:
+            st.info(f"The same run is already going (`{job.key}`): following it below.")
+        elif job.resumed_from:
+            st.success(f"Resumed run `{job.key}` in the background from step {job.resumed_from} of {job.total}: "
+                       "the steps before it were finished by an earlier run of these settings.")
+        else:
+            st.success(f"Started run `{job.key}` in the background.")
 
 
 def _format_eta(seconds: float | None) -> str:

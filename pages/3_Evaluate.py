@@ -7,6 +7,7 @@ import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine import checks
+from gisp_engine.data import BOS_POLICIES
 from gisp_engine.progress import ProgressEvent
 
 ui.page_setup("Evaluate")
@@ -22,19 +23,22 @@ st.caption(
 
 available = checks.available_checks()
 with st.form("evaluate_settings"):
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     task = c1.selectbox("Check", list(available), format_func=lambda t: available[t].title,
                         help="Accuracy tasks appear here when the engine provides them.")
     limit = c2.number_input("Limit (examples or windows; 0 = all)", min_value=0, value=32, step=8)
     seq_len = c3.number_input("Window length (tokens)", min_value=2, value=128, step=64,
                               help="128: GISP and LLM-Pruner convention; 2048: Wanda and SliceGPT. Not comparable.")
-    device = c4.selectbox("Device", ["auto", "cpu", "cuda"])
+    bos = c4.selectbox("BOS token (perplexity)", BOS_POLICIES,
+                       help="each: a BOS token starts every window; stream: windows cut from the split tokenized once "
+                            "(the papers' protocol); auto: each for families trained with one (Gemma 3), else stream")
+    device = c5.selectbox("Device", ["auto", "cpu", "cuda"])
     refresh = st.checkbox("Recompute even if remembered", value=False)
     go = st.form_submit_button("Evaluate dense and pruned", type="primary")
 
 if go:
     check = available[task]
-    options = {"seq_len": int(seq_len), "batch_size": 8}
+    options = {"seq_len": int(seq_len), "batch_size": 8, "bos": bos}
     results = {}
     bar = st.progress(0.0, text="loading the models")
     points = [("dense", 0), ("pruned", step)] if step else [("dense", 0)]
@@ -54,14 +58,14 @@ if go:
         delta = None if name == "dense" else f"{res['value'] - dense_value:+.3f}"
         col.metric(f"{name} ({res['param_sparsity']:.1%} params)", f"{res['value']:.3f}", delta=delta,
                    delta_color="inverse" if check.metric == "perplexity" else "normal",
-                   help=res["label"] + (" · remembered" if res.get("cached") else " · computed now"))
+                   help=checks.row_label(res) + (" · remembered" if res.get("cached") else " · computed now"))
 
 remembered = ui.evaluations(path)
 if remembered:
     st.subheader("Remembered evaluations of this trajectory")
-    ordered = sorted(remembered, key=lambda r: (r["label"], r["step"]))
+    ordered = sorted(remembered, key=lambda r: (checks.row_label(r), r["step"]))
     st.dataframe(
-        [{"check": r["label"], "step": r["step"], "parameter sparsity": r["param_sparsity"], "value": r["value"],
+        [{"check": checks.row_label(r), "step": r["step"], "parameter sparsity": r["param_sparsity"], "value": r["value"],
           "device": r.get("device"), "when": r.get("created")} for r in ordered],
         hide_index=True,
         column_config={"parameter sparsity": st.column_config.NumberColumn(format="percent")},

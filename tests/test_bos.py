@@ -19,6 +19,7 @@ from gisp_engine.errors import GispError
 from gisp_engine.evaluate import wikitext2_perplexity
 from gisp_engine.models import load_model
 from gisp_engine.pruner import plan, prune
+from test_app import runs, tiny_runs  # noqa: F401 - the explorer's tiny trajectories (fixtures)
 
 SEQ, WINDOWS = 32, 3
 BASE = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4, steps=2, max_sparsity=0.3)
@@ -141,3 +142,21 @@ def test_embedded_models_against_transformers_loss(embedded_model_dir, embedded_
             each = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2, bos="each").perplexity
             stream = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2, bos="stream").perplexity
             assert each < stream / 3
+
+
+def test_evaluate_page_offers_the_policy_and_states_it(runs, data_dir):
+    from test_app import no_errors, open_page
+
+    from gisp_engine.checks import load_evaluations
+    from gisp_engine.trajectory import Trajectory
+
+    at = open_page("pages/3_Evaluate.py", select=runs["iterative"])
+    at.select_slider[0].set_value(0).run()
+    at.number_input[0].set_value(2)  # windows
+    at.selectbox[1].set_value("each")  # the BOS policy (a llama: auto would be stream)
+    at.button[0].click().run()
+    no_errors(at)
+    (row,) = load_evaluations(Trajectory.load(runs["iterative"]))
+    assert row["identity"]["options"]["bos"] == "each" and row["details"]["bos"] == "each"
+    shown = at.dataframe[-1].value
+    assert list(shown["check"]) == ["WikiText-2 perplexity (seq len 128, BOS each, first 2)"]
