@@ -86,6 +86,13 @@ if shared:
     st.plotly_chart(figures.compare_quality_figure({"A": table_a, "B": table_b}, column, float(curve.sparsity[i])),
                     key="compare_quality")
     words = compare_at(table_a, table_b, step_a, step_b, column)
+    label_a = table_a.labels.get(column, table_a.cost_label)
+    label_b = table_b.labels.get(column, table_b.cost_label)
+    if label_a != label_b:  # two series of different settings are not the same measure
+        st.warning(f"A and B were measured with different settings, so the two curves are not directly comparable: "
+                   f"A: {label_a}; B: {label_b}. Sweep both with the same settings on the Choose page.")
+    else:
+        st.caption(f"Both measured with: {label_a}")
     if words:
         st.markdown(f"**{words}.**")
     else:

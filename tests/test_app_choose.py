@@ -140,3 +140,46 @@ def test_choose_shows_the_series_the_user_asked_for(runs, data_dir, no_jobs_left
     no_errors(at)
     np.testing.assert_allclose(at.dataframe[-1].value["wikitext2"], sweep_table(traj).quality["wikitext2"])
     assert not np.allclose(three, sweep_table(traj).quality["wikitext2"])
+
+
+def test_compare_says_when_the_two_series_have_different_settings(runs, data_dir):
+    a, b = Trajectory.load(runs["iterative"]), Trajectory.load(runs["oneshot"])
+    dense = load_model(str(a.meta["settings"]["model"]), "cpu", "float32")
+    run_sweep(a, dense, SweepRequest(tasks=("wikitext2",), limit=2))
+    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=3))
+    at = open_page("pages/4_Compare.py", select=runs["iterative"])
+    at.selectbox(key="compare_b").set_value(runs["oneshot"]).run()
+    no_errors(at)
+    (warning,) = [w.value for w in at.warning if "different settings" in w.value]
+    assert "A: WikiText-2 perplexity (seq len 128, BOS stream, first 2)" in warning
+    assert "B: WikiText-2 perplexity (seq len 128, BOS stream, first 3)" in warning
+
+    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=2))  # now both have the 2-window series
+    at.run()
+    assert not [w for w in at.warning if "different settings" in w.value]
+    assert any(c.value == "Both measured with: WikiText-2 perplexity (seq len 128, BOS stream, first 2)"
+               for c in at.caption)
+
+
+def test_choose_shows_a_sweeps_outcome_after_a_reload_and_says_it_resumed(runs, data_dir, no_jobs_left):
+    import json
+
+    path = runs["iterative"]
+    traj = Trajectory.load(path)
+    request = SweepRequest(tasks=("wikitext2",), limit=2)
+    job = jobs.submit_sweep(traj, request)
+    done = wait_for(lambda: (s := jobs.status(job.key)) and not s.active and s, timeout=600)
+    assert done.state == "done", done.error
+    # as if it had been cancelled after two points: sweeping again continues it (every point is remembered)
+    status_file = jobs.job_dir(job.key) / jobs.STATUS_FILE
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "state": "cancelled", "step": 2}))
+    again = jobs.submit_sweep(traj, request)
+    assert again.key == job.key and again.resumed_from == 2 and again.error is None
+    done = wait_for(lambda: (s := jobs.status(job.key)) and not s.active and s, timeout=600)
+    assert done.state == "done" and done.error is None and done.resumed_from == 2
+
+    fresh = open_page("pages/6_Choose.py", select=path)  # a reload: a new session, which started nothing
+    no_errors(fresh)
+    said = [s.value for s in fresh.success]
+    assert any(s.startswith(f"Sweep finished: {done.total} points") and f"resumed: 2 of {done.total} points" in s
+               for s in said), said
