@@ -35,6 +35,7 @@ MANIFEST = "gisp_manifest.json"
 PER_LAYER = "per-layer"
 UNIFORM = "uniform"
 ELASTIC = "elastic"  # every step of a trajectory in one folder: see gisp_engine/elastic.py
+GGUF = "gguf"  # one GGUF file for llama.cpp (per-layer or uniform): see gisp_engine/export_gguf.py
 
 
 @dataclass
@@ -182,7 +183,9 @@ def verify_export(folder: Path | str) -> dict:
     if manifest.get("version") != VERSION:
         raise GispError(f"{path}: export format version {manifest.get('version')!r}, this engine reads {VERSION}")
     files = manifest.get("files")
-    if not isinstance(files, dict) or "config.json" not in files:
+    # a GGUF folder's main file is the .gguf its manifest names; every other kind has a config.json
+    main = (manifest.get("gguf") or {}).get("file") if manifest.get("kind") == GGUF else "config.json"
+    if not isinstance(files, dict) or main not in files:
         raise GispError(f"corrupt export manifest {path}: no file list")
     for name, digest in files.items():
         if Path(name).name != name or name == MANIFEST:
@@ -210,7 +213,7 @@ def verify_export(folder: Path | str) -> dict:
                     f"{folder / name} is not the modeling code this GISP Explorer writes "
                     f"(template version {remote_code.template_version(elastic)}): export the subnetwork again"
                 )
-    elif manifest.get("kind") != UNIFORM:
+    elif manifest.get("kind") not in (UNIFORM, GGUF):
         raise GispError(f"corrupt export manifest {path}: unknown kind {manifest.get('kind')!r}")
     return manifest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import GispError
-from .export_format import (ELASTIC, PER_LAYER, PrunedModel, adapter_for_manifest, check_widths, param_count,
+from .export_format import (ELASTIC, GGUF, PER_LAYER, PrunedModel, adapter_for_manifest, check_widths, param_count,
                             verify_export)
 from .models import resolve_device, resolve_dtype
 
@@ -32,6 +32,9 @@ def load_pruned(
         raise GispError(
             f"{folder} was pruned from base weights {str(base_sha)[:12]}, not from {base_weights_sha256[:12]}"
         )
+    if manifest["kind"] == GGUF:
+        raise GispError(f"{folder} is a GGUF export for llama.cpp, not a transformers model: run it with "
+                        f"llama-cli -m {folder / manifest['gguf']['file']} (or gisp_engine.llamacpp.GGUFModel)")
     if manifest["kind"] == ELASTIC:
         from .elastic import load_elastic
 
