@@ -57,23 +57,36 @@ def _leave_legacy_navigation() -> None:
 
 
 @contextlib.contextmanager
-def guard(what: str = "") -> Iterator[None]:
-    """Show a user-facing error in the page instead of a traceback; stop the rest of the page."""
+def guard(what: str = "", stop: bool = True) -> Iterator[None]:
+    """Show a user-facing error in the page instead of a traceback; then stop the rest of the page, or with
+    ``stop=False`` only the rest of the block (what follows it, a list of runs, is still drawn)."""
     try:
         yield
     except GispError as exc:
         st.error(f"{what}{exc}" if what else str(exc))
-        st.stop()
+        if stop:
+            st.stop()
     except (MemoryError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError, ImportError) as exc:
         traceback.print_exc(file=sys.stderr)  # the server log keeps the details
         st.error(f"{what}unexpected {type(exc).__name__}: {exc}")
-        st.stop()
+        if stop:
+            st.stop()
 
 
 # ---- background jobs -------------------------------------------------------------------------
+def resumed_note(job) -> str:
+    """Where a run that continues an earlier one of the same request began, in words ("" for a run begun anew)."""
+    if not job.resumed_from:
+        return ""
+    if job.kind == "sweep":
+        return f"resumed: {job.resumed_from} of {job.total} points were done before"
+    return f"resumed from step {job.resumed_from} of {job.total}"
+
+
 def job_progress(job) -> None:
-    """A running job's progress bar, with its latest message."""
-    st.progress(min(max(job.fraction, 0.0), 1.0), text=job.message or job.state)
+    """A running job's progress bar, with its latest message (and where it resumed from)."""
+    text = " · ".join(filter(None, [job.message or job.state, resumed_note(job)]))
+    st.progress(min(max(job.fraction, 0.0), 1.0), text=text)
 
 
 def cancel_button(job, label: str = "Cancel") -> None:
@@ -84,9 +97,10 @@ def cancel_button(job, label: str = "Cancel") -> None:
 
 
 def job_outcome(job, done: str, what: str, cancelled: str) -> None:
-    """A finished job in one line: ``done`` on success, else ``what`` failed or was cancelled."""
+    """A finished job in one line: ``done`` on success (and where it resumed from), else ``what`` failed or was cancelled."""
     if job.state == "done":
-        st.success(done)
+        note = resumed_note(job)
+        st.success(f"{done} ({note})" if note else done)
     elif job.state == "failed":
         st.error(f"{what} failed: {job.error}")
     else:

@@ -68,6 +68,9 @@ class JobStatus:
     cache_hit: bool = False
     error: str | None = None
     kind: str = "prune"  # prune | sweep
+    # a run that continues an earlier one of the same request: the pruning steps its checkpoint held, or the
+    # points the earlier sweep had finished, when this one started (None: started from the beginning)
+    resumed_from: int | None = None
 
     @property
     def active(self) -> bool:
@@ -150,14 +153,19 @@ def status(key: str) -> JobStatus | None:
     started = current.started_unix or 0.0
     if current.state == "starting" and pid is None and time.time() - started < START_GRACE_S:
         return current
-    again = _read_status(folder)  # it may have finished between the two reads
-    if again is not None and not again.active:
-        return again
+    again = _read_status(folder)  # it may have finished, or been started again, between the two reads
+    if again is not None and (not again.active or _run_id(again) != _run_id(current)):
+        return again  # never overwrite a newer run with the end of the one read first
     current.state = "failed"
     current.error = f"the run stopped unexpectedly; its log is {folder / LOG_FILE}"
     current.eta_s = None
     _write_status(folder, current)
     return current
+
+
+def _run_id(job: JobStatus) -> tuple:
+    """What tells one run of a request from the next: each start writes a new start time."""
+    return job.started_unix, job.started
 
 
 def list_jobs(active_only: bool = False, kind: str | None = None) -> list[JobStatus]:
@@ -189,6 +197,14 @@ def submit(config: PruneConfig) -> JobStatus:
     return _start(key, config.to_dict(), total=config.steps)
 
 
+def _checkpoint_step(key: str) -> int | None:
+    """Pruning steps the engine's checkpoint of request ``key`` holds (what a new run continues from)."""
+    from .pruner import LoopState
+
+    done = LoopState.finished_steps(cache.partial_path(key), key)
+    return done or None
+
+
 def submit_sweep(trajectory, request, model: str | None = None, device: str = "auto", dtype: str = "auto") -> JobStatus:
     """Start a background sweep of ``trajectory`` (a :class:`~gisp_engine.sweep.SweepRequest`), or return the one going.
 
@@ -200,9 +216,13 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
     from .checks import trajectory_id
     from .subnetwork import recorded_model
     from .sweep import parse_checks, parse_steps
+    from .tasks import is_custom_task, load_task
 
     request = dataclasses.replace(request, tasks=parse_checks(request.tasks, allow_none=request.cost is not None),
                                   steps=parse_steps(request.steps, trajectory))
+    for task in request.tasks:  # a custom task file is read whole now: a bad line is refused before any process
+        if is_custom_task(task):
+            load_task(task)
     body = {"kind": "sweep", "trajectory": str(trajectory.path), "trajectory_id": trajectory_id(trajectory),
             "request": request.to_dict(), "model": model or recorded_model(trajectory), "device": device,
             "dtype": dtype}
@@ -218,6 +238,10 @@ def _start(key: str, config: dict, **fields) -> JobStatus:
         current = status(key)
         if current is not None and current.active:
             return current
+        if fields.get("kind") == "sweep":  # every finished point is remembered: an earlier sweep's count stands
+            resumed_from = current.step if current is not None and current.state != "done" and current.step else None
+        else:  # the engine continues from its checkpoint of the last finished step
+            resumed_from = _checkpoint_step(key)
         folder = job_dir(key)
         folder.mkdir(parents=True, exist_ok=True)
         for stale in (PID_FILE, LOG_FILE):
@@ -225,7 +249,7 @@ def _start(key: str, config: dict, **fields) -> JobStatus:
         now = time.time()
         atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": config})
         started = JobStatus(key=key, state="starting", config=config, message="starting", started=_iso(now),
-                            started_unix=now, **fields)
+                            started_unix=now, resumed_from=resumed_from, **fields)
         _write_status(folder, started)
         return _spawn(folder, started)
 
@@ -387,6 +411,7 @@ def run(folder: Path) -> int:
     current = _read_status(folder) or JobStatus(key=request["key"], state="starting", config=request["config"])
     now = time.time()
     current.state, current.pid, current.message = "running", os.getpid(), "loading the model"
+    current.error = None  # this run's own outcome: nothing an earlier run (or a poll's verdict on it) left
     current.started_unix = current.started_unix or now
     current.started = current.started or _iso(now)
     writer = StatusWriter(folder, current)

@@ -286,6 +286,15 @@ class LoopState:
             atomic_write_json(tmp / "state.json", {"key": key, "done": self.done, "elapsed_s": self.elapsed_s,
                                                    "steps": [asdict(r) for r in self.steps]})
 
+    @staticmethod
+    def finished_steps(folder: Path, key: str) -> int:
+        """Steps the checkpoint in ``folder`` holds for ``key`` (0 when there is none), without reading its arrays."""
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            return int(meta["done"]) if meta.get("key") == key else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
     @classmethod
     def load(cls, folder: Path, key: str) -> "LoopState | None":
         """The checkpoint for ``key``, or None when there is none or it cannot be read."""

@@ -387,3 +387,48 @@ def test_run_page_runs_in_background_and_answers_repeats_from_cache(tiny_llama, 
     _fill_run_form(at, str(tiny_llama), 0.3)
     at.button[0].click().run()
     assert any("Answered from the cache" in s.value for s in at.success)
+
+
+def _finished_run(key: str = "0123456789abcdef") -> str:
+    """A finished run in the registry, as the list below the Run form shows it."""
+    folder = jobs.job_dir(key)
+    folder.mkdir(parents=True)
+    config = {"model": "some-model", "method": "gisp", "objective": "perplexity", "steps": 2, "max_sparsity": 0.3}
+    jobs._write_status(folder, jobs.JobStatus(key=key, state="done", config=config, started_unix=time.time(),
+                                              trajectory="/somewhere", elapsed_s=3.0))
+    return key
+
+
+def test_run_page_refuses_a_malformed_task_file_and_keeps_the_runs(tiny_llama, tmp_path):
+    key = _finished_run()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "Q", "choices": ["a", "b"], "gold": 0}\n{"query": "Q", "choices": ["a"\n')
+    at = open_page("pages/1_Run.py")
+    assert any(key in m.value for m in at.markdown)
+    _fill_run_form(at, str(tiny_llama), 0.3)
+    next(s for s in at.selectbox if s.label == "Objective").set_value("margin")
+    next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value(str(bad))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("bad.jsonl:2: malformed JSON" in e.value for e in at.error)  # refused before anything starts
+    assert [j.key for j in jobs.list_jobs()] == [key]
+    assert "Runs" in [h.value for h in at.subheader] and any(key in m.value for m in at.markdown)  # still listed
+
+
+def test_run_page_says_a_cancelled_run_resumed_and_from_which_step(tiny_llama, data_dir, no_jobs_left):
+    at = open_page("pages/1_Run.py")
+    _fill_run_form(at, str(tiny_llama), 0.45, steps=400)  # long enough to be cancelled while it runs
+    at.button[0].click().run()
+    assert any("Started run" in s.value for s in at.success)
+    key = at.session_state["run_last_key"]
+    wait_for(lambda: (s := jobs.status(key)) is not None and s.state == "running" and s.step >= 1)
+    assert jobs.cancel(key).state == "cancelled"
+    done = json.loads((jobs.cache.partial_path(key) / "state.json").read_text())["done"]
+
+    _fill_run_form(at, str(tiny_llama), 0.45, steps=400)
+    at.button[0].click().run()
+    no_errors(at)
+    said = [s.value for s in at.success]
+    assert any(f"Resumed run `{key}` in the background from step {done} of 400" in s for s in said), said
+    assert not any("Started run" in s for s in said)
+    assert jobs.status(key).resumed_from == done

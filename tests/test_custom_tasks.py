@@ -160,3 +160,27 @@ def test_margin_objective_calibrates_on_a_custom_file(tiny_llama, tmp_path):
     result = evaluate_task(loaded.model, loaded.tokenizer, qa, exclusions=calibration_exclusions(meta),
                            include_pool=True, limit=1).tasks[0]
     assert result.counts["calibration_slice"] == len(taken)
+
+
+def test_a_malformed_file_is_refused_before_anything_starts(tiny_llama, tmp_path, capsys):
+    """plan, jobs.submit (the Run page) and jobs.submit_sweep (the Choose page) read the whole file first."""
+    from gisp_engine import PruneConfig, jobs
+    from gisp_engine.pruner import plan
+    from gisp_engine.sweep import SweepRequest
+
+    bad = write(tmp_path / "bad.jsonl", [QA[0], '{"query": "Q", "choices": ["a"'])
+    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks=f"piqa,{bad}", steps=1, max_sparsity=0.2,
+                         dtype="float32")
+    for start in (plan, jobs.submit):
+        with pytest.raises(GispError, match=r"bad.jsonl:2: malformed JSON"):
+            start(config)
+    assert main(["prune", "--model", str(tiny_llama), "--objective", "margin", "--tasks", bad, "--steps", "1"]) == 2
+    assert "bad.jsonl:2: malformed JSON" in capsys.readouterr().err
+
+    from test_export import synthetic_trajectory
+
+    traj = synthetic_trajectory(load_model(str(tiny_llama), dtype="float32"), "query", steps=2)
+    traj = type(traj).load(traj.save(tmp_path / "trajectory"))
+    with pytest.raises(GispError, match=r"bad.jsonl:2: malformed JSON"):
+        jobs.submit_sweep(traj, SweepRequest(tasks=("wikitext2", bad), limit=2))
+    assert jobs.list_jobs() == []

@@ -106,6 +106,7 @@ def test_cancel_terminates_the_process_group(tiny_llama, data_dir):
     assert done_before >= 1
     again = jobs.submit(_config(tiny_llama, steps=400, max_sparsity=0.45, num_samples=16, seq_len=64))
     assert again.key == job.key and again.pid != job.pid
+    assert again.resumed_from == done_before and again.error is None  # it says where it continues from
     resumed = _wait(job.key, lambda s: s.state == "running" and s.step >= done_before)
     assert len(resumed.step_times_s) < resumed.step  # the steps before the checkpoint were not run again
     assert jobs.cancel(job.key).state == "cancelled"
@@ -137,3 +138,58 @@ def test_an_engine_error_inside_the_run_is_reported(tmp_path):
     assert jobs.run(folder) == GispError.exit_code
     current = jobs.status("badrequest")
     assert current.state == "failed" and "does not exist" in current.error
+
+
+def test_a_poll_racing_a_restart_leaves_the_new_run_alone(monkeypatch):
+    """A poll that read a dead run's status must not write its failure over the run started meanwhile."""
+    key = "racing"
+    folder = jobs.job_dir(key)
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    jobs._write_status(folder, jobs.JobStatus(key=key, state="running", pid=dead.pid, started_unix=time.time() - 60))
+    restarted = jobs.JobStatus(key=key, state="starting", started_unix=time.time(), message="started again")
+    alive = jobs._alive
+
+    def restart_meanwhile(pid):  # another thread or tab starts the request again while this poll looks
+        jobs._write_status(folder, restarted)
+        return alive(pid)
+
+    monkeypatch.setattr(jobs, "_alive", restart_meanwhile)
+    seen = jobs.status(key)
+    on_disk = json.loads((folder / jobs.STATUS_FILE).read_text())
+    assert on_disk["state"] == "starting" and on_disk["error"] is None and on_disk["message"] == "started again"
+    assert seen.state == "starting" and seen.error is None
+
+
+def test_a_run_starts_from_a_fresh_error_state(tiny_llama, data_dir):
+    """Whatever an earlier run (or a poll's verdict on it) left in the status, a run reports only its own outcome."""
+    from gisp_engine import prune
+    from gisp_engine.pruner import plan
+
+    config = _config(tiny_llama, steps=2)
+    prune(config)  # the job below is answered from the cache at once
+    key = plan(config).key
+    folder = jobs.job_dir(key)
+    folder.mkdir(parents=True)
+    (folder / jobs.REQUEST_FILE).write_text(json.dumps({"key": key, "config": config.to_dict()}))
+    stale = jobs.JobStatus(key=key, state="failed", error="the run stopped unexpectedly; its log is log.txt",
+                           started_unix=time.time(), config=config.to_dict())
+    jobs._write_status(folder, stale)
+    assert jobs.run(folder) == 0
+    done = jobs.status(key)
+    assert done.state == "done" and done.error is None
+
+
+def test_a_sweep_started_again_says_how_far_the_earlier_one_got(monkeypatch, tiny_llama):
+    spawned = []
+    monkeypatch.setattr(jobs, "_spawn", lambda folder, started: spawned.append(started) or started)
+    key = "sweep-resumed"
+    folder = jobs.job_dir(key)
+    folder.mkdir(parents=True)
+    jobs._write_status(folder, jobs.JobStatus(key=key, state="cancelled", kind="sweep", step=7, total=22,
+                                              started_unix=time.time() - 100, error=None))
+    again = jobs._start(key, {"kind": "sweep"}, total=22, kind="sweep")
+    assert again.state == "starting" and again.resumed_from == 7 and again.error is None and spawned
+    jobs._write_status(folder, jobs.JobStatus(key=key, state="done", kind="sweep", step=22, total=22))
+    assert jobs._start(key, {"kind": "sweep"}, total=22, kind="sweep").resumed_from is None  # all remembered: anew

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import GispError
 from ..loglik import ScoredSequence, continuation_logprobs, length_batches, pad_batch, pad_id_of, scored_sequence
-from ..tasks import POOL_FRACTION, POOL_SEED, PROMPTS_VERSION, load_task, parse_tasks, source_identity
+from ..tasks import POOL_FRACTION, POOL_SEED, PROMPTS_VERSION, is_custom_task, load_task, parse_tasks, source_identity
 from .base import Objective
 
 LOSS = ("L+ - L-: mean over correct options of each option's mean answer-token NLL, "
@@ -65,7 +65,10 @@ def task_budgets(total: int, tasks: tuple[str, ...]) -> dict[str, int]:
 
 def margin_identity(config, family: str | None = None) -> dict:
     tasks = parse_tasks(config.tasks)
-    if config.calib_items is not None:  # refused before any weight is loaded (plan, jobs.submit)
+    for task in tasks:  # refused before any weight is loaded (plan, jobs.submit): a bad line names file and line
+        if is_custom_task(task):
+            load_task(task)
+    if config.calib_items is not None:
         for task in tasks:
             check_pool(task, len(load_task(task).calibration_pool()), config.calib_items)
     return {
