@@ -138,8 +138,9 @@ def pick_trajectory(label: str = "Trajectory", slot: str = SELECTED, key: str = 
         del st.session_state[key]  # the trajectory it named is gone
     if remembered in by_path:
         index = paths.index(remembered)
-    else:
-        index = next((i for i, p in enumerate(paths) if p != avoid), 0)
+    else:  # a session that chose nothing opens on an example, never on the newest run of another session
+        order = [i for i, r in enumerate(rows) if r["source"] == "example"] + list(range(len(rows)))
+        index = next((i for i in order if paths[i] != avoid), 0)
     choice = box.selectbox(label, paths, index=index, key=key, format_func=lambda p: explore.describe(by_path[p]))
     st.session_state[slot] = choice
     return by_path[choice]

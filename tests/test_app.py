@@ -432,3 +432,27 @@ def test_run_page_says_a_cancelled_run_resumed_and_from_which_step(tiny_llama, d
     assert any(f"Resumed run `{key}` in the background from step {done} of 400" in s for s in said), said
     assert not any("Started run" in s for s in said)
     assert jobs.status(key).resumed_from == done
+
+
+def test_a_fresh_session_opens_on_an_example_not_on_another_sessions_run(runs):
+    from gisp_engine.explore import available_trajectories
+
+    rows = available_trajectories()
+    examples = [r["path"] for r in rows if r["source"] == "example"]
+    if not examples:
+        pytest.skip("no example trajectories in this checkout")
+    first = open_page("pages/2_Explore.py")  # one browser: it picks a trajectory, then starts a run
+    assert first.selectbox(key="pick_trajectory").value == examples[0]
+    first.selectbox(key="pick_trajectory").set_value(runs["oneshot"]).run()
+    newest = prune(PruneConfig(model=Trajectory.load(runs["iterative"]).meta["settings"]["model"], steps=1,
+                               max_sparsity=0.2, num_samples=4, seq_len=32, protect_first=1, dtype="float32",
+                               batch_size=4)).path
+    assert available_trajectories()[0]["path"] == str(newest)  # the cache's newest entry
+
+    second = open_page("pages/2_Explore.py")  # a fresh browser opens on the example, as the first did
+    no_errors(second)
+    assert second.selectbox(key="pick_trajectory").value == examples[0]
+    second.selectbox(key="pick_trajectory").set_value(str(newest)).run()
+    first.run()  # and neither browser's choice moves the other's
+    assert first.selectbox(key="pick_trajectory").value == runs["oneshot"]
+    assert second.selectbox(key="pick_trajectory").value == str(newest)
