@@ -656,6 +656,10 @@ def _best_text(table: SweepTable, test: _Test) -> str:
 
 
 # ---- two trajectories -----------------------------------------------------------------------
+def _value(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
 def compare_at(a: SweepTable, b: SweepTable, step_a: int, step_b: int, column: str = PERPLEXITY,
                names: tuple[str, str] = ("A", "B")) -> str | None:
     """e.g. 'A has 31% lower perplexity than B at 40%' (None when either point is not measured)."""
@@ -672,7 +676,10 @@ def compare_at(a: SweepTable, b: SweepTable, step_a: int, step_b: int, column: s
         if math.isclose(x, y, rel_tol=1e-3):
             return f"{na} and {nb} have the same perplexity ({x:.4g}) {at}"
         lower, higher = (na, nb) if x < y else (nb, na)
-        return f"{lower} has {abs(x - y) / max(x, y):.0%} lower perplexity than {higher} {at} ({x:.4g} vs {y:.4g})"
+        ratio = max(x, y) / min(x, y)
+        # past 2x a percentage says little ("100% lower" for 812.7 vs 245,600): the ratio says it
+        by = f"{ratio:.3g}×" if ratio > 2 else f"{1 - 1 / ratio:.0%}"
+        return f"{lower} has {by} lower perplexity than {higher} {at} ({_value(x)} vs {_value(y)})"
     if metric == "accuracy":
         if abs(x - y) < 5e-4:
             return f"{na} and {nb} have the same {column} accuracy ({x:.1%}) {at}"

@@ -310,6 +310,10 @@ def test_compare_in_words(tiny_trajectory):
     assert text == f"A has 50% lower perplexity than B at {a.param_sparsity[3]:.0%} (35 vs 70)"
     assert compare_at(b, a, 3, 3, names=("one-shot", "iterative")).startswith("iterative has 50% lower perplexity")
     assert "same cmqa accuracy" in compare_at(a, b, 2, 2, column="cmqa")
+    # far apart: the ratio, not a percentage that rounds to 100%
+    c = sweep_table(tiny_trajectory, worse)
+    a.quality["wikitext2"][3], c.quality["wikitext2"][3] = 812.7, 245600.0
+    assert compare_at(a, c, 3, 3) == f"A has 302× lower perplexity than B at {a.param_sparsity[3]:.0%} (812.7 vs 245,600)"
 
 
 # ---- the embedded model: killed for real, resumed, cost ratios -------------------------------------
