@@ -5,8 +5,6 @@
 
 import streamlit as st
 
-import explorer_ui as ui
-
 PAGES = [
     st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/6_Choose.py", title="Choose", icon=":material/target:"),
@@ -18,6 +16,13 @@ PAGES = [
     st.Page("pages/7_Learn.py", title="How GISP works", icon=":material/school:"),
 ]
 
+# Before anything slow (the engine's imports take seconds on a cold start). .streamlit/config.toml hides the
+# sidebar navigation, so that a fresh server's first page never lists the pages/ files ("app", "Learn"); this
+# navigation is the one to show.
+st.set_option("client.showSidebarNavigation", True)
 page = st.navigation(PAGES)
+
+import explorer_ui as ui  # noqa: E402
+
 with ui.navigating():
     page.run()

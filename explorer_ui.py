@@ -16,10 +16,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from gisp_engine import checks, explore, jobs
-from gisp_engine.errors import GispError
-from gisp_engine.trajectory import META_FILE
-
 SELECTED = "selected_trajectory"  # path of the trajectory chosen on any page
 CHOSEN_STEPS = "chosen_steps"  # {trajectory path: step} chosen on any page
 
@@ -54,6 +50,25 @@ def _leave_legacy_navigation() -> None:
     st.session_state["_left_legacy_navigation"] = True
     PagesManager.uses_pages_directory = False  # what st.navigation itself sets
     st.rerun()
+
+
+def _leave_legacy_navigation_on_import() -> None:
+    """The same, as soon as a page imports this module: before the engine's imports, which take seconds on a cold
+    start (during which the sidebar would list the file names)."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:
+        return
+    if get_script_run_ctx() is not None and PagesManager.uses_pages_directory:
+        _leave_legacy_navigation()
+
+
+_leave_legacy_navigation_on_import()
+
+from gisp_engine import checks, explore, jobs  # noqa: E402
+from gisp_engine.errors import GispError  # noqa: E402
+from gisp_engine.trajectory import META_FILE  # noqa: E402
 
 
 @contextlib.contextmanager

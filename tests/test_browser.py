@@ -9,8 +9,10 @@ and waits for the recommendation to change. Screenshots go into ``benchmarks/res
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,18 +57,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served_app(isolated_cache, tmp_path):
+@contextlib.contextmanager
+def serve(cache: Path, log_path: Path, *args: str):
+    """``streamlit run app.py`` in the repository (its .streamlit/config.toml applies), on a free port: (url, process)."""
     examples = ROOT / "cache" / "examples"
     if not any((p / "trajectory.json").is_file() for p in examples.glob("*")):
         _require(f"an example trajectory in {examples}")
     port = _free_port()
-    env = dict(os.environ, GISP_CACHE_DIR=str(isolated_cache))
-    log = open(tmp_path / "streamlit.log", "w")
+    env = dict(os.environ, GISP_CACHE_DIR=str(cache))
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false", *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -78,13 +80,19 @@ def served_app(isolated_cache, tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
+                    raise AssertionError(f"streamlit did not start: {log_path.read_text()}")
                 time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+def served_app(isolated_cache, tmp_path):
+    with serve(isolated_cache, tmp_path / "streamlit.log", "--server.fileWatcherType", "none") as (url, _):
+        yield url
 
 
 HEADS_STATE = """() => {
@@ -155,3 +163,68 @@ def test_choose_in_chromium_a_constraint_changes_the_recommendation(browser, ser
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(SCREENSHOT.with_name("choose_browser.png")), full_page=True)
     page.close()
+
+
+# every text the sidebar navigation shows, from the first paint on
+RECORD_NAV = """document.addEventListener('DOMContentLoaded', () => {
+  window.__navs = [];
+  const note = () => {
+    const nav = document.querySelector('[data-testid="stSidebarNav"]');
+    const text = nav ? nav.innerText.split('\\n').map(t => t.trim()).filter(Boolean).join('|') : null;
+    if (text && window.__navs[window.__navs.length - 1] !== text) window.__navs.push(text);
+  };
+  new MutationObserver(note).observe(document, {subtree: true, childList: true, characterData: true});
+  note();
+})"""
+
+
+def test_a_cold_first_load_never_lists_the_page_files(browser, served_app):
+    """A fresh server's first page, opened by its URL, shows app.py's navigation only: never "app", "Learn"."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.add_init_script(RECORD_NAV)
+    page.goto(f"{served_app}/Learn")
+    page.wait_for_function("(window.__navs || []).some(t => t.includes('How GISP works'))", timeout=120_000)
+    page.wait_for_selector("h1", timeout=60_000)
+    shown = page.evaluate("window.__navs")
+    titles = [[t for t in nav.split("|") if t[0].isupper()] for nav in shown]  # icon ligature names are lower case
+    assert all(t[:2] == ["Home", "Choose"] and "app" not in nav.split("|") and "Learn" not in t
+               for nav, t in zip(shown, titles)), shown
+    page.close()
+
+
+def _inotify_watched_inodes(pid: int) -> set[int]:
+    """Inodes the process (and its threads' shared fds) watches through inotify."""
+    inodes = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("inotify wd:"):
+                    inodes.add(int(re.search(r"ino:([0-9a-f]+)", line).group(1), 16))
+    return inodes
+
+
+def test_the_file_watcher_leaves_the_cache_alone(browser, isolated_cache, tmp_path):
+    """The repository's config polls the app's own files; cache/ is never watched, however much is written there."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["fileWatcherType"] == "poll"
+    log_path = tmp_path / "streamlit.log"
+    with serve(isolated_cache, log_path) as (url, proc):  # the repository's config, watcher included
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{url}/Explore")
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+        watched = _inotify_watched_inodes(proc.pid)
+        assert (ROOT / "cache").stat().st_ino not in watched and ROOT.stat().st_ino not in watched
+        burst = ROOT / "cache" / f".watch-test-{os.getpid()}"  # what jobs and sweeps do to cache/, many times over
+        burst.mkdir()
+        try:
+            for i in range(3000):
+                (burst / f"{i % 50}.json").write_text(str(i))
+            time.sleep(2)
+        finally:
+            shutil.rmtree(burst)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.close()
+    log = log_path.read_text()
+    assert "Inotify" not in log and "overflow" not in log.lower(), log[-2000:]
