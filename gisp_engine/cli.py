@@ -55,13 +55,17 @@ def cmd_prune(args) -> None:
         dtype=args.dtype,
         device_map=args.device_map,
     )
+    if args.dry_run:
+        _dry_run(args, config)
+        return
     from .distributed import session
 
     # under torchrun (or with --distributed) every rank scores its share; rank 0 alone reports and writes
     with session(args.device, required=args.distributed) as ctx:
         bar = TqdmProgress(enabled=not args.quiet and ctx.is_main)
         try:
-            outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache, resume=args.resume)
+            outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache, resume=args.resume,
+                            check_memory=not args.force)
         finally:
             bar.close()
     if not ctx.is_main:
@@ -70,6 +74,18 @@ def cmd_prune(args) -> None:
     payload = {"path": str(traj.path), "cache_hit": outcome.cache_hit, **traj.summary()}
     payload["path"] = str(traj.path)
     _emit(args, payload, str(traj.path))
+
+
+def _dry_run(args, config) -> None:
+    """The plan and its estimate, with no weights loaded; under torchrun, as each of its processes would run."""
+    import os
+
+    from .plan_estimate import check_request, dry_run
+    from .pruner import plan
+
+    check_request(config)  # a device or dtype the estimate cannot cover is refused before anything is written
+    result = dry_run(plan(config), processes=int(os.environ.get("WORLD_SIZE", "1")))
+    _emit(args, result.to_dict(), result.text())
 
 
 def cmd_info(args) -> None:
@@ -378,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel scoring over the processes torchrun started (automatic under torchrun; "
                         "this flag refuses to run without it)")
     p.add_argument("--out", default=None, help="also write the trajectory to this folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (settings, cache key, structures, micro-batches, estimated peak memory and "
+                        "time per step) without loading weights or running anything")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated peak memory exceeds the device's free memory")
     _device_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary (with \"path\")")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

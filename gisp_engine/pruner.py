@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cache, distributed, methods
+from . import cache, distributed, methods, plan_estimate
 from .config import PruneConfig, target_ratios
 from .errors import GispError
 from .fsutil import atomic_write_json, staging_dir
@@ -118,12 +118,15 @@ def prune(
     out: Path | str | None = None,
     use_cache: bool = True,
     resume: bool = False,
+    check_memory: bool = True,
 ) -> PruneOutcome:
     """Run (or fetch from the cache) the GISP trajectory that ``config`` asks for.
 
     After every step the loop's state is checkpointed (atomically) beside the cache entry;
     with ``resume`` an interrupted run continues from its last completed step and gives the
     same trajectory as an uninterrupted one. Without it, a stale checkpoint is discarded.
+    With ``check_memory`` a run whose estimated peak memory exceeds the device's free memory is refused
+    before any weight is loaded (``plan_estimate``); ``gisp prune --force`` turns it off.
     """
     the_plan = plan(config)
     ctx = distributed.context()
@@ -139,6 +142,8 @@ def prune(
             hit = distributed.broadcast_object(cache.lookup(the_plan.key) if ctx.is_main else None)
             if hit is not None:
                 return PruneOutcome(_copy_out(hit, out) if ctx.is_main else hit, cache_hit=True)
+        if check_memory:
+            plan_estimate.refuse_if_too_big(the_plan)
         progress(ProgressEvent("prepare", 0, 1, message=f"loading {config.model}"))
         loaded = load_model(config.model, config.device, config.dtype, config.device_map)
         objective = objective_spec(config.objective).build(loaded, config)
@@ -159,6 +164,8 @@ def prune(
         if not ctx.is_main:
             return PruneOutcome(trajectory, cache_hit=False)
         trajectory.save(cache.path_for(the_plan.key))
+        plan_estimate.record_throughput(trajectory, sum(int(b["input_ids"].numel()) for b in objective.batches()),
+                                        methods.get(config.method).uses_gradients)
         shutil.rmtree(checkpoint, ignore_errors=True)
     return PruneOutcome(_copy_out(trajectory, out), cache_hit=False)
 

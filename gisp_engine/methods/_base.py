@@ -50,6 +50,7 @@ class Method:
     selection: ClassVar[Selection]
     rescores: ClassVar[bool] = False  # True: scored again on the pruned model at every step
     revision: ClassVar[int | None] = None  # bumped when results change, so earlier cache entries are not reused
+    uses_gradients: ClassVar[bool] = False  # scores need a backward pass (what a run's memory estimate depends on)
 
     def scores(self, scoring: Scoring) -> Scores:
         raise NotImplementedError

@@ -13,6 +13,7 @@ class Gisp(Method):
     name = "gisp"
     selection = GLOBAL
     rescores = True
+    uses_gradients = True
 
     def scores(self, scoring: Scoring) -> Scores:
         result = score_structures(scoring.model, scoring.adapter, scoring.space, scoring.layout, scoring.objective,

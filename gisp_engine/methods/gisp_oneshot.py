@@ -20,6 +20,7 @@ def dense_taylor(scoring: Scoring) -> np.ndarray:
 class GispOneshot(Method):
     name = "gisp-oneshot"
     selection = GLOBAL
+    uses_gradients = True
 
     def scores(self, scoring: Scoring) -> Scores:
         return Scores(only_scored(scoring, dense_taylor(scoring) / scoring.divisors))

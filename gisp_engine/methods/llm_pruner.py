@@ -10,6 +10,7 @@ from .gisp_oneshot import dense_taylor
 class LlmPruner(Method):
     name = "llm-pruner"
     selection = PER_LAYER
+    uses_gradients = True
 
     def scores(self, scoring: Scoring) -> Scores:
         return Scores(only_scored(scoring, dense_taylor(scoring)))
