@@ -8,17 +8,24 @@ N = 32, 64, 128, at the steps nearest 22/32/43/53% of parameters, three kinds of
                (``export_widths.aligned_keep_mask``, what ``gisp export --align N`` writes)
   prune N      the step nearest the same parameter sparsity of a trajectory pruned with ``--align N``
                (the example's settings otherwise; pruned here once, then answered from the cache)
+  re-pruned    the step nearest of the example's settings pruned again here, without --align (same key as
+               the example): how far two runs of the same settings land apart, the noise floor of "prune N"
 
 Quality: WikiText-2 perplexity, 120 non-overlapping windows of 128 tokens (the setting of the example's
 shipped evaluations). Speed: one column group per runtime (``RUNTIMES``). PyTorch: prefill (1 x 512 tokens)
 and decode (64 tokens after 16) of the physically sliced models, float32 on the CPU, 1 thread, through
 ``gisp_engine.cost.measure_costs``: every model of one target and the dense model in one call, their repeats
-interleaved; ``--rounds`` such calls, each giving a ratio to dense; the table shows the median of the rounds'
-ratios and [lowest, highest].
+interleaved; the table shows the median of the repeats' ratios to dense and [lowest, highest]
+(``cost.cost_ratios``).
 
-Adding a runtime (llama.cpp): write ``def llamacpp_speed(points, dense_model, args) -> dict[str, Speed]``
-(one ``Speed`` per ``Point.id``, measured against dense in that runtime, e.g. each point's GGUF) and add it
+Adding a runtime (llama.cpp): write ``def llamacpp_speed(points, dense, args, store) -> dict[str, Speed]``
+(one ``Speed`` per ``Point.id``, measured against dense in that runtime, e.g. each point's GGUF written from
+``Point.trajectory``/``step``/``keep``; remember each group in ``store`` as ``pytorch_speed`` does) and add it
 to ``RUNTIMES``; the table grows its columns and the JSON its entries.
+
+Every figure is remembered in ``results/bench_align_points.json`` as soon as it is measured: a rerun (after an
+interruption, or with another part) computes only what is missing. The unaligned points and the dense model
+take their perplexity from the example's shipped evaluations (same setting) unless ``--recompute-shipped``.
 
     python benchmarks/bench_align.py                       # everything (about 1-2 h on 2 busy cores)
     python benchmarks/bench_align.py --part quality        # perplexity only
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import hashlib
 import json
 import statistics
 import sys
@@ -42,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, table, write_result  # noqa: E402
+from _common import RESULTS, machine, table, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
@@ -63,6 +71,14 @@ class Point:
     structural_ratio: float = 0.0
     widths: list[int] = field(default_factory=list)  # MLP channels per layer
 
+    @property
+    def ident(self) -> str:
+        """What identifies the subnetwork (not the target that picked it)."""
+        how = f"export{self.align}" if self.kind == "export" else "as pruned"
+        # the key names the settings; two runs of the same settings may differ (re-pruned): their removal steps too
+        digest = hashlib.sha256(self.trajectory.removal_step.tobytes()).hexdigest()[:12]
+        return f"{self.trajectory.key}:{digest}@{self.step} {how}"
+
     def to_dict(self) -> dict:
         return {"id": self.id, "target": self.target, "kind": self.kind, "align": self.align,
                 "trajectory": self.trajectory.key, "step": self.step, "param_sparsity": self.param_sparsity,
@@ -71,7 +87,7 @@ class Point:
 
 @dataclass
 class Speed:
-    """Speed-ups against dense in one runtime: median and [lowest, highest] over rounds."""
+    """Speed-ups against dense in one runtime: median and [lowest, highest] over the repeats."""
 
     prefill: float
     prefill_low: float
@@ -83,19 +99,39 @@ class Speed:
 
 
 # ---- the points ---------------------------------------------------------------------------------
-def aligned_trajectory(example, align: int):
-    """The example's settings with ``--align``: pruned once (minutes), then answered from the cache."""
+def aligned_trajectory(example, align: int | None):
+    """The example's settings with ``--align``: pruned once (minutes), then answered from the cache.
+
+    ``align=None`` prunes the example's own settings again, in a cache of this benchmark's
+    (``results/bench_align_cache``): it has the example's key, and must not stand in the project cache
+    for the example (remembered evaluations are filed by key).
+    """
+    import os
+
     from gisp_engine import PruneConfig, prune
     from gisp_engine.progress import TqdmProgress
+    from gisp_engine.settings import cache_dir
 
     fields = set(PruneConfig.__dataclass_fields__)
     settings = {k: v for k, v in example.meta["settings"].items() if k in fields}
+    saved = os.environ.get("GISP_CACHE_DIR")
+    if align is None:
+        own = RESULTS / "bench_align_cache"
+        (own / "models").mkdir(parents=True, exist_ok=True)
+        for model in (cache_dir() / "models").iterdir():
+            if model.is_dir() and not (own / "models" / model.name).exists():
+                (own / "models" / model.name).symlink_to(model.resolve(), target_is_directory=True)
+        os.environ["GISP_CACHE_DIR"] = str(own)
     bar = TqdmProgress()
     try:
         outcome = prune(PruneConfig(**{**settings, "align": align}), progress=bar)
     finally:
         bar.close()
-    print(f"--align {align}: {outcome.trajectory.key} ({'cache' if outcome.cache_hit else 'pruned now'}, "
+        if align is None and saved is None:
+            os.environ.pop("GISP_CACHE_DIR", None)
+        elif align is None:
+            os.environ["GISP_CACHE_DIR"] = saved
+    print(f"--align {align or 'off'}: {outcome.trajectory.key} ({'cache' if outcome.cache_hit else 'pruned now'}, "
           f"{outcome.trajectory.meta['wall_time_s']:.0f} s to prune)")
     return outcome.trajectory
 
@@ -107,7 +143,7 @@ def make_point(pid, target, kind, align, traj, step, keep) -> Point:
                  widths)
 
 
-def build_points(example, aligned: dict, targets: list[float]) -> list[Point]:
+def build_points(example, aligns: list[int], aligned: dict, targets: list[float], repruned=None) -> list[Point]:
     from gisp_engine.export_widths import aligned_keep_mask
 
     points = []
@@ -115,12 +151,16 @@ def build_points(example, aligned: dict, targets: list[float]) -> list[Point]:
         step = example.step_nearest_sparsity(target)
         points.append(make_point(f"{target:.2f}/unaligned", target, "unaligned", None, example, step,
                                  example.keep_mask(step)))
-        for n, traj in aligned.items():
+        for n in aligns:
             points.append(make_point(f"{target:.2f}/export{n}", target, "export", n, example, step,
                                      aligned_keep_mask(example, step, n)))
         for n, traj in aligned.items():
             own = traj.step_nearest_sparsity(target)
             points.append(make_point(f"{target:.2f}/prune{n}", target, "prune", n, traj, own, traj.keep_mask(own)))
+        if repruned is not None:
+            own = repruned.step_nearest_sparsity(target)
+            points.append(make_point(f"{target:.2f}/repruned", target, "re-pruned", None, repruned, own,
+                                     repruned.keep_mask(own)))
     return points
 
 
@@ -134,64 +174,91 @@ def sliced(dense, point: Point):
 
 
 # ---- quality --------------------------------------------------------------------------------------
-def perplexities(dense, points: list[Point], args) -> dict[str, float]:
+def perplexities(dense, points: list[Point], args, store: "Store") -> dict[str, float]:
+    """Each point's perplexity: remembered in ``store``, else computed (and remembered at once)."""
     from gisp_engine.evaluate import evaluate_task
 
     out = {}
     for i, point in enumerate(points):
+        ident = f"{point.ident}|wikitext2 {args.windows}x{args.seq_len}"
+        if ident not in store.data["perplexity"]:
+            start = time.perf_counter()
+            model = sliced(dense, point)
+            result = evaluate_task(model, dense.tokenizer, "wikitext2", limit=args.windows, seq_len=args.seq_len,
+                                   batch_size=8)
+            store.put("perplexity", ident, float(result.perplexity))
+            print(f"  [{i + 1}/{len(points)}] {point.id}: step {point.step}, params {point.param_sparsity:.4f}, "
+                  f"ppl {result.perplexity:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            del model
+            gc.collect()
+        out[point.id] = store.data["perplexity"][ident]
+    return out
+
+
+class Store:
+    """Every figure measured so far (``results/bench_align_points.json``): a rerun computes only what is missing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.data.setdefault("perplexity", {})
+        self.data.setdefault("speed", {})
+
+    def put(self, section: str, ident: str, value) -> None:
+        self.data[section][ident] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+def shipped_perplexities(example, args) -> dict[int, float]:
+    """The example's own WikiText-2 evaluations in this setting (``evaluations.json``), by step."""
+    shipped = {}
+    path = Path(example.path) / "evaluations.json"
+    if path.is_file():
+        for r in json.loads(path.read_text())["results"]:
+            ident = r["identity"]
+            if r["task"] == "wikitext2" and ident["limit"] == args.windows and ident["options"].get("seq_len") == args.seq_len:
+                shipped[int(r["step"])] = float(r["value"])
+    return shipped
+
+
+# ---- speed, one function per runtime ---------------------------------------------------------------
+def pytorch_speed(points: list[Point], dense, args, store: Store) -> dict[str, Speed]:
+    """PyTorch eager on the CPU: every target's models with dense in one ``measure_costs`` call (repeats interleaved)."""
+    from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
+
+    spec = CostSpec(batch=1, seq_len=args.prefill_tokens, prompt_len=16, new_tokens=args.decode_tokens,
+                    repeats=args.repeats, threads=args.threads)
+    setting = f"pytorch 1x{args.prefill_tokens} prefill, {args.decode_tokens} decode, {args.repeats} repeats, " \
+              f"{args.threads} threads"
+    memo = store.data["speed"]
+    out = {}
+    for target in sorted({p.target for p in points}):
+        group = [p for p in points if p.target == target]
+        key = f"{setting}|" + ",".join(p.ident for p in group)  # measured together, with dense
+        if key in memo:
+            out.update({p.id: Speed(**memo[key][p.ident]) for p in group})
+            continue
+        models = [sliced(dense, p) for p in group]
         start = time.perf_counter()
-        model = sliced(dense, point)
-        result = evaluate_task(model, dense.tokenizer, "wikitext2", limit=args.windows, seq_len=args.seq_len,
-                               batch_size=8)
-        out[point.id] = float(result.perplexity)
-        print(f"  [{i + 1}/{len(points)}] {point.id}: step {point.step}, params {point.param_sparsity:.4f}, "
-              f"ppl {result.perplexity:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
-        del model
+        costs = measure_costs([dense.model, *models], spec)
+        print(f"  speed at {target:.0%}: {len(group)} models + dense, {args.repeats} interleaved repeats "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        base = costs[0].to_dict()
+        for p, cost in zip(group, costs[1:]):
+            r = cost_ratios(cost.to_dict(), base)
+            out[p.id] = Speed(r["prefill_speedup"], r["prefill_speedup_low"], r["prefill_speedup_high"],
+                              r["decode_speedup"], r["decode_speedup_low"], r["decode_speedup_high"],
+                              {"cost": cost.to_dict(), "dense": base, "ratios": r})
+        store.put("speed", key, {p.ident: asdict(out[p.id]) for p in group})
+        del models
         gc.collect()
     return out
 
 
-# ---- speed, one function per runtime ---------------------------------------------------------------
-def pytorch_speed(points: list[Point], dense, args) -> dict[str, Speed]:
-    """PyTorch eager on the CPU: every target's models with dense in one ``measure_costs`` call, ``--rounds`` times."""
-    import torch
-
-    from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
-
-    workload = dict(batch=1, seq_len=args.prefill_tokens, prompt_len=16, new_tokens=args.decode_tokens,
-                    repeats=args.repeats)
-    if "threads" in CostSpec.__dataclass_fields__:  # cost.py may set its own thread count
-        workload["threads"] = args.threads
-    spec = CostSpec(**workload)
-    before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    out = {}
-    try:
-        for target in sorted({p.target for p in points}):
-            group = [p for p in points if p.target == target]
-            models = [sliced(dense, p) for p in group]
-            ratios: dict[str, list[dict]] = {p.id: [] for p in group}
-            start = time.perf_counter()
-            for _ in range(args.rounds):
-                costs = measure_costs([dense.model, *models], spec)
-                base = costs[0].to_dict()
-                for p, cost in zip(group, costs[1:]):
-                    ratios[p.id].append(cost_ratios(cost.to_dict(), base))
-            print(f"  speed at {target:.0%}: {len(group)} models + dense, {args.rounds} rounds "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-            for p in group:
-                pre = [r["prefill_speedup"] for r in ratios[p.id]]
-                dec = [r["decode_speedup"] for r in ratios[p.id]]
-                out[p.id] = Speed(statistics.median(pre), min(pre), max(pre), statistics.median(dec), min(dec),
-                                  max(dec), {"rounds": ratios[p.id]})
-            del models
-            gc.collect()
-    finally:
-        torch.set_num_threads(before)
-    return out
-
-
-RUNTIMES: dict[str, Callable[[list[Point], object, argparse.Namespace], dict[str, Speed]]] = {
+RUNTIMES: dict[str, Callable[[list[Point], object, argparse.Namespace, Store], dict[str, Speed]]] = {
     "pytorch": pytorch_speed,
     # "llamacpp": llamacpp_speed,  # the llama.cpp cost sweep adds its column here
 }
@@ -224,13 +291,16 @@ def main() -> None:
     ap.add_argument("--targets", default="0.22,0.32,0.43,0.53", help="parameter sparsities")
     ap.add_argument("--windows", type=int, default=120)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--no-reprune", action="store_true", help="leave out the re-pruned unaligned point")
+    ap.add_argument("--export-only", action="store_true", help="only the example's points (nothing to prune)")
+    ap.add_argument("--recompute-shipped", action="store_true",
+                    help="evaluate the example's points again instead of taking its shipped evaluations")
     ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"speed columns: {', '.join(RUNTIMES)}")
     ap.add_argument("--threads", type=int, default=1, help="threads of the speed measurement")
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--decode-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved timings per round (median)")
-    ap.add_argument("--rounds", type=int, default=3, help="measure_costs calls per target (the spread)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timings (median, and the spread of ratios)")
     args = ap.parse_args()
 
     from gisp_engine.models import load_model
@@ -240,10 +310,14 @@ def main() -> None:
     example = Trajectory.load(args.trajectory)
     aligns = [int(n) for n in args.aligns.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
-    aligned = {n: aligned_trajectory(example, n) for n in aligns}
-    points = build_points(example, aligned, targets)
-    dense = load_model(recorded_model(example), "cpu", "float32")
+    # --export-only: no trajectory to prune (the export-aligned points need only the example)
+    aligned = {} if args.export_only else {n: aligned_trajectory(example, n) for n in aligns}
+    repruned = None if args.no_reprune or args.export_only else aligned_trajectory(example, None)
+    points = build_points(example, aligns, aligned, targets, repruned)
+    dense = load_model(recorded_model(example), "cpu", "float32")  # the dtype of the shipped evaluations
     result = {"machine": machine(), "trajectory": example.key, "settings": vars(args),
+              "repruned_differs_from_example": None if repruned is None else
+              int((repruned.removal_step != example.removal_step).sum()),
               "points": [p.to_dict() for p in points]}
 
     fidelity = schedule_fidelity(aligned)
@@ -251,20 +325,19 @@ def main() -> None:
     print("gap: a step's structural ratio minus the schedule's (steps 1..10)")
     result["schedule_gaps"] = [dict(zip(["align", "key", "min", "max", "mean_abs"], r)) for r in fidelity]
 
-    ppl, shipped = {}, {}
+    store = Store(RESULTS / "bench_align_points.json")
+    shipped = shipped_perplexities(example, args)
+    ppl: dict[str, float] = {}
     if args.part in ("all", "quality"):
         print(f"\nWikiText-2 perplexity ({args.windows} windows of {args.seq_len} tokens)", flush=True)
-        ppl = perplexities(dense, points, args)
-        dense_ppl = perplexities(dense, [make_point("dense", 0.0, "dense", None, example, 0, example.keep_mask(0))],
-                                 args)["dense"]
-        result["dense_perplexity"] = dense_ppl
-        shipped_file = Path(args.trajectory) / "evaluations.json"
-        if shipped_file.is_file():  # the example's own evaluations: the unaligned points must agree
-            for r in json.loads(shipped_file.read_text())["results"]:
-                ident = r["identity"]
-                if (r["task"] == "wikitext2" and ident["limit"] == args.windows
-                        and ident["options"].get("seq_len") == args.seq_len):
-                    shipped[int(r["step"])] = float(r["value"])
+        dense_point = make_point("dense", 0.0, "dense", None, example, 0, example.keep_mask(0))
+        if not args.recompute_shipped:  # the example's own evaluations answer its points
+            for p in [dense_point, *points]:
+                if p.trajectory is example and p.kind in ("unaligned", "dense") and p.step in shipped:
+                    store.data["perplexity"].setdefault(f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}",
+                                                        shipped[p.step])
+        ppl = perplexities(dense, [dense_point, *points], args, store)
+        result["dense_perplexity"] = ppl.pop("dense")
         result["perplexity"] = ppl
         result["shipped_unaligned_perplexity"] = shipped
 
@@ -272,9 +345,13 @@ def main() -> None:
     if args.part in ("all", "speed"):
         for name in args.runtimes.split(","):
             print(f"\n{name} speed-ups against dense", flush=True)
-            speeds[name] = RUNTIMES[name](points, dense, args)
+            speeds[name] = RUNTIMES[name](points, dense, args, store)
         result["speed"] = {name: {pid: asdict(s) for pid, s in got.items()} for name, got in speeds.items()}
 
+    # the table: everything measured so far for these points, whichever part ran now
+    remembered = store.data["perplexity"]
+    ppl = {p.id: remembered[f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}"] for p in points
+           if f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}" in remembered}
     header = ["params asked", "point", "step", "params", "MLP widths (min-max)", "ppl", "ppl vs unaligned"]
     for name in speeds:
         header += [f"{name} prefill", f"{name} decode"]
@@ -290,10 +367,8 @@ def main() -> None:
             row += [spread(got.get(p.id), "prefill"), spread(got.get(p.id), "decode")]
         rows.append(row)
     print("\n" + table(rows, header))
-    if ppl:
-        print(f"dense perplexity {result['dense_perplexity']:.2f}; the example's shipped evaluations at the unaligned "
-              "steps: " + ", ".join(f"step {s} {v:.2f}" for s, v in sorted(shipped.items())
-                                    if any(p.step == s and p.kind == "unaligned" for p in points)))
+    if "dense_perplexity" in result:
+        print(f"dense perplexity {result['dense_perplexity']:.2f}")
     print(f"results: {write_result('bench_align', result)}")
 
 
