@@ -106,7 +106,7 @@ class TrajectoryView:
     channel_removal: np.ndarray  # (L, C) int16 in original order
     channel_order: np.ndarray  # (L, C) int16: original channel index of each sorted column
     channel_removal_sorted: np.ndarray  # (L, C) int16
-    channel_custom_sorted: np.ndarray  # (L, C, 3) float32: channel index, removal step (-1 never), score
+    channel_custom_sorted: np.ndarray  # (L, C, 3) float32: channel index, last step kept at (T: never removed), score
     head_kept: np.ndarray  # (T+1, L) kept head units per layer at every step
     channel_kept: np.ndarray  # (T+1, L)
     params_per_layer: np.ndarray  # (T+1, L) kept decoder linear weights
@@ -132,8 +132,9 @@ class TrajectoryView:
         sort_step = np.where(channel_removal < 0, t_max + 1, channel_removal)
         order = np.lexsort((channel_score, sort_step), axis=1).astype(np.int16)
         removal_sorted = np.take_along_axis(channel_removal, order, 1)
+        last_kept = np.where(removal_sorted < 0, t_max, removal_sorted - 1)  # what the hover says, not a code
         custom = np.stack(
-            [order.astype(np.float32), removal_sorted.astype(np.float32), np.take_along_axis(channel_score, order, 1)],
+            [order.astype(np.float32), last_kept.astype(np.float32), np.take_along_axis(channel_score, order, 1)],
             axis=-1,
         )
         param_rows = [space.linear_params_per_layer(traj.keep_mask(t)) for t in range(t_max + 1)]

@@ -17,11 +17,21 @@ DIFF_COLOURS = (KEPT_COLOUR, BLUE, ORANGE, "#3b3b3b")
 STEP_SCALE_TOP = 0.85  # stop cividis before its palest yellow so late removals stay distinct from "kept"
 
 
+TITLE_ROW_PX = 38  # the title's band at the top of a figure; the legend starts below it
+
+
 def _figure(data: list[dict], layout: dict, title: str, height: int):
-    """One validated plotly figure from plain specs (built in one go: much faster than add_*/update_*)."""
+    """One validated plotly figure from plain specs (built in one go: much faster than add_*/update_*).
+
+    The title sits at the top of the figure, the legend (when there is one) in rows below it, and the plot
+    below the legend, which pushes it down as far as its rows need: the legend never covers the title.
+    """
     import plotly.graph_objects as go
 
-    base = dict(title=dict(text=title, x=0.0, xanchor="left"), height=height, margin=dict(l=60, r=20, t=50, b=50))
+    base = dict(title=dict(text=title, x=0.0, xanchor="left", yref="container", y=1.0, yanchor="top", pad=dict(t=10)),
+                height=height, margin=dict(l=60, r=20, t=50, b=50),
+                legend=dict(orientation="h", x=0.0, xanchor="left", yref="container", y=1.0 - TITLE_ROW_PX / height,
+                            yanchor="top"))
     return go.Figure(dict(data=data, layout={**base, **layout}))
 
 
@@ -29,7 +39,48 @@ def _axis(title: str, **kw) -> dict:
     return dict(title=dict(text=title), **kw)
 
 
-LEGEND_TOP = dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right")
+def _tick_label(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def _log_axis(title: str, values, **kw) -> dict:
+    """A log axis labelled in full at 1-2-5 x 10^k ("50", "100", "200"), its range from one such tick below the data
+    to one above: plotly's own log ticks label the minor ones "2" and "5" alone. ``values``: the plotted series."""
+    v = np.concatenate([np.asarray(part, dtype=float).ravel() for part in values]) if len(values) else np.zeros(0)
+    v = v[np.isfinite(v) & (v > 0)]
+    axis = _axis(title, type="log", **kw)
+    if not len(v):
+        return axis
+    lo, hi = float(v.min()) / 1.02, float(v.max()) * 1.02  # a marker at the edge stays whole
+    decades = np.log10(hi) - np.log10(lo)
+    mantissas = (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 4 else (1,)
+    ticks = [m * 10.0**e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+             for m in mantissas]
+    below, above = max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi)
+    shown = [t for t in ticks if below <= t <= above]
+    axis.update(range=[float(np.log10(below)), float(np.log10(above))], tickvals=shown,
+                ticktext=[_tick_label(t) for t in shown])
+    return axis
+
+
+MAX_JOIN = 0.15  # parameter sparsity between two measured points that a line may join
+
+
+def _gaps(steps, sparsity) -> np.ndarray:
+    """Where a line must break: between points that are not neighbouring steps, or lie far apart in sparsity.
+
+    A line between two points says the subnetworks between them were measured along it; a one-shot
+    trajectory (the dense model and one step) or a sweep of every fifth step has no such points.
+    """
+    steps, sparsity = np.asarray(steps), np.asarray(sparsity, dtype=float)
+    if len(steps) < 2:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero((np.diff(steps) != 1) | (np.abs(np.diff(sparsity)) > MAX_JOIN)) + 1
+
+
+def _broken(at: np.ndarray, *arrays):
+    """Each array with NaN inserted at ``at`` (plotly leaves a gap there; a point alone shows as a marker)."""
+    return [np.insert(np.asarray(a, dtype=float), at, np.nan) if len(at) else np.asarray(a) for a in arrays]
 
 
 def survival_colorscale(num_steps: int) -> list:
@@ -85,8 +136,8 @@ def channel_survival_figure(view: TrajectoryView, at: StepView):
         type="heatmap", z=at.channel_z, y=np.arange(view.num_layers), zmin=0, zmax=view.num_steps,
         colorscale=survival_colorscale(view.num_steps), colorbar=_step_colorbar(view.num_steps),
         customdata=view.channel_custom_sorted,
-        hovertemplate=("layer %{y} · channel %{customdata[0]}<br>removal step %{customdata[1]} "
-                       "(-1: never)<br>score %{customdata[2]:.3g}<extra></extra>"),
+        hovertemplate=(f"layer %{{y}} · channel %{{customdata[0]}}<br>kept through step %{{customdata[1]}} of "
+                       f"{view.num_steps}<br>score %{{customdata[2]:.3g}}<extra></extra>"),
     )
     layout = dict(xaxis=_axis("channels of the layer, sorted by removal step (count)"),
                   yaxis=_axis("layer", autorange="reversed"))
@@ -128,7 +179,7 @@ def layer_fraction_figure(view: TrajectoryView, at: StepView):
              hovertemplate="layer %{x}: %{y:.0%} of channels kept<extra></extra>"),
     ]
     layout = dict(
-        barmode="group", legend=LEGEND_TOP, shapes=[_band(i - 0.5, i + 0.5) for i in view.protected_layers],
+        barmode="group", shapes=[_band(i - 0.5, i + 0.5) for i in view.protected_layers],
         xaxis=_axis("layer", dtick=max(1, view.num_layers // 15)),
         yaxis=_axis("kept fraction", tickformat=".0%", range=[0, 1.05]),
     )
@@ -136,35 +187,54 @@ def layer_fraction_figure(view: TrajectoryView, at: StepView):
 
 
 def trajectory_curve_figure(view: TrajectoryView, step: int, evaluations: list[dict] | None = None):
-    """Calibration loss across parameter sparsity, evaluated metrics beside it, the chosen point marked."""
+    """Calibration loss across parameter sparsity, and below it one panel per evaluated metric (perplexity,
+    accuracy, ...), all on the same x axis; the chosen point marked across them."""
     x = view.param_sparsity
+    groups = _group_evaluations(evaluations or [])
+    order = {"perplexity": 0, "accuracy": 1}
+    metrics = sorted(dict.fromkeys(rows[0]["metric"] for rows in groups.values()), key=lambda m: order.get(m, 2))
+    panels = 1 + len(metrics)
+    gap = 0.08 if panels > 1 else 0.0
+    size = (1.0 - gap * (panels - 1)) / panels
+    layout: dict = dict(shapes=[_vline(float(x[step]), VERMILLION)])
+    for i in range(panels):  # panel 0 on top; the x axis is labelled under the last one only
+        top = 1.0 - i * (size + gap)
+        suffix = "" if i == 0 else str(i + 1)
+        last = i == panels - 1
+        layout["xaxis" + suffix] = _axis("parameter sparsity (decoder linear weights removed)" if last else "",
+                                         tickformat=".0%", anchor="y" + suffix, showticklabels=last,
+                                         **({} if i == 0 else {"matches": "x"}))
+        layout["yaxis" + suffix] = dict(domain=[max(0.0, top - size), top], anchor="x" + suffix)
+    layout["yaxis"].update(_axis("calibration loss (nats)"))
+    segments = _gaps(np.arange(len(x)), x)
+    lx, ly, ls = _broken(segments, x, view.loss, np.arange(len(x)))
     data = [
-        dict(type="scatter", x=x, y=view.loss, mode="lines+markers", name="calibration loss", line=dict(color=BLUE),
-             customdata=np.arange(len(x)),
-             hovertemplate="step %{customdata}: %{x:.1%} params<br>loss %{y:.4f} nats<extra></extra>"),
+        dict(type="scatter", x=lx, y=ly, mode="lines+markers", name="calibration loss", line=dict(color=BLUE),
+             customdata=ls, hovertemplate="step %{customdata}: %{x:.1%} params<br>loss %{y:.4f} nats<extra></extra>"),
         dict(type="scatter", x=[x[step]], y=[view.loss[step]], mode="markers", name="chosen point",
              marker=dict(size=14, color=VERMILLION, symbol="diamond", line=dict(width=1, color="black")),
              hovertemplate=f"chosen: step {step}, %{{x:.1%}} params<extra></extra>"),
     ]
-    layout = dict(xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
-                  yaxis=_axis("calibration loss (mean NLL, nats)"), legend=LEGEND_TOP,
-                  shapes=[_vline(float(x[step]), VERMILLION)])
-    axes: dict[str, str] = {}
     palette = iter([ORANGE, GREEN, PURPLE, SKY, "#000000"] * 4)
-    for label, rows in _group_evaluations(evaluations or []).items():
+    for label, rows in groups.items():
         metric = rows[0]["metric"]
-        axis = axes.setdefault(metric, f"y{len(axes) + 2}")
+        suffix = str(metrics.index(metric) + 2)
+        steps = [r["step"] for r in rows]
+        px, py, ps = _broken(_gaps(steps, [r["param_sparsity"] for r in rows]),
+                             [r["param_sparsity"] for r in rows], [r["value"] for r in rows], steps)
         data.append(dict(
-            type="scatter", x=[r["param_sparsity"] for r in rows], y=[r["value"] for r in rows], yaxis=axis,
-            mode="lines+markers", name=label, line=dict(color=next(palette), dash="dash"),
-            marker=dict(symbol="square", size=8), customdata=[r["step"] for r in rows],
+            type="scatter", x=px, y=py, xaxis="x" + suffix, yaxis="y" + suffix, mode="lines+markers", name=label,
+            line=dict(color=next(palette)), marker=dict(symbol="square", size=8), customdata=ps,
             hovertemplate=f"{label}<br>step %{{customdata}}: %{{x:.1%}} params<br>{metric} %{{y:.4g}}<extra></extra>",
         ))
-    for i, (metric, axis) in enumerate(axes.items()):
-        extra = dict(anchor="free", autoshift=True) if i else {}
-        layout["yaxis" + axis[1:]] = _axis(_metric_title(metric), overlaying="y", side="right", showgrid=False,
-                                           type="log" if metric == "perplexity" else "linear", **extra)
-    return _figure(data, layout, "Trajectory: calibration loss and evaluations", 380)
+    for i, metric in enumerate(metrics):
+        values = [r["value"] for rows in groups.values() if rows[0]["metric"] == metric for r in rows]
+        axis = layout["yaxis" + str(i + 2)]
+        if metric == "perplexity":
+            axis.update(_log_axis(_metric_title(metric), values))
+        else:
+            axis.update(_axis(_metric_title(metric), **({"tickformat": ".0%"} if metric == "accuracy" else {})))
+    return _figure(data, layout, "Trajectory: calibration loss and evaluations", 300 + 190 * (panels - 1))
 
 
 def _metric_title(metric: str) -> str:
@@ -191,7 +261,7 @@ def jaccard_figure(curve: JaccardCurve, chosen: float | None = None):
                                            ("MLP channels", curve.channels, ORANGE, "dot"))
     ]
     layout = dict(
-        legend=LEGEND_TOP, shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
+        shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
         xaxis=_axis("parameter sparsity (each trajectory at its step nearest)", tickformat=".0%"),
         yaxis=_axis("Jaccard index |A∩B| / |A∪B|", range=[0, 1.02]),
     )
@@ -256,14 +326,16 @@ def _highlight(x: float, y: float, name: str) -> dict:
 def sweep_quality_figure(table, metric: str, highlight: int | None = None, columns: list[str] | None = None):
     """Perplexity (``metric='perplexity'``) or accuracies against parameter sparsity, dense as reference lines."""
     columns = columns or [c for c, m in table.metric.items() if m == metric]
-    data, shapes = [], []
+    data, shapes, plotted = [], [], []
     for colour, column in zip(PALETTE * 4, columns):
         values = table.quality[column]
         idx = _measured(table, values)
         if not len(idx):
             continue
-        data.append(dict(type="scatter", x=table.param_sparsity[idx], y=values[idx], mode="lines+markers",
-                         name=column, line=dict(color=colour), customdata=idx,
+        plotted.append(values[idx])
+        px, py, ps = _broken(_gaps(idx, table.param_sparsity[idx]), table.param_sparsity[idx], values[idx], idx)
+        data.append(dict(type="scatter", x=px, y=py, mode="lines+markers",
+                         name=column, line=dict(color=colour), customdata=ps,
                          hovertemplate=f"{column}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>"))
         if not np.isnan(values[0]):
             shapes.append(_hline(float(values[0]), colour, f"dense {column}" if len(columns) > 1 else "dense"))
@@ -273,10 +345,9 @@ def sweep_quality_figure(table, metric: str, highlight: int | None = None, colum
     if highlight is not None:
         shapes.append(_vline(float(table.param_sparsity[highlight]), VERMILLION))
     ytitle = "WikiText-2 perplexity (log scale)" if metric == "perplexity" else "accuracy"
-    layout = dict(legend=LEGEND_TOP, shapes=shapes,
+    layout = dict(shapes=shapes,
                   xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
-                  yaxis=_axis(ytitle, type="log" if metric == "perplexity" else "linear",
-                              **({} if metric == "perplexity" else {"tickformat": ".0%"})))
+                  yaxis=(_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle, tickformat=".0%")))
     title = "Perplexity against parameter sparsity" if metric == "perplexity" else "Accuracy against parameter sparsity"
     return _figure(data, layout, title, 380)
 
@@ -294,23 +365,25 @@ def sweep_cost_figure(table, x: str = "prefill_speedup", y: str = "wikitext2", h
     xs = table.cost.get(x, np.full(len(table.steps), np.nan)) * scale
     ys = table.quality.get(y, np.full(len(table.steps), np.nan))
     idx = np.flatnonzero(~np.isnan(xs) & ~np.isnan(ys))
-    custom = np.stack([idx, table.param_sparsity[idx]], -1) if len(idx) else np.zeros((0, 2))
-    data = [dict(type="scatter", x=xs[idx], y=ys[idx], mode="lines+markers+text", name="steps",
-                 text=[f"{table.param_sparsity[i]:.0%}" for i in idx], textposition="top center",
+    gaps = _gaps(idx, table.param_sparsity[idx])
+    px, py, ps, pp = _broken(gaps, xs[idx], ys[idx], idx, table.param_sparsity[idx])
+    custom = np.stack([ps, pp], -1) if len(idx) else np.zeros((0, 2))
+    data = [dict(type="scatter", x=px, y=py, mode="lines+markers+text", name="steps",
+                 text=["" if np.isnan(p) else f"{p:.0%}" for p in pp], textposition="top center",
                  line=dict(color=BLUE), customdata=custom,
                  hovertemplate="step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g}, %{y:.4g}<extra></extra>")]
     if highlight is not None and highlight in idx:
         data.append(_highlight(float(xs[highlight]), float(ys[highlight]), f"recommended: step {highlight}"))
     metric = table.metric.get(y, "perplexity")
     ytitle = "WikiText-2 perplexity (log scale)" if y == "wikitext2" else f"{y} accuracy"
-    layout = dict(legend=LEGEND_TOP, xaxis=_axis(title_x),
-                  yaxis=_axis(ytitle, type="log" if metric == "perplexity" else "linear"))
+    layout = dict(xaxis=_axis(title_x),
+                  yaxis=_log_axis(ytitle, ys[idx]) if metric == "perplexity" else _axis(ytitle))
     return _figure(data, layout, f"{'Perplexity' if y == 'wikitext2' else y} against {title_x.split(' (')[0]}", 360)
 
 
 def compare_quality_figure(tables: dict, column: str, chosen: float | None = None):
     """One quality column of several trajectories (name -> SweepTable) against parameter sparsity."""
-    data = []
+    data, plotted = [], []
     metric = "perplexity"
     for colour, (name, table) in zip(PALETTE * 4, tables.items()):
         values = table.quality.get(column, table.cost.get(column))
@@ -318,12 +391,14 @@ def compare_quality_figure(tables: dict, column: str, chosen: float | None = Non
             continue
         metric = table.metric.get(column, metric)
         idx = np.flatnonzero(~np.isnan(values))
-        data.append(dict(type="scatter", x=table.param_sparsity[idx], y=values[idx], mode="lines+markers", name=name,
-                         line=dict(color=colour), customdata=idx,
+        plotted.append(values[idx])
+        px, py, ps = _broken(_gaps(idx, table.param_sparsity[idx]), table.param_sparsity[idx], values[idx], idx)
+        data.append(dict(type="scatter", x=px, y=py, mode="lines+markers", name=name,
+                         line=dict(color=colour), customdata=ps,
                          hovertemplate=f"{name}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>"))
     ytitle = ("WikiText-2 perplexity (log scale)" if column == "wikitext2" else
               COST_AXES.get(column, (f"{column} accuracy",))[0])
-    layout = dict(legend=LEGEND_TOP, shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
+    layout = dict(shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
                   xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
-                  yaxis=_axis(ytitle, type="log" if metric == "perplexity" else "linear"))
+                  yaxis=_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle))
     return _figure(data, layout, f"{column} of both trajectories against parameter sparsity", 380)

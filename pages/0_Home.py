@@ -4,12 +4,14 @@ Shown by ``app.py`` (``streamlit run app.py``, ``make app``), which lists every 
 """
 
 import datetime as _dt
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine import jobs, settings
+from gisp_engine.housekeeping import human_bytes
 from gisp_engine.models import embedded_model_ready, prepare_embedded_model
 
 ui.page_setup("Home")
@@ -57,36 +59,45 @@ else:
         except ValueError:
             return iso or ""
 
+    # narrow enough for a laptop screen beside the sidebar (1280 px): no column hidden past the right edge
     table = pd.DataFrame(
         {
-            "source": [r["source"] for r in rows],
             "name": [r["name"] for r in rows],
-            "model": [r["model"] for r in rows],
-            "method": [r.get("method", "gisp") for r in rows],
-            "objective": [r["objective"] for r in rows],
+            "model": [Path(r["model"]).name if r["model"].startswith(("/", ".", "~")) else r["model"] for r in rows],
+            "method": [f"{r.get('method', 'gisp')} · {r['objective']}" for r in rows],
             "steps": [r["steps"] for r in rows],
-            "max structural ratio": [r["max_structural_ratio"] for r in rows],
-            "max parameter sparsity": [r["max_param_sparsity"] for r in rows],
-            "created (UTC)": [_when(r.get("created")) for r in rows],
-            "size (kB)": [round(r["size_bytes"] / 1024) for r in rows],
+            "params": [100 * r["max_param_sparsity"] for r in rows],
+            "structures": [100 * r["max_structural_ratio"] for r in rows],
+            "size": [human_bytes(r["size_bytes"]) for r in rows],
+            "created": [_when(r.get("created")) for r in rows],
         }
     )
     st.dataframe(
         table,
         hide_index=True,
         column_config={
-            "max structural ratio": st.column_config.NumberColumn(format="percent"),
-            "max parameter sparsity": st.column_config.NumberColumn(format="percent"),
+            "method": st.column_config.TextColumn("method · objective"),
+            "steps": st.column_config.NumberColumn(width=50),
+            "params": st.column_config.NumberColumn(
+                "params", format="%.1f%%", width=65,
+                help="maximum parameter sparsity: decoder linear weights removed at the last step"),
+            "structures": st.column_config.NumberColumn(
+                "structures", format="%.0f%%", width=78,
+                help="maximum structural ratio: heads and channels removed at the last step"),
+            "size": st.column_config.TextColumn("size", width=62, help="on disk"),
+            "created": st.column_config.TextColumn("created", width=118, help="UTC"),
         },
     )
     st.caption(
-        "Structural ratio: fraction of heads and channels removed. Parameter sparsity: fraction of the decoder's "
-        "linear weights removed (what papers report). Examples ship with the repository; the cache holds your runs."
+        "At the last step: **params**, the parameter sparsity (fraction of the decoder's linear weights removed, what "
+        "papers report); **structures**, the structural ratio (fraction of heads and channels removed). Created in "
+        "UTC. Named trajectories are the examples that ship with the repository; your runs are named by their "
+        "cache key."
     )
 
 # ---- housekeeping ----------------------------------------------------------------------------
 with ui.guard("Cannot look at the cache: "):
-    from gisp_engine.housekeeping import apply_cleanup, human_bytes, plan_cleanup
+    from gisp_engine.housekeeping import apply_cleanup, plan_cleanup
 
     cleanup = plan_cleanup(finished_jobs=True)
 if cleanup.items:

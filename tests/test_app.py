@@ -114,7 +114,6 @@ def test_home_lists_cache_entries_and_examples(runs):
     table = at.dataframe[0].value
     names = set(table["name"])
     assert {Path(p).name for p in runs.values()} <= names
-    assert set(table["source"]) >= {"cache"}
     examples = ROOT / "cache" / "examples"
     if examples.is_dir():
         assert {p.name for p in examples.iterdir() if (p / "trajectory.json").is_file()} <= names
@@ -205,7 +204,9 @@ def test_evaluate_dense_and_pruned_is_remembered_and_drawn(runs, data_dir):
     curve = chart(at, "Trajectory")
     evaluated = [t for t in curve["data"] if t["name"].startswith("WikiText-2 perplexity")]
     assert len(evaluated) == 1
-    assert sorted(decode(evaluated[0]["y"]).tolist()) == pytest.approx(sorted(r["value"] for r in rows))
+    shown = decode(evaluated[0]["y"]).astype(float)
+    assert sorted(shown[np.isfinite(shown)]) == pytest.approx(sorted(r["value"] for r in rows))
+    assert np.isnan(shown).sum() == 1  # steps 0 and 3 are not neighbours: no line joins them
 
     # generation, dense and pruned side by side
     at.switch_page("pages/3_Evaluate.py").run()

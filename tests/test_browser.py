@@ -228,3 +228,80 @@ def test_the_file_watcher_leaves_the_cache_alone(browser, isolated_cache, tmp_pa
         page.close()
     log = log_path.read_text()
     assert "Inotify" not in log and "overflow" not in log.lower(), log[-2000:]
+
+
+# ---- charts, drawn by plotly.js ------------------------------------------------------------------
+CHART_BOXES = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
+  const box = el => { if (!el) return null; const r = el.getBoundingClientRect();
+                      return r.width && r.height ? [r.left, r.top, r.right, r.bottom] : null; };
+  const all = sel => Array.from(gd.querySelectorAll(sel)).map(box).filter(Boolean);
+  return {id: gd.id, title: box(gd.querySelector('.gtitle')), legend: box(gd.querySelector('.legend .bg')),
+          xtitles: all('.g-xtitle text'), plots: all('.nsewdrag'),
+          logTicks: Object.keys(gd._fullLayout).filter(k => k.startsWith('yaxis') && gd._fullLayout[k].type === 'log')
+            .map(k => Array.from(gd.querySelectorAll('.' + gd._fullLayout[k]._id + 'tick text')).map(t => t.textContent))};
+})"""
+
+
+def _overlap(a, b) -> bool:
+    return bool(a and b and a[0] < b[2] - 1 and b[0] < a[2] - 1 and a[1] < b[3] - 1 and b[1] < a[3] - 1)
+
+
+def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
+    """The examples' charts at half a wide page: no legend over a title, an axis title or the plot; log axes
+    labelled "50, 100, 200", never a bare "2" or "5"."""
+    import json
+
+    import plotly
+    import plotly.io
+
+    from gisp_engine import figures
+    from gisp_engine.checks import load_evaluations
+    from gisp_engine.explore import TrajectoryView, load_trajectory
+    from gisp_engine.sweep import sweep_table
+
+    examples = ROOT / "cache" / "examples"
+    names = ("smollm2-135m-ppl-iterative", "smollm2-135m-ppl-oneshot", "smollm2-135m-wanda-sp")
+    if not all((examples / n / "evaluations.json").is_file() for n in names):
+        _require("the examples with their sweep results")
+    iterative, oneshot, wanda = (load_trajectory(examples / n) for n in names)
+    view = TrajectoryView.from_trajectory(iterative)
+    tables = {"iterative (10 steps)": sweep_table(iterative), "one-shot": sweep_table(oneshot),
+              "Wanda-sp": sweep_table(wanda)}
+    charts = {
+        "curve": figures.trajectory_curve_figure(view, 5, load_evaluations(iterative)),
+        "layers": figures.layer_fraction_figure(view, view.at(5)),
+        "quality": figures.sweep_quality_figure(tables["iterative (10 steps)"], "perplexity", 6),
+        "compare": figures.compare_quality_figure(tables, "wikitext2", 0.3),
+    }
+    specs = {k: json.loads(plotly.io.to_json(f)) for k, f in charts.items()}
+    script = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    html = tmp_path / "charts.html"
+    html.write_text(
+        f"<html><head><script src='file://{script}'></script></head><body>"
+        + "".join(f"<div id='{k}' style='width:700px'></div>" for k in specs)
+        + "<script>" + "".join(f"Plotly.newPlot('{k}', {json.dumps(v['data'])}, {json.dumps(v['layout'])});"
+                               for k, v in specs.items()) + "</script></body></html>")
+    page = browser.new_page(viewport={"width": 760, "height": 1000})
+    page.goto(f"file://{html}")
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(specs)}")
+    for chart in page.evaluate(CHART_BOXES):
+        where = chart["id"]
+        assert not _overlap(chart["title"], chart["legend"]), f"{where}: the legend covers the title"
+        assert not any(_overlap(chart["legend"], box) for box in chart["plots"] + chart["xtitles"]), where
+        for axis, labels in zip((k for k, a in specs[where]["layout"].items() if k.startswith("yaxis")
+                                 and a.get("type") == "log"), chart["logTicks"]):
+            assert labels and all(t in specs[where]["layout"][axis]["ticktext"] for t in labels), (where, labels)
+            assert not {"2", "5"} & set(labels), (where, labels)
+    page.screenshot(path=str(SCREENSHOT.with_name("charts_browser.png")), full_page=True)
+    page.close()
+
+
+def test_the_home_table_fits_a_laptop_screen(browser, served_app):
+    """At 1280 px with the sidebar open, every column of the Home table is in view (none past the right edge)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(served_app)
+    page.wait_for_selector('[data-testid="stDataFrame"] .dvn-scroller', timeout=120_000)
+    widths = page.evaluate("""() => { const s = document.querySelector('[data-testid="stDataFrame"] .dvn-scroller');
+                                      return [s.scrollWidth, s.clientWidth]; }""")
+    assert widths[0] <= widths[1] + 1, f"the table is {widths[0]} px wide in {widths[1]} px: columns are cut off"
+    page.close()
