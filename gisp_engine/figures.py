@@ -130,6 +130,19 @@ def head_survival_figure(view: TrajectoryView, at: StepView, hover: np.ndarray |
     return _figure([heatmap], layout, f"Attention heads: {at.kept_heads} of {view.head_removal.size} kept", 520)
 
 
+def head_score_figure(view: TrajectoryView):
+    """Layers x head units: each unit's score the last time it was ranked (log colour; protected layers blank)."""
+    score = np.where(view.head_score > 0, view.head_score, np.nan)
+    heatmap = dict(
+        type="heatmap", z=np.log10(score), x=np.arange(view.head_units), y=np.arange(view.num_layers),
+        colorscale="Cividis", xgap=1, ygap=1, customdata=score, hoverongaps=False,
+        colorbar=dict(title=dict(text="score<br>(log10)"), thickness=14),
+        hovertemplate=f"layer %{{y}} · {view.head_unit} %{{x}}<br>score %{{customdata:.3g}}<extra></extra>",
+    )
+    layout = dict(xaxis=_axis(f"{view.head_unit} index", dtick=1), yaxis=_axis("layer", autorange="reversed"))
+    return _figure([heatmap], layout, "Importance of every attention head (its score when last ranked)", 460)
+
+
 def channel_survival_figure(view: TrajectoryView, at: StepView):
     """Layers x MLP channels, each layer's channels sorted by removal step (earliest on the left)."""
     heatmap = dict(

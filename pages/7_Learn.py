@@ -2,20 +2,29 @@
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import explore, figures
+from gisp_engine import figures
 from gisp_engine.sweep import sweep_table
 
 ui.page_setup("How GISP works")
 st.title("How GISP works")
-st.caption("Global Iterative Structured Pruning, in four ideas, illustrated with the example trajectories "
+st.caption("Global Iterative Structured Pruning, in four ideas and four pictures, drawn from the example trajectories "
            "of the embedded SmolLM2-135M that ship with the explorer.")
 
 examples = {Path(r["path"]).name: r["path"] for r in ui.trajectory_rows() if r["source"] == "example"}
 iterative = examples.get("smollm2-135m-ppl-iterative")
 oneshot = examples.get("smollm2-135m-ppl-oneshot")
+wanda = examples.get("smollm2-135m-wanda-sp")
+MISSING = "The example trajectories (`cache/examples/`) are missing from this checkout."
+
+
+def _titled(fig, prefix: str):
+    """The figure with whose it is in front of its title ("GISP · MLP channels: …")."""
+    return fig.update_layout(title_text=f"{prefix} · {fig.layout.title.text}")
+
 
 st.header("1. A score for every head and channel")
 st.markdown(
@@ -31,16 +40,49 @@ The loss $\mathcal{L}$ is what you want to keep: perplexity on general text, a m
 and wrong answers for decision tasks, or a task loss such as GSM8K's.
 """
 )
+if iterative:
+    view = ui.view_for(iterative)
+    st.plotly_chart(figures.head_score_figure(view), key="learn_scores")
+    st.caption("The score of every attention head of the iterative example, the last time it was ranked (at the step "
+               "that removed it, or at the last step for the heads that stay); a colour step is a factor of ten. "
+               "The first and last layers are protected: never scored, never removed.")
+else:
+    st.info(MISSING)
 
 st.header("2. One global ranking")
 st.markdown(
     """
 Heads and channels of **all layers** compete in one list. Scores are first divided by a per-kind
 normaliser (a head holds many more weights than a channel), then the lowest are removed wherever
-they are. So layers that matter little lose much, and layers that matter keep their width: the
-heatmaps below show exactly that unevenness, which a per-layer (local) rule such as Wanda-sp cannot produce.
+they are. So layers that matter little lose much, and layers that matter keep their width. A per-layer
+(local) rule such as Wanda-sp ranks within each layer and cuts every layer by the same fraction: below, the two
+examples at about the same parameter sparsity.
 """
 )
+if iterative and wanda:
+    gisp_view, wanda_view = ui.view_for(iterative), ui.view_for(wanda)
+    target = 0.4
+    gisp_at = gisp_view.at(int(np.abs(gisp_view.param_sparsity - target).argmin()))
+    wanda_at = wanda_view.at(int(np.abs(wanda_view.param_sparsity - target).argmin()))
+    left, right = st.columns(2)
+    for column, name, view, at in ((left, "GISP", gisp_view, gisp_at), (right, "Wanda-sp", wanda_view, wanda_at)):
+        column.plotly_chart(_titled(figures.layer_fraction_figure(view, at), name), key=f"learn_layers_{name}")
+        column.plotly_chart(_titled(figures.channel_survival_figure(view, at), name), key=f"learn_channels_{name}")
+    pruned = [i for i in range(gisp_view.num_layers) if i not in gisp_view.protected_layers]
+    g_heads, w_heads = gisp_at.head_kept_fraction[pruned], wanda_at.head_kept_fraction[pruned]
+    g_channels, w_channels = gisp_at.channel_kept_fraction[pruned], wanda_at.channel_kept_fraction[pruned]
+    st.caption(
+        f"At {gisp_at.param_sparsity:.1%} (GISP, step {gisp_at.step}) and {wanda_at.param_sparsity:.1%} of the "
+        f"parameters removed (Wanda-sp, step {wanda_at.step}). In the layers either may prune, GISP keeps "
+        f"{g_heads.min():.0%} to {g_heads.max():.0%} of the heads and {g_channels.min():.0%} to {g_channels.max():.0%} "
+        f"of the MLP channels, layer by layer; Wanda-sp keeps {w_heads.min():.0%}"
+        f"{'' if np.ptp(w_heads) < 1e-9 else f' to {w_heads.max():.0%}'} of the heads and {w_channels.min():.0%}"
+        f"{'' if np.ptp(w_channels) < 1e-9 else f' to {w_channels.max():.0%}'} of the channels in every one. "
+        "In the channel maps each row is a layer, its channels sorted by when they were removed: the edge of the grey "
+        "(kept) part is ragged for the global ranking and straight for the per-layer one."
+    )
+else:
+    st.info(MISSING)
 
 st.header("3. Iterative: a little at a time")
 st.markdown(
@@ -66,11 +108,12 @@ if iterative and oneshot:
         st.plotly_chart(figures.compare_quality_figure({names[k]: v for k, v in tables.items()}, "wikitext2"),
                         key="learn_iterative_vs_oneshot")
         st.caption("WikiText-2 perplexity of the two example trajectories (same model, calibration and final "
-                   "structural ratio). The one-shot trajectory has only the dense point and its single step.")
+                   "structural ratio). The one-shot trajectory has only two subnetworks, the dense model and its "
+                   "single step, so its two points are not joined: nothing between them was measured.")
     else:
         st.info("Sweep the two example trajectories on the Choose page to see their curves here.")
 else:
-    st.info("The example trajectories (`cache/examples/`) are missing from this checkout.")
+    st.info(MISSING)
 
 st.header("4. Nested subnetworks: prune once, deploy many")
 st.markdown(
@@ -88,5 +131,7 @@ if iterative:
     st.plotly_chart(figures.head_survival_figure(view, at), key="learn_heads")
     st.caption(f"Step {step}: {at.param_sparsity:.1%} of the parameters removed. Layers at the start and the end "
                "are protected, as in the method.")
+else:
+    st.info(MISSING)
 
 st.page_link("pages/6_Choose.py", label="Now choose a sparsity for yourself", icon=":material/target:")

@@ -92,6 +92,7 @@ def test_choose_constraints_move_the_recommendation(runs, data_dir):
 
 
 def test_learn_page_illustrates_with_the_examples(runs):
+    """Four ideas, four pictures (as Home promises), among them GISP's uneven widths beside Wanda-sp's even ones."""
     from test_app import ROOT
 
     at = open_page("pages/7_Learn.py")
@@ -102,17 +103,33 @@ def test_learn_page_illustrates_with_the_examples(runs):
     examples = ROOT / "cache" / "examples"
     if not (examples / "smollm2-135m-ppl-iterative" / "evaluations.json").is_file():
         pytest.skip("the examples' sweep results are not in this checkout")
+    # 1: the scores
+    scores = decode(chart(at, "Importance of every attention head")["data"][0]["z"]).astype(float)
+    assert np.isfinite(scores).sum() > 0 and np.isnan(scores[0]).all()  # layer 0 is protected: never scored
+    # 2: the global ranking beside a per-layer rule, at about the same sparsity
+    fractions = {}
+    for name in ("GISP", "Wanda-sp"):
+        bars = chart(at, f"{name} · Kept fraction per layer")["data"]
+        fractions[name] = [decode(b["y"]).astype(float)[3:29] for b in bars]  # layers 0-2 and 29 are protected
+        assert chart(at, f"{name} · MLP channels")["data"][0]["type"] == "heatmap"
+    assert all(np.ptp(f) < 1e-9 for f in fractions["Wanda-sp"])  # the same fraction of every layer
+    assert all(np.ptp(f) > 0.3 for f in fractions["GISP"])  # uneven: from under a half to whole layers
+    assert any("Wanda-sp keeps" in c.value and "in every one" in c.value for c in at.caption)
+    # 3: iterative against one-shot; the one-shot's two points are not joined by a line
     curves = chart(at, "wikitext2 of both trajectories")
-    points = {t["name"]: len(decode(t["x"])) for t in curves["data"]}
-    assert points == {"iterative (10 steps)": 11, "one-shot": 2}
-    iterative = {t["name"]: decode(t["y"]) for t in curves["data"]}["iterative (10 steps)"]
+    ys = {t["name"]: decode(t["y"]).astype(float) for t in curves["data"]}
+    assert {name: int(np.isfinite(y).sum()) for name, y in ys.items()} == {"iterative (10 steps)": 11, "one-shot": 2}
+    assert np.isnan(ys["one-shot"]).sum() == 1 and not np.isnan(ys["iterative (10 steps)"]).any()
+    iterative = ys["iterative (10 steps)"]
     assert iterative[-1] > iterative[0]  # pruning costs perplexity
-    # the heatmap of one step: the slider only adds removed heads
+    # 4: the heatmap of one step: the slider only adds removed heads
     removed = []
     for step in (2, 8):
         at.slider(key="learn_step").set_value(step).run()
         removed.append(decode(chart(at, "Attention heads")["data"][0]["z"]) > 0)
     assert (removed[1] >= removed[0]).all() and removed[1].sum() > removed[0].sum()
+    home = open_page(None)
+    assert any("four pictures" in link.label for link in home.get("page_link"))
 
 
 def test_choose_shows_the_series_the_user_asked_for(runs, data_dir, no_jobs_left):
