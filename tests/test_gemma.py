@@ -245,6 +245,8 @@ def test_embedded_gemma_example_trajectory_is_consistent():
     assert traj.num_steps == 10 and 0.3 < traj.max_param_sparsity < 0.6
     sparsities = [r.param_sparsity for r in traj.steps]
     assert sparsities == sorted(sparsities) and sparsities[0] == 0
+    # calibrated as Gemma needs: a BOS token in front of every window (the default policy for the family)
+    assert traj.meta["objective"]["calibration"]["bos"] == "each"
 
 
 # ---- the embedded-model registry ---------------------------------------------------------------------
