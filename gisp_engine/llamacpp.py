@@ -148,6 +148,9 @@ class GGUFModel:
         """Token ids of ``text``; ``add_special`` adds BOS/EOS as the GGUF's tokenizer flags say."""
         return self.llama.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
+    def detokenize(self, ids: list[int]) -> str:
+        return self.llama.detokenize(list(map(int, ids))).decode("utf-8", "replace")
+
     def close(self) -> None:
         llama, self.llama = getattr(self, "llama", None), None
         if llama is not None:

@@ -347,3 +347,30 @@ def test_llama_cpp_tokenizes_as_transformers(model, from_tokenizer_json, tmp_pat
     with llamacpp.GGUFVocab(tmp_path / "vocab.gguf") as vocab:
         mismatched = [r for r in rows if vocab.tokenize(r) != tokenizer(r)["input_ids"]]
     assert len(rows) == 200 and mismatched == []
+
+
+# ---- the Export page ------------------------------------------------------------------------------
+def test_export_page_writes_a_gguf_and_shows_how_to_run_it(tiny_models, data_dir, isolated_cache, tmp_path):
+    from gisp_engine import PruneConfig, prune
+    from test_app import no_errors, open_page
+
+    run = prune(PruneConfig(model=str(tiny_models[("llama", True)]), steps=2, max_sparsity=0.5, num_samples=4,
+                            seq_len=32, protect_first=1, dtype="float32", batch_size=4))
+    at = open_page("pages/5_Export.py", select=str(run.path))
+    at.radio(key="export_format").set_value("GGUF for llama.cpp and Ollama").run()
+    at.select_slider[0].set_value(2).run()
+    out = tmp_path / "gguf"
+    at.text_input[0].set_value(str(out))
+    at.selectbox(key="export_outtype").set_value("q8_0")
+    at.button[0].click().run()
+    no_errors(at)
+    manifest = verify_export(out)
+    assert manifest["kind"] == "gguf" and manifest["gguf"]["outtype"] == "q8_0" and manifest["trajectory"]["step"] == 2
+    code = " ".join(c.value for c in at.code)
+    assert f"llama-cli -m {out / manifest['gguf']['file']}" in code and f"-f {out}/Modelfile" in code
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    at.text_input[0].set_value(str(taken))
+    at.button[0].click().run()
+    assert not at.exception and any("not a GISP export" in e.value for e in at.error)
