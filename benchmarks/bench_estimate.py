@@ -46,9 +46,9 @@ CASES: dict[str, tuple] = {
 
 
 def prune_args(model: str, dtype: str, num_samples: int, seq_len: int, batch_size: int | None, steps: int,
-               device: str) -> list[str]:
+               device: str, extra: tuple[str, ...] = ()) -> list[str]:
     args = ["prune", "--model", model, "--dtype", dtype, "--device", device, "--num-samples", str(num_samples),
-            "--seq-len", str(seq_len), "--steps", str(steps), "--max-sparsity", "0.2"]
+            "--seq-len", str(seq_len), "--steps", str(steps), "--max-sparsity", "0.2", *extra]
     return args + (["--batch-size", str(batch_size)] if batch_size else [])
 
 
@@ -82,9 +82,9 @@ def estimate(argv: list[str]) -> dict:
 
 
 def measure_case(name: str, model: str, dtype: str, num_samples: int, seq_len: int, batch_size: int | None,
-                 steps: int, device: str = "cpu", out: Path | None = None) -> dict:
+                 steps: int, device: str = "cpu", out: Path | None = None, extra: tuple[str, ...] = ()) -> dict:
     """One case: the measured run first (it records the speed a dry run reads), then the dry run."""
-    argv = prune_args(model, dtype, num_samples, seq_len, batch_size, steps, device)
+    argv = prune_args(model, dtype, num_samples, seq_len, batch_size, steps, device, extra)
     out = out or Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-estimate-{name}"
     raw = run_child([__file__, "--child", json.dumps(argv), "--device", device], env={"BENCH_OUT": str(out)})
     measured = json.loads(next(line for line in raw.splitlines() if line.startswith("BENCH "))[6:])

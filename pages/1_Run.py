@@ -82,9 +82,33 @@ with st.form("run_settings"):
                                        value=0, step=1024, key="run_calib_tokens",
                                        help="margin and gsm8k objectives: their token budget")
         save_scores = e3.checkbox("Keep every step's scores", value=d.save_scores)
-    submitted = st.form_submit_button("Start the run", type="primary")
+    b1, b2 = st.columns(2)
+    submitted = b1.form_submit_button("Start the run", type="primary")
+    planned = b2.form_submit_button(
+        "Plan (dry run)", help="what the run would do and need, without loading weights or starting anything: "
+                               "the cache key, structures, micro-batches, peak memory part by part, time per step")
 
-if submitted:
+
+def _show_plan(config: PruneConfig) -> None:
+    from gisp_engine.plan_estimate import GIB, check_request, dry_run
+    from gisp_engine.pruner import plan
+
+    check_request(config)
+    result = dry_run(plan(config))
+    m = result.memory
+    (st.success if result.fits else st.error)(
+        f"Peak memory about **{m.peak / GIB:.2f} GiB** on {m.device} ({m.dtype}); {result.free_bytes / GIB:.2f} GiB "
+        "free: " + ("it fits." if result.fits else f"it does not fit. Would fit: {result.suggestion}"))
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Cache", "holds it" if result.cached else "not yet", help=f"key {result.key}")
+    c2.metric("Scored structures", f"{result.scored_structures:,}", help=f"of {result.structures:,}")
+    c3.metric("Tokens per step", f"{result.tokens_per_step:,}", help=f"{result.micro_batches} micro-batches")
+    c4.metric("First step", f"~{result.time['first_step_s']:.0f} s" if result.time else "not measured yet",
+              help="from the speed the last real run of this model on this device recorded")
+    st.code(result.text(), language=None)
+
+
+if submitted or planned:
     config = PruneConfig(
         model=model.strip(), method=method, objective=objective, calib=calib.strip(), sampling=sampling,
         bos=bos if objective == "perplexity" else "auto",
@@ -96,6 +120,10 @@ if submitted:
         seed=int(seed), batch_size=int(batch_size) or None, save_scores=save_scores, align=int(align) or None,
         device=device, dtype=dtype,
     )
+if planned:
+    with ui.guard("No plan: ", stop=False), st.spinner("Planning (no weights are loaded)…"):
+        _show_plan(config)
+if submitted:
     asked = time.time()
     # a refused start says why and leaves the list of runs below in place
     with ui.guard("The run was not started: ", stop=False), st.spinner("Checking the settings…"):

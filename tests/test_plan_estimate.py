@@ -195,3 +195,29 @@ def test_devices_here_names_the_cpu():
         with pytest.raises(GispError, match="it has cpu$"):
             plan_estimate.check_device("cuda")
     assert os.environ.get("GISP_CACHE_DIR")
+
+
+def test_run_page_plans_without_starting_anything(tiny_llama, data_dir, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from gisp_engine import jobs
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("pages/1_Run.py").run()
+    at.text_input[0].set_value(str(tiny_llama))
+    numbers = {n.label: n for n in at.number_input}
+    numbers["Calibration sequences"].set_value(6)
+    numbers["Tokens per sequence"].set_value(32)
+    numbers["Sequences per micro-batch (0: by device)"].set_value(4)
+    next(b for b in at.button if b.label == "Plan (dry run)").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("it fits" in s.value for s in at.success)
+    assert any("cache key" in c.value and "6 sequences, 2 micro-batches" in c.value for c in at.code)
+    assert jobs.list_jobs() == []
+    # a device this machine lacks: one line, nothing started
+    next(s for s in at.selectbox if s.label == "Device").set_value("cuda")
+    next(b for b in at.button if b.label == "Plan (dry run)").click().run()
+    if not torch.cuda.is_available():
+        assert any("No plan: --device cuda: no such device on this machine" in e.value for e in at.error)
+    assert jobs.list_jobs() == []
