@@ -365,7 +365,8 @@ def _llama3_rope_freqs(rope: dict, head_dim: int) -> torch.Tensor:
     return torch.tensor(factors, dtype=torch.float32)
 
 
-def _write_hparams(writer, out: _Tensors, config, g, arch: str, plans: list[LayerPlan], uniform: bool) -> None:
+def _write_hparams(writer, out: _Tensors, config, g, arch: str, plans: list[LayerPlan], uniform: bool,
+                   n_tokens: int) -> None:
     import gguf
 
     heads = [p.n_head for p in plans]
@@ -382,7 +383,7 @@ def _write_hparams(writer, out: _Tensors, config, g, arch: str, plans: list[Laye
     writer.add_value_length(g.head_dim)
     writer.add_rope_dimension_count(g.head_dim)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(int(config.vocab_size))
+    writer.add_vocab_size(n_tokens)  # the embedding rows written: one per token of the tokenizer
     rope, local = _rope(config)
     writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
     kind = rope.get("rope_type", "default")
@@ -467,17 +468,13 @@ def export_gguf(
     width rounded to a multiple of it, in the trajectory's order (``ALIGN_RULE``, as ``export_subnetwork``).
     ``n_threads``: llama.cpp's quantizer threads (k-quants).
     """
-    import gguf
-
     compensate = compensates(trajectory, bias_compensation)
     check_request(loaded.adapter.family, outtype, uniform, compensate)
     if align is not None:
         check_align(align, trajectory.geometry.intermediate_size)
     start = start_export(loaded, trajectory, out_dir, progress, slices_in_place=True)
-    out_path, report = start.out, start.report
+    report, space = start.report, trajectory.space
     step = resolve_step(trajectory, step=step)
-    space = trajectory.space
-    spec = FAMILIES[loaded.adapter.family]
 
     report(0, "choosing structures")
     widths = None
@@ -487,6 +484,7 @@ def export_gguf(
         keep, widths = uniform_keep_mask(trajectory, step, _config_accepts(loaded.model.config), norms, align)
     else:
         keep = trajectory.keep_mask(step) if align is None else aligned_keep_mask(trajectory, step, align)
+    arch = _arch(loaded, widths)
     biases = compensation_biases(loaded, trajectory, keep) if compensate else None  # from the dense weights
 
     report(1, "slicing")
@@ -501,50 +499,22 @@ def export_gguf(
     _check_plans(plans)
     if uniform and len({(p.n_head, p.n_head_kv, p.channels) for p in plans}) != 1:
         raise GispError("internal error: a uniform export with unequal layers")
-    arch_name = PER_LAYER_ARCH if not uniform else (
-        spec.narrow_arch if spec.narrow_arch and plans[0].n_head * space.geometry.head_dim != space.geometry.hidden_size
-        else spec.arch)
-    act = getattr(loaded.model.config, "hidden_act", None) or getattr(loaded.model.config, "hidden_activation", None)
-    if arch_name != "gemma3" and act not in ("silu", "swish"):
-        raise GispError(f"llama.cpp's {arch_name} computes a SiLU MLP, this model's is {act!r}: it cannot be written")
 
-    point = trajectory.steps[step]
     name = gguf_file_name(loaded.model_id, step, uniform, outtype)
+    # the k-quants are made by llama.cpp from a float file in the loaded model's own precision
     float_type = outtype if outtype in FLOAT_OUTTYPES else {torch.bfloat16: "bf16", torch.float16: "f16"}.get(
         loaded.dtype, "f32")
-    with staging_dir(out_path) as tmp:
+    with staging_dir(start.out) as tmp:
         report(2, "writing GGUF")
         float_path = tmp / (name if float_type == outtype else f"{TMP_MARK}{float_type}.gguf")
-        arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
-        writer = gguf.GGUFWriter(float_path, arch_name)
-        writer.add_type("model")
-        writer.add_name(f"{Path(loaded.model_id).name} GISP step {step}{' uniform' if uniform else ''}")
-        writer.add_string("gisp.trajectory", str(trajectory.key or trajectory.path))
-        writer.add_uint32("gisp.step", step)
-        writer.add_float32("gisp.param_sparsity", float(space.param_sparsity(keep)))
-        writer.add_string("gisp.layout", "uniform" if uniform else "per-layer")
-        tensors = _Tensors(writer, float_type)
-        vocab = write_vocab(writer, loaded.model_id, loaded.folder, loaded.tokenizer,
-                            int(loaded.model.config.vocab_size))
-        _write_hparams(writer, tensors, loaded.model.config, loaded.geometry, arch_name, plans, uniform)
-        for i, (layer, plan) in enumerate(zip(loaded.adapter.layers(loaded.model), plans)):
-            _layer_tensors(tensors, i, layer, loaded, plan, space.geometry.head_dim, arch_name in NORM_ROPE_ARCHS)
-        _other_tensors(tensors, loaded, arch, plans, _linear_ids(loaded), vocab.tokens, spec.norm_shift)
-        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[float_type]
-        writer.add_file_type(file_type)
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        report(3, f"quantizing to {outtype}" if float_type != outtype else "writing the model card")
+        tensors, vocab = _write_file(float_path, loaded, trajectory, step, keep, plans, arch, float_type, uniform)
         if float_type != outtype:
+            report(3, f"quantizing to {outtype}")
             llamacpp.quantize(float_path, tmp / name, outtype, n_threads)
             float_path.unlink()
-        file_bytes = (tmp / name).stat().st_size
-
+        report(3, "writing the Modelfile and the model card")
         manifest = manifest_head(GGUF, _loads_with(name), loaded, trajectory)
+        point = trajectory.steps[step]
         manifest["trajectory"].update(step=step, param_sparsity=point.param_sparsity,
                                       structural_ratio=point.structural_ratio, method=trajectory.meta.get("method"))
         manifest.update({
@@ -560,28 +530,75 @@ def export_gguf(
                                                  "intermediate_sizes": [len(lk.channels) for lk in layout]},
             "gguf": {
                 "file": name,
-                "arch": arch_name,
+                "arch": arch,
                 "layout": "uniform" if uniform else "per-layer",
                 "outtype": outtype,
                 "quantized_by": (f"llama.cpp llama_model_quantize ({llamacpp.RUNTIME}) from {float_type}"
-                                 if float_type != outtype else "gguf-py " + gguf_version()),
+                                 if float_type != outtype else f"gguf {gguf_version()}"),
                 "q8_0_f16_fallback": tensors.fallback,
                 "tokenizer": vocab.to_dict(),
                 "linear_params": tensors.linear,
                 "padding_overhead": tensors.linear / linear - 1.0 if linear else 0.0,
                 "kv_heads": sum(p.n_head_kv for p in plans),
-                "file_bytes": file_bytes,
+                "file_bytes": (tmp / name).stat().st_size,
             },
             "layers": [{**lk.to_dict(), "gguf": plan.to_dict()} for lk, plan in zip(layout, plans)],
         })
-        evaluations = _evaluations_at(trajectory, step)
         (tmp / "Modelfile").write_text(_modelfile(name, manifest), encoding="utf-8")
-        (tmp / "README.md").write_text(_model_card(loaded, manifest, evaluations), encoding="utf-8")
+        (tmp / "README.md").write_text(_model_card(loaded, manifest, _evaluations_at(trajectory, step)),
+                                       encoding="utf-8")
         report(4, "hashing")
         manifest["files"] = hash_files(tmp)
         atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
     report(5, "done")
-    return GGUFExportResult(out_path, manifest)
+    return GGUFExportResult(start.out, manifest)
+
+
+def _arch(loaded: LoadedModel, widths) -> str:
+    """The llama.cpp architecture written (checked before anything is sliced)."""
+    spec, g = FAMILIES[loaded.adapter.family], loaded.geometry
+    if widths is None:
+        arch = PER_LAYER_ARCH
+    elif spec.narrow_arch and widths.heads * g.head_dim != g.hidden_size:
+        arch = spec.narrow_arch
+    else:
+        arch = spec.arch
+    config = loaded.model.config
+    act = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)
+    if arch != "gemma3" and act not in ("silu", "swish"):
+        raise GispError(f"llama.cpp's {arch} computes a SiLU MLP, this model's is {act!r}: it cannot be written")
+    return arch
+
+
+def _write_file(path: Path, loaded: LoadedModel, trajectory: Trajectory, step: int, keep: np.ndarray,
+                plans: list[LayerPlan], arch: str, outtype: str, uniform: bool) -> tuple[_Tensors, VocabRecord]:
+    """The GGUF file itself (``outtype``: one gguf writes): metadata, tokenizer, hyperparameters, tensors."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_type("model")
+    writer.add_name(f"{Path(loaded.model_id).name} GISP step {step}{' uniform' if uniform else ''}")
+    writer.add_string("gisp.trajectory", str(trajectory.key or trajectory.path))
+    writer.add_uint32("gisp.step", step)
+    writer.add_float32("gisp.param_sparsity", float(trajectory.space.param_sparsity(keep)))
+    writer.add_string("gisp.layout", "uniform" if uniform else "per-layer")
+    tensors = _Tensors(writer, outtype)
+    vocab = write_vocab(writer, loaded.model_id, loaded.folder, loaded.tokenizer, int(loaded.model.config.vocab_size))
+    _write_hparams(writer, tensors, loaded.model.config, loaded.geometry, arch, plans, uniform, vocab.tokens)
+    for i, (layer, plan) in enumerate(zip(loaded.adapter.layers(loaded.model), plans)):
+        _layer_tensors(tensors, i, layer, loaded, plan, loaded.geometry.head_dim, arch in NORM_ROPE_ARCHS)
+    arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
+    _other_tensors(tensors, loaded, arch_id, plans, _linear_ids(loaded), vocab.tokens,
+                   FAMILIES[loaded.adapter.family].norm_shift)
+    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    writer.add_file_type(file_types[outtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return tensors, vocab
 
 
 def write_vocab_gguf(model: str, path: Path | str, from_tokenizer_json: bool = False) -> VocabRecord:
@@ -604,7 +621,7 @@ def write_vocab_gguf(model: str, path: Path | str, from_tokenizer_json: bool = F
         writer.add_type("vocab")
         vocab = write_vocab(writer, model, folder, AutoTokenizer.from_pretrained(folder), int(config.vocab_size),
                             from_tokenizer_json)
-        _write_hparams(writer, _Tensors(writer, "f32"), config, g, arch, dense, uniform=True)
+        _write_hparams(writer, _Tensors(writer, "f32"), config, g, arch, dense, True, vocab.tokens)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -629,7 +646,8 @@ def _loads_with(name: str) -> str:
 def _evaluations_at(trajectory: Trajectory, step: int) -> list[dict]:
     rows = [r for r in load_evaluations(trajectory) if (r.get("identity") or {}).get("step") == step]
     return [{"task": r["identity"]["task"], "metric": r.get("metric"), "value": r.get("value"),
-             "limit": r["identity"].get("limit"), "dtype": r["identity"].get("dtype"), "label": r.get("label")}
+             "limit": r["identity"].get("limit"), "options": r["identity"].get("options"),
+             "dtype": r["identity"].get("dtype"), "label": r.get("label")}
             for r in rows if isinstance(r.get("value"), (int, float))]
 
 

@@ -95,18 +95,22 @@ class GGUFModel:
     """A GGUF loaded in llama.cpp: logits for token ids, greedy decoding, its tokenizer.
 
     ``exact``: F32 KV cache and no flash attention (what checks against transformers use);
-    otherwise llama.cpp's defaults (F16 cache, flash attention where it chooses).
+    otherwise llama.cpp's defaults (F16 cache, flash attention where it chooses). ``logits_all``: keep
+    every position's logits (``logits``); without it (timing) only the last token's are read
+    (``eval``, ``last_logits``, ``greedy``), and nothing is copied per token.
     """
 
     def __init__(self, path: Path | str, n_ctx: int = 512, n_threads: int | None = None, exact: bool = True,
-                 n_batch: int | None = None):
+                 n_batch: int | None = None, logits_all: bool = True):
         llama_cpp = runtime()
+        self._lib = llama_cpp
         self.path = Path(path)
         if not self.path.is_file():
             raise GispError(f"GGUF file {self.path} does not exist")
         threads = _threads(n_threads)
+        self.logits_all = logits_all
         kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch or n_ctx, n_ubatch=n_batch or n_ctx,
-                      n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+                      n_threads=threads, n_threads_batch=threads, logits_all=logits_all, verbose=False)
         if exact:
             kwargs.update(flash_attn=False, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
         _LOG.clear()
@@ -125,23 +129,37 @@ class GGUFModel:
         if n > self.n_ctx:
             raise GispError(f"{n} tokens do not fit the context of {self.n_ctx} this model was opened with")
 
+    def reset(self) -> None:
+        """Start a fresh sequence (the KV cache is reused from position 0)."""
+        self.llama.reset()
+
+    def eval(self, ids: list[int]) -> None:
+        """Feed ``ids`` after what was fed since the last ``reset`` (a prefill, or one decoded token)."""
+        self._check_length(self.llama.n_tokens + len(ids))
+        self.llama.eval(list(map(int, ids)))
+
+    def last_logits(self) -> np.ndarray:
+        """The logits after the last token fed (a view into llama.cpp's buffer: copy it to keep it)."""
+        pointer = self._lib.llama_get_logits_ith(self.llama.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of ``ids`` (a fresh sequence), float32, ``(len(ids), n_vocab)``."""
-        self._check_length(len(ids))
-        self.llama.reset()
-        self.llama.eval(list(map(int, ids)))
+        if not self.logits_all:
+            raise GispError("this model was opened without logits_all: only last_logits() is kept")
+        self.reset()
+        self.eval(ids)
         return np.array(self.llama.scores[: len(ids)], dtype=np.float32)
 
     def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
         """``new_tokens`` tokens by argmax after ``ids`` (never stopping at an end token)."""
         self._check_length(len(ids) + new_tokens)
-        self.llama.reset()
-        self.llama.eval(list(map(int, ids)))
+        self.reset()
+        self.eval(ids)
         out: list[int] = []
         for _ in range(new_tokens):
-            token = int(np.argmax(self.llama.scores[self.llama.n_tokens - 1]))
-            out.append(token)
-            self.llama.eval([token])
+            out.append(int(np.argmax(self.last_logits())))
+            self.eval(out[-1:])
         return out
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:

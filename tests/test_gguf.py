@@ -196,6 +196,28 @@ def test_flap_compensation_is_written_as_output_biases(tiny_models, tmp_path):
     assert found["max"] <= EXACT and found["greedy"], found
 
 
+def test_runtime_decodes_the_same_without_every_logit_and_quotes_llama_cpp_on_failure(tiny_models, tmp_path):
+    """The timing mode (``logits_all=False``: only the last token's logits) decodes as the checking mode,
+    and a file llama.cpp refuses gives one line with llama.cpp's own reason."""
+    loaded = load_model(str(tiny_models[("llama", True)]), dtype="float32")
+    result = export_gguf(loaded, synthetic_trajectory(loaded, "query"), STEP, tmp_path / "g", outtype="f32")
+    ids = random_ids(24)
+    with llamacpp.GGUFModel(result.gguf_path, n_ctx=64, n_threads=THREADS) as every, \
+            llamacpp.GGUFModel(result.gguf_path, n_ctx=64, n_threads=THREADS, logits_all=False) as last:
+        logits = every.logits(ids)
+        last.eval(ids)
+        np.testing.assert_allclose(last.last_logits(), logits[-1], atol=1e-5)
+        assert last.greedy(ids, 12) == every.greedy(ids, 12)
+        with pytest.raises(GispError, match="opened without logits_all"):
+            last.logits(ids)
+    bad = tmp_path / "bad.gguf"
+    data = bytearray(result.gguf_path.read_bytes())
+    bad.write_bytes(bytes(data[: len(data) // 2]))  # the tensors cut short
+    with pytest.raises(GispError, match=r"llama.cpp cannot load .*bad.gguf: .*") as info:
+        llamacpp.GGUFModel(bad, n_ctx=32)
+    assert "\n" not in str(info.value)
+
+
 # ---- refusals: one line, nothing left behind ----------------------------------------------------
 def test_what_llama_cpp_cannot_hold_is_refused_before_anything_is_written(tiny_models, tmp_path, monkeypatch):
     cases = [
