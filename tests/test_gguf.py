@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gisp_engine import GispError, llamacpp, load_model, settings
 from gisp_engine.cli import main
@@ -262,7 +263,10 @@ def test_cli_gguf_export_and_its_refusals(tiny_models, tmp_path, capsys):
     files = sorted(p.name for p in (tmp_path / "g").iterdir())
     assert files == sorted([Path(summary["gguf"]).name, "Modelfile", "README.md", "gisp_manifest.json"])
     card = (tmp_path / "g" / "README.md").read_text()
-    assert card.startswith("---\nbase_model:") and "- gguf" in card and f"trajectory: \"{traj.key}\"" in card
+    header = yaml.safe_load(card.split("---\n")[1])  # the Hugging Face metadata header
+    assert header["base_model"] == str(tiny_models[("llama", True)]) and "gguf" in header["tags"]
+    assert header["gisp"]["trajectory"] == traj.key and header["gisp"]["step"] == 3
+    assert header["gisp"]["param_sparsity"] == pytest.approx(summary["param_sparsity"], abs=1e-6)
     assert f"FROM ./{Path(summary['gguf']).name}" in (tmp_path / "g" / "Modelfile").read_text()
     with pytest.raises(GispError, match="GGUF export for llama.cpp"):
         load_pruned(tmp_path / "g")
@@ -323,7 +327,10 @@ def test_smollm2_per_layer_step6_in_llama_cpp(smollm_step6):
     uneven = [i for i, layer in enumerate(m["layers"]) if layer["gguf"]["dummy_heads"]
               or layer["gguf"]["head_count_kv"] != len(layer["kv_heads"])]
     assert m["gguf"]["arch"] == "deci" and len(uneven) >= 10
-    assert m["gguf"]["tokenizer"]["pre"] == "smollm"
+    assert m["gguf"]["tokenizer"]["pre"] == "smollm" and m["gguf"]["tokenizer"]["source"].startswith("embedded-gguf")
+    card = yaml.safe_load((result.folder / "README.md").read_text().split("---\n")[1])
+    assert card["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "wikitext2" in {e["task"] for e in card["gisp"]["evaluations"]}  # what the example ships for step 6
     assert 0 < m["gguf"]["padding_overhead"] < 0.05  # measured 3.1% of the decoder linear weights
     found = compare(loaded.model, result.gguf_path, ids)
     assert found["max"] <= EXACT and found["top1"] == 1.0 and found["greedy"], found
