@@ -505,7 +505,8 @@ def _export_parser(subparsers) -> None:
     p.add_argument("--step", type=int, default=None, help="a step of the trajectory instead of a sparsity")
     p.add_argument("--out", required=True, help="folder to write (replaced if it holds an earlier export)")
     p.add_argument("--uniform", action="store_true",
-                   help="same width in every layer: loads with stock transformers code, differs from the trajectory")
+                   help="same width in every layer: loads with stock transformers code (gguf: the family's stock "
+                        "llama.cpp arch), differs from the trajectory")
     p.add_argument("--all-steps", action="store_true",
                    help="every step in one folder (elastic): load any step with gisp_step=T or load_pruned(DIR, step=T)")
     p.add_argument("--align", type=int, default=None, metavar="N",
@@ -521,7 +522,8 @@ def _export_parser(subparsers) -> None:
                         "(q4_k_m, q5_k_m, q6_k, ...; needs llama-cpp-python)")
     p.add_argument("--device", default="cpu", help="where to slice: cpu (default), cuda[:N], auto")
     p.add_argument("--dtype", default="auto",
-                   help="dtype of the written weights: auto (the base checkpoint's own), float32, bfloat16, float16")
+                   help="dtype of the written weights (gguf: of the model sliced; --outtype sets the file's): auto "
+                        "(the base checkpoint's own), float32, bfloat16, float16")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
