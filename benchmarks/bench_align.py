@@ -13,10 +13,10 @@ N = 32, 64, 128, at the steps nearest 22/32/43/53% of parameters, three kinds of
 
 Quality: WikiText-2 perplexity, 120 non-overlapping windows of 128 tokens (the setting of the example's
 shipped evaluations). Speed: one column group per runtime (``RUNTIMES``). PyTorch: prefill (1 x 512 tokens)
-and decode (64 tokens after 16) of the physically sliced models, float32 on the CPU, 1 thread, through
+and decode (32 tokens after 16) of the physically sliced models, float32 on the CPU, 1 thread, through
 ``gisp_engine.cost.measure_costs``: every model of one target and the dense model in one call, their repeats
-interleaved; the table shows the median of the repeats' ratios to dense and [lowest, highest]
-(``cost.cost_ratios``).
+interleaved (``speed_groups``); the table shows the median of the repeats' ratios to dense and [lowest,
+highest] (``cost.cost_ratios``).
 
 Adding a runtime (llama.cpp): write ``def llamacpp_speed(points, dense, args, store) -> dict[str, Speed]``
 (one ``Speed`` per ``Point.id``, measured against dense in that runtime, e.g. each point's GGUF written from
@@ -225,8 +225,22 @@ def shipped_perplexities(example, args) -> dict[int, float]:
 
 
 # ---- speed, one function per runtime ---------------------------------------------------------------
+def speed_groups(points: list[Point]) -> list[list[Point]]:
+    """What is timed together (with dense, repeats interleaved): per target, the example's points (unaligned and
+    export N), then the pruned ones (prune N, re-pruned) with the unaligned point again as their reference."""
+    groups = []
+    for target in dict.fromkeys(p.target for p in points):
+        here = [p for p in points if p.target == target]
+        example = [p for p in here if p.kind in ("unaligned", "export")]
+        pruned = [p for p in here if p.kind not in ("unaligned", "export")]
+        groups += [example] + ([[here[0], *pruned]] if pruned else [])
+    return groups
+
+
 def pytorch_speed(points: list[Point], dense, args, store: Store) -> dict[str, Speed]:
-    """PyTorch eager on the CPU: every target's models with dense in one ``measure_costs`` call (repeats interleaved)."""
+    """PyTorch eager on the CPU: each group's models with dense in one ``measure_costs`` call (repeats interleaved).
+
+    The unaligned point is timed in both groups of its target: its first timing stands in the table."""
     from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
 
     spec = CostSpec(batch=1, seq_len=args.prefill_tokens, prompt_len=16, new_tokens=args.decode_tokens,
@@ -235,24 +249,26 @@ def pytorch_speed(points: list[Point], dense, args, store: Store) -> dict[str, S
               f"{args.threads} threads"
     memo = store.data["speed"]
     out = {}
-    for target in sorted({p.target for p in points}):
-        group = [p for p in points if p.target == target]
+    for group in speed_groups(points):
         key = f"{setting}|" + ",".join(p.ident for p in group)  # measured together, with dense
         if key in memo:
-            out.update({p.id: Speed(**memo[key][p.ident]) for p in group})
+            for p in group:
+                out.setdefault(p.id, Speed(**memo[key][p.ident]))
             continue
         models = [sliced(dense, p) for p in group]
         start = time.perf_counter()
         costs = measure_costs([dense.model, *models], spec)
-        print(f"  speed at {target:.0%}: {len(group)} models + dense, {args.repeats} interleaved repeats "
+        print(f"  speed: {', '.join(p.id for p in group)} and dense, {args.repeats} interleaved repeats "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         base = costs[0].to_dict()
+        measured = {}
         for p, cost in zip(group, costs[1:]):
             r = cost_ratios(cost.to_dict(), base)
-            out[p.id] = Speed(r["prefill_speedup"], r["prefill_speedup_low"], r["prefill_speedup_high"],
-                              r["decode_speedup"], r["decode_speedup_low"], r["decode_speedup_high"],
-                              {"cost": cost.to_dict(), "dense": base, "ratios": r})
-        store.put("speed", key, {p.ident: asdict(out[p.id]) for p in group})
+            measured[p.ident] = Speed(r["prefill_speedup"], r["prefill_speedup_low"], r["prefill_speedup_high"],
+                                      r["decode_speedup"], r["decode_speedup_low"], r["decode_speedup_high"],
+                                      {"cost": cost.to_dict(), "dense": base, "ratios": r})
+            out.setdefault(p.id, measured[p.ident])
+        store.put("speed", key, {ident: asdict(speed) for ident, speed in measured.items()})
         del models
         gc.collect()
     return out
@@ -299,8 +315,8 @@ def main() -> None:
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"speed columns: {', '.join(RUNTIMES)}")
     ap.add_argument("--threads", type=int, default=1, help="threads of the speed measurement")
     ap.add_argument("--prefill-tokens", type=int, default=512)
-    ap.add_argument("--decode-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved timings (median, and the spread of ratios)")
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timings (median, and the spread of ratios)")
     args = ap.parse_args()
 
     from gisp_engine.models import load_model
