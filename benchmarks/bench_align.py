@@ -196,20 +196,30 @@ def perplexities(dense, points: list[Point], args, store: "Store") -> dict[str, 
 
 
 class Store:
-    """Every figure measured so far (``results/bench_align_points.json``): a rerun computes only what is missing."""
+    """Every figure measured so far (``results/bench_align_points.json``): a rerun computes only what is missing.
+
+    Several runs may share it (quality and speed side by side): each write merges into the file under a lock.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
-        self.data.setdefault("perplexity", {})
-        self.data.setdefault("speed", {})
+        self.data = self._read()
+
+    def _read(self) -> dict:
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        data.setdefault("perplexity", {})
+        data.setdefault("speed", {})
+        return data
 
     def put(self, section: str, ident: str, value) -> None:
-        self.data[section][ident] = value
+        from gisp_engine.fsutil import atomic_write_json, file_lock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(self.path)
+        with file_lock(self.path.with_suffix(".lock"), what="the benchmark's results"):
+            data = self._read()
+            data[section][ident] = value
+            atomic_write_json(self.path, data)
+        self.data = data
 
 
 def shipped_perplexities(example, args) -> dict[int, float]:
@@ -349,9 +359,10 @@ def main() -> None:
         dense_point = make_point("dense", 0.0, "dense", None, example, 0, example.keep_mask(0))
         if not args.recompute_shipped:  # the example's own evaluations answer its points
             for p in [dense_point, *points]:
-                if p.trajectory is example and p.kind in ("unaligned", "dense") and p.step in shipped:
-                    store.data["perplexity"].setdefault(f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}",
-                                                        shipped[p.step])
+                ident = f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}"
+                if p.trajectory is example and p.kind in ("unaligned", "dense") and p.step in shipped \
+                        and ident not in store.data["perplexity"]:
+                    store.put("perplexity", ident, shipped[p.step])
         ppl = perplexities(dense, [dense_point, *points], args, store)
         result["dense_perplexity"] = ppl.pop("dense")
         result["perplexity"] = ppl
