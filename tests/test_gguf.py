@@ -33,10 +33,10 @@ from tiny import cache_dir
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
 EXACT = 1e-3  # f32 weights, F32 KV cache: max |logit difference| allowed (measured: 1e-5 to 7e-5)
-# Gemma 3: llama.cpp computes GELU through an fp16 table (GGML_GELU_FP16) and its attention differs from
-# transformers' in float32 rounding: its own converter's file of the dense tiny model (bit-identical
-# tensors to ours) differs by 1.4e-2 here, the dense Gemma 3 270M by 1.8e-2 (logits up to 35).
-GEMMA_BAND = 3e-2
+# Gemma 3: llama.cpp computes GELU through an fp16 table (GGML_GELU_FP16) and rounds its attention differently
+# from transformers: the dense tiny model (our tensors are bit for bit those of llama.cpp's own converter)
+# differs by 1.3e-2, its uniform export by 2.1e-2, the dense Gemma 3 270M by 1.8e-2 (logits up to 35).
+GEMMA_BAND = 5e-2
 NEW_TOKENS = 32
 THREADS = 1  # llama.cpp's threads too (see ``runtime``)
 EXAMPLE = Path(__file__).parent.parent / "cache" / "examples" / "smollm2-135m-ppl-iterative"
