@@ -32,7 +32,7 @@ from tiny import cache_dir
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
-EXACT = 1e-3  # f32 weights, F32 KV cache: max |logit difference| allowed (measured: 1e-5 to 7e-5)
+EXACT = 1e-3  # f32 weights, F32 KV cache: max |logit difference| allowed (measured: tiny 8e-6 to 4e-5, SmolLM2 4e-4)
 # Gemma 3: llama.cpp computes GELU through an fp16 table (GGML_GELU_FP16) and rounds its attention differently
 # from transformers: the dense tiny model (our tensors are bit for bit those of llama.cpp's own converter)
 # differs by 1.3e-2, its uniform export by 2.1e-2, the dense Gemma 3 270M by 1.8e-2 (logits up to 35).
