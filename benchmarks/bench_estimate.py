@@ -138,10 +138,14 @@ def main() -> None:
         load = os.getloadavg()[0]
         result = measure_case(name, *CASES[name], device=args.device)
         result["load_average"] = load
+        if path.is_file():  # another invocation may have added cases meanwhile
+            done = {**{r["case"]: r for r in json.loads(path.read_text())["results"]}, **done}
         done[name] = result
         print(f"{name}: estimate {result['estimate_bytes'] / 2**30:.2f} GiB, measured {result['measured_bytes'] / 2**30:.2f} "
               f"GiB, ratio {result['ratio']:.3f} (load average {load:.1f})", flush=True)
         write_result(path.stem, {"machine": machine(), "results": list(done.values())})
+    if path.is_file():
+        done = {**{r["case"]: r for r in json.loads(path.read_text())["results"]}, **done}
     ordered = [done[c] for c in CASES if c in done]
     print(table(rows_of(ordered), HEADER))
     write_result(path.stem, {"machine": machine(), "results": ordered})

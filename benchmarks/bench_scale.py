@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="of the pruning run (the checkpoint is bfloat16)")
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--sweep-dtype", default="float32",
+                        help="of the sweep, which holds the dense model beside the sliced one (--cost): about 2x weights")
+    parser.add_argument("--reuse", action="store_true", help="continue after a finished prune stage (its prune.json)")
     parser.add_argument("--out", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "bench-scale"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -89,8 +92,13 @@ def main() -> None:
     result["model_bytes"] = folder_bytes(MODEL)
     result["write_model_s"] = time.perf_counter() - start
 
-    case = measure_case("llama1b-" + args.dtype, str(MODEL), args.dtype, args.num_samples, args.seq_len, None, 2,
-                        args.device, out / "trajectory")
+    saved = out / "prune.json"
+    if args.reuse and saved.is_file():  # a run stopped after pruning continues from there
+        case = json.loads(saved.read_text())
+    else:
+        case = measure_case("llama1b-" + args.dtype, str(MODEL), args.dtype, args.num_samples, args.seq_len, None, 2,
+                            args.device, out / "trajectory")
+        saved.write_text(json.dumps(case, indent=1) + "\n")
     result["prune"] = case
     print(f"prune: {case['step_walls_s']} s cumulative per step, peak {case['measured_bytes'] / 2**30:.2f} GiB, "
           f"estimate {case['estimate_bytes'] / 2**30:.2f} GiB", flush=True)
@@ -98,7 +106,7 @@ def main() -> None:
 
     sweep, sweep_s = gisp("sweep", "--trajectory", str(traj), "--task", "wikitext2", "--limit", "4", "--cost",
                           "--cost-batch", "1", "--cost-seq-len", "128", "--cost-new-tokens", "8", "--cost-repeats", "3",
-                          "--device", args.device, "--quiet")
+                          "--device", args.device, "--dtype", args.sweep_dtype, "--quiet")
     result["sweep"] = {"wall_s": sweep_s, "rows": sweep.get("rows", sweep)}
     print(f"sweep: {sweep_s:.0f} s", flush=True)
 

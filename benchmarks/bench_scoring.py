@@ -40,11 +40,12 @@ def _setup(args):
     torch.manual_seed(0)
     if args.child in ("sums-wide", "sums-narrow"):  # several bf16 micro-batches
         loaded = load_model(args.model, args.device, "bfloat16")
-        config = PruneConfig(model=args.model, num_samples=args.batch, seq_len=args.sums_seq_len,
+        config = PruneConfig(model=args.model, calib=args.calib, num_samples=args.batch, seq_len=args.sums_seq_len,
                              batch_size=args.sums_micro_batch)
         return loaded, objective_spec("perplexity").build(loaded, config)
     loaded = load_model(args.model, args.device, args.dtype)
-    config = PruneConfig(model=args.model, num_samples=args.batch, seq_len=args.seq_len, batch_size=args.batch)
+    config = PruneConfig(model=args.model, calib=args.calib, num_samples=args.batch, seq_len=args.seq_len,
+                         batch_size=args.batch)
     objective = objective_spec("perplexity").build(loaded, config)
     return loaded, objective
 
@@ -103,7 +104,7 @@ def child(args) -> None:
 
 
 def memory(args, kind: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--device", args.device,
+    cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--calib", args.calib, "--device", args.device,
            "--dtype", args.dtype, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
            "--sums-seq-len", str(args.sums_seq_len), "--sums-micro-batch", str(args.sums_micro_batch)]
     # large blocks straight from mmap, so that freed tensors leave the resident set at once
@@ -143,7 +144,7 @@ def shrink_run(args) -> dict:
 
     walls = {}
     for shrink in (False, True):
-        config = PruneConfig(model=args.model, num_samples=args.run_samples, seq_len=args.run_seq_len, steps=10,
+        config = PruneConfig(model=args.model, calib=args.calib, num_samples=args.run_samples, seq_len=args.run_seq_len, steps=10,
                              max_sparsity=0.5, shrink=shrink, device=args.device, dtype=args.dtype)
         the_plan = plan(config)
         loaded = load_model(args.model, args.device, args.dtype)
@@ -161,6 +162,7 @@ def shrink_run(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--calib", default="lambada", help="calibration text (gisp prune --calib): a file where no data dir is")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch", type=int, default=8)

@@ -421,7 +421,7 @@ class DryRun:
                         + m.part("weights") else ""))
         if self.time:
             t = self.time
-            lines.append(f"time        first step ~{t['first_step_s']:.0f} s at {t['tokens_per_s']:,.0f} tokens/s "
+            lines.append(f"time        first step ~{t['first_step_s']:.0f} s at {t['tokens_per_s']:,.3g} tokens/s "
                          f"(measured {t['measured']} on {t['device']}); at most ~{t['run_s'] / 60:.0f} min for "
                          f"{s['steps']} steps (later steps are smaller)")
         else:
