@@ -176,6 +176,17 @@ def test_per_layer_export_runs_in_llama_cpp_as_in_transformers(tiny_models, tmp_
     assert verify_export(result.folder)["gguf"]["file"] == result.gguf_path.name
 
 
+def test_aligned_widths_are_written_as_they_are_rounded(tiny_models, tmp_path):
+    loaded = load_model(str(tiny_models[("llama", True)]), dtype="float32")
+    result = export_gguf(loaded, synthetic_trajectory(loaded, "query"), STEP, tmp_path / "g", outtype="f32", align=16)
+    widths = [len(layer["channels"]) for layer in result.manifest["layers"]]
+    assert result.manifest["align"]["multiple"] == 16 and all(w % 16 == 0 for w in widths), widths
+    # layer 2 keeps no channel: deci still gets its one zero channel
+    assert [layer["gguf"]["feed_forward_length"] for layer in result.manifest["layers"]] == [48, 32, 1, 48]
+    found = compare(loaded.model, result.gguf_path, random_ids(), new_tokens=8)
+    assert found["max"] <= EXACT and found["greedy"], found
+
+
 def test_flap_compensation_is_written_as_output_biases(tiny_models, tmp_path):
     """FLAP's o_proj/down_proj biases are deci's (and llama's) attn_output/ffn_down biases; a layer with no
     heads left carries its constant through one zero head."""
