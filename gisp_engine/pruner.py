@@ -329,10 +329,14 @@ def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, 
         protected_layers=the_plan.protected_layers,
         batch_size=the_plan.config.resolved_batch_size(loaded.device),
     )
+    ranking = methods.get(the_plan.config.method).describe()
+    if "align" in the_plan.request:  # what the rounding does to the method's own order
+        ranking += (f"; then every cut layer's MLP width rounded to the nearest multiple of "
+                    f"{the_plan.request['align']} (methods.ALIGN_RULE)")
     return {
         "key": the_plan.key,
         "method": the_plan.config.method,
-        "ranking": methods.get(the_plan.config.method).describe(),
+        "ranking": ranking,
         "model": loaded.describe(),
         "settings": settings,
         "objective": objective.describe(),

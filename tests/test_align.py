@@ -86,6 +86,7 @@ def test_every_step_is_aligned_and_nested(tiny96, data_dir, method):
     align = 16
     traj = prune(_cfg(tiny96, method=method, align=align)).trajectory
     assert traj.meta["settings"]["align"] == align and traj.meta["request"]["align"] == align
+    assert traj.meta["ranking"].endswith(f"rounded to the nearest multiple of {align} (methods.ALIGN_RULE)")
     space = traj.space
     size = space.size
     for t in range(1, traj.num_steps + 1):
