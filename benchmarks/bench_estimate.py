@@ -36,7 +36,7 @@ SCALE_MODEL = ROOT / "cache" / "models" / "llama-3.2-1b-random"
 CASES: dict[str, tuple] = {
     "smollm2-f32": ("smollm2-135m", "float32", 16, 128, 8, 2),  # 2 micro-batches: gradients kept in .grad
     "smollm2-f32-1mb": ("smollm2-135m", "float32", 16, 128, None, 2),  # 1 micro-batch: gradients freed in hooks
-    "smollm2-bf16": ("smollm2-135m", "bfloat16", 16, 128, 8, 2),  # float32 gradient sums beside bf16 weights
+    "smollm2-bf16": ("smollm2-135m", "bfloat16", 8, 128, 4, 1),  # float32 gradient sums beside bf16 weights
     "gemma3-f32": ("gemma3-270m", "float32", 8, 128, 4, 2),
     "gemma3-bf16": ("gemma3-270m", "bfloat16", 8, 128, 4, 1),
     "llama1b-f32": (str(SCALE_MODEL), "float32", 4, 128, None, 2),

@@ -23,8 +23,10 @@ what the engine itself allocates rather than fitting a curve:
                   tokenizer and the calibration data, which a run holds too); GPU: nothing (the
                   CUDA allocator's peak, what ``cost.PeakMemory`` reports, leaves out the context).
 
-The peak is the larger of loading and ``runtime + weights + gradient sums + activations + head``.
-Which kernel the attention takes, the allocator's caching and a CPU heap that keeps freed small
+The peak is the larger of loading and ``runtime + weights + gradient sums + activations + head`` in
+the first step; on CPU, where a checkpoint already in the run's dtype stays mapped (the embeddings
+keep the mapping), the second step adds the sliced copies of the pruned layers beside it, and its
+peak counts when it is the larger. Which kernel the attention takes, the allocator's caching and a CPU heap that keeps freed small
 blocks are not modelled; ``benchmarks/bench_estimate.py`` measures how far that leaves it.
 
 Times come from measurements: every real run records its first (dense) step's tokens/s under
@@ -54,7 +56,6 @@ from .structures import StructureSpace
 from .surgery import full_layout
 
 GIB = 1 << 30
-MIB = 1 << 20
 #: Fraction of the free memory a run may plan to use: the rest covers what the estimate does not model.
 HEADROOM = 0.9
 
@@ -200,7 +201,7 @@ def estimate_memory(model: torch.nn.Module, adapter, space: StructureSpace, scor
              *_step_parts(model, adapter, space, scored_layers, p, work, gradients, 1.0)]
     best = first
     if mapped and kept_after_first is not None:
-        linear = sum(t.param.numel() for t in _linears(model, adapter, scored_layers)) * p
+        linear = _linear_weights(model, adapter, scored_layers) * p
         second = [Part("runtime", runtime, runtime_note),
                   Part("weights", weights, f"{params:,} parameters in {dtype_name}, the checkpoint's pages still mapped"),
                   Part("sliced copies", int(linear * kept_after_first),
@@ -213,19 +214,14 @@ def estimate_memory(model: torch.nn.Module, adapter, space: StructureSpace, scor
     return MemoryEstimate(str(device), dtype_name, best, load_peak)
 
 
-def _linears(model, adapter, layers: list[int]) -> list:
-    """Every attention and MLP projection of ``layers`` (what slicing rebuilds)."""
-    out = []
+def _linear_weights(model, adapter, layers: list[int]) -> int:
+    """Elements of every attention and MLP projection of ``layers`` (what slicing rebuilds)."""
+    total = 0
     for i in layers:
         layer = adapter.layers(model)[i]
         a, m = adapter.attention(layer), adapter.mlp(layer)
-        out += [_W(lin.weight) for lin in (a.q, a.k, a.v, a.o, m.gate, m.up, m.down)]
-    return out
-
-
-@dataclass
-class _W:
-    param: torch.Tensor
+        total += sum(lin.weight.numel() for lin in (a.q, a.k, a.v, a.o, m.gate, m.up, m.down))
+    return total
 
 
 def _step_parts(model, adapter, space: StructureSpace, scored_layers: list[int], p: int, work: Workload,
@@ -591,10 +587,12 @@ def refuse_if_too_big(the_plan) -> None:
         verdict = None
     else:
         result = dry_run(the_plan)  # every process holds a whole model: its own device must hold it
+        fix = result.suggestion or ""
         verdict = None if result.fits else (
             f"{config.model} needs about {result.memory.peak / GIB:.1f} GiB on {result.memory.device} "
-            f"({result.memory.dtype}) and {result.free_bytes / GIB:.1f} GiB are free: would fit with "
-            f"{result.suggestion}; --dry-run shows the estimate, --force runs anyway")
+            f"({result.memory.dtype}) and {result.free_bytes / GIB:.1f} GiB are free: "
+            + (fix if fix.startswith("nothing") else f"would fit with {fix}")
+            + "; --dry-run shows the estimate, --force runs anyway")
     ctx = distributed.context()
     if ctx.active:
         refused = torch.tensor([0.0 if verdict is None else 1.0], dtype=torch.float64)
