@@ -243,7 +243,7 @@ def speed_groups(points: list[Point]) -> list[list[Point]]:
         here = [p for p in points if p.target == target]
         example = [p for p in here if p.kind in ("unaligned", "export")]
         pruned = [p for p in here if p.kind not in ("unaligned", "export")]
-        groups += [example] + ([[here[0], *pruned]] if pruned else [])
+        groups += ([example] if len(example) > 1 else []) + ([[here[0], *pruned]] if pruned else [])
     return groups
 
 
@@ -319,6 +319,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--no-reprune", action="store_true", help="leave out the re-pruned unaligned point")
     ap.add_argument("--export-only", action="store_true", help="only the example's points (nothing to prune)")
+    ap.add_argument("--kinds", default="export,prune,re-pruned",
+                    help="which points besides the unaligned one (runs side by side can share the work)")
     ap.add_argument("--recompute-shipped", action="store_true",
                     help="evaluate the example's points again instead of taking its shipped evaluations")
     ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
@@ -339,7 +341,8 @@ def main() -> None:
     # --export-only: no trajectory to prune (the export-aligned points need only the example)
     aligned = {} if args.export_only else {n: aligned_trajectory(example, n) for n in aligns}
     repruned = None if args.no_reprune or args.export_only else aligned_trajectory(example, None)
-    points = build_points(example, aligns, aligned, targets, repruned)
+    kinds = set(args.kinds.split(",")) | {"unaligned"}
+    points = [p for p in build_points(example, aligns, aligned, targets, repruned) if p.kind in kinds]
     dense = load_model(recorded_model(example), "cpu", "float32")  # the dtype of the shipped evaluations
     result = {"machine": machine(), "trajectory": example.key, "settings": vars(args),
               "repruned_differs_from_example": None if repruned is None else
