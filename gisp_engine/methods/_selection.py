@@ -15,7 +15,7 @@ ALIGN_RULE = (
     "Every layer's MLP channel count is rounded to the nearest multiple of N, ties to the larger. The count never "
     "rises above what the layer had (its full width, at export), and a full width that is not a multiple of N "
     "stays as it is until the layer is cut. A layer left with channels keeps at least N (or its full width, if "
-    "narrower), and one left with none stays empty. Heads are not rounded: a head is head_dim (64 or 128) rows "
+    "narrower), and one left with none stays empty. Heads are not rounded: a head is head_dim (64 to 256) rows "
     "wide already."
 )
 
