@@ -72,12 +72,13 @@ m[4].metric("Kept only in B", diff.counts["kept only in B"])
 
 # ---- quality on the same axes --------------------------------------------------------------------
 @st.cache_data(max_entries=16, show_spinner=False)
-def table_of(path: str, stamp: int, evaluations: list[dict]):
-    return sweep_table(ui.load_trajectory(path), evaluations)
+def table_of(path: str, stamp: int, evaluations: list[dict], prefer: tuple[tuple[str, str], ...] = ()):
+    return sweep_table(ui.load_trajectory(path), evaluations, prefer=dict(prefer))
 
 
 table_a = table_of(path_a, ui.stamp(path_a), ui.evaluations(path_a))
-table_b = table_of(path_b, ui.stamp(path_b), ui.evaluations(path_b))
+# B shows the series measured with A's settings wherever B has one: like is compared with like
+table_b = table_of(path_b, ui.stamp(path_b), ui.evaluations(path_b), tuple(sorted(table_a.series.items())))
 shared = [c for c in table_a.quality if c in table_b.quality]
 shared += [c for c in ("prefill_speedup", "peak_bytes") if c in table_a.cost and c in table_b.cost]
 if shared:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -142,7 +144,7 @@ def test_choose_shows_the_series_the_user_asked_for(runs, data_dir, no_jobs_left
     job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0], timeout=600)
     assert job.state == "done", job.error
     run_sweep(traj, load_model(str(traj.meta["settings"]["model"]), "cpu", "float32"),
-              SweepRequest(tasks=("wikitext2",), limit=2))  # newer, same steps: the table's own default
+              SweepRequest(tasks=("wikitext2",), limit=2), refresh=True)  # newer, same steps: the table's default
     assert sweep_table(traj).labels["wikitext2"].endswith("first 2)")
 
     at.run()
@@ -160,21 +162,28 @@ def test_choose_shows_the_series_the_user_asked_for(runs, data_dir, no_jobs_left
 
 
 def test_compare_says_when_the_two_series_have_different_settings(runs, data_dir):
+    """B shows the series of A's settings where it has one; otherwise the page says the two are not comparable.
+
+    Windows of 96 tokens: no other test sweeps them, so what these trajectories remember from elsewhere in the
+    session cannot stand in."""
     a, b = Trajectory.load(runs["iterative"]), Trajectory.load(runs["oneshot"])
     dense = load_model(str(a.meta["settings"]["model"]), "cpu", "float32")
-    run_sweep(a, dense, SweepRequest(tasks=("wikitext2",), limit=2))
-    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=3))
+    run_sweep(a, dense, SweepRequest(tasks=("wikitext2",), limit=2, seq_len=96), refresh=True)  # A's newest
+    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=3, seq_len=96), refresh=True)
     at = open_page("pages/4_Compare.py", select=runs["iterative"])
     at.selectbox(key="compare_b").set_value(runs["oneshot"]).run()
     no_errors(at)
     (warning,) = [w.value for w in at.warning if "different settings" in w.value]
-    assert "A: WikiText-2 perplexity (seq len 128, BOS stream, first 2)" in warning
-    assert "B: WikiText-2 perplexity (seq len 128, BOS stream, first 3)" in warning
+    assert "A: WikiText-2 perplexity (seq len 96, BOS stream, first 2)" in warning
+    assert "B: WikiText-2 perplexity (seq len 96, BOS stream, first 3)" in warning
 
-    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=2))  # now both have the 2-window series
+    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=2, seq_len=96))  # now both have A's series
+    time.sleep(1.1)  # results are stamped to the second
+    run_sweep(b, dense, SweepRequest(tasks=("wikitext2",), limit=3, seq_len=96), refresh=True)  # B's newest: 3
+    assert sweep_table(b).labels["wikitext2"].endswith("first 3)")  # B alone would show another series
     at.run()
     assert not [w for w in at.warning if "different settings" in w.value]
-    assert any(c.value == "Both measured with: WikiText-2 perplexity (seq len 128, BOS stream, first 2)"
+    assert any(c.value == "Both measured with: WikiText-2 perplexity (seq len 96, BOS stream, first 2)"
                for c in at.caption)
 
 
