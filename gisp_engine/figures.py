@@ -381,10 +381,20 @@ def sweep_cost_figure(table, x: str = "prefill_speedup", y: str = "wikitext2", h
     gaps = _gaps(idx, table.param_sparsity[idx])
     px, py, ps, pp = _broken(gaps, xs[idx], ys[idx], idx, table.param_sparsity[idx])
     custom = np.stack([ps, pp], -1) if len(idx) else np.zeros((0, 2))
-    data = [dict(type="scatter", x=px, y=py, mode="lines+markers+text", name="steps",
+    trace = dict(type="scatter", x=px, y=py, mode="lines+markers+text", name="steps",
                  text=["" if np.isnan(p) else f"{p:.0%}" for p in pp], textposition="top center",
                  line=dict(color=BLUE), customdata=custom,
-                 hovertemplate="step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g}, %{y:.4g}<extra></extra>")]
+                 hovertemplate="step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g}, %{y:.4g}<extra></extra>")
+    low, high = table.cost.get(f"{x}_low"), table.cost.get(f"{x}_high")
+    if low is not None and high is not None:  # a speed-up's spread: the lowest and highest paired repeat ratio
+        (lo, hi) = _broken(gaps, low[idx] * scale, high[idx] * scale)
+        centre = np.asarray(px, dtype=float)
+        trace["error_x"] = dict(type="data", symmetric=False, array=np.nan_to_num(hi - centre),
+                                arrayminus=np.nan_to_num(centre - lo), color=BLUE, thickness=1, width=3)
+        trace["hovertemplate"] = ("step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g} (repeats "
+                                  "%{customdata[2]:.3g} to %{customdata[3]:.3g}), %{y:.4g}<extra></extra>")
+        trace["customdata"] = np.stack([ps, pp, lo, hi], -1) if len(idx) else np.zeros((0, 4))
+    data = [trace]
     if highlight is not None and highlight in idx:
         data.append(_highlight(float(xs[highlight]), float(ys[highlight]), f"recommended: step {highlight}"))
     metric = table.metric.get(y, "perplexity")

@@ -122,3 +122,26 @@ def test_legends_sit_below_the_title(iterative):
         title, legend = layout["title"], layout["legend"]
         assert title["yref"] == legend["yref"] == "container" and legend["y"] < title["y"]
         assert legend["yanchor"] == "top" and legend["orientation"] == "h"
+
+
+def test_the_speed_up_chart_shows_each_steps_spread():
+    """Error bars from the lowest to the highest paired repeat ratio (cost.cost_ratios), around the median."""
+    from gisp_engine.sweep import SweepTable
+
+    n = 4
+    median = np.array([1.0, 1.2, np.nan, 1.6])
+    table = SweepTable(steps=np.arange(n), param_sparsity=np.array([0.0, 0.1, 0.2, 0.3]),
+                       structural_ratio=np.zeros(n), kept_params=np.zeros(n),
+                       quality={"wikitext2": np.array([10.0, 12.0, 14.0, 20.0])}, metric={"wikitext2": "perplexity"},
+                       labels={}, cost={"prefill_speedup": median, "prefill_speedup_low": median - [0, 0.1, 0, 0.3],
+                                        "prefill_speedup_high": median + [0, 0.2, 0, 0.05]})
+    (trace,) = [t for t in figures.sweep_cost_figure(table).to_dict()["data"] if t.get("name") == "steps"]
+    x = _floats(trace["x"])
+    finite = ~np.isnan(x)
+    np.testing.assert_allclose(x[finite], [1.0, 1.2, 1.6])  # the unmeasured step is left out
+    np.testing.assert_allclose(_floats(trace["error_x"]["array"])[finite], [0, 0.2, 0.05], atol=1e-12)
+    np.testing.assert_allclose(_floats(trace["error_x"]["arrayminus"])[finite], [0, 0.1, 0.3], atol=1e-12)
+    assert "repeats" in trace["hovertemplate"]
+    del table.cost["prefill_speedup_low"], table.cost["prefill_speedup_high"]  # a table without the spread: no bars
+    (trace,) = [t for t in figures.sweep_cost_figure(table).to_dict()["data"] if t.get("name") == "steps"]
+    assert "error_x" not in trace
