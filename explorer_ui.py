@@ -8,6 +8,8 @@ time its files were written), models through ``st.cache_resource``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import shutil
 import sys
 import threading
 import traceback
@@ -280,3 +282,71 @@ def model_id(traj) -> str:
     from gisp_engine.subnetwork import recorded_model
 
     return recorded_model(traj)
+
+
+# ---- charts that a slider redraws -----------------------------------------------------------
+# st.plotly_chart's element id hashes the figure (Streamlit 1.67), so every changed figure is a new element: the
+# browser throws the chart away and builds it again (Plotly.newPlot, Streamlit's theme pass, a second render for
+# the width), for each chart at each slider move. This chart is an iframe that stays (its identity is its key) and
+# redraws with Plotly.react. Measured with benchmarks/bench_ui.py: half the browser's work per Explore move.
+_CHART_HTML = """<!doctype html>
+<html><head><meta charset="utf-8">
+<style>html, body { margin: 0; padding: 0; overflow: hidden; background: transparent; }</style>
+<script src="plotly.min.js"></script></head>
+<body><div id="chart"></div><script>
+"use strict";
+const post = (type, extra) => window.parent.postMessage(Object.assign({isStreamlitMessage: true, type}, extra), "*");
+let shown = null, height = 0;
+window.addEventListener("message", (event) => {
+  const msg = event.data;
+  if (!msg || msg.type !== "streamlit:render" || msg.args.spec === shown) return;
+  shown = msg.args.spec;
+  const figure = JSON.parse(shown);
+  delete figure.layout.template;  // plotly.js's own plain style (plotly.py's default template is grey)
+  Plotly.react("chart", figure.data, Object.assign({}, figure.layout, {autosize: true}),
+               Object.assign({responsive: true, displaylogo: false}, msg.args.config || {}));
+  const wanted = figure.layout.height || 450;
+  if (wanted !== height) { height = wanted; post("streamlit:setFrameHeight", {height: wanted}); }
+});
+post("streamlit:componentReady", {apiVersion: 1});
+</script></body></html>
+"""
+_CHART_COMPONENT = None
+
+
+def _chart_folder() -> Path:
+    """The component's two files (this page and plotly.js of the installed plotly), written once into the cache."""
+    import plotly
+
+    from gisp_engine import settings
+    from gisp_engine.fsutil import staging_dir
+
+    digest = hashlib.sha256(f"{_CHART_HTML}{plotly.__version__}".encode()).hexdigest()[:12]
+    folder = settings.cache_dir() / "ui" / f"plotly-chart-{digest}"
+    if not (folder / "index.html").is_file():
+        with staging_dir(folder) as tmp:
+            shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp / "plotly.min.js")
+            (tmp / "index.html").write_text(_CHART_HTML, encoding="utf-8")
+    return folder
+
+
+def plotly_chart(figure, key: str, container=None) -> None:
+    """A plotly figure that later reruns redraw in place (for charts a slider changes); ``key`` is its identity.
+
+    ``GISP_PLAIN_CHARTS=1``: Streamlit's own ``st.plotly_chart`` instead (its theme and toolbar; a browser that
+    refuses the component's frame still draws the charts; benchmarks/bench_ui.py --plain-charts compares the two).
+    """
+    global _CHART_COMPONENT
+    import os
+
+    import plotly.io
+    import streamlit.components.v1 as components
+
+    if os.environ.get("GISP_PLAIN_CHARTS", "").strip().lower() in {"1", "true", "yes", "on"}:
+        (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
+        return
+    folder = _chart_folder()
+    if _CHART_COMPONENT is None or Path(_CHART_COMPONENT.path or "") != folder:
+        _CHART_COMPONENT = components.declare_component("gisp_plotly_chart", path=str(folder))
+    with container or contextlib.nullcontext():
+        _CHART_COMPONENT(spec=plotly.io.to_json(figure, validate=False), key=key, default=None)

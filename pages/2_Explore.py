@@ -79,18 +79,16 @@ def _scrub(playing: bool) -> None:
     m[5].metric("Calibration loss", f"{at.loss:.3f}", help="mean NLL in nats on the calibration set")
 
     left, right = st.columns([2, 3])
-    left.plotly_chart(figures.head_survival_figure(view, at, head_hover(path, ui.stamp(path))),
-                      key=f"heads_{slot}", config={"displaylogo": False})
+    ui.plotly_chart(figures.head_survival_figure(view, at, head_hover(path, ui.stamp(path))), f"heads_{slot}", left)
     layout = right.radio("MLP channels", ["sorted by removal", "original order, grouped"], horizontal=True,
                          key=f"channel_layout_{slot}", label_visibility="collapsed")
     channel_fig = (figures.channel_survival_figure(view, at) if layout == "sorted by removal"
                    else figures.channel_bins_figure(view, at, 64))
-    right.plotly_chart(channel_fig, key=f"channels_{slot}", config={"displaylogo": False})
+    ui.plotly_chart(channel_fig, f"channels_{slot}", right)
 
     left, right = st.columns(2)
-    left.plotly_chart(figures.layer_fraction_figure(view, at), key=f"layers_{slot}", config={"displaylogo": False})
-    right.plotly_chart(figures.trajectory_curve_figure(view, step, ui.evaluations(path)), key=f"curve_{slot}",
-                       config={"displaylogo": False})
+    ui.plotly_chart(figures.layer_fraction_figure(view, at), f"layers_{slot}", left)
+    ui.plotly_chart(figures.trajectory_curve_figure(view, step, ui.evaluations(path)), f"curve_{slot}", right)
     with st.expander("Per-layer counts at this point"):
         st.dataframe(pd.DataFrame(view.layer_table(step)), hide_index=True)
     st.caption(

@@ -80,7 +80,10 @@ def decode(value) -> np.ndarray:
 
 
 def chart(at, title_start: str) -> dict:
+    """A figure the page drew (st.plotly_chart, or explorer_ui.plotly_chart's component), by the start of its title."""
     figures = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    components = [json.loads(el.proto.json_args) for el in at.get("component_instance")]
+    figures += [json.loads(args["spec"]) for args in components if "spec" in args]
     for fig in figures:
         title = fig["layout"].get("title", {}).get("text", "")
         if title.startswith(title_start):
@@ -150,6 +153,40 @@ def test_explore_slider_changes_heatmaps_and_counts(runs):
     curve = chart(at, "Trajectory")
     marker = next(t for t in curve["data"] if t["name"] == "chosen point")
     assert decode(marker["x"])[0] == pytest.approx(traj.steps[4].param_sparsity)
+
+
+def test_explore_redraws_its_charts_in_place(runs):
+    """A slider move hands new figures to the same four charts (their ids stay), which the browser redraws with
+    Plotly.react; st.plotly_chart's id hashes the figure, so there every move built every chart again."""
+    at = open_page("pages/2_Explore.py", select=runs["iterative"])
+
+    def charts() -> dict[str, str]:
+        return {el.proto.id: json.loads(json.loads(el.proto.json_args)["spec"])["layout"]["title"]["text"]
+                for el in at.get("component_instance")}
+
+    at.select_slider[0].set_value(1).run()
+    before = charts()
+    at.select_slider[0].set_value(4).run()
+    after = charts()
+    no_errors(at)
+    assert len(before) == 4 and before.keys() == after.keys()  # the same charts
+    assert before != after  # with the new step's figures
+    assert not at.get("plotly_chart")
+
+
+def test_explore_plain_charts_setting_uses_streamlits_own(runs, monkeypatch):
+    """GISP_PLAIN_CHARTS=1: the same four figures through st.plotly_chart (no component frame)."""
+    monkeypatch.setenv("GISP_PLAIN_CHARTS", "1")
+    at = open_page("pages/2_Explore.py", select=runs["iterative"])
+    at.select_slider[0].set_value(4).run()
+    no_errors(at)
+    assert len(at.get("plotly_chart")) == 4 and not at.get("component_instance")
+    plain = decode(chart(at, "Attention heads")["data"][0]["z"])
+    monkeypatch.delenv("GISP_PLAIN_CHARTS")
+    at.run()  # the same step through the component: the same heatmap
+    assert not at.get("plotly_chart") and len(at.get("component_instance")) == 4
+    np.testing.assert_array_equal(decode(chart(at, "Attention heads")["data"][0]["z"]), plain)
+    assert (plain > 0).any()  # step 4 has removed heads
 
 
 def test_explore_play_button_advances_the_slider_and_grouped_view(runs):

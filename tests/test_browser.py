@@ -95,12 +95,16 @@ def served_app(isolated_cache, tmp_path):
         yield url
 
 
-HEADS_STATE = """() => {
-  const plots = Array.from(document.querySelectorAll('.js-plotly-plot'));
+# plotly charts of the page and of its chart frames (explorer_ui.plotly_chart: an iframe per chart, same origin)
+PLOTS = """() => [document, ...Array.from(document.querySelectorAll('iframe')).map(f => {
+  try { return f.contentDocument; } catch (e) { return null; } })]
+  .filter(Boolean).flatMap(d => Array.from(d.querySelectorAll('.js-plotly-plot')))"""
+HEADS_STATE = f"""() => {{
+  const plots = ({PLOTS})();
   const heads = plots.find(p => p.layout && p.layout.title && String(p.layout.title.text).includes('Attention heads'));
   if (!heads) return null;
-  return {title: String(heads.layout.title.text), z: JSON.stringify(heads.data[0].z)};
-}"""
+  return {{title: String(heads.layout.title.text), z: JSON.stringify(heads.data[0].z)}};
+}}"""
 
 CHANGED = f"(previous) => {{ const s = ({HEADS_STATE})(); return s !== null && s.z !== previous; }}"
 
@@ -108,7 +112,7 @@ CHANGED = f"(previous) => {{ const s = ({HEADS_STATE})(); return s !== null && s
 def test_explore_in_chromium_slider_redraws_the_heatmap(browser, served_app):
     page = browser.new_page(viewport={"width": 1600, "height": 1500})
     page.goto(f"{served_app}/Explore")
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=90_000)
+    page.wait_for_function(f"({PLOTS})().length >= 4", timeout=120_000)
     page.wait_for_function(f"({HEADS_STATE})() !== null", timeout=30_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     before = page.evaluate(HEADS_STATE)
@@ -136,30 +140,38 @@ def test_explore_in_chromium_slider_redraws_the_heatmap(browser, served_app):
 
 RECOMMENDED = """() => {
   const alerts = Array.from(document.querySelectorAll('[data-testid="stAlert"]')).map(a => a.innerText);
-  return alerts.find(t => t.includes('Recommended:') || t.includes('No step meets') || t.includes('contradict')) || null;
+  return alerts.find(t => t.includes('Recommended:') || t.includes('No step meets') || t.includes('contradict')
+                          || t.includes('Set a constraint')) || null;
 }"""
+CHANGED_RECOMMENDATION = f"(previous) => {{ const t = ({RECOMMENDED})(); return t !== null && t !== previous; }}"
 
 
 def test_choose_in_chromium_a_constraint_changes_the_recommendation(browser, served_app):
     page = browser.new_page(viewport={"width": 1600, "height": 1500})
     page.goto(f"{served_app}/Choose")
-    # the example's shipped sweep: a recommendation without computing anything
+    # the example's shipped sweep, and no constraint yet: the page asks for one instead of recommending
     page.wait_for_function(f"({RECOMMENDED})() !== null", timeout=90_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     before = page.evaluate(RECOMMENDED)
-    assert "Recommended:" in before and "of parameters removed" in before
+    assert "Set a constraint" in before and "Recommended:" not in before
     nav = [line.strip() for line in page.locator('[data-testid="stSidebarNav"]').inner_text().split("\n")]
     titles = [t for t in nav if t and t[0].isupper()]  # the icons' ligature names are lower case
     assert titles[:2] == ["Home", "Choose"] and "app" not in nav, nav
 
     page.get_by_text("multiple of dense", exact=True).click()  # perplexity at most 2x dense (the default)
-    page.wait_for_function(f"(previous) => {{ const t = ({RECOMMENDED})(); return t !== null && t !== previous; }}",
-                           arg=before, timeout=60_000)
-    after = page.evaluate(RECOMMENDED)
-    assert "Recommended:" in after and "x dense" in after
-    step_before = int(re.search(r"step (\d+):", before).group(1))
-    step_after = int(re.search(r"step (\d+):", after).group(1))
-    assert step_after < step_before  # a perplexity limit can only move the choice towards the dense model
+    page.wait_for_function(CHANGED_RECOMMENDATION, arg=before, timeout=60_000)
+    loose = page.evaluate(RECOMMENDED)
+    assert "Recommended:" in loose and "x dense" in loose, loose
+
+    ratio = page.get_by_label("Perplexity at most (x dense)")
+    ratio.fill("1.5")
+    ratio.press("Enter")  # a tighter limit
+    page.wait_for_function(CHANGED_RECOMMENDATION, arg=loose, timeout=60_000)
+    tight = page.evaluate(RECOMMENDED)
+    assert "Recommended:" in tight and "1.5x dense" in tight, tight
+    step_loose = int(re.search(r"step (\d+):", loose).group(1))
+    step_tight = int(re.search(r"step (\d+):", tight).group(1))
+    assert step_tight < step_loose  # a tighter perplexity limit moves the choice towards the dense model
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(SCREENSHOT.with_name("choose_browser.png")), full_page=True)
     page.close()
@@ -213,7 +225,7 @@ def test_the_file_watcher_leaves_the_cache_alone(browser, isolated_cache, tmp_pa
     with serve(isolated_cache, log_path) as (url, proc):  # the repository's config, watcher included
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(f"{url}/Explore")
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+        page.wait_for_function(f"({PLOTS})().length >= 4", timeout=120_000)
         watched = _inotify_watched_inodes(proc.pid)
         assert (ROOT / "cache").stat().st_ino not in watched and ROOT.stat().st_ino not in watched
         burst = ROOT / "cache" / f".watch-test-{os.getpid()}"  # what jobs and sweeps do to cache/, many times over
