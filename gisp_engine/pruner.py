@@ -211,7 +211,12 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     steps: list[StepRecord] = []
     started = time.perf_counter()
     first = 1
-    state = LoopState.load(checkpoint, the_plan.key) if (checkpoint and resume) else None
+    state = None
+    if checkpoint and resume:
+        try:
+            state = LoopState.load(checkpoint, the_plan.key)
+        except GispError as exc:  # said, then started over: a lost checkpoint costs time, not a result
+            progress(ProgressEvent("prepare", 0, 1, message=f"{exc}; starting from step 1"))
     if distributed.context().active and resume:  # rank 0 alone holds the checkpoint
         state = distributed.broadcast_object(state)
     if state is not None:
@@ -221,7 +226,8 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
         started -= state.elapsed_s
         keep = (removal_step == -1) | (removal_step > state.done)
         layout = apply_keep(model, adapter, space, layout, keep, config.shrink)
-        progress(ProgressEvent("prepare", 1, 1, message=f"resuming after step {state.done} of {total_steps}"))
+        # done 0: a message shown, as the loading one is (the CLI prints those)
+        progress(ProgressEvent("prepare", 0, 1, message=f"resuming after step {state.done} of {total_steps}"))
 
     def record(step: int, loss: float, removed: int) -> StepRecord:
         return StepRecord(
@@ -304,19 +310,26 @@ class LoopState:
 
     @classmethod
     def load(cls, folder: Path, key: str) -> "LoopState | None":
-        """The checkpoint for ``key``, or None when there is none or it cannot be read."""
+        """The checkpoint for ``key``, or None when there is none.
+
+        One that is there but cannot be used raises a GispError saying why, in one line.
+        """
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
+        if not (folder / "state.json").exists():
+            return None
         try:
             meta = json.loads((folder / "state.json").read_text())
             if meta.get("key") != key:
-                return None
+                raise ValueError(f"it belongs to request {meta.get('key')!r}, not {key!r}")
             arrays = load_file(str(folder / "state.safetensors"))
             return cls(int(meta["done"]), arrays["removal_step"].copy(), arrays["last_score"].copy(),
                        arrays["all_scores"].copy() if "all_scores" in arrays else None,
                        [StepRecord(**r) for r in meta["steps"]], float(meta["elapsed_s"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise GispError(f"the checkpoint in {folder} cannot be resumed ({type(exc).__name__}: {reason})") from None
 
 
 def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, wall_s: float) -> dict:
