@@ -90,6 +90,15 @@ def _dry_run(args, config) -> None:
 
 def cmd_info(args) -> None:
     traj = _load_trajectory(args.trajectory)
+    if args.structure is not None or args.rank_stability:
+        from . import explain
+
+        if args.structure is not None and args.rank_stability:
+            raise GispError("--structure and --rank-stability are two questions: ask one at a time")
+        result = (explain.structure_history(traj, args.structure) if args.structure is not None
+                  else explain.rank_stability(traj))
+        _emit(args, result.to_dict(), result.text())
+        return
     payload = traj.summary()
     lines = [
         f"trajectory {traj.path}",
@@ -172,16 +181,44 @@ def _limits(spec: str | None) -> tuple[int | None, tuple[tuple[str, int | None],
     return None, tuple(pairs)
 
 
-def cmd_sweep(args) -> None:
+def _cost_spec(args):
+    """The cost workload of ``gisp sweep``: the flags given over the runtime's own defaults (the app's too)."""
     from .cost import CostSpec
+    from .cost_llamacpp import GGUFCostSpec
+
+    pytorch_only = {"--cost-batch": args.cost_batch, "--export-dtype": args.export_dtype}
+    llamacpp_only = {"--outtype": args.outtype, "--uniform": args.uniform or None, "--align": args.align}
+    if not args.cost:
+        given = [flag for flag, v in {"--runtime": args.runtime, **pytorch_only, **llamacpp_only}.items() if v is not None]
+        if given:
+            raise GispError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} how cost is measured: add --cost")
+        return None
+    common = {name: value for name, value in (("seq_len", args.cost_seq_len), ("new_tokens", args.cost_new_tokens),
+                                              ("repeats", args.cost_repeats), ("threads", args.cost_threads))
+              if value is not None}
+    if args.runtime == "llamacpp":
+        wrong = [flag for flag, v in pytorch_only.items() if v is not None]
+        if wrong:
+            raise GispError(f"{', '.join(wrong)} is PyTorch's: llama.cpp prefills one sequence, and its weight bytes "
+                            "are the GGUF file's (--outtype)")
+        return GGUFCostSpec(**common, outtype=args.outtype or GGUFCostSpec.outtype,
+                            layout="uniform" if args.uniform else "per-layer", align=args.align)
+    wrong = [flag for flag, v in llamacpp_only.items() if v is not None]
+    if wrong:
+        raise GispError(f"{', '.join(wrong)} describe{'s' if len(wrong) == 1 else ''} the GGUF that "
+                        "--runtime llamacpp times")
+    pytorch = {name: value for name, value in (("batch", args.cost_batch), ("export_dtype", args.export_dtype))
+               if value is not None}
+    return CostSpec(**common, **pytorch)
+
+
+def cmd_sweep(args) -> None:
     from .models import load_model, resolve_device, resolve_dtype
     from .subnetwork import recorded_model
     from .sweep import SweepRequest, parse_checks, parse_steps, run_sweep, sweep_table
 
     traj = _load_trajectory(args.trajectory)
-    cost = (CostSpec(batch=args.cost_batch, seq_len=args.cost_seq_len, new_tokens=args.cost_new_tokens,
-                     repeats=args.cost_repeats, export_dtype=args.export_dtype, threads=args.cost_threads)
-            if args.cost else None)
+    cost = _cost_spec(args)
     limit, limits = _limits(args.limit)
     tasks = parse_checks(args.task, allow_none=args.cost)
     unknown = [t for t, _ in limits if t not in tasks]
@@ -384,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (default by device)")
     p.add_argument("--no-shrink", action="store_true", help="mask instead of slicing the working model between steps")
-    p.add_argument("--save-scores", action="store_true", help="store every step's scores in the trajectory")
+    p.add_argument("--save-scores", action=argparse.BooleanOptionalAction, default=d.save_scores,
+                   help="store every step's scores in the trajectory (default; float16: 2 bytes per structure and "
+                        "step, 0.9 MB for the embedded SmolLM2's 10 steps); --no-save-scores leaves them out")
     p.add_argument("--align", type=int, default=None, metavar="N",
                    help="keep every cut layer's MLP channel count a multiple of N at every step (64: fast matmul "
                         "kernels); off by default")
@@ -407,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="steps of a trajectory, and the kept structures at a sparsity")
     p.add_argument("trajectory", help="a trajectory folder or cache key")
     p.add_argument("--at", type=float, default=None, help="parameter sparsity: kept heads/channels per layer")
+    p.add_argument("--structure", default=None, metavar="LAYER:KIND:INDEX",
+                   help="one structure's score, rank among the remaining ones and the cut line at every step "
+                        "(e.g. 25:head:2, 12:channel:801)")
+    p.add_argument("--rank-stability", action="store_true",
+                   help="per step: Spearman's correlation of its scores with the dense ones, and the Jaccard index of "
+                        "what was removed with what the dense ranking alone would have removed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
@@ -448,16 +493,35 @@ def build_parser() -> argparse.ArgumentParser:
     _bos_arg(p, "wikitext2 windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows or options per forward pass")
     p.add_argument("--model", default=None, help="the dense model (default: the one the trajectory records)")
+    from .cost import CostSpec
+    from .cost_llamacpp import GGUFCostSpec
+
+    torch_spec, gguf_spec = CostSpec(), GGUFCostSpec()  # the app's defaults too
     p.add_argument("--cost", action="store_true",
-                   help="also measure prefill and decode speed, peak memory and weight bytes of each sliced step")
-    p.add_argument("--cost-batch", type=int, default=4, help="cost: prefill batch")
-    p.add_argument("--cost-seq-len", type=int, default=128, help="cost: prefill length")
-    p.add_argument("--cost-new-tokens", type=int, default=16, help="cost: decoded tokens at batch 1")
-    p.add_argument("--cost-repeats", type=int, default=5,
-                   help="cost: timings per step, interleaved with dense (median, and the spread of their ratios)")
+                   help="also measure prefill and decode speed, peak memory and weight bytes of each step")
+    p.add_argument("--runtime", choices=["pytorch", "llamacpp"], default=None,
+                   help="cost: where it is measured: pytorch (default; the sliced model) or llamacpp (each step's GGUF "
+                        "in llama.cpp, against the dense GGUF written the same way)")
+    p.add_argument("--cost-batch", type=int, default=None, help=f"cost: prefill batch (PyTorch: {torch_spec.batch}; "
+                                                                 "llama.cpp prefills one sequence)")
+    p.add_argument("--cost-seq-len", type=int, default=None,
+                   help=f"cost: prefill length (PyTorch {torch_spec.seq_len}, llama.cpp {gguf_spec.seq_len})")
+    p.add_argument("--cost-new-tokens", type=int, default=None,
+                   help=f"cost: decoded tokens at batch 1 (PyTorch {torch_spec.new_tokens}, "
+                        f"llama.cpp {gguf_spec.new_tokens})")
+    p.add_argument("--cost-repeats", type=int, default=None,
+                   help="cost: timings per step, interleaved with dense (median, and the spread of their ratios; "
+                        f"PyTorch {torch_spec.repeats}, llama.cpp {gguf_spec.repeats})")
     p.add_argument("--cost-threads", type=int, default=None,
                    help="cost: threads (default: every core this process may use; the app uses the same default)")
-    p.add_argument("--export-dtype", default="auto", help="cost: dtype of the weight bytes (auto: the checkpoint's)")
+    p.add_argument("--export-dtype", default=None,
+                   help="cost (PyTorch): dtype of the weight bytes (auto, the default: the checkpoint's)")
+    p.add_argument("--outtype", default=None,
+                   help=f"cost (llama.cpp): the GGUF type timed (default {gguf_spec.outtype}; f32, bf16, q8_0, q4_k_m, ...)")
+    p.add_argument("--uniform", action="store_true",
+                   help="cost (llama.cpp): time the uniform GGUF (the family's stock arch) instead of the per-layer one")
+    p.add_argument("--align", type=int, default=None,
+                   help="cost (llama.cpp): every layer's MLP width rounded to a multiple of N in the GGUFs timed")
     p.add_argument("--no-cache", action="store_true", help="compute every point again")
     p.add_argument("--save-in-trajectory", action="store_true",
                    help="also write every remembered result into the trajectory's folder (evaluations.json), "

@@ -25,6 +25,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,8 @@ class CostSpec:
     repeats: int = 5
     export_dtype: str = "auto"  # bytes of the weights as exported; auto: the checkpoint's dtype
     threads: int | None = None  # None: every core this process may use (``available_cores``)
+    runtime: ClassVar[str] = "pytorch"  # not a field: the identity of every PyTorch cost stays as it was
+    # (the llama.cpp workload is ``cost_llamacpp.GGUFCostSpec``)
 
     def __post_init__(self):
         for name in ("batch", "seq_len", "prompt_len", "new_tokens", "repeats"):

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cache, settings
+from . import cache, serving, settings
 from .config import PruneConfig
 from .errors import GispError
 from .fsutil import atomic_write_json, ensure_writable_dir, file_lock
@@ -215,11 +215,12 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
 
     from .checks import trajectory_id
     from .subnetwork import recorded_model
-    from .sweep import parse_checks, parse_steps
+    from .sweep import check_cost, parse_checks, parse_steps
     from .tasks import is_custom_task, load_task
 
     request = dataclasses.replace(request, tasks=parse_checks(request.tasks, allow_none=request.cost is not None),
                                   steps=parse_steps(request.steps, trajectory))
+    check_cost(trajectory, request.cost)  # a llama.cpp cost without the runtime (or of a bad GGUF) starts nothing
     for task in request.tasks:  # a custom task file is read whole now: a bad line is refused before any process
         if is_custom_task(task):
             load_task(task)
@@ -232,12 +233,19 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
 
 
 def _start(key: str, config: dict, **fields) -> JobStatus:
-    """Start the job ``key`` for ``config`` unless one is going already (its status is returned then)."""
+    """Start the job ``key`` for ``config`` unless one is going already (its status is returned then).
+
+    A viewer app starts nothing (``serving``); at most ``settings.max_jobs()`` jobs run at once, a request
+    beyond them is refused with the running ones named (one start at a time, so two cannot both pass).
+    """
+    serving.require_changes("starting a background job")
     root = ensure_writable_dir(jobs_dir())
-    with file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
+    with file_lock(root / ".start.lock", what="the start of a job", timeout=60), \
+            file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
         current = status(key)
         if current is not None and current.active:
             return current
+        _refuse_beyond_limit()
         if fields.get("kind") == "sweep":  # every finished point is remembered: an earlier sweep's count stands
             resumed_from = current.step if current is not None and current.state != "done" and current.step else None
         else:  # the engine continues from its checkpoint of the last finished step
@@ -252,6 +260,16 @@ def _start(key: str, config: dict, **fields) -> JobStatus:
                             started_unix=now, resumed_from=resumed_from, **fields)
         _write_status(folder, started)
         return _spawn(folder, started)
+
+
+def _refuse_beyond_limit() -> None:
+    limit = settings.max_jobs()
+    running = list_jobs(active_only=True)
+    if len(running) >= limit:
+        names = ", ".join(f"{j.kind} {j.key}" for j in running)
+        raise GispError(f"{len(running)} background job{'s' if len(running) > 1 else ''} already running ({names}): "
+                        f"the limit is {limit} at once (GISP_MAX_JOBS); start this one when one has finished, "
+                        "or cancel one")
 
 
 def _spawn(folder: Path, started: JobStatus) -> JobStatus:
@@ -277,6 +295,7 @@ def cancel(key: str, wait_s: float = 10.0) -> JobStatus | None:
     current = status(key)
     if current is None or not current.active:
         return current
+    serving.require_changes("cancelling a background job")
     pid = _read_pid(folder) or current.pid
     if pid:
         _signal_group(pid, signal.SIGTERM)

@@ -97,11 +97,12 @@ class GGUFModel:
     ``exact``: F32 KV cache and no flash attention (what checks against transformers use);
     otherwise llama.cpp's defaults (F16 cache, flash attention where it chooses). ``logits_all``: keep
     every position's logits (``logits``); without it (timing) only the last token's are read
-    (``eval``, ``last_logits``, ``greedy``), and nothing is copied per token.
+    (``eval``, ``last_logits``, ``greedy``), and nothing is copied per token. ``use_mmap=False``: the weights
+    read into the process's own memory instead of mapped from the file (what a memory measurement counts).
     """
 
     def __init__(self, path: Path | str, n_ctx: int = 512, n_threads: int | None = None, exact: bool = True,
-                 n_batch: int | None = None, logits_all: bool = True):
+                 n_batch: int | None = None, logits_all: bool = True, use_mmap: bool = True):
         llama_cpp = runtime()
         self._lib = llama_cpp
         self.path = Path(path)
@@ -110,7 +111,8 @@ class GGUFModel:
         threads = _threads(n_threads)
         self.logits_all = logits_all
         kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch or n_ctx, n_ubatch=n_batch or n_ctx,
-                      n_threads=threads, n_threads_batch=threads, logits_all=logits_all, verbose=False)
+                      n_threads=threads, n_threads_batch=threads, logits_all=logits_all, use_mmap=use_mmap,
+                      verbose=False)
         if exact:
             kwargs.update(flash_attn=False, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
         _LOG.clear()
@@ -124,6 +126,16 @@ class GGUFModel:
     @property
     def metadata(self) -> dict[str, str]:
         return dict(self.llama.metadata)
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the model as written in the file (llama.cpp's count)."""
+        return int(self._lib.llama_model_n_params(self.llama.model))
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of every tensor of the model (llama.cpp's model buffer)."""
+        return int(self._lib.llama_model_size(self.llama.model))
 
     def _check_length(self, n: int) -> None:
         if n > self.n_ctx:

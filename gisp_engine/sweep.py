@@ -1,7 +1,8 @@
 """A whole trajectory for quality and cost, and the deployment point a user's constraints allow.
 
 :func:`run_sweep` evaluates every step (or the steps asked for) on each check, and optionally
-measures each step's cost (:mod:`gisp_engine.cost`). The steps are nested, so one model is
+measures each step's cost: in PyTorch (:mod:`gisp_engine.cost`, the sliced model) or in llama.cpp
+(:mod:`gisp_engine.cost_llamacpp`, each step's GGUF). The steps are nested, so one model is
 sliced forward from step to step instead of being reloaded. Every result is remembered per
 (trajectory, step, check) in the evaluation store of :mod:`gisp_engine.checks`, the one the
 Evaluate page and ``gisp eval`` use: a point already evaluated is never computed again, and a
@@ -17,18 +18,25 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .checks import (available_checks, evaluate_step, evaluation_identity, find_evaluation, remember_evaluation,
                      row_label, trajectory_family)
+from . import llamacpp, settings
 from .cost import CostSpec, cost_ratios, measure_costs
+from .cost_llamacpp import DEVICE as LLAMACPP_DEVICE
+from .cost_llamacpp import GGUFCostSpec, GGUFRun, measure_gguf_costs, spec_from_dict, spec_label
 from .errors import GispError
+from .fsutil import TMP_MARK, ensure_writable_dir
 from .models import LoadedModel
 from .progress import ProgressCallback, ProgressEvent, null_progress
-from .subnetwork import check_compatible
+from .subnetwork import check_compatible, compensates
 from .surgery import apply_keep, full_layout
 from .trajectory import Trajectory
 
@@ -86,7 +94,7 @@ class SweepRequest:
     limit: int | None = None  # WikiText-2 windows, or items per task
     seq_len: int = 128
     batch_size: int = 8
-    cost: CostSpec | None = None
+    cost: CostSpec | GGUFCostSpec | None = None  # in PyTorch, or in llama.cpp
     limits: tuple[tuple[str, int | None], ...] = ()  # per check, overriding ``limit``
     bos: str = "auto"  # WikiText-2's BOS policy (gisp_engine.data.BOS_POLICIES)
 
@@ -106,6 +114,7 @@ class SweepRequest:
         d = dataclasses.asdict(self)
         d["tasks"], d["steps"] = list(self.tasks), None if self.steps is None else list(self.steps)
         d["limits"] = [list(pair) for pair in self.limits]
+        d["cost"] = None if self.cost is None else self.cost.to_dict()  # a llama.cpp spec names its runtime
         return d
 
     @classmethod
@@ -113,20 +122,21 @@ class SweepRequest:
         d = dict(d)
         d["tasks"] = tuple(d.get("tasks") or ("wikitext2",))
         d["steps"] = None if d.get("steps") is None else tuple(d["steps"])
-        d["cost"] = CostSpec(**d["cost"]) if d.get("cost") else None
+        d["cost"] = spec_from_dict(d["cost"]) if d.get("cost") else None
         d["limits"] = tuple((str(t), n) for t, n in d.get("limits") or ())
         return cls(**d)
 
     def series_keys(self, trajectory: Trajectory, dtype: str, device: str | None = None) -> dict[str, str]:
         """Per check (and ``cost``), the key of the series of results this request asks for (see ``series_key``).
 
-        The cost series needs the device it is measured on; without one it is left out.
+        A PyTorch cost series needs the device it is measured on; without one it is left out (llama.cpp's is
+        always the CPU).
         """
         family = trajectory_family(trajectory)
         keys = {task: series_key(evaluation_identity(task, 0, self.limit_for(task),
                                                      self.resolved_options(task, family), dtype))
                 for task in self.tasks}
-        if self.cost is not None and device is not None:
+        if self.cost is not None and (device is not None or self.cost.runtime == "llamacpp"):
             keys[COST] = series_key(evaluation_identity(COST, 0, None, _cost_identity(self.cost, device, dtype), dtype))
         return keys
 
@@ -165,10 +175,31 @@ class SweepReport:
 
 
 # ---- running it -----------------------------------------------------------------------------
-def _cost_identity(spec: CostSpec, device: str, dtype: str) -> dict:
-    """The options of a cost row: the workload with its thread count resolved, the device and dtype."""
+def _cost_identity(spec: CostSpec | GGUFCostSpec, device: str | None, dtype: str) -> dict:
+    """The options of a cost row: the workload with its thread count resolved (a llama.cpp one with its runtime,
+    GGUF type, layout and alignment), the device (llama.cpp's: the CPU) and the dtype of the model swept."""
     spec = spec.resolved()
-    return {"spec": spec.to_dict(), "device": device, "threads": spec.threads, "dtype": dtype}
+    return {"spec": spec.to_dict(), "device": _cost_device(spec, device), "threads": spec.threads, "dtype": dtype}
+
+
+def _cost_device(spec: CostSpec | GGUFCostSpec, device: str | None) -> str | None:
+    """Where a cost is measured: the swept model's device in PyTorch, the CPU in llama.cpp."""
+    return LLAMACPP_DEVICE if spec.runtime == "llamacpp" else device
+
+
+def check_cost(trajectory: Trajectory, spec: CostSpec | GGUFCostSpec | None, runtime: bool = True) -> None:
+    """Refuse, in one line and before any model is loaded, a llama.cpp cost that cannot be measured: an unknown
+    GGUF type, a family or layout llama.cpp cannot hold, a bad alignment, or (``runtime``) no llama.cpp here."""
+    if spec is None or spec.runtime != "llamacpp":
+        return
+    from .export_gguf import check_request
+    from .methods import check_align
+
+    check_request(trajectory_family(trajectory) or "unknown", spec.outtype, spec.uniform, compensates(trajectory))
+    if spec.align is not None:
+        check_align(spec.align, trajectory.geometry.intermediate_size)
+    if runtime:
+        llamacpp.runtime()
 
 
 def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str,
@@ -183,8 +214,9 @@ def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str,
             if find_evaluation(trajectory, task, step, request.limit_for(task), options, dtype) is None:
                 todo.append((step, task))
         if request.cost is not None:
-            opts = _cost_identity(request.cost, device or "?", dtype)
-            if device is None or find_evaluation(trajectory, COST, step, None, opts, dtype) is None:
+            where = _cost_device(request.cost, device)
+            opts = _cost_identity(request.cost, where or "?", dtype)
+            if where is None or find_evaluation(trajectory, COST, step, None, opts, dtype) is None:
                 todo.append((step, COST))
     return todo
 
@@ -207,6 +239,7 @@ def run_sweep(
     only when some point is not remembered yet (``dtype``: the dtype it would load in, so that
     remembered points can be found without loading it). The model is sliced forward from step to
     step, so with ``copy_model=False`` the caller's model is pruned in place (to the last step swept).
+    A llama.cpp cost alone (no checks) never slices it: each step's GGUF is written from a copy.
     """
     steps = parse_steps(request.steps, trajectory)
     tasks = parse_checks(request.tasks, allow_none=request.cost is not None)
@@ -215,55 +248,74 @@ def run_sweep(
         limit = request.limit_for(task)
         if limit is not None and limit < 1:
             raise GispError(f"the limit of {task} must be at least 1 (or none for all), got {limit}")
+    spec = request.cost
+    in_llamacpp = spec is not None and spec.runtime == "llamacpp"
+    check_cost(trajectory, spec, runtime=False)
     report = SweepReport(trajectory.key or str(trajectory.path), steps, tasks)
     loaded = model if isinstance(model, LoadedModel) else None
     if loaded is not None:
         dtype = str(loaded.dtype).removeprefix("torch.")
-    elif dtype is None or refresh or request.cost is not None or pending_points(trajectory, request, dtype):
+    elif dtype is None or refresh or (spec is not None and not in_llamacpp) or pending_points(trajectory, request, dtype):
+        if in_llamacpp:
+            check_cost(trajectory, spec)  # no llama.cpp here: refused before the model is loaded
         progress(ProgressEvent("prepare", 0, 1, message="loading the model"))
         loaded = model()
         dtype = str(loaded.dtype).removeprefix("torch.")
     device = str(loaded.device) if loaded is not None else None
+    # the working model is sliced forward from step to step for the checks and the PyTorch cost
+    slices = bool(tasks) or (spec is not None and not in_llamacpp)
     untouched = None  # the caller's dense model, when the sweep slices a copy of it
     if loaded is not None:
         check_compatible(loaded, trajectory)
-        if copy_model:
+        if copy_model and slices:
             untouched = loaded.model
             loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     dense = None
-    if request.cost is not None and (refresh or pending_points(trajectory, request, dtype, device)):
+    if spec is not None and (refresh or pending_points(trajectory, request, dtype, device)):
         # ratios are to the dense model, timed in this process alongside each step (kept unsliced)
-        dense = untouched if untouched is not None else copy.deepcopy(loaded.model)
+        dense = untouched if untouched is not None else loaded.model if not slices else copy.deepcopy(loaded.model)
+    ggufs = None
+    if in_llamacpp and dense is not None:
+        check_cost(trajectory, spec)
+        ggufs = _GGUFCosts(dataclasses.replace(loaded, model=dense), trajectory, spec)
 
-    total = len(steps) * (len(tasks) + (request.cost is not None))
+    total = len(steps) * (len(tasks) + (spec is not None))
     done = 0
     layout = full_layout(trajectory.space)
     progress(ProgressEvent("sweep", 0, total, message="sweeping"))
-    for step in steps:
-        if loaded is not None and step > 0:
-            # nested steps: slicing the current model forward gives the next subnetwork
-            layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, layout, trajectory.keep_mask(step), True)
-        for task in tasks:
-            limit = request.limit_for(task)
-            if loaded is None:
-                resolved = request.resolved_options(task, trajectory_family(trajectory))
-                row = dict(find_evaluation(trajectory, task, step, limit, resolved, dtype), cached=True)
-            else:
-                row = evaluate_step(loaded, trajectory, step, task, limit, request.options(task),
-                                    _inner(progress, step, task), refresh=refresh)
-            report.add(row)
-            done += 1
-            progress(ProgressEvent("sweep", done, total, message=f"step {step}: {task}"))
-        if request.cost is not None:
-            report.add(_cost_point(loaded, trajectory, step, request.cost, dense, device, dtype, refresh))
-            done += 1
-            progress(ProgressEvent("sweep", done, total, message=f"step {step}: cost"))
+    try:
+        for step in steps:
+            if loaded is not None and step > 0 and slices:
+                # nested steps: slicing the current model forward gives the next subnetwork
+                layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, layout, trajectory.keep_mask(step),
+                                    True)
+            for task in tasks:
+                limit = request.limit_for(task)
+                if loaded is None:
+                    resolved = request.resolved_options(task, trajectory_family(trajectory))
+                    row = dict(find_evaluation(trajectory, task, step, limit, resolved, dtype), cached=True)
+                else:
+                    row = evaluate_step(loaded, trajectory, step, task, limit, request.options(task),
+                                        _inner(progress, step, task), refresh=refresh)
+                report.add(row)
+                done += 1
+                progress(ProgressEvent("sweep", done, total, message=f"step {step}: {task}"))
+            if spec is not None:
+                if in_llamacpp:
+                    row = _gguf_cost_point(ggufs, trajectory, step, spec, dtype, refresh)
+                else:
+                    row = _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh)
+                report.add(row)
+                done += 1
+                progress(ProgressEvent("sweep", done, total, message=f"step {step}: cost"))
+    finally:
+        if ggufs is not None:
+            ggufs.close()
     return report
 
 
-def cost_label(spec: CostSpec, device: str) -> str:
-    return (f"cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "
-            f"{spec.threads} threads, median of {spec.repeats} interleaved repeats)")
+def cost_label(spec: CostSpec | GGUFCostSpec, device: str) -> str:
+    return spec_label(spec, device)
 
 
 def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback:
@@ -272,22 +324,14 @@ def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback
     return report
 
 
-def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -> dict:
+def _cost_row(trajectory: Trajectory, step: int, spec, device: str, dtype: str, cost: dict, dense_cost: dict,
+              extra: dict | None = None) -> dict:
+    """A cost row as remembered: its identity, the figures with their ratios to dense, and the dense ones."""
     import datetime as _dt
 
-    spec = spec.resolved()
-    options = _cost_identity(spec, device, dtype)
-    if not refresh:
-        hit = find_evaluation(trajectory, COST, step, None, options, dtype)
-        if hit is not None:
-            return dict(hit, cached=True)
-    # the working model is at ``step`` now; the dense copy is timed in turn with it
-    models = [loaded.model] if step == 0 else [loaded.model, dense]
-    costs = [c.to_dict() for c in measure_costs(models, spec)]
-    cost, dense_cost = costs[0], costs[-1]
     ratios = cost_ratios(cost, dense_cost)
     row = {
-        "identity": evaluation_identity(COST, step, None, options, dtype),
+        "identity": evaluation_identity(COST, step, None, _cost_identity(spec, device, dtype), dtype),
         "task": COST,
         "metric": COST,
         "label": cost_label(spec, device),
@@ -298,10 +342,83 @@ def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -
         "model": trajectory.meta.get("model", {}).get("id"),
         "device": device,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "details": {**cost, **ratios, "dense": dense_cost},
+        "details": {**cost, **ratios, **(extra or {}), "dense": dense_cost},
     }
     remember_evaluation(trajectory, row)
     return dict(row, cached=False)
+
+
+def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -> dict:
+    spec = spec.resolved()
+    options = _cost_identity(spec, device, dtype)
+    if not refresh:
+        hit = find_evaluation(trajectory, COST, step, None, options, dtype)
+        if hit is not None:
+            return dict(hit, cached=True)
+    # the working model is at ``step`` now; the dense copy is timed in turn with it
+    models = [loaded.model] if step == 0 else [loaded.model, dense]
+    costs = [c.to_dict() for c in measure_costs(models, spec)]
+    return _cost_row(trajectory, step, spec, device, dtype, costs[0], costs[-1])
+
+
+def _gguf_cost_point(ggufs: "_GGUFCosts | None", trajectory: Trajectory, step: int, spec: GGUFCostSpec, dtype: str,
+                     refresh: bool) -> dict:
+    spec = spec.resolved()
+    options = _cost_identity(spec, LLAMACPP_DEVICE, dtype)
+    if not refresh:
+        hit = find_evaluation(trajectory, COST, step, None, options, dtype)
+        if hit is not None:
+            return dict(hit, cached=True)
+    cost, dense_cost, manifest = ggufs.measure(step)
+    gguf = manifest["gguf"]
+    extra = {"export_param_sparsity": float(manifest["param_sparsity"]), "padding_overhead": gguf["padding_overhead"],
+             "kv_heads": gguf["kv_heads"], "arch": gguf["arch"], "layout": gguf["layout"]}
+    return _cost_row(trajectory, step, spec, LLAMACPP_DEVICE, dtype, cost, dense_cost, extra)
+
+
+class _GGUFCosts:
+    """Each step's GGUF, written from a copy of the dense model (an export slices what it is given) into a scratch
+    folder of the cache, timed in llama.cpp against the dense model's GGUF written the same way, which stays
+    loaded. One step's copy and file at a time: memory and disk stay bounded."""
+
+    def __init__(self, dense: LoadedModel, trajectory: Trajectory, spec: GGUFCostSpec):
+        self.dense, self.trajectory, self.spec = dense, trajectory, spec.resolved()
+        root = ensure_writable_dir(settings.cache_dir() / "exports")  # gisp cache prune removes what a kill leaves
+        self.scratch = Path(tempfile.mkdtemp(dir=root, prefix=f"{TMP_MARK}gguf-cost-"))
+        self.reference: GGUFRun | None = None
+        self.reference_manifest: dict = {}
+
+    def _write(self, step: int):
+        from .export_gguf import export_gguf
+
+        working = dataclasses.replace(self.dense, model=copy.deepcopy(self.dense.model))
+        try:
+            return export_gguf(working, self.trajectory, step, self.scratch / f"step{step}", uniform=self.spec.uniform,
+                               outtype=self.spec.outtype, align=self.spec.align, n_threads=self.spec.threads)
+        finally:
+            del working
+
+    def measure(self, step: int) -> tuple[dict, dict, dict]:
+        """This step's cost and the dense GGUF's (timed in turn with it), and the step's export manifest."""
+        if self.reference is None:
+            exported = self._write(0)
+            self.reference, self.reference_manifest = GGUFRun(exported.gguf_path, self.spec), exported.manifest
+        if step == 0:
+            (cost,) = measure_gguf_costs([self.reference])
+            return cost.to_dict(), cost.to_dict(), self.reference_manifest
+        exported = self._write(step)
+        try:
+            with GGUFRun(exported.gguf_path, self.spec) as run:
+                cost, dense_cost = measure_gguf_costs([run, self.reference])
+        finally:
+            shutil.rmtree(exported.folder, ignore_errors=True)
+        return cost.to_dict(), dense_cost.to_dict(), exported.manifest
+
+    def close(self) -> None:
+        if self.reference is not None:
+            self.reference.close()
+            self.reference = None
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 # ---- the table of a trajectory ---------------------------------------------------------------
@@ -375,6 +492,18 @@ class Series:
         return dataclasses.asdict(self)
 
 
+def series_label(row: dict) -> str:
+    """A remembered result's settings in words (``checks.row_label``); a cost row's from its identity, which names
+    the runtime (PyTorch rows stored before llama.cpp costs existed are labelled as today's)."""
+    if row.get("task") != COST:
+        return row_label(row)
+    options = (row.get("identity") or {}).get("options") or {}
+    try:
+        return spec_label(spec_from_dict(options["spec"]), options.get("device", "?"))
+    except (KeyError, TypeError, GispError):  # a row of another shape: its own label
+        return row.get("label", COST)
+
+
 def _group(rows: list[dict], n: int) -> dict[str, dict[str, list[dict]]]:
     """task -> series key -> rows (of steps 0..n-1)."""
     out: dict[str, dict[str, list[dict]]] = {}
@@ -385,7 +514,7 @@ def _group(rows: list[dict], n: int) -> dict[str, dict[str, list[dict]]]:
 
 
 def _series(task: str, key: str, rows: list[dict]) -> Series:
-    return Series(task, key, row_label(rows[0]), tuple(sorted({int(r["step"]) for r in rows})),
+    return Series(task, key, series_label(rows[0]), tuple(sorted({int(r["step"]) for r in rows})),
                   max(r.get("created", "") for r in rows))
 
 
@@ -431,7 +560,7 @@ def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None,
         table.series[task] = key
         chosen = sorted(by_key[key], key=lambda r: int(r["step"]))
         if task == COST:
-            table.cost_label = row_label(chosen[0])
+            table.cost_label = series_label(chosen[0])
             for row in chosen:
                 for name, value in row.get("details", {}).items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
