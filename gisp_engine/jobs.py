@@ -188,6 +188,7 @@ def submit(config: PruneConfig) -> JobStatus:
     """
     from .pruner import plan
 
+    serving.require_changes("starting a run")  # a viewer app: before anything is read or written
     the_plan = plan(config)
     key = the_plan.key
     hit = cache.lookup(key)
@@ -218,6 +219,7 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
     from .sweep import check_cost, parse_checks, parse_steps
     from .tasks import is_custom_task, load_task
 
+    serving.require_changes("starting a sweep")  # a viewer app: before anything is read or written
     request = dataclasses.replace(request, tasks=parse_checks(request.tasks, allow_none=request.cost is not None),
                                   steps=parse_steps(request.steps, trajectory))
     check_cost(trajectory, request.cost)  # a llama.cpp cost without the runtime (or of a bad GGUF) starts nothing
@@ -235,10 +237,9 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
 def _start(key: str, config: dict, **fields) -> JobStatus:
     """Start the job ``key`` for ``config`` unless one is going already (its status is returned then).
 
-    A viewer app starts nothing (``serving``); at most ``settings.max_jobs()`` jobs run at once, a request
-    beyond them is refused with the running ones named (one start at a time, so two cannot both pass).
+    At most ``settings.max_jobs()`` jobs run at once: a request beyond them is refused with the running ones
+    named (one start at a time, so two cannot both pass the count).
     """
-    serving.require_changes("starting a background job")
     root = ensure_writable_dir(jobs_dir())
     with file_lock(root / ".start.lock", what="the start of a job", timeout=60), \
             file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):

@@ -53,3 +53,35 @@ def lock_timeout_s() -> float | None:
 def offline() -> bool:
     """True when the Hugging Face hub must not be contacted (``GISP_OFFLINE`` or ``HF_HUB_OFFLINE``)."""
     return _truthy(os.environ.get("GISP_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def allow_changes() -> bool:
+    """``$GISP_ALLOW_CHANGES=1``: an app served to a network may start work and write (off: a viewer)."""
+    return _truthy(os.environ.get("GISP_ALLOW_CHANGES"))
+
+
+def _positive(name: str, default: float) -> float:
+    env = os.environ.get(name, "").strip()
+    try:
+        value = float(env) if env else default
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        from .errors import GispError
+
+        raise GispError(f"{name} must be a positive number, got {env!r}")
+    return value
+
+
+def max_jobs() -> int:
+    """``$GISP_MAX_JOBS``: background jobs (prunes, sweeps) running at once; default 1, one per GPU on CUDA."""
+    if os.environ.get("GISP_MAX_JOBS", "").strip():
+        return max(1, int(_positive("GISP_MAX_JOBS", 1)))
+    import torch  # only here: importing settings loads no torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def max_upload_mb() -> float:
+    """``$GISP_MAX_UPLOAD_MB``: the largest task or calibration file the app accepts (default 20 MiB)."""
+    return _positive("GISP_MAX_UPLOAD_MB", 20)
