@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, table, write_result  # noqa: E402
+from _common import RESULTS, machine, table, write_result  # noqa: E402
 from _geometries import write_random_model  # noqa: E402
-from bench_estimate import measure_case  # noqa: E402
+from bench_estimate import CASES, measure_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "cache" / "models" / "llama-3.2-1b-random"
@@ -43,6 +43,14 @@ def gisp(*argv: str, timeout: int = 7200) -> tuple[dict, float]:
     if done.returncode != 0:
         raise RuntimeError(f"gisp {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout), time.perf_counter() - start
+
+
+def merge_estimate_case(name: str, case: dict, device: str) -> None:
+    """The prune stage is bench_estimate's case ``name`` (the same argv): its row in that table too."""
+    path = RESULTS / f"bench_estimate_{device.split(':')[0]}.json"
+    done = {r["case"]: r for r in json.loads(path.read_text())["results"]} if path.is_file() else {}
+    done[name] = {**case, "case": name}
+    write_result(path.stem, {"machine": machine(), "results": [done[c] for c in CASES if c in done]})
 
 
 def folder_bytes(folder: Path) -> int:
@@ -98,7 +106,10 @@ def main() -> None:
     else:
         case = measure_case("llama1b-" + args.dtype, str(MODEL), args.dtype, args.num_samples, args.seq_len, None, 2,
                             args.device, out / "trajectory")
+        case["load_average"] = result["load_average_start"]
         saved.write_text(json.dumps(case, indent=1) + "\n")
+        if args.dtype == "float32" and args.num_samples == 4 and args.seq_len == 128:  # bench_estimate's llama1b-f32
+            merge_estimate_case("llama1b-f32", case, args.device)
     result["prune"] = case
     print(f"prune: {case['step_walls_s']} s cumulative per step, peak {case['measured_bytes'] / 2**30:.2f} GiB, "
           f"estimate {case['estimate_bytes'] / 2**30:.2f} GiB", flush=True)
