@@ -25,6 +25,7 @@ CHOSEN_STEPS = "chosen_steps"  # {trajectory path: step} chosen on any page
 def page_setup(title: str) -> None:
     _leave_legacy_navigation()
     st.set_page_config(page_title=f"{title} · GISP Explorer", layout="wide")
+    show_mode(serving_mode())
 
 
 _VIA_APP = threading.local()  # set while app.py's st.navigation runs the page (per script thread)
@@ -68,9 +69,44 @@ def _leave_legacy_navigation_on_import() -> None:
 
 _leave_legacy_navigation_on_import()
 
-from gisp_engine import checks, explore, jobs  # noqa: E402
+from gisp_engine import checks, explore, jobs, serving  # noqa: E402
 from gisp_engine.errors import GispError  # noqa: E402
 from gisp_engine.trajectory import META_FILE  # noqa: E402
+
+
+# ---- who may change things ----------------------------------------------------------------------
+def serving_mode() -> serving.Mode:
+    """The app's mode from the address Streamlit listens on (``make app``: ``--server.address=$GISP_ADDRESS``);
+    set for the engine too, which refuses what a viewer may not do."""
+    mode = serving.mode_for(st.get_option("server.address"))
+    serving.set_mode(mode)
+    if not mode.writes:  # an uncaught error's traceback would name the server's files
+        st.set_option("client.showErrorDetails", "type")
+    return mode
+
+
+def show_mode(mode: serving.Mode) -> None:
+    """The sidebar says which mode the app is in, and why."""
+    if mode.name == "viewer":
+        st.sidebar.info(f"**Viewer mode**: {mode.reason}.", icon=":material/visibility:")
+    elif mode.name == "shared":
+        st.sidebar.warning(f"**Changes allowed on a network**: {mode.reason}.", icon=":material/lan:")
+    else:
+        st.sidebar.caption(f"Local mode: {mode.reason}.")
+
+
+def can_change() -> bool:
+    return serving.current_mode().writes
+
+
+def viewer_note(what: str) -> None:
+    """In place of what a viewer may not do: what it is, and why it is not here."""
+    st.info(f"{what} is not available in viewer mode: {serving.current_mode().reason}.", icon=":material/lock:")
+
+
+def public(text: str) -> str:
+    """A message fit for the browser: no server path outside the project's folders."""
+    return serving.public_message(str(text))
 
 
 @contextlib.contextmanager
@@ -80,12 +116,12 @@ def guard(what: str = "", stop: bool = True) -> Iterator[None]:
     try:
         yield
     except GispError as exc:
-        st.error(f"{what}{exc}" if what else str(exc))
+        st.error(public(f"{what}{exc}"))
         if stop:
             st.stop()
     except (MemoryError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError, ImportError) as exc:
         traceback.print_exc(file=sys.stderr)  # the server log keeps the details
-        st.error(f"{what}unexpected {type(exc).__name__}: {exc}")
+        st.error(public(f"{what}unexpected {type(exc).__name__}: {exc}"))
         if stop:
             st.stop()
 
@@ -107,6 +143,8 @@ def job_progress(job) -> None:
 
 
 def cancel_button(job, label: str = "Cancel") -> None:
+    if not can_change():  # a viewer follows runs, it never ends them
+        return
     if st.button(label, key=f"cancel_{job.key}"):
         with guard("Could not cancel: "):
             jobs.cancel(job.key)
@@ -119,7 +157,7 @@ def job_outcome(job, done: str, what: str, cancelled: str) -> None:
         note = resumed_note(job)
         st.success(f"{done} ({note})" if note else done)
     elif job.state == "failed":
-        st.error(f"{what} failed: {job.error}")
+        st.error(public(f"{what} failed: {job.error}"))
     else:
         st.warning(cancelled)
 

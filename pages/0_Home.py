@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import jobs, settings
+from gisp_engine import jobs, serving, settings
 from gisp_engine.housekeeping import human_bytes
 from gisp_engine.models import embedded_model_ready, prepare_embedded_model
 
@@ -32,9 +32,10 @@ with left:
             f"**{settings.DEFAULT_MODEL}** is not converted yet. The examples below can be explored without it; "
             "runs, evaluations and exports need it (`gisp model prepare`, or the button)."
         )
-        if st.button("Convert the embedded model now (about a minute)"):
+        if ui.can_change() and st.button("Convert the embedded model now (about a minute)"):
             with ui.guard("Could not convert the model: "), st.spinner("Converting the GGUF weights…"):
-                prepare_embedded_model()
+                serving.require_changes("converting the model")
+            prepare_embedded_model()
             st.rerun()
 with right:
     st.subheader("Runs in the background")
@@ -100,12 +101,13 @@ with ui.guard("Cannot look at the cache: "):
     from gisp_engine.housekeeping import apply_cleanup, plan_cleanup
 
     cleanup = plan_cleanup(finished_jobs=True)
-if cleanup.items:
+if cleanup.items and ui.can_change():  # a viewer deletes nothing
     left, right = st.columns([3, 1])
     left.caption(f"Cleanup: {len(cleanup.items)} finished background jobs and unfinished writes hold "
                  f"{human_bytes(cleanup.bytes)} (`gisp cache prune --jobs`; `gisp cache rm KEY` removes a trajectory).")
     if right.button("Clean up", key="home_cleanup"):
         with ui.guard("Cleanup failed: "):
+            serving.require_changes("cleaning the cache")
             apply_cleanup(cleanup)
         st.rerun()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gisp_engine import PruneConfig, Trajectory, jobs, prune
+from gisp_engine import PruneConfig, Trajectory, jobs, prune, settings
 from gisp_engine.checks import load_evaluations
 from tiny import cache_dir
 
@@ -331,40 +331,33 @@ def test_compare_refuses_trajectories_of_different_models(runs):
 
 
 # ---- export -----------------------------------------------------------------------------------
-def test_export_page_writes_the_subnetwork_and_shows_how_to_load_it(runs, tmp_path):
+def test_export_page_writes_the_subnetwork_and_shows_how_to_load_it(runs):
     pytest.importorskip("gisp_engine.export")
     at = open_page("pages/5_Export.py", select=runs["iterative"])
     no_errors(at)
+    assert not at.text_input  # the export goes into the cache; a browser names no folder
     at.select_slider[0].set_value(2).run()
-    out = tmp_path / "exported"
-    at.text_input[0].set_value(str(out))
     at.button[0].click().run()
     no_errors(at)
+    out = Path(at.session_state["export_last"]["path"])
+    assert out.parent == settings.cache_dir() / "exports"
     manifest = json.loads((out / "gisp_manifest.json").read_text())
     assert manifest["trajectory"]["step"] == 2
-    assert any(str(out) in s.value for s in at.success)
-    assert any("load_pruned" in c.value and str(out) in c.value for c in at.code)
-
-    a_file = tmp_path / "a-file.txt"
-    a_file.write_text("not a folder")
-    at.text_input[0].set_value(str(a_file))
-    at.button[0].click().run()
-    assert not at.exception
-    assert any("is a file" in e.value for e in at.error)
+    assert any(out.name in s.value for s in at.success)
+    assert any(f'load_pruned("{out.name}")' in c.value for c in at.code)
 
 
-def test_export_page_writes_every_step_in_one_folder(runs, tmp_path):
+def test_export_page_writes_every_step_in_one_folder(runs):
     pytest.importorskip("gisp_engine.elastic")
     at = open_page("pages/5_Export.py", select=runs["iterative"])
     at.radio(key="export_kind").set_value("every step in one folder").run()
     at.select_slider[0].set_value(1).run()
-    out = tmp_path / "elastic"
-    at.text_input[0].set_value(str(out))
     at.button[0].click().run()
     no_errors(at)
+    out = Path(at.session_state["export_last"]["path"])
     manifest = json.loads((out / "gisp_manifest.json").read_text())
     assert manifest["kind"] == "elastic" and len(manifest["steps"]) > 2
-    assert any("gisp_step=1" in c.value and str(out) in c.value for c in at.code)
+    assert any("gisp_step=1" in c.value and out.name in c.value for c in at.code)
 
 
 # ---- run --------------------------------------------------------------------------------------
@@ -445,7 +438,8 @@ def test_run_page_refuses_a_malformed_task_file_and_keeps_the_runs(tiny_llama, t
     assert any(key in m.value for m in at.markdown)
     _fill_run_form(at, str(tiny_llama), 0.3)
     next(s for s in at.selectbox if s.label == "Objective").set_value("margin")
-    next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value(str(bad))
+    next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value("")
+    at.get("file_uploader")[1].set_value(("bad.jsonl", bad.read_bytes(), "application/jsonl"))  # a custom task file
     at.button[0].click().run()
     assert not at.exception
     assert any("bad.jsonl:2: malformed JSON" in e.value for e in at.error)  # refused before anything starts
