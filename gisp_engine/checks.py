@@ -104,15 +104,11 @@ def _task_check(task: str) -> Check:
 
 def available_checks(extra: Sequence[str] = ()) -> dict[str, Check]:
     """WikiText-2 perplexity, every accuracy task ``gisp_engine.evaluate`` offers, and ``extra`` custom task files."""
-    checks = dict(CHECKS)
-    try:
-        from . import evaluate
+    from . import evaluate  # a broken install fails here, loudly, rather than offering perplexity only
 
-        if hasattr(evaluate, "evaluate_task"):
-            for task in getattr(evaluate, "TASKS", ()):
-                checks.setdefault(task, _task_check(task))
-    except ImportError:  # an engine without task evaluation offers perplexity only
-        pass
+    checks = dict(CHECKS)
+    for task in evaluate.TASKS:
+        checks.setdefault(task, _task_check(task))
     for name in extra:
         if name not in checks and is_custom_task(name):
             checks[name] = _task_check(name)

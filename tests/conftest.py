@@ -22,15 +22,13 @@ import transformers  # noqa: E402
 transformers.utils.logging.disable_progress_bar()
 
 from gisp_engine import settings  # noqa: E402
+from needs import require  # noqa: E402
 from tiny import cache_dir, make_tiny_model  # noqa: E402
 
 PROJECT_CACHE = settings.cache_dir()
 
 
-def _require(what: str) -> None:
-    if os.environ.get("GISP_REQUIRE_DATA") == "1":
-        pytest.fail(f"{what} is required here (GISP_REQUIRE_DATA=1)")
-    pytest.skip(f"{what} is not available")
+_require = require
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ import pytest
 
 from gisp_engine import PruneConfig, Trajectory, jobs, prune, settings
 from gisp_engine.checks import load_evaluations
+from needs import require
 from tiny import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,8 +277,7 @@ def test_evaluate_bad_setting_and_missing_model_show_errors(runs, tmp_path):
 def test_evaluate_offers_the_accuracy_tasks_of_the_engine(runs, data_dir):
     from gisp_engine.checks import available_checks
 
-    if "boolq" not in available_checks():
-        pytest.skip("this engine offers no accuracy tasks")
+    assert "boolq" in available_checks()
     at = open_page("pages/3_Evaluate.py", select=runs["iterative"])
     at.select_slider[0].set_value(4).run()
     next(s for s in at.selectbox if s.label == "Check").set_value("boolq")
@@ -332,7 +332,6 @@ def test_compare_refuses_trajectories_of_different_models(runs):
 
 # ---- export -----------------------------------------------------------------------------------
 def test_export_page_writes_the_subnetwork_and_shows_how_to_load_it(runs):
-    pytest.importorskip("gisp_engine.export")
     at = open_page("pages/5_Export.py", select=runs["iterative"])
     no_errors(at)
     assert not at.text_input  # the export goes into the cache; a browser names no folder
@@ -348,7 +347,6 @@ def test_export_page_writes_the_subnetwork_and_shows_how_to_load_it(runs):
 
 
 def test_export_page_writes_every_step_in_one_folder(runs):
-    pytest.importorskip("gisp_engine.elastic")
     at = open_page("pages/5_Export.py", select=runs["iterative"])
     at.radio(key="export_kind").set_value("every step in one folder").run()
     at.select_slider[0].set_value(1).run()
@@ -472,7 +470,7 @@ def test_a_fresh_session_opens_on_an_example_not_on_another_sessions_run(runs):
     rows = available_trajectories()
     examples = [r["path"] for r in rows if r["source"] == "example"]
     if not examples:
-        pytest.skip("no example trajectories in this checkout")
+        require("the example trajectories")
     first = open_page("pages/2_Explore.py")  # one browser: it picks a trajectory, then starts a run
     assert first.selectbox(key="pick_trajectory").value == examples[0]
     first.selectbox(key="pick_trajectory").set_value(runs["oneshot"]).run()

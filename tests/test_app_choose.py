@@ -11,6 +11,7 @@ from gisp_engine import jobs
 from gisp_engine.models import load_model
 from gisp_engine.sweep import NO_CONSTRAINT, Constraints, SweepRequest, describe_step, recommend, run_sweep, sweep_table
 from gisp_engine.trajectory import Trajectory
+from needs import require
 from test_app import chart, decode, no_errors, no_jobs_left, open_page, runs, tiny_runs, wait_for  # noqa: F401
 
 
@@ -104,7 +105,7 @@ def test_learn_page_illustrates_with_the_examples(runs):
                                                 "4. Nested subnetworks: prune once, deploy many"]
     examples = ROOT / "cache" / "examples"
     if not (examples / "smollm2-135m-ppl-iterative" / "evaluations.json").is_file():
-        pytest.skip("the examples' sweep results are not in this checkout")
+        require("the examples' sweep results")
     # 1: the scores
     scores = decode(chart(at, "Importance of every attention head")["data"][0]["z"]).astype(float)
     assert np.isfinite(scores).sum() > 0 and np.isnan(scores[0]).all()  # layer 0 is protected: never scored

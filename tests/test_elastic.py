@@ -21,6 +21,7 @@ from gisp_engine.elastic import export_elastic, folder_bytes, survival_order
 from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
 from gisp_engine.settings import PROJECT_ROOT
 from test_export import CASES, NEW_TOKENS, case_id, synthetic_trajectory
+from needs import import_or_require
 from tiny import FAMILIES, cache_dir
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
@@ -364,7 +365,7 @@ def _hflm_logliks(folder: Path, **model_args) -> list[tuple[float, bool]]:
 
 def test_lm_eval_hflm_on_an_elastic_folder_equals_the_per_step_export(cases):
     """lm-eval's own HFLM loads an elastic folder at a step (a one-device map) and scores as that step's export."""
-    pytest.importorskip("lm_eval")
+    import_or_require("lm_eval")
     c = cases[("llama", True, "query")]
     for step in (1, STEPS):
         elastic = _hflm_logliks(c.elastic, gisp_step=step)

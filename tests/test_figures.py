@@ -12,6 +12,7 @@ from gisp_engine import figures
 from gisp_engine.checks import load_evaluations
 from gisp_engine.explore import TrajectoryView, load_trajectory
 from gisp_engine.sweep import sweep_table
+from needs import require
 from test_app import decode
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cache" / "examples"
@@ -20,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "cache" / "examples"
 def _example(name: str):
     folder = EXAMPLES / name
     if not (folder / "evaluations.json").is_file():
-        pytest.skip(f"the example {name} with its sweep results is not in this checkout")
+        require(f"the example {name} with its sweep results")
     return load_trajectory(folder)
 
 

@@ -23,6 +23,7 @@ from gisp_engine.importance import score_structures
 from gisp_engine.objectives import objective_spec, sequence_nll
 from gisp_engine.structures import StructureSpace
 from gisp_engine.surgery import NullAttention, full_layout, linear_weight_count, slice_
+from needs import require
 from tiny import cache_dir
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
@@ -239,7 +240,7 @@ def test_embedded_gemma_example_trajectory_is_consistent():
 
     folder = Path(PROJECT_ROOT) / "cache" / "examples" / "gemma3-270m-ppl-iterative"
     if not (folder / "trajectory.json").is_file():
-        pytest.skip("the Gemma example trajectory is not in this checkout")
+        require("the Gemma example trajectory")
     traj = Trajectory.load(folder)
     assert traj.meta["model"]["id"] == "gemma3-270m" and traj.geometry.num_kv_heads == 1
     assert traj.num_steps == 10 and 0.3 < traj.max_param_sparsity < 0.6

@@ -9,7 +9,6 @@ it is given, so after it ``loaded.model`` *is* the subnetwork). The runtime is p
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from gisp_engine.fsutil import TMP_MARK
 from gisp_engine.surgery import full_layout
 from gisp_engine.trajectory import Trajectory
 from test_export import STEP, flap_trajectory, synthetic_trajectory
+from needs import require
 from tiny import cache_dir
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
@@ -43,10 +43,7 @@ EXAMPLE = Path(__file__).parent.parent / "cache" / "examples" / "smollm2-135m-pp
 PROJECT_CACHE = settings.cache_dir()
 
 
-def _require(what: str) -> None:
-    if os.environ.get("GISP_REQUIRE_DATA") == "1":
-        pytest.fail(f"{what} is required here (GISP_REQUIRE_DATA=1)")
-    pytest.skip(f"{what} is not available")
+_require = require
 
 
 @pytest.fixture(scope="module", autouse=True)
