@@ -11,6 +11,7 @@ import torch
 from gisp_engine import PruneConfig, Trajectory, apply_step, load_model, prune
 from gisp_engine.config import target_ratios
 from gisp_engine.surgery import NullAttention, linear_weight_count
+from needs import require
 
 
 def _config(folder, **kw) -> PruneConfig:
@@ -166,7 +167,7 @@ def test_the_default_models_examples_are_offered_first():
     rows = explore.available_trajectories()
     examples = [r for r in rows if r["source"] == "example"]
     if len({r["model"] for r in examples}) < 2:
-        pytest.skip("the repository's examples of two models are not in this checkout")
+        require("the repository's examples of two models")
     assert rows[0]["source"] == "example" and rows[0]["model"] == settings.DEFAULT_MODEL
     models = [r["model"] == settings.DEFAULT_MODEL for r in examples]
     assert models == sorted(models, reverse=True)  # every default-model example before any other
