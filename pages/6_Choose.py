@@ -96,7 +96,10 @@ def _sweep_status() -> None:
 
 
 with st.expander("Sweep this trajectory", expanded=not ui.evaluations(path)):
-    _sweep_form()
+    if ui.can_change():
+        _sweep_form()
+    else:  # a viewer reads the sweeps already made
+        ui.viewer_note("A new sweep")
     key = _sweep_key()
     running = bool(key and (job := jobs.status(key)) and job.active)
     st.session_state["sweep_polling"] = running

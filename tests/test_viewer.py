@@ -106,7 +106,7 @@ def test_a_viewer_starts_and_writes_nothing(run, address, isolated_cache, monkey
     assert Path(run).name in set(at.dataframe[0].value["name"])  # the cache is still listed
 
     pages = {"pages/1_Run.py": "Start the run", "pages/3_Evaluate.py": "Evaluate dense and pruned",
-             "pages/5_Export.py": "Export"}
+             "pages/5_Export.py": "Export", "pages/6_Choose.py": "Sweep every step in the background"}
     for page, action in pages.items():
         at.switch_page(page).run()
         no_errors(at)
