@@ -52,7 +52,7 @@ class PruneConfig:
     seed: int = 0
     batch_size: int | None = None  # sequences per micro-batch; None: by device
     shrink: bool = True  # physically shrink the working model between steps (same result as masking)
-    save_scores: bool = False  # keep every step's scores in the trajectory
+    save_scores: bool = True  # keep every step's scores in the trajectory (float16: what `gisp info --structure` reads)
     align: int | None = None  # every cut layer's MLP channel count a multiple of this at every step; None: any count
     device: str = "auto"
     dtype: str = "auto"

@@ -9,8 +9,11 @@ On disk a trajectory is a folder (written atomically: staged, then renamed) with
 * ``structures.safetensors``: one entry per structure (layer-major, heads then channels):
   ``layer`` (int32), ``kind`` (int8, 0 = head, 1 = channel), ``index`` (int32),
   ``removal_step`` (int32, -1 = never removed) and ``score`` (float32, the normalized
-  score in the last step the structure was scored); optionally ``scores``
-  (float32, steps x structures, NaN where not scored) and method-specific ``extra.*``
+  score in the last step the structure was scored); ``scores`` unless the run opted out
+  (steps x structures, NaN where not scored: row ``t`` holds what step ``t + 1`` ranked, measured on
+  the model after ``t`` steps), written as float16 with ``scores_scale`` (float32, one power of two per
+  step: the stored value times its row's scale is the score; files without it hold float32 scores),
+  and method-specific ``extra.*``
   arrays (FLAP: ``extra.input_mean_o``, ``extra.input_mean_down``, layers x features).
 
 Nothing is pickled. Because removal is permanent, the keep-mask at step ``t`` is
@@ -148,7 +151,7 @@ class Trajectory:
             "score": self.score.astype(np.float32),
         }
         if self.scores is not None:
-            arrays["scores"] = self.scores.astype(np.float32)
+            arrays["scores"], arrays["scores_scale"] = encode_scores(self.scores)
         for name, value in self.extras.items():
             arrays[f"extra.{name}"] = np.ascontiguousarray(value, dtype=np.float32)
         blob = st_save(arrays)
@@ -214,7 +217,7 @@ class Trajectory:
                 removal_step=arrays["removal_step"].astype(np.int32),
                 score=arrays["score"].astype(np.float32),
                 steps=steps,
-                scores=arrays.get("scores"),
+                scores=decode_scores(arrays.get("scores"), arrays.get("scores_scale")),
                 path=folder,
                 extras={k.removeprefix("extra."): v for k, v in arrays.items() if k.startswith("extra.")},
             )
@@ -240,10 +243,37 @@ class Trajectory:
             raise GispError(f"{where}: removal steps must be -1 or 1..{t}")
         if self.scores is not None and self.scores.shape != (t, n):
             raise GispError(f"{where}: scores must be ({t}, {n})")
+        scale = arrays.get("scores_scale")
+        if scale is not None and (scale.shape != (t,) or not (np.isfinite(scale) & (scale > 0)).all()):
+            raise GispError(f"{where}: scores_scale must hold {t} positive numbers")
         for rec in self.steps:
             keep = self.keep_mask(rec.step)
             if abs(s.param_sparsity(keep) - rec.param_sparsity) > 1e-6:
                 raise GispError(f"{where}: step {rec.step} parameter sparsity does not match its structures")
+
+
+SCORE_TOP_EXPONENT = 15  # a step's largest score is stored below 2**15: 29 binades above float16's smallest normal
+
+
+def encode_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every step's scores as float16 (enough to draw and rank them: 11 significant bits) and one power-of-two
+    scale per step, so that scores of any magnitude (1e-6 is typical) keep float16's full precision."""
+    scores = np.asarray(scores, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        top = np.nanmax(np.where(np.isfinite(scores), np.abs(scores), np.nan), axis=1, initial=0.0)
+    exponent = np.where(top > 0, np.ceil(np.log2(np.where(top > 0, top, 1.0))), 0.0) - SCORE_TOP_EXPONENT
+    scale = np.exp2(exponent).astype(np.float32)
+    return (scores / scale[:, None]).astype(np.float16), scale
+
+
+def decode_scores(stored: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray | None:
+    """The float32 scores of ``encode_scores``' arrays (or of a file written before it: float32, no scale)."""
+    if stored is None:
+        return None
+    values = stored.astype(np.float32)
+    if scale is not None:
+        values *= scale.astype(np.float32)[:, None]
+    return values
 
 
 def _check_geometry(g: Geometry, gqa: str, count: int, folder: Path) -> None:
