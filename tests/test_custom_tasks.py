@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from gisp_engine import load_model
 from gisp_engine.cli import main
@@ -22,7 +23,7 @@ from gisp_engine.tasks import (
     source_identity,
     task_title,
 )
-from gisp_engine.zeroshot import choice_loglikelihoods, pick
+from gisp_engine.zeroshot import choice_loglikelihoods
 
 QA = [{"query": f"Question: what is {k} plus one?\nAnswer:", "choices": [str(k + 1), str(k + 2), "a long wrong answer"],
        "gold": 0} for k in range(20)]
@@ -111,16 +112,33 @@ def test_split_rule_is_the_built_in_one_and_follows_the_file_name(tmp_path):
     assert counts == {"total": 20, "calibration_pool": 4, "calibration_slice": 0, "held_out": 16}
 
 
-def test_evaluate_task_scores_a_custom_file(tiny_llama, tmp_path):
+def _loglikelihood_by_hand(model, tokenizer, context: str, continuation: str) -> float:
+    """log P(continuation | context) with plain transformers, split as lm-evaluation-harness splits it."""
+    context_ids = tokenizer(context)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), -1)
+    return sum(float(logp[i - 1, whole[i]]) for i in range(len(context_ids), len(whole)))
+
+
+def test_evaluate_task_scores_a_custom_file(tiny_llama, tmp_path, data_dir):
     loaded = load_model(str(tiny_llama), dtype="float32")
     qa, cloze = write(tmp_path / "qa.jsonl", QA), write(tmp_path / "cloze.jsonl", CLOZE)
     result = evaluate_task(loaded.model, loaded.tokenizer, qa, limit=5, batch_size=4)
     (task,) = result.tasks
     assert task.task == str((tmp_path / "qa.jsonl").resolve()) and task.items == 5
+    # the expected accuracy by hand: each option's log-likelihood alone, argmax plain and per character
+    hits, hits_norm = [], []
     items = load_task(qa).evaluation_items()[0][:5]
-    picks = [pick(it, ll) for it, ll in zip(items, choice_loglikelihoods(loaded.model, loaded.tokenizer, items))]
-    assert task.acc == np.mean([p == it.gold for (p, _), it in zip(picks, items)])
-    assert task.acc_norm == np.mean([p == it.gold for (_, p), it in zip(picks, items)])
+    for it, engine_ll in zip(items, choice_loglikelihoods(loaded.model, loaded.tokenizer, items)):
+        record = QA[it.index]
+        ll = np.array([_loglikelihood_by_hand(loaded.model, loaded.tokenizer, record["query"], " " + c)
+                       for c in record["choices"]])
+        np.testing.assert_allclose(engine_ll, ll, rtol=1e-5)
+        hits.append(int(np.argmax(ll)) == record["gold"])
+        hits_norm.append(int(np.argmax(ll / [len(c) for c in record["choices"]])) == record["gold"])
+    assert task.acc == pytest.approx(np.mean(hits)) and task.acc_norm == pytest.approx(np.mean(hits_norm))
+    assert 0 < np.mean(hits) < 1 or 0 < np.mean(hits_norm) < 1, "a hand check that cannot tell picks apart"
     partial = evaluate_task(loaded.model, loaded.tokenizer, cloze, batch_size=4).tasks[0]
     assert partial.acc_norm is None and partial.items == 8  # 2 of 10 in the calibration pool
     both = evaluate_task(loaded.model, loaded.tokenizer, f"piqa,{qa}", limit=2)
