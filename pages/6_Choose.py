@@ -9,7 +9,9 @@ import streamlit as st
 import explorer_ui as ui
 from gisp_engine import checks, figures, jobs
 from gisp_engine.cost import CostSpec
+from gisp_engine.cost_llamacpp import LAYOUTS, RUNTIMES, GGUFCostSpec
 from gisp_engine.data import BOS_POLICIES
+from gisp_engine.export_gguf import OUTTYPES
 from gisp_engine.sweep import Constraints, SweepRequest, recommend, requested_series, sweep_table
 
 ui.page_setup("Choose")
@@ -53,13 +55,27 @@ def _sweep_form() -> None:
         device = c3.selectbox("Device", ["auto", "cpu", "cuda"])
         spec = CostSpec().resolved()
         cost = st.checkbox(f"Also measure cost: prefill and decode speed, peak memory, weight bytes (relative to dense; "
-                           f"{spec.repeats} interleaved repeats, {spec.threads} threads, as `gisp sweep --cost`)",
-                           value=False)
+                           f"interleaved repeats, {spec.threads} threads, as `gisp sweep --cost`)",
+                           value=False, key="sweep_cost")
+        c1, c2, c3, c4 = st.columns(4)
+        runtime = c1.selectbox("Cost measured in", list(RUNTIMES), format_func=RUNTIMES.get, key="sweep_runtime",
+                               help="PyTorch: the sliced model, on the device above. llama.cpp: each step's GGUF "
+                                    "(as `gisp export --format gguf` writes it) against the dense GGUF written the "
+                                    "same way, on the CPU (`--runtime llamacpp`)")
+        outtype = c2.selectbox("GGUF type (llama.cpp)", OUTTYPES, index=OUTTYPES.index(GGUFCostSpec.outtype),
+                               key="sweep_outtype")
+        layout = c3.selectbox("GGUF layout (llama.cpp)", LAYOUTS, key="sweep_layout",
+                              help="per-layer: llama.cpp's deci, each layer at its own width; uniform: the family's "
+                                   "stock arch, every layer cut to the same width")
+        align = c4.number_input("MLP widths a multiple of (llama.cpp; 0 = as pruned)", min_value=0, value=0, step=32,
+                                key="sweep_align")
         go = st.form_submit_button("Sweep every step in the background", type="primary")
     if go:
         with ui.guard("Cannot start the sweep: "):
+            workload = (GGUFCostSpec(outtype=outtype, layout=layout, align=int(align) or None)
+                        if runtime == "llamacpp" else CostSpec())
             request = SweepRequest(tasks=tuple(tasks), limits=tuple((t, int(n) or None) for t, n in limits.items()),
-                                   seq_len=int(seq_len), bos=bos, cost=CostSpec() if cost else None)
+                                   seq_len=int(seq_len), bos=bos, cost=workload if cost else None)
             job = jobs.submit_sweep(traj, request, device=device)
         st.session_state[f"sweep_job_{path}"] = job.key
         st.session_state[_request_slot()] = (request.to_dict(), device)
@@ -192,7 +208,8 @@ with c3:
         decode = st.number_input("Minimum decode speed-up (x dense; 0 = none)", min_value=0.0, value=0.0, step=0.1,
                                  key="choose_min_decode")
         min_decode = decode or None
-        st.caption("A speed-up counts as met only when every repeat's ratio meets it.")
+        st.caption(f"In the {table.cost_label} (pick another series above, if remembered). A speed-up counts as met "
+                   "only when every repeat's ratio meets it.")
     else:
         st.caption("Sweep with cost to constrain memory and speed.")
 

@@ -7,7 +7,9 @@ they form, what is remembered) and every refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from gisp_engine.surgery import linear_weight_count
 from gisp_engine.sweep import SweepRequest, pending_points, run_sweep, sweep_table
 from gisp_engine.trajectory import Trajectory
 from test_export import STEP, flap_trajectory, synthetic_trajectory
+from test_app import no_jobs_left  # noqa: F401  (a fixture)
 from test_gguf import _require
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -169,3 +172,59 @@ def test_a_background_sweep_refuses_a_bad_llamacpp_cost_before_starting(saved, t
     with pytest.raises(GispError, match="llama.cpp runtime is not installed"):
         jobs.submit_sweep(traj, SweepRequest(tasks=(), cost=GGUFCostSpec()))
     assert jobs.list_jobs() == []
+
+
+@pytest.fixture
+def one_core():
+    """This process and the jobs it starts on one core: the cost's default threads (every core this process may
+    use) is then 1; llama.cpp's spinning threads on a busy 2-core machine take minutes for what one does in seconds."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    yield
+    os.sched_setaffinity(0, cores)
+
+
+def test_choose_offers_llamacpp_cost_and_says_which_runtime(saved, isolated_cache, one_core, no_jobs_left):
+    from test_app import no_errors, open_page, wait_for
+
+    loaded, traj, _ = saved
+    listed = dataclasses.replace(traj, meta={**traj.meta, "objective": {"objective": "perplexity"}})
+    path = str(listed.save(isolated_cache / "trajectories" / traj.key))  # where the app lists it
+    traj = Trajectory.load(path)
+    torch_spec = CostSpec(batch=1, seq_len=8, new_tokens=2, repeats=3, threads=1)
+    run_sweep(traj, loaded, SweepRequest(tasks=(), cost=torch_spec))  # a PyTorch cost series is remembered
+    at = open_page("pages/6_Choose.py", select=path)
+    no_errors(at)
+    at.number_input(key="sweep_limit_wikitext2").set_value(1)  # perplexity too, on one window
+    at.checkbox(key="sweep_cost").check()
+    at.selectbox(key="sweep_runtime").set_value("llamacpp")
+    at.number_input(key="sweep_align").set_value(64)  # wider than the tiny MLP (48): refused, nothing started
+    go = next(b for b in at.button if b.label.startswith("Sweep every step"))
+    go.click().run()
+    assert any("Cannot start the sweep: " in e.value and "--align" in e.value for e in at.error)
+    assert jobs.list_jobs() == []
+
+    at.number_input(key="sweep_align").set_value(0)
+    at.selectbox(key="sweep_outtype").set_value("q8_0")
+    next(b for b in at.button if b.label.startswith("Sweep every step")).click().run()
+    no_errors(at)
+    job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0], timeout=300)
+    assert job.state == "done", job.error
+    assert job.config["request"]["cost"]["runtime"] == "llamacpp"
+    at.run()
+    no_errors(at)
+    # the series the sweep asked for is shown: llama.cpp's, the PyTorch one offered beside it
+    picker = at.selectbox(key=f"choose_series_cost_{path}")
+    assert picker.format_func(picker.value).startswith("llama.cpp cost (per-layer GGUF q8_0, 512 prefill")
+    by_runtime = {a.label.split(" cost ")[0]: a.key for a in sweep_table(traj).alternatives["cost"]}
+    assert sorted(by_runtime) == ["PyTorch", "llama.cpp"] and picker.value == by_runtime["llama.cpp"]
+    at.number_input(key="choose_min_decode").set_value(0.01).run()
+    no_errors(at)
+    measured = [c.value for c in at.caption if c.value.startswith("Measured with: ")]
+    assert measured and measured[0].startswith("Measured with: llama.cpp cost (per-layer GGUF q8_0")
+    table = sweep_table(traj, prefer={"cost": picker.value})
+    np.testing.assert_allclose(at.dataframe[-1].value["decode_speedup"], table.cost["decode_speedup"])
+    picker.set_value(by_runtime["PyTorch"]).run()
+    no_errors(at)
+    measured = [c.value for c in at.caption if c.value.startswith("Measured with: ")]
+    assert measured[0].startswith("Measured with: PyTorch cost (batch 1 x 8 prefill")
