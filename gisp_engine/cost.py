@@ -44,6 +44,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_workload(spec, counts: tuple[str, ...]) -> None:
+    """Refuse a cost workload (of either runtime) with a count under 1, fewer than 3 repeats or no threads."""
+    for name in counts:
+        if int(getattr(spec, name)) < 1:
+            raise GispError(f"cost setting {name} must be at least 1, got {getattr(spec, name)}")
+    if spec.repeats < 3:
+        raise GispError(f"cost repeats must be at least 3 to give a spread, got {spec.repeats}")
+    if spec.threads is not None and int(spec.threads) < 1:
+        raise GispError(f"cost threads must be at least 1, got {spec.threads}")
+
+
 @dataclass(frozen=True)
 class CostSpec:
     """One cost workload. The defaults are the CLI's and the app's alike (their results answer each other)."""
@@ -59,13 +70,7 @@ class CostSpec:
     # (the llama.cpp workload is ``cost_llamacpp.GGUFCostSpec``)
 
     def __post_init__(self):
-        for name in ("batch", "seq_len", "prompt_len", "new_tokens", "repeats"):
-            if int(getattr(self, name)) < 1:
-                raise GispError(f"cost setting {name} must be at least 1, got {getattr(self, name)}")
-        if self.repeats < 3:
-            raise GispError(f"cost repeats must be at least 3 to give a spread, got {self.repeats}")
-        if self.threads is not None and int(self.threads) < 1:
-            raise GispError(f"cost threads must be at least 1, got {self.threads}")
+        check_workload(self, ("batch", "seq_len", "prompt_len", "new_tokens", "repeats"))
         if self.export_dtype != "auto" and self.export_dtype not in _DTYPE_BYTES:
             raise GispError(f"unknown export dtype {self.export_dtype!r}: auto, {', '.join(_DTYPE_BYTES)}")
 

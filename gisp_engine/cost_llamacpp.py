@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import llamacpp
-from .cost import CostSpec, PeakMemory, available_cores, return_freed_memory
+from .cost import CostSpec, PeakMemory, available_cores, check_workload, return_freed_memory
 from .errors import GispError
 
 RUNTIMES = {"pytorch": "PyTorch", "llamacpp": "llama.cpp"}  # runtime -> its name in words
@@ -64,13 +64,7 @@ class GGUFCostSpec:
     runtime: ClassVar[str] = "llamacpp"
 
     def __post_init__(self):
-        for name in ("seq_len", "prompt_len", "new_tokens", "repeats"):
-            if int(getattr(self, name)) < 1:
-                raise GispError(f"cost setting {name} must be at least 1, got {getattr(self, name)}")
-        if self.repeats < 3:
-            raise GispError(f"cost repeats must be at least 3 to give a spread, got {self.repeats}")
-        if self.threads is not None and int(self.threads) < 1:
-            raise GispError(f"cost threads must be at least 1, got {self.threads}")
+        check_workload(self, ("seq_len", "prompt_len", "new_tokens", "repeats"))
         if self.layout not in LAYOUTS:
             raise GispError(f"unknown GGUF layout {self.layout!r}: {' or '.join(LAYOUTS)}")
         if self.align is not None and (isinstance(self.align, bool) or int(self.align) < 1):

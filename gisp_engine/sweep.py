@@ -348,13 +348,15 @@ def _cost_row(trajectory: Trajectory, step: int, spec, device: str, dtype: str, 
     return dict(row, cached=False)
 
 
+def _remembered_cost(trajectory: Trajectory, step: int, spec, device: str, dtype: str) -> dict | None:
+    hit = find_evaluation(trajectory, COST, step, None, _cost_identity(spec, device, dtype), dtype)
+    return None if hit is None else dict(hit, cached=True)
+
+
 def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -> dict:
     spec = spec.resolved()
-    options = _cost_identity(spec, device, dtype)
-    if not refresh:
-        hit = find_evaluation(trajectory, COST, step, None, options, dtype)
-        if hit is not None:
-            return dict(hit, cached=True)
+    if not refresh and (hit := _remembered_cost(trajectory, step, spec, device, dtype)) is not None:
+        return hit
     # the working model is at ``step`` now; the dense copy is timed in turn with it
     models = [loaded.model] if step == 0 else [loaded.model, dense]
     costs = [c.to_dict() for c in measure_costs(models, spec)]
@@ -364,11 +366,8 @@ def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -
 def _gguf_cost_point(ggufs: "_GGUFCosts | None", trajectory: Trajectory, step: int, spec: GGUFCostSpec, dtype: str,
                      refresh: bool) -> dict:
     spec = spec.resolved()
-    options = _cost_identity(spec, LLAMACPP_DEVICE, dtype)
-    if not refresh:
-        hit = find_evaluation(trajectory, COST, step, None, options, dtype)
-        if hit is not None:
-            return dict(hit, cached=True)
+    if not refresh and (hit := _remembered_cost(trajectory, step, spec, LLAMACPP_DEVICE, dtype)) is not None:
+        return hit
     cost, dense_cost, manifest = ggufs.measure(step)
     gguf = manifest["gguf"]
     extra = {"export_param_sparsity": float(manifest["param_sparsity"]), "padding_overhead": gguf["padding_overhead"],
