@@ -42,7 +42,7 @@ CASES: dict[str, tuple] = {
     "llama1b-f32": (str(SCALE_MODEL), "float32", 4, 128, None, 2),
     "llama1b-f32-2mb": (str(SCALE_MODEL), "float32", 4, 128, 2, 1),
     "llama1b-bf16": (str(SCALE_MODEL), "bfloat16", 4, 128, 2, 1),
-    # bf16 where the CPU has no bf16 matmul kernels (AVX2 only: a bf16 backward runs ~100x slower than
+    # bf16 where the CPU has no bf16 matmul kernels (AVX2 only: a bf16 backward runs ~60x slower than
     # float32): 2 micro-batches of 1 x 16 tokens, which still measure the bf16 weights and float32 sums
     "smollm2-bf16-tiny": ("smollm2-135m", "bfloat16", 2, 16, 1, 1),
     "gemma3-bf16-tiny": ("gemma3-270m", "bfloat16", 2, 16, 1, 1),

@@ -45,7 +45,8 @@ if [ -n "$missing" ]; then echo "gpu_check: $PY lacks $missing (make setup insta
 
 if [ "$DEVICE" = cpu ]; then
   # float32 steps and a tiny bf16 scoring workload: on a CPU without AVX512-BF16/AMX, torch's bf16 matmuls
-  # in the backward pass run ~100x slower than float32 (0.22 vs 19 GFLOPS measured on a 2-core AVX2 machine)
+  # in the backward pass run ~60x slower than float32 (a 512x2048x2048 linear, forward and backward: 0.23 vs
+  # 15 GFLOPS on a 2-core AVX2 machine)
   GEOMETRY=(--geometry llama-3.2-1b --layers 2 --num-samples 8 --seq-len 64 --dtype float32)
   SCORING=(--batch 2 --seq-len 8 --repeats 1 --skip-runs --sums-seq-len 8 --sums-micro-batch 1)
 else
