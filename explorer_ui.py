@@ -334,7 +334,14 @@ _CHART_HTML = """<!doctype html>
 <body><div id="chart"></div><script>
 "use strict";
 const post = (type, extra) => window.parent.postMessage(Object.assign({isStreamlitMessage: true, type}, extra), "*");
-let shown = null, height = 0;
+let shown = null, height = 0, listening = false;
+// a click on a point becomes the component's value (the page reruns); "at" tells a second click on it apart
+const clicked = (event) => {
+  const p = event && event.points && event.points[0];
+  if (!p) return;
+  post("streamlit:setComponentValue", {dataType: "json", value: {
+    x: p.x, y: p.y, curve: p.curveNumber, customdata: p.customdata === undefined ? null : p.customdata, at: Date.now()}});
+};
 window.addEventListener("message", (event) => {
   const msg = event.data;
   if (!msg || msg.type !== "streamlit:render" || msg.args.spec === shown) return;
@@ -343,6 +350,7 @@ window.addEventListener("message", (event) => {
   delete figure.layout.template;  // plotly.js's own plain style (plotly.py's default template is grey)
   Plotly.react("chart", figure.data, Object.assign({}, figure.layout, {autosize: true}),
                Object.assign({responsive: true, displaylogo: false}, msg.args.config || {}));
+  if (msg.args.clickable && !listening) { listening = true; document.getElementById("chart").on("plotly_click", clicked); }
   const wanted = figure.layout.height || 450;
   if (wanted !== height) { height = wanted; post("streamlit:setFrameHeight", {height: wanted}); }
 });
@@ -368,11 +376,14 @@ def _chart_folder() -> Path:
     return folder
 
 
-def plotly_chart(figure, key: str, container=None) -> None:
+def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> dict | None:
     """A plotly figure that later reruns redraw in place (for charts a slider changes); ``key`` is its identity.
 
+    ``clickable``: a click on a point reruns the page and this returns the last point clicked (``x``, ``y``,
+    ``curve``, ``customdata``, ``at``: when, so that a second click on it is new); None before any click.
     ``GISP_PLAIN_CHARTS=1``: Streamlit's own ``st.plotly_chart`` instead (its theme and toolbar; a browser that
-    refuses the component's frame still draws the charts; benchmarks/bench_ui.py --plain-charts compares the two).
+    refuses the component's frame still draws the charts; benchmarks/bench_ui.py --plain-charts compares the two);
+    a click there is Streamlit's point selection.
     """
     global _CHART_COMPONENT
     import os
@@ -381,10 +392,20 @@ def plotly_chart(figure, key: str, container=None) -> None:
     import streamlit.components.v1 as components
 
     if os.environ.get("GISP_PLAIN_CHARTS", "").strip().lower() in {"1", "true", "yes", "on"}:
-        (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
-        return
+        if not clickable:
+            (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
+            return None
+        event = (container or st).plotly_chart(figure, key=key, config={"displaylogo": False}, on_select="rerun",
+                                               selection_mode="points")
+        points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
+        if not points:
+            return None
+        p = points[0]
+        return {"x": p.get("x"), "y": p.get("y"), "curve": p.get("curve_number"), "customdata": p.get("customdata"),
+                "at": repr(points)}
     folder = _chart_folder()
     if _CHART_COMPONENT is None or Path(_CHART_COMPONENT.path or "") != folder:
         _CHART_COMPONENT = components.declare_component("gisp_plotly_chart", path=str(folder))
     with container or contextlib.nullcontext():
-        _CHART_COMPONENT(spec=plotly.io.to_json(figure, validate=False), key=key, default=None)
+        return _CHART_COMPONENT(spec=plotly.io.to_json(figure, validate=False), key=key, default=None,
+                                clickable=clickable)

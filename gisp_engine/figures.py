@@ -425,3 +425,135 @@ def compare_quality_figure(tables: dict, column: str, chosen: float | None = Non
                   xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
                   yaxis=_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle))
     return _figure(data, layout, f"{column} of both trajectories against parameter sparsity", 380)
+
+
+# ---- why a structure was removed (gisp_engine.explain) ---------------------------------------
+def structure_history_figure(history, head_unit: str = "query head"):
+    """One structure across the steps: its score against the cut line (log scale), and below its rank among the
+    structures still scored, with the ranks each step removed shaded; the step it was removed at marked."""
+    steps = history.steps
+    kind = head_unit if history.kind == "head" else "channel"
+    name = f"layer {history.layer} · {kind} {history.index}"
+    data = [
+        dict(type="scatter", x=steps, y=history.cut, mode="lines+markers", name="cut line (highest score removed)",
+             line=dict(color=VERMILLION, dash="dash"), marker=dict(symbol="line-ew-open", size=10),
+             hovertemplate="step %{x}: cut line %{y:.4g}<extra></extra>"),
+        dict(type="scatter", x=steps, y=history.score, mode="lines+markers", name=name, line=dict(color=BLUE),
+             hovertemplate="step %{x}: score %{y:.4g}<extra></extra>"),
+        dict(type="bar", x=steps, y=history.removed, yaxis="y2", name="ranks removed at the step", marker_color=ORANGE,
+             opacity=0.35, hovertemplate="step %{x} removed ranks 1 to %{y}<extra></extra>"),
+        dict(type="scatter", x=steps, y=history.rank, yaxis="y2", mode="lines+markers", name="its rank",
+             line=dict(color=BLUE), customdata=history.scored, showlegend=False,
+             hovertemplate="step %{x}: rank %{y} of %{customdata} (1 = lowest)<extra></extra>"),
+    ]
+    shapes = []
+    if history.removal_step > 0:
+        shapes.append(_vline(float(history.removal_step), VERMILLION))
+        i = history.removal_step - 1
+        data.append(dict(type="scatter", x=[history.removal_step], y=[history.score[i]], mode="markers",
+                         name=f"removed at step {history.removal_step}",
+                         marker=dict(size=14, color=VERMILLION, symbol="x", line=dict(width=1, color="black")),
+                         hovertemplate=f"removed at step {history.removal_step}<extra></extra>"))
+    values = [v[np.isfinite(v)] for v in (history.score, history.cut)]
+    status = ("protected layer: never scored" if history.protected else
+              "never removed" if history.removal_step < 0 else f"removed at step {history.removal_step}")
+    layout = dict(
+        shapes=shapes,
+        xaxis=_axis("pruning step (each ranks the model after the step before)", dtick=max(1, len(steps) // 12),
+                    anchor="y2"),
+        yaxis=dict(_log_axis("normalised score (log scale)", values), domain=[0.45, 1.0]),
+        yaxis2=_axis("rank (1 = lowest)", domain=[0.0, 0.36], rangemode="tozero"),
+        bargap=0.5,
+    )
+    return _figure(data, layout, f"History of {name}: {status}", 480)
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts, _ = np.histogram(values, edges)
+    return counts / max(1, len(values))
+
+
+def score_distribution_figure(scores, head_unit: str = "query head"):
+    """The scores one step ranked: heads and channels overall (share per log bin) and per layer (boxes from
+    precomputed quartiles: the browser gets a few numbers per layer, not every score), with the cut line."""
+    positive = scores.score[scores.score > 0]
+    lo, hi = (np.log10(positive.min()), np.log10(positive.max())) if len(positive) else (-8.0, 0.0)
+    edges = np.linspace(lo, hi + 1e-9, 41)
+    centres = (edges[:-1] + edges[1:]) / 2
+    data, shapes = [], []
+    for kind, label, colour in ((0, f"attention ({head_unit}s)", BLUE), (1, "MLP channels", ORANGE)):
+        mine = scores.score[(scores.kind == kind) & (scores.score > 0)]
+        if not len(mine):
+            continue
+        data.append(dict(type="scatter", x=10 ** centres, y=_histogram(np.log10(mine), edges), mode="lines",
+                         line=dict(color=colour, shape="hvh"), name=label, legendgroup=label,
+                         hovertemplate=f"{label}<br>score about %{{x:.3g}}: %{{y:.1%}} of them<extra></extra>"))
+        stats = scores.per_layer(kind)
+        data.append(dict(type="box", x=stats["layer"], q1=stats["q1"], median=stats["median"], q3=stats["q3"],
+                         lowerfence=stats["min"], upperfence=stats["max"], xaxis="x2", yaxis="y2", name=label,
+                         legendgroup=label, showlegend=False, marker_color=colour, offsetgroup=str(kind),
+                         customdata=np.stack([stats["count"], stats["removed"]], -1),
+                         hovertemplate=f"{label}, layer %{{x}}<extra></extra>"))
+    if np.isfinite(scores.cut):
+        shapes.append(dict(type="line", xref="x", yref="y domain", x0=scores.cut, x1=scores.cut, y0=0, y1=1,
+                           line=dict(color=VERMILLION, dash="dash", width=1)))
+        shapes.append(dict(type="line", xref="x2 domain", yref="y2", x0=0, x1=1, y0=scores.cut, y1=scores.cut,
+                           line=dict(color=VERMILLION, dash="dash", width=1)))
+    layout = dict(
+        shapes=shapes, boxmode="group",
+        xaxis=_axis("normalised score (log scale)", type="log", anchor="y", exponentformat="e"),
+        yaxis=_axis("share of the kind", tickformat=".0%", domain=[0.62, 1.0]),
+        xaxis2=_axis("layer", anchor="y2", dtick=1),
+        yaxis2=dict(_axis("score (log scale)", type="log", exponentformat="e"), domain=[0.0, 0.45]),
+    )
+    removed = int(scores.removed_here.sum())
+    title = (f"Scores step {scores.step} ranked: {len(scores.score):,} structures, the lowest {removed:,} removed "
+             f"(dashed: the cut line)")
+    return _figure(data, layout, title, 560)
+
+
+def rank_stability_figure(stability, param_sparsity: np.ndarray | None = None):
+    """How far each step's ranking has moved from the dense model's (Spearman), and how much of what the trajectory
+    removed the dense ranking alone would have removed at the same count (Jaccard)."""
+    custom = np.stack([stability.removed, param_sparsity[stability.steps] if param_sparsity is not None
+                       else np.full(len(stability.steps), np.nan)], -1)
+    data = [
+        dict(type="scatter", x=stability.steps, y=stability.spearman, mode="lines+markers", customdata=custom,
+             name="Spearman: step's scores vs dense scores (structures still there)", line=dict(color=BLUE),
+             hovertemplate="step %{x}: Spearman %{y:.3f}<extra></extra>"),
+        dict(type="scatter", x=stability.steps, y=stability.jaccard, mode="lines+markers", customdata=custom,
+             name="Jaccard: removed so far vs the dense ranking's lowest at the same count",
+             line=dict(color=ORANGE, dash="dash"),
+             hovertemplate="step %{x}: Jaccard %{y:.3f} (%{customdata[0]:,} removed, %{customdata[1]:.1%} params)"
+                           "<extra></extra>"),
+    ]
+    layout = dict(xaxis=_axis("pruning step", dtick=max(1, len(stability.steps) // 12)),
+                  yaxis=_axis("agreement with the dense ranking", range=[0, 1.02]))
+    return _figure(data, layout, "How stale a one-shot ranking gets: each step's ranking against the dense one", 400)
+
+
+def attention_figure(patterns, layer: int, unit: int, gqa: str, group_size: int, head_unit: str = "query head",
+                     step_patterns=None, step: int | None = None):
+    """One head's attention pattern (query token x key token) in the dense model, and beside it at ``step`` when
+    the step's model still has the head."""
+    labels = [f"{i}·{t.replace(chr(10), '⏎')}" for i, t in enumerate(patterns.tokens)]
+    panels = [("dense model", patterns)]
+    if step_patterns is not None and step_patterns.has(layer, unit, gqa, group_size):
+        panels.append((f"step {step}", step_patterns))
+    data, layout = [], {}
+    gap = 0.08
+    width = (1.0 - gap * (len(panels) - 1)) / len(panels)
+    for i, (name, pats) in enumerate(panels):
+        suffix = "" if i == 0 else str(i + 1)
+        data.append(dict(type="heatmap", z=pats.head(layer, unit, gqa, group_size), x=labels, y=labels,
+                         xaxis="x" + suffix, yaxis="y" + suffix, zmin=0, zmax=1, colorscale="Cividis",
+                         showscale=i == 0, colorbar=dict(title=dict(text="weight"), thickness=14),
+                         hovertemplate=f"{name}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>"))
+        left = i * (width + gap)
+        layout["xaxis" + suffix] = dict(_axis(f"key token ({name})"), domain=[left, left + width], tickangle=-60,
+                                        anchor="y" + suffix, tickfont=dict(size=9))
+        layout["yaxis" + suffix] = dict(_axis("query token" if i == 0 else ""), autorange="reversed",
+                                        anchor="x" + suffix, tickfont=dict(size=9), showticklabels=i == 0)
+    what = f"{head_unit} {unit}" + (" (mean of its query heads)" if gqa != "query" else "")
+    gone = "" if len(panels) > 1 or step_patterns is None else f"; removed by step {step}"
+    return _figure(data, layout, f"What layer {layer} · {what} attends to{gone}", 560)
