@@ -236,6 +236,8 @@ def test_evaluate_dense_and_pruned_is_remembered_and_drawn(runs, data_dir):
     rows = load_evaluations(Trajectory.load(runs["iterative"]))
     assert sorted(r["step"] for r in rows) == [0, 3]
     assert all(r["details"]["windows"] == 2 and r["details"]["seq_len"] == 128 for r in rows)
+    stored = {r["step"]: r["value"] for r in rows}  # what is shown is what was stored, to the digits shown
+    assert (dense, pruned) == (f"{stored[0]:.3f}", f"{stored[3]:.3f}")
 
     # the evaluations appear on the Explore curve, at their sparsities
     at.switch_page("pages/2_Explore.py").run()

@@ -82,6 +82,18 @@ def test_float32_model_keeps_summing_in_grad(tiny_llama, data_dir):
     loaded = load_model(str(tiny_llama), dtype="float32")
     objective = objective_spec("perplexity").build(loaded, config)
     space = StructureSpace(loaded.geometry, "query")
-    plain = score_structures(loaded.model, loaded.adapter, space, full_layout(space), objective, SCORED)
+    weight = loaded.model.model.layers[SCORED[0]].mlp.down_proj.weight
+    carried = []  # before each micro-batch: does the weight still hold the earlier ones' gradient in .grad?
+    loss = objective.loss
+
+    def watched_loss(model, batch):
+        carried.append(weight.grad is not None)
+        return loss(model, batch)
+
+    objective.loss = watched_loss
+    by_default = score_structures(loaded.model, loaded.adapter, space, full_layout(space), objective, SCORED)
+    assert carried == [False, True, True], "float32, by default: the micro-batches sum in .grad"
+    carried.clear()
     wide = score_structures(loaded.model, loaded.adapter, space, full_layout(space), objective, SCORED, wide_sums=True)
-    np.testing.assert_allclose(wide.raw, plain.raw, rtol=1e-6, equal_nan=True)
+    assert carried == [False, False, False]  # the wide path moves each gradient out of .grad at once
+    np.testing.assert_allclose(wide.raw, by_default.raw, rtol=1e-6, equal_nan=True)
