@@ -239,12 +239,13 @@ def test_tampered_elastic_folders_are_refused(cases, tmp_path):
     (d / "config.json").write_text(json.dumps(config))
     refused(d, "config.json does not match", step=1)
 
-    d = shutil.copytree(c.elastic, tmp_path / "code")  # other code, with a manifest that vouches for it
-    (d / "modeling_gisp_elastic.py").write_text("raise SystemExit('not ours')\n")
-    m = _manifest(d)
-    m["files"]["modeling_gisp_elastic.py"] = hashlib.sha256((d / "modeling_gisp_elastic.py").read_bytes()).hexdigest()
-    (d / MANIFEST).write_text(json.dumps(m))
-    refused(d, "not the modeling code")
+    for code in ("modeling_gisp_elastic.py", "configuration_gisp.py"):  # other code, vouched for by the manifest
+        d = shutil.copytree(c.elastic, tmp_path / f"code-{code}")
+        (d / code).write_text("raise SystemExit('not ours')\n")
+        m = _manifest(d)
+        m["files"][code] = hashlib.sha256((d / code).read_bytes()).hexdigest()
+        (d / MANIFEST).write_text(json.dumps(m))
+        refused(d, f"{code} is not the modeling code", step=1)
 
     d = shutil.copytree(c.elastic, tmp_path / "count-elastic")
     m = _manifest(d)

@@ -329,12 +329,13 @@ def test_tampered_or_mismatched_folders_are_refused(exported, tmp_path):
     (d / "helper.py").write_text("import os\n")
     refused(d, "did not write: helper.py")
 
-    d = _copy(e.per_layer, tmp_path / "code")  # other code, with a manifest that vouches for it
-    (d / "modeling_gisp.py").write_text("raise SystemExit('not ours')\n")
-    m = _manifest(d)
-    m["files"]["modeling_gisp.py"] = hashlib.sha256((d / "modeling_gisp.py").read_bytes()).hexdigest()
-    (d / MANIFEST).write_text(json.dumps(m))
-    refused(d, "not the modeling code")
+    for code in ("modeling_gisp.py", "configuration_gisp.py"):  # other code, with a manifest that vouches for it
+        d = _copy(e.per_layer, tmp_path / f"code-{code}")
+        (d / code).write_text("raise SystemExit('not ours')\n")
+        m = _manifest(d)
+        m["files"][code] = hashlib.sha256((d / code).read_bytes()).hexdigest()
+        (d / MANIFEST).write_text(json.dumps(m))
+        refused(d, f"{code} is not the modeling code")
 
     d = _copy(e.per_layer, tmp_path / "mixed")  # the manifest of another export
     shutil.copy(other.per_layer / MANIFEST, d / MANIFEST)
