@@ -9,6 +9,7 @@ line* of step ``t`` is the highest score it removed. No torch is imported except
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -320,11 +321,15 @@ def attention_tokens(loaded, text: str) -> "torch.Tensor":  # noqa: F821
 
 
 def attention_patterns(loaded, text: str, trajectory: Trajectory | None = None, step: int = 0) -> AttentionPatterns:
-    """Attention weights of every head for ``text``: one forward with eager attention (the dense model, or with
-    ``trajectory`` and ``step > 0`` the step's subnetwork, removed heads masked so heads keep their numbers).
+    """Attention weights of every head for ``text``: one forward with eager attention, of the dense model or, with
+    ``trajectory`` and ``step > 0``, of the step's subnetwork (heads keep their numbers).
 
-    ``loaded`` is not changed (a masked copy is made for a step). With grouped-query attention the weights are
-    per query head (each its KV head's keys); a KV-group unit is the mean of its query heads (``head``).
+    The subnetwork is the dense model with the inputs of ``o_proj`` from removed query heads and of ``down_proj``
+    from removed channels zeroed by hooks: what the residual stream receives is the pruned model's, with no copy of
+    the weights. The hooks act only in the calling thread, so another session using the same cached model is not
+    affected (FLAP's bias compensation changes weights: a FLAP step is built as a masked copy instead). With
+    grouped-query attention the weights are per query head (each with its KV head's keys); a KV-group unit is the
+    mean of its query heads (``head``).
     """
     import copy
     import dataclasses
@@ -332,23 +337,31 @@ def attention_patterns(loaded, text: str, trajectory: Trajectory | None = None, 
     import torch
 
     ids = attention_tokens(loaded, text)
-    kept = None
-    model = loaded.model
+    model, kept, hooks = loaded.model, None, []
     if trajectory is not None and step > 0:
-        from .subnetwork import apply_step
+        from .subnetwork import apply_step, check_compatible, compensates
 
+        check_compatible(loaded, trajectory)
         trajectory.check_step(step)
-        masked = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-        apply_step(masked, trajectory, step, physical=False)
-        model = masked.model
-        q_keep, _ = trajectory.space.head_and_kv_keep(trajectory.keep_mask(step))
+        keep = trajectory.keep_mask(step)
+        q_keep, _ = trajectory.space.head_and_kv_keep(keep)
         kept = [tuple(int(h) for h in np.flatnonzero(row)) for row in q_keep]
+        if compensates(trajectory):
+            masked = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+            apply_step(masked, trajectory, step, physical=False)
+            model = masked.model
+        else:
+            hooks = _input_masks(loaded, trajectory, keep)
     previous = getattr(model.config, "_attn_implementation", None)
     model.set_attn_implementation("eager")
+    _MASKING.active = bool(hooks)
     try:
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, use_cache=False)
     finally:
+        _MASKING.active = False
+        for hook in hooks:
+            hook.remove()
         if previous and previous != "eager":
             model.set_attn_implementation(previous)
     if not out.attentions or any(a is None for a in out.attentions):
@@ -356,3 +369,30 @@ def attention_patterns(loaded, text: str, trajectory: Trajectory | None = None, 
     weights = torch.stack([a[0].float() for a in out.attentions]).cpu().numpy()
     tokens = [loaded.tokenizer.decode([i]) for i in ids[0].tolist()]
     return AttentionPatterns(tokens=tokens, weights=weights, kept_heads=kept)
+
+
+_MASKING = threading.local()  # set while this thread's forward runs a step's subnetwork
+
+
+def _input_masks(loaded, trajectory: Trajectory, keep: np.ndarray) -> list:
+    """Pre-hooks on every layer's ``o_proj`` and ``down_proj`` zeroing the inputs of removed heads and channels."""
+    import torch
+
+    g, space = trajectory.geometry, trajectory.space
+    q_keep, _ = space.head_and_kv_keep(keep)
+    _, ch_keep = space.as_grid(np.asarray(keep, bool))
+    hooks = []
+
+    def zeroing(mask: torch.Tensor):
+        def hook(module, args):
+            if not getattr(_MASKING, "active", False):
+                return None
+            return (args[0] * mask.to(args[0].dtype),) + tuple(args[1:])
+        return hook
+
+    for i, layer in enumerate(loaded.adapter.layers(loaded.model)):
+        heads = torch.as_tensor(np.repeat(q_keep[i], g.head_dim), dtype=torch.float32, device=loaded.device)
+        channels = torch.as_tensor(ch_keep[i], dtype=torch.float32, device=loaded.device)
+        hooks.append(loaded.adapter.attention(layer).o.register_forward_pre_hook(zeroing(heads)))
+        hooks.append(loaded.adapter.mlp(layer).down.register_forward_pre_hook(zeroing(channels)))
+    return hooks

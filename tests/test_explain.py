@@ -187,6 +187,22 @@ def test_attention_patterns_dense_and_at_a_step(models, runs, family, data_dir):
             assert at.kept_heads[layer] == tuple(np.flatnonzero(q_keep[layer]))
         # protected layer 0 is the same model in both: the same pattern
         np.testing.assert_allclose(at.weights[0], dense.weights[0], atol=1e-6)
+        # the hooks give the masked model's patterns for every head the step keeps
+        import copy
+        import dataclasses
+
+        from gisp_engine.subnetwork import apply_step
+
+        masked = dataclasses.replace(model, model=copy.deepcopy(model.model))
+        apply_step(masked, traj, step, physical=False)
+        reference = explain.attention_patterns(masked, "one two three four five six")
+        for layer in range(g.num_layers):
+            heads = list(at.kept_heads[layer])
+            np.testing.assert_allclose(at.weights[layer, heads], reference.weights[layer, heads], atol=1e-5)
+        assert not np.allclose(at.weights[-1], dense.weights[-1], atol=1e-4)  # the pruned layers below changed it
+        # and the caller's model computes the dense patterns again afterwards (the hooks are gone)
+        np.testing.assert_allclose(explain.attention_patterns(model, "one two three four five six").weights,
+                                   dense.weights, atol=1e-6)
 
 
 def test_attention_refuses_empty_and_long_texts(models):
