@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import figures
+from gisp_engine import explain, figures
 from gisp_engine.sweep import sweep_table
 
 ui.page_setup("How GISP works")
@@ -114,6 +114,42 @@ if iterative and oneshot:
         st.info("Sweep the two example trajectories on the Choose page to see their curves here.")
 else:
     st.info(MISSING)
+
+st.markdown(
+    """
+**How stale does a one-shot ranking get?** Every step of an iterative trajectory keeps the scores it ranked, so the
+ranking each step used can be set beside the dense model's: Spearman's correlation over the structures still there
+(does the step still order them as the dense model did?), and the Jaccard index of what the trajectory removed so
+far with what the dense ranking alone would have removed at the same count (the one-shot choice).
+"""
+)
+
+
+@st.cache_data(show_spinner=False)
+def _stability(path: str, stamp: int):
+    result = explain.rank_stability(ui.load_trajectory(path))
+    return result, figures.rank_stability_figure(result, ui.view_for(path).param_sparsity)
+
+
+with_scores = {name: p for name, p in examples.items()
+               if ui.load_trajectory(p).scores is not None and not explain.fixed_ranking_reason(ui.load_trajectory(p))}
+if with_scores:
+    names = sorted(with_scores, key=lambda n: (n != "smollm2-135m-ppl-iterative", n))
+    name = st.radio("Example", names, horizontal=True, key="learn_stability_example") if len(names) > 1 else names[0]
+    result, figure = _stability(with_scores[name], ui.stamp(with_scores[name]))
+    st.plotly_chart(_titled(figure, name), key="learn_stability")
+    mid, last = len(result.steps) // 2, len(result.steps) - 1
+    st.caption(
+        f"{name}: by step {result.steps[mid]} the scores' rank correlation with the dense ones is "
+        f"{result.spearman[mid]:.2f}, and of the {result.removed[mid]:,} structures removed by then "
+        f"{result.jaccard[mid]:.0%} (Jaccard) are the ones the dense ranking would have removed; at the last step "
+        f"{result.spearman[last]:.2f} and {result.jaccard[last]:.0%}. What a one-shot method removes is decided by a "
+        "ranking that the pruning itself makes stale; GISP ranks again on the model as it is. A fixed ranking "
+        "(one-shot, Wanda-sp) is 1.0 at every step by construction, so it is not drawn."
+    )
+else:
+    st.info("No example here keeps every step's scores: regenerate one with scores (the default now) to see how "
+            "far each step's ranking drifts from the dense one.")
 
 st.header("4. Nested subnetworks: prune once, deploy many")
 st.markdown(

@@ -70,3 +70,18 @@ def test_a_bad_structure_a_fixed_ranking_and_no_scores_are_said(runs):
     at = open_page("pages/2_Explore.py", select=runs["bare"])
     no_errors(at)
     assert any("without every step's scores" in i.value for i in at.info)
+
+
+def test_learn_shows_how_stale_the_dense_ranking_gets_on_an_example():
+    from test_app import ROOT
+
+    at = open_page("pages/7_Learn.py")
+    no_errors(at)
+    # the SmolLM2 iterative example first, when it has its scores; the Gemma example has had them from the start
+    name = next(n for n in ("smollm2-135m-ppl-iterative", "gemma3-270m-ppl-iterative")
+                if any(c.value.startswith(f"{n}: by step") for c in at.caption))
+    fig = chart(at, f"{name} · How stale")
+    expected = explain.rank_stability(Trajectory.load(ROOT / "cache" / "examples" / name))
+    np.testing.assert_allclose(decode(fig["data"][0]["y"]).astype(float), expected.spearman, rtol=1e-9)
+    np.testing.assert_allclose(decode(fig["data"][1]["y"]).astype(float), expected.jaccard, rtol=1e-9)
+    assert expected.jaccard[-1] < 0.95  # re-scoring changed what was removed
