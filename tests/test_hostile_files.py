@@ -11,20 +11,18 @@ from hypothesis import strategies as st
 
 from gisp_engine import GispError, PruneConfig, Trajectory, prune
 from gisp_engine.data import load_documents, read_jsonl, resolve_text_source
+from tiny import cache_dir
 
-CASES = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+# the same examples on every run, so that a failure reproduces; its blob is printed to replay it
+CASES = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                 print_blob=True)
 
 
 @pytest.fixture(scope="module")
 def saved_trajectory(tiny_models, data_dir, tmp_path_factory) -> Path:
-    import os
-
-    os.environ["GISP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with cache_dir(tmp_path_factory.mktemp("cache")):  # restores an outer value, as del would not
         traj = prune(PruneConfig(model=str(tiny_models[("llama", True)]), num_samples=2, seq_len=16, steps=3,
                                  max_sparsity=0.4, protect_first=1, save_scores=True)).trajectory
-    finally:
-        del os.environ["GISP_CACHE_DIR"]
     return traj.save(tmp_path_factory.mktemp("traj") / "t")
 
 
