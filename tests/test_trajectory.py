@@ -10,6 +10,7 @@ from gisp_engine import PruneConfig, Trajectory, apply_step, load_model, prune, 
 from gisp_engine.config import target_ratios
 from gisp_engine.surgery import NullAttention, linear_weight_count
 from needs import require
+from tiny import cache_dir
 
 
 def _config(folder, **kw) -> PruneConfig:
@@ -21,13 +22,8 @@ def _config(folder, **kw) -> PruneConfig:
 
 @pytest.fixture(scope="module")
 def llama_run(tiny_models, data_dir, tmp_path_factory):
-    import os
-
-    os.environ["GISP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with cache_dir(tmp_path_factory.mktemp("cache")):  # restores an outer value, as del would not
         return prune(_config(tiny_models[("llama", True)], save_scores=True)).trajectory
-    finally:
-        del os.environ["GISP_CACHE_DIR"]
 
 
 def test_masks_are_nested_and_follow_the_schedule(llama_run):
