@@ -164,3 +164,28 @@ def test_cli_and_run_page_pass_the_sampler(tiny_llama, monkeypatch):
     next(s for s in at.selectbox if s.label == "Calibration sampling").set_value("window")
     at.button[0].click().run()
     assert any("asked for sampling window" in e.value for e in at.error)
+
+
+def test_windows_are_the_reference_loaders_own_draws(tok, tmp_path):
+    """The reference loaders' calibration (SparseGPT/Wanda get_c4, as the GISP code uses it), written out here:
+    a seeded Random redraws a document until it is longer than seq_len, then draws the window's start."""
+    import random
+
+    docs = [d for pair in zip(_long_docs(60), ["short one"] * 60) for d in pair]  # every other one too short
+    seq_len, num_samples, seed = 16, 5, 11
+    expected = []
+    rng = random.Random(seed)
+    for _ in range(num_samples):
+        while True:
+            i = rng.randint(0, len(docs) - 1)
+            trainenc = tok(docs[i], return_tensors="pt")
+            if trainenc.input_ids.shape[1] > seq_len:
+                break
+        i = rng.randint(0, trainenc.input_ids.shape[1] - seq_len - 1)
+        j = i + seq_len
+        expected.append(trainenc.input_ids[:, i:j])
+
+    got = build_calibration(tok, _source(_write_docs(tmp_path / "ref.jsonl", docs)), num_samples, seq_len, seed=seed,
+                            sampling="window")
+    assert got.describe()["mode"] == "documents"
+    assert torch.equal(got.input_ids, torch.cat(expected))
