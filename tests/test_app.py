@@ -170,22 +170,23 @@ def test_explore_redraws_its_charts_in_place(runs):
     at.select_slider[0].set_value(4).run()
     after = charts()
     no_errors(at)
-    assert len(before) == 4 and before.keys() == after.keys()  # the same charts
+    # the four slider-driven charts, and the history, step-score and rank-stability charts of "Why was it removed?"
+    assert len(before) == 7 and before.keys() == after.keys()  # the same charts
     assert before != after  # with the new step's figures
     assert not at.get("plotly_chart")
 
 
 def test_explore_plain_charts_setting_uses_streamlits_own(runs, monkeypatch):
-    """GISP_PLAIN_CHARTS=1: the same four figures through st.plotly_chart (no component frame)."""
+    """GISP_PLAIN_CHARTS=1: the same seven figures through st.plotly_chart (no component frame)."""
     monkeypatch.setenv("GISP_PLAIN_CHARTS", "1")
     at = open_page("pages/2_Explore.py", select=runs["iterative"])
     at.select_slider[0].set_value(4).run()
     no_errors(at)
-    assert len(at.get("plotly_chart")) == 4 and not at.get("component_instance")
+    assert len(at.get("plotly_chart")) == 7 and not at.get("component_instance")
     plain = decode(chart(at, "Attention heads")["data"][0]["z"])
     monkeypatch.delenv("GISP_PLAIN_CHARTS")
     at.run()  # the same step through the component: the same heatmap
-    assert not at.get("plotly_chart") and len(at.get("component_instance")) == 4
+    assert not at.get("plotly_chart") and len(at.get("component_instance")) == 7
     np.testing.assert_array_equal(decode(chart(at, "Attention heads")["data"][0]["z"]), plain)
     assert (plain > 0).any()  # step 4 has removed heads
 
