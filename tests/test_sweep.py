@@ -83,8 +83,11 @@ def test_sweep_equals_gisp_eval_step_by_step(tiny_trajectory, tiny_llama, capsys
                                 "--limit", "3", "--no-cache"])
         assert row["wikitext2"] == pytest.approx(ppl["perplexity"], rel=1e-5)
         assert row["arc_easy"] == pytest.approx(acc["tasks"]["arc_easy"]["acc"], abs=1e-9)
-    # perplexity grows as the model is pruned (a random tiny model: at least the last against dense)
-    assert swept["rows"][-1]["wikitext2"] != swept["rows"][0]["wikitext2"]
+    # every step is a different model (a sweep that stopped slicing would repeat one value). Not "grows": a
+    # random tiny model is worse than uniform (~1300 against 320 tokens), and pruning it lowers perplexity;
+    # growth is asserted on the embedded model (test_real_sweep_killed_with_sigkill_resumes)
+    ppl = [row["wikitext2"] for row in swept["rows"]]
+    assert len(set(ppl)) == len(ppl) and ppl[0] > 320
 
     again = run_json(capsys, ["sweep", "--trajectory", path, "--task", "wikitext2,arc_easy", "--limit", "3"])
     assert again["computed"] == 0 and again["remembered"] == 10
@@ -317,32 +320,71 @@ def test_compare_in_words(tiny_trajectory):
 
 
 # ---- the embedded model: killed for real, resumed, cost ratios -------------------------------------
+# `gisp sweep` whose stored points are watched: each is written down (events/stored-<step>), and with a hold
+# count the process stops right after storing that many points, until it is killed (no timing in the test)
+WATCHED_SWEEP = r"""
+import os, sys, time
+from pathlib import Path
+events, hold, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+from gisp_engine import checks
+from gisp_engine.cli import main
+
+remember = checks.remember_evaluation
+
+def watched(trajectory, row):
+    remember(trajectory, row)
+    (events / f".stored-{row['step']}").write_text("")
+    os.replace(events / f".stored-{row['step']}", events / f"stored-{row['step']}")
+    while len(list(events.glob("stored-*"))) == hold:
+        time.sleep(1)
+
+checks.remember_evaluation = watched
+sys.exit(main(argv))
+"""
+
+
+def _watched_sweep(events: Path, hold: int, argv: list[str]) -> list[str]:
+    events.mkdir(exist_ok=True)
+    return [sys.executable, "-c", WATCHED_SWEEP, str(events), str(hold), *argv]
+
+
+def _stored_steps(events: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("stored-")) for p in events.glob("stored-*"))
+
+
 @pytest.mark.real_model
-def test_real_sweep_killed_with_sigkill_resumes(embedded_model_dir, data_dir, isolated_cache):
+def test_real_sweep_killed_with_sigkill_resumes(embedded_model_dir, data_dir, isolated_cache, tmp_path):
+    """A real kill -9 held after two points; the rerun remembers those two and computes only the other four."""
     example = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
     traj = Trajectory.load(example)
     evals = checks.evals_path(traj)
-    cmd = [sys.executable, "-m", "gisp_engine", "sweep", "--trajectory", str(example), "--limit", "6",
-           "--steps", "0,2,4,6,8,10", "--quiet", "--dtype", "float32", "--device", "cpu"]
+    argv = ["sweep", "--trajectory", str(example), "--limit", "6", "--steps", "0,2,4,6,8,10", "--dtype", "float32",
+            "--device", "cpu"]
     env = dict(os.environ, GISP_CACHE_DIR=str(isolated_cache))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:  # the store itself (the example also ships results of other settings in its folder)
-            if len(json.loads(evals.read_text())["results"]) >= 2:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = {r["step"] for r in json.loads(evals.read_text())["results"]}
-    assert 2 <= len(done_before) < 6, "the sweep finished before it could be killed"
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_watched_sweep(killed, 2, argv + ["--quiet"]), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_stored_steps(killed)) < 2:  # the hook holds the sweep there: no race with the kill
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "two points were never stored"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    # the store itself (the example also ships results of other settings in its folder) holds the two points
+    assert sorted(r["step"] for r in json.loads(evals.read_text())["results"]) == [0, 2] == _stored_steps(killed)
 
-    out = subprocess.run(cmd[:-5] + ["--json", "--dtype", "float32", "--device", "cpu"], env=env,
-                         capture_output=True, text=True, check=True)
+    resumed = tmp_path / "resumed"
+    out = subprocess.run(_watched_sweep(resumed, -1, argv + ["--json", "--quiet"]), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["remembered"] == len(done_before) and report["computed"] == 6 - len(done_before)
+    assert report["remembered"] == 2 and report["computed"] == 4
+    assert _stored_steps(resumed) == [4, 6, 8, 10], "only the points not stored before are computed"
     ppl = [r["wikitext2"] for r in report["rows"]]
+    assert [r["step"] for r in report["rows"]] == [0, 2, 4, 6, 8, 10]
     assert 10 < ppl[0] < 80 and ppl[-1] > 2 * ppl[0]  # dense SmolLM2-135M; much worse at 53% sparsity
     assert not math.isnan(sum(ppl))
