@@ -18,8 +18,8 @@ from .errors import GispError
 from .structures import KINDS
 from .trajectory import Trajectory
 
-NO_SCORES = ("this trajectory was saved without every step's scores: run it again with scores kept (the default "
-             "since scores are stored as float16; `gisp prune ... --save-scores --no-cache`)")
+NO_SCORES = ("this trajectory was saved without every step's scores (made with --no-save-scores, or before scores "
+             "were kept by default): run it again with the same settings, `gisp prune ... --save-scores --no-cache`")
 
 
 def _scores(traj: Trajectory) -> np.ndarray:
