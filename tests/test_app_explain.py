@@ -19,7 +19,7 @@ def tiny_runs(tiny_llama, data_dir, tmp_path_factory):
         base = dict(model=str(tiny_llama), num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
         return {"iterative": prune(PruneConfig(steps=4, max_sparsity=0.5, **base)).path,
                 "oneshot": prune(PruneConfig(steps=1, max_sparsity=0.5, **base)).path,
-                "bare": prune(PruneConfig(steps=2, max_sparsity=0.3, save_scores=False, **base)).path}
+                "bare": prune(PruneConfig(steps=1, max_sparsity=0.3, save_scores=False, **base)).path}
 
 
 @pytest.fixture

@@ -34,10 +34,10 @@ def runs(models, data_dir, tmp_path_factory) -> dict[str, Trajectory]:
     with cache_dir(tmp_path_factory.mktemp("explain-cache")):
         llama = str(models["llama"])
         return {
-            "iterative": prune(PruneConfig(model=llama, steps=5, max_sparsity=0.5, **BASE)).trajectory,
+            "iterative": prune(PruneConfig(model=llama, steps=4, max_sparsity=0.5, **BASE)).trajectory,
             "oneshot": prune(PruneConfig(model=llama, steps=1, max_sparsity=0.5, **BASE)).trajectory,
-            "fixed": prune(PruneConfig(model=llama, method="gisp-oneshot", steps=3, max_sparsity=0.5, **BASE)).trajectory,
-            "bare": prune(PruneConfig(model=llama, steps=2, max_sparsity=0.3, save_scores=False, **BASE)).trajectory,
+            "fixed": prune(PruneConfig(model=llama, method="gisp-oneshot", steps=2, max_sparsity=0.5, **BASE)).trajectory,
+            "bare": prune(PruneConfig(model=llama, steps=1, max_sparsity=0.3, save_scores=False, **BASE)).trajectory,
         }
 
 
