@@ -396,18 +396,18 @@ def test_export_page_writes_a_gguf_and_shows_how_to_run_it(tiny_models, data_dir
     at = open_page("pages/5_Export.py", select=str(run.path))
     at.radio(key="export_format").set_value("GGUF for llama.cpp and Ollama").run()
     at.select_slider[0].set_value(2).run()
-    out = tmp_path / "gguf"
-    at.text_input[0].set_value(str(out))
+    assert not at.text_input  # the export goes into the cache's exports/; a browser names no folder
     at.selectbox(key="export_outtype").set_value("q8_0")
     at.button[0].click().run()
     no_errors(at)
+    summary = at.session_state["export_last"]
+    out = Path(summary["path"])
+    assert out.parent == settings.cache_dir() / "exports"
     manifest = verify_export(out)
     assert manifest["kind"] == "gguf" and manifest["gguf"]["outtype"] == "q8_0" and manifest["trajectory"]["step"] == 2
+    gguf_file = manifest["gguf"]["file"]
+    assert Path(summary["download"]) == out / gguf_file  # the download is the .gguf itself
     code = " ".join(c.value for c in at.code)
-    assert f"llama-cli -m {out / manifest['gguf']['file']}" in code and f"-f {out}/Modelfile" in code
-    taken = tmp_path / "taken"
-    taken.mkdir()
-    (taken / "notes.txt").write_text("mine")
-    at.text_input[0].set_value(str(taken))
-    at.button[0].click().run()
-    assert not at.exception and any("not a GISP export" in e.value for e in at.error)
+    assert f"llama-cli -m {gguf_file}" in code and "ollama create gisp-step2 -f Modelfile" in code
+    with llamacpp.GGUFModel(out / gguf_file, n_ctx=32) as opened:  # llama.cpp opens what the page wrote
+        assert opened.n_vocab == manifest["gguf"].get("vocab_size", opened.n_vocab) > 0
