@@ -383,7 +383,7 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> d
     ``curve``, ``customdata``, ``at``: when, so that a second click on it is new); None before any click.
     ``GISP_PLAIN_CHARTS=1``: Streamlit's own ``st.plotly_chart`` instead (its theme and toolbar; a browser that
     refuses the component's frame still draws the charts; benchmarks/bench_ui.py --plain-charts compares the two);
-    a click there is Streamlit's point selection.
+    there nothing is clickable (Streamlit's point selection ignores heatmap cells), and this returns None.
     """
     global _CHART_COMPONENT
     import os
@@ -392,17 +392,9 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> d
     import streamlit.components.v1 as components
 
     if os.environ.get("GISP_PLAIN_CHARTS", "").strip().lower() in {"1", "true", "yes", "on"}:
-        if not clickable:
-            (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
-            return None
-        event = (container or st).plotly_chart(figure, key=key, config={"displaylogo": False}, on_select="rerun",
-                                               selection_mode="points")
-        points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
-        if not points:
-            return None
-        p = points[0]
-        return {"x": p.get("x"), "y": p.get("y"), "curve": p.get("curve_number"), "customdata": p.get("customdata"),
-                "at": repr(points)}
+        # no clicks here: Streamlit's point selection never fires on a heatmap cell (tried in Chromium)
+        (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
+        return None
     folder = _chart_folder()
     if _CHART_COMPONENT is None or Path(_CHART_COMPONENT.path or "") != folder:
         _CHART_COMPONENT = components.declare_component("gisp_plotly_chart", path=str(folder))
