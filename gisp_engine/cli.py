@@ -90,12 +90,14 @@ def _dry_run(args, config) -> None:
 
 def cmd_info(args) -> None:
     traj = _load_trajectory(args.trajectory)
-    if args.structure is not None or args.rank_stability:
+    questions = [q for q in (args.structure, args.rank_stability or None, args.scores_at) if q is not None]
+    if questions:
         from . import explain
 
-        if args.structure is not None and args.rank_stability:
-            raise GispError("--structure and --rank-stability are two questions: ask one at a time")
+        if len(questions) > 1:
+            raise GispError("--structure, --rank-stability and --scores-at are separate questions: ask one at a time")
         result = (explain.structure_history(traj, args.structure) if args.structure is not None
+                  else explain.step_scores(traj, args.scores_at) if args.scores_at is not None
                   else explain.rank_stability(traj))
         _emit(args, result.to_dict(), result.text())
         return
@@ -452,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-stability", action="store_true",
                    help="per step: Spearman's correlation of its scores with the dense ones, and the Jaccard index of "
                         "what was removed with what the dense ranking alone would have removed")
+    p.add_argument("--scores-at", type=int, default=None, metavar="STEP",
+                   help="the scores step STEP (1..T) ranked: per layer and kind, count, removed, quartiles, the cut line")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 

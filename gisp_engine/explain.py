@@ -161,6 +161,30 @@ class StepScores:
                 "min": np.array(lo), "max": np.array(hi), "count": np.array(count, int), "removed": np.array(below, int)}
 
 
+    def to_dict(self) -> dict:
+        kinds = {}
+        for kind, name in enumerate(KINDS):
+            stats = self.per_layer(kind)
+            kinds[name] = [{"layer": int(stats["layer"][i]), "count": int(stats["count"][i]),
+                            "removed": int(stats["removed"][i]),
+                            **{k: float(stats[k][i]) for k in ("min", "q1", "median", "q3", "max")}}
+                           for i in range(len(stats["layer"]))]
+        return {"step": self.step, "scored": int(len(self.score)), "removed": int(self.removed_here.sum()),
+                "cut_line": None if np.isnan(self.cut) else self.cut, "per_layer": kinds}
+
+    def text(self) -> str:
+        payload = self.to_dict()
+        cut = "-" if payload["cut_line"] is None else f"{payload['cut_line']:.4g}"
+        lines = [f"step {self.step} ranked {payload['scored']} structures and removed the lowest {payload['removed']} "
+                 f"(cut line {cut})",
+                 f"{'layer':>5}  {'kind':<7}  {'count':>6}  {'removed':>7}  {'min':>9}  {'median':>9}  {'max':>9}"]
+        for name, rows in payload["per_layer"].items():
+            for r in rows:
+                lines.append(f"{r['layer']:>5}  {name:<7}  {r['count']:>6}  {r['removed']:>7}  {r['min']:9.3g}  "
+                             f"{r['median']:9.3g}  {r['max']:9.3g}")
+        return "\n".join(lines)
+
+
 def step_scores(traj: Trajectory, step: int) -> StepScores:
     """The scores step ``step`` (1..T) ranked, measured on the model after ``step - 1`` steps."""
     scores = _scores(traj)

@@ -148,10 +148,16 @@ def test_cli_info_structure_and_rank_stability(runs, capsys):
     assert main(["info", str(traj.path), "--rank-stability", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert [r["step"] for r in payload["steps"]] == list(range(1, traj.num_steps + 1))
+    assert main(["info", str(traj.path), "--scores-at", "2", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    step2 = explain.step_scores(loaded(traj), 2)
+    assert payload["removed"] == int((traj.removal_step == 2).sum()) and payload["cut_line"] == pytest.approx(step2.cut)
+    assert sum(r["count"] for rows in payload["per_layer"].values() for r in rows) == len(step2.score)
     assert main(["info", str(runs["oneshot"].path), "--rank-stability"]) == 0
     assert "by construction" in capsys.readouterr().out
     for argv, words in (([str(runs["bare"].path), "--rank-stability"], "without every step's scores"),
-                        ([str(traj.path), "--structure", "1:head:99"], "outside")):
+                        ([str(traj.path), "--structure", "1:head:99"], "outside"),
+                        ([str(traj.path), "--scores-at", "0"], "scores exist for the pruning steps")):
         assert main(["info", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0]
