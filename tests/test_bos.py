@@ -17,7 +17,9 @@ from gisp_engine.cli import main
 from gisp_engine.data import build_calibration, rebuild_calibration, resolve_bos, resolve_text_source, wikitext2_test_text
 from gisp_engine.errors import GispError
 from gisp_engine.evaluate import wikitext2_perplexity
+from gisp_engine.importance import objective_value
 from gisp_engine.models import load_model
+from gisp_engine.objectives import objective_spec
 from gisp_engine.pruner import plan, prune
 from test_app import runs, tiny_runs  # noqa: F401 - the explorer's tiny trajectories (fixtures)
 
@@ -61,6 +63,32 @@ def test_wikitext2_perplexity_equals_transformers_loss_under_every_policy(tiny_m
     each = wikitext2_perplexity(loaded.model, loaded.tokenizer, SEQ, WINDOWS, bos="each").perplexity
     stream = wikitext2_perplexity(loaded.model, loaded.tokenizer, SEQ, WINDOWS, bos="stream").perplexity
     assert each != pytest.approx(stream, rel=1e-4)  # the policy changes what is measured
+
+
+def _objective_by_hand(loaded, bos: str, num_samples: int, seq_len: int) -> tuple[float, float, str]:
+    """The perplexity objective's loss on its calibration windows, and transformers' own mean loss on them."""
+    config = PruneConfig(model=str(loaded.folder), num_samples=num_samples, seq_len=seq_len, batch_size=2,
+                         dtype="float32", bos=bos)
+    objective = objective_spec("perplexity").build(loaded, config)
+    value = objective_value(loaded.model, objective)
+    rows = objective.calibration.input_ids
+    with torch.no_grad():
+        losses = [float(loaded.model(row[None], labels=row[None]).loss) for row in rows]
+    resolved = objective.describe()["calibration"]["bos"]
+    starts_with_bos = bool((rows[:, 0] == loaded.tokenizer.bos_token_id).all())
+    assert starts_with_bos == (resolved == "each"), (bos, resolved)
+    return value, sum(losses) / len(losses), resolved
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_perplexity_objective_equals_transformers_loss_under_every_policy(tiny_models, data_dir, family):
+    loaded = load_model(str(tiny_models[(family, True)]), "cpu", "float32")
+    auto = "each" if family == "gemma3" else "stream"
+    for bos in ("each", "stream", "auto"):
+        value, by_hand, resolved = _objective_by_hand(loaded, bos, 4, SEQ)
+        assert resolved == (auto if bos == "auto" else bos)
+        assert value == pytest.approx(by_hand, rel=1e-5), bos
+        assert math.exp(value) == pytest.approx(math.exp(by_hand), rel=1e-4)
 
 
 def test_calibration_windows_start_with_bos_and_rebuild(tiny_llama, data_dir):
@@ -134,13 +162,17 @@ def test_embedded_models_against_transformers_loss(embedded_model_dir, embedded_
     """SmolLM2 (auto: stream) and Gemma 3 270M (auto: each): the engine's number is transformers' own."""
     for name, auto in (("smollm2-135m", "stream"), ("gemma3-270m", "each")):
         loaded = load_model(name, "cpu", "float32")
+        measured = {}
         for bos in ("stream", "each"):
-            result = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2, bos=bos)
-            assert result.perplexity == pytest.approx(_by_hand(loaded.model, loaded.tokenizer, bos, 128, 2), rel=1e-4)
-        assert wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2).bos == auto
+            measured[bos] = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2, bos=bos).perplexity
+            assert measured[bos] == pytest.approx(_by_hand(loaded.model, loaded.tokenizer, bos, 128, 2), rel=1e-4)
+        result = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2)
+        assert result.bos == auto and result.perplexity == measured[auto]
+        # the objective's loss, under the model's own policy (every policy: on the tiny models, above)
+        value, by_hand, objective_bos = _objective_by_hand(loaded, "auto", 1, 128)
+        assert objective_bos == auto and value == pytest.approx(by_hand, rel=1e-4)
         if name == "gemma3-270m":  # the token Gemma was trained to see first: a far lower perplexity
-            each = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2, bos="each").perplexity
-            stream = wikitext2_perplexity(loaded.model, loaded.tokenizer, 128, 2, bos="stream").perplexity
+            each, stream = measured["each"], measured["stream"]
             assert each < stream / 1.5  # measured 25.9 against 57.3 on these 2 windows (42.6 and 254 on 8)
 
 
