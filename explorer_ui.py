@@ -386,12 +386,12 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> d
     there nothing is clickable (Streamlit's point selection ignores heatmap cells), and this returns None.
     """
     global _CHART_COMPONENT
-    import os
-
     import plotly.io
     import streamlit.components.v1 as components
 
-    if os.environ.get("GISP_PLAIN_CHARTS", "").strip().lower() in {"1", "true", "yes", "on"}:
+    from gisp_engine import settings
+
+    if settings.plain_charts():
         # no clicks here: Streamlit's point selection never fires on a heatmap cell (tried in Chromium)
         (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
         return None

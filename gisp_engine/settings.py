@@ -55,6 +55,11 @@ def offline() -> bool:
     return _truthy(os.environ.get("GISP_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
 
 
+def plain_charts() -> bool:
+    """``$GISP_PLAIN_CHARTS=1``: the app draws slider-driven charts with ``st.plotly_chart`` (no chart frame)."""
+    return _truthy(os.environ.get("GISP_PLAIN_CHARTS"))
+
+
 def allow_changes() -> bool:
     """``$GISP_ALLOW_CHANGES=1``: an app served to a network may start work and write (off: a viewer)."""
     return _truthy(os.environ.get("GISP_ALLOW_CHANGES"))
