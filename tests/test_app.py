@@ -39,15 +39,20 @@ def tiny_runs(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
         }
 
 
-@pytest.fixture
-def runs(tiny_runs, isolated_cache) -> dict[str, str]:
-    """The tiny trajectories, copied into this test's own cache (so the app lists them)."""
+def copy_into_cache(trajectories: dict[str, Path], cache: Path) -> dict[str, str]:
+    """Trajectory folders copied into ``cache`` (so the app lists them): name -> the copy's path."""
     out = {}
-    for name, folder in tiny_runs.items():
-        dest = isolated_cache / "trajectories" / folder.name
+    for name, folder in trajectories.items():
+        dest = cache / "trajectories" / folder.name
         shutil.copytree(folder, dest)
         out[name] = str(dest)
     return out
+
+
+@pytest.fixture
+def runs(tiny_runs, isolated_cache) -> dict[str, str]:
+    """The tiny trajectories, copied into this test's own cache (so the app lists them)."""
+    return copy_into_cache(tiny_runs, isolated_cache)
 
 
 @pytest.fixture

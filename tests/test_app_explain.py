@@ -3,13 +3,11 @@ rank stability drawn from the trajectory's own arrays; the messages for a fixed 
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from gisp_engine import PruneConfig, Trajectory, explain, prune
-from test_app import chart, decode, no_errors, open_page
+from test_app import chart, copy_into_cache, decode, no_errors, open_page
 from tiny import cache_dir
 
 
@@ -24,12 +22,7 @@ def tiny_runs(tiny_llama, data_dir, tmp_path_factory):
 
 @pytest.fixture
 def runs(tiny_runs, isolated_cache):
-    out = {}
-    for name, folder in tiny_runs.items():
-        dest = isolated_cache / "trajectories" / folder.name
-        shutil.copytree(folder, dest)
-        out[name] = str(dest)
-    return out
+    return copy_into_cache(tiny_runs, isolated_cache)
 
 
 def test_history_scores_and_stability_on_the_explore_page(runs):
