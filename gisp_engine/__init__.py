@@ -39,6 +39,7 @@ _EXPORTS = {
     "plan": "pruner",
     "prepare_embedded_model": "models",
     "prune": "pruner",
+    "rescore_along": "pruner",
     "resolve_step": "subnetwork",
     "wikitext2_perplexity": "evaluate",
 }

@@ -23,7 +23,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,28 @@ def prune(
     return PruneOutcome(_copy_out(trajectory, out), cache_hit=False)
 
 
+def rescore_along(trajectory: Trajectory, progress: ProgressCallback = null_progress, device: str | None = None,
+                  dtype: str | None = None) -> Trajectory:
+    """Every step's scores measured along ``trajectory``'s own removal order, with its settings (not cached).
+
+    For a trajectory saved without scores whose run can no longer be repeated bit for bit (an older engine's
+    arithmetic can pick other near-ties, and an iterative run then drifts): the result removes exactly what
+    ``trajectory`` removed, step by step, and keeps the scores each step measured on the model it had;
+    ``meta["followed"]["agreement"]`` says per step how much of that removal the method would have chosen itself.
+    """
+    names = {f.name for f in fields(PruneConfig)}
+    settings = {k: v for k, v in trajectory.meta["settings"].items() if k in names}
+    settings["save_scores"] = True
+    settings.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+    config = PruneConfig(**settings)
+    the_plan = plan(config)
+    progress(ProgressEvent("prepare", 0, 1, message=f"loading {config.model}"))
+    loaded = load_model(config.model, config.device, config.dtype, config.device_map)
+    objective = objective_spec(config.objective).build(loaded, config)
+    progress(ProgressEvent("prepare", 1, 1, message="ready"))
+    return run_gisp(loaded, the_plan, objective, progress, follow=trajectory.removal_step)
+
+
 def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
     if out is None:
         return trajectory
@@ -180,11 +202,13 @@ def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
 
 def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
              progress: ProgressCallback = null_progress, checkpoint: Path | None = None,
-             resume: bool = False) -> Trajectory:
+             resume: bool = False, follow: np.ndarray | None = None) -> Trajectory:
     """The iterative loop on a loaded model (which it prunes in place).
 
     With ``checkpoint`` the state after each step is written there; with ``resume`` a state
-    found there is continued from.
+    found there is continued from. With ``follow`` (a trajectory's ``removal_step``) each step removes
+    what that trajectory removed instead of what the method chooses: the scores are measured along
+    that order, and ``meta["followed"]`` says per step how much of it the method would have chosen too.
     """
     config, space = the_plan.config, the_plan.space
     model, adapter = loaded.model, loaded.adapter
@@ -242,6 +266,10 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
         )
 
     removed_last = int((removal_step == first - 1).sum()) if first > 1 else 0
+    agreement: list[float] = []
+    if follow is not None and (follow.shape != (n,) or follow.max(initial=0) > total_steps):
+        raise GispError(f"the order to follow has {follow.shape[0]} structures and {int(follow.max(initial=0))} steps; "
+                        f"this run has {n} structures and {total_steps} steps")
     progress(ProgressEvent("step", first - 1, total_steps, first - 1, total_steps, "pruning"))
     for t in range(first, total_steps + 1):
         scores = fixed if fixed is not None else method.scores(
@@ -256,6 +284,10 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
             all_scores[t - 1, candidates] = scores.values[candidates]
         chosen = method.selection.choose(space, keep, protected, scores.values,
                                          methods.Cut(the_plan.targets[t - 1], ratios[t - 1], layer_share, align))
+        if follow is not None:
+            given = np.flatnonzero(follow == t)
+            agreement.append(len(np.intersect1d(chosen, given)) / max(1, len(given)))
+            chosen = given
         removal_step[chosen] = t
         keep[chosen] = False
         removed_last = len(chosen)
@@ -273,6 +305,10 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     steps.append(record(total_steps, objective_value(model, objective), removed_last))
     progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
     meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
+    if follow is not None:
+        meta["followed"] = {"agreement": [round(a, 6) for a in agreement],
+                            "meaning": "per step, the share of the structures removed that the method would have "
+                                       "chosen itself at that state"}
     return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores,
                       extras=fixed.extras if fixed is not None else {})
 

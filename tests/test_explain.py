@@ -3,6 +3,7 @@ computations of their own (scipy's spearmanr, sets built by hand), the CLI forms
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from gisp_engine import PruneConfig, Trajectory, prune
+from gisp_engine import PruneConfig, Trajectory, prune, rescore_along
 from gisp_engine import explain
 from gisp_engine.cli import main
 from gisp_engine.errors import GispError
@@ -161,6 +162,26 @@ def test_cli_info_structure_and_rank_stability(runs, capsys):
         assert main(["info", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0]
+
+
+def test_rescoring_along_a_run_gives_its_scores_and_follows_any_order_given(runs):
+    traj = runs["iterative"]  # in memory: float32 scores as the run measured them
+    again = rescore_along(traj, device="cpu", dtype="float32")
+    np.testing.assert_array_equal(again.removal_step, traj.removal_step)
+    np.testing.assert_array_equal(again.scores, traj.scores)
+    assert again.meta["followed"]["agreement"] == [1.0] * traj.num_steps
+    # another order: one structure removed at step 1 swapped with one the run kept (same kind, a scored layer)
+    order = traj.removal_step.copy()
+    first = np.flatnonzero(order == 1)
+    out = first[0]
+    kept = [i for i in np.flatnonzero(order == -1) if traj.space.kind[i] == traj.space.kind[out] and traj.space.layer[i] > 0]
+    order[out], order[kept[0]] = -1, 1
+    foreign = dataclasses.replace(traj, removal_step=order)
+    followed = rescore_along(foreign, device="cpu", dtype="float32")
+    np.testing.assert_array_equal(followed.removal_step, order)
+    assert followed.meta["followed"]["agreement"][0] == pytest.approx((len(first) - 1) / len(first))
+    np.testing.assert_array_equal(followed.scores[0], traj.scores[0])  # the dense model's scores: the same
+    assert np.isnan(followed.scores[1][kept[0]]) and np.isfinite(followed.scores[1][out])  # the other model after
 
 
 def test_the_iterative_example_drifts_from_its_dense_ranking():
