@@ -334,7 +334,7 @@ _CHART_HTML = """<!doctype html>
 <body><div id="chart"></div><script>
 "use strict";
 const post = (type, extra) => window.parent.postMessage(Object.assign({isStreamlitMessage: true, type}, extra), "*");
-let shown = null, height = 0, listening = false;
+let shown = null, pending = null, height = 0, listening = false, visible = false;
 // a click on a point becomes the component's value (the page reruns); "at" tells a second click on it apart
 const clicked = (event) => {
   const p = event && event.points && event.points[0];
@@ -342,17 +342,33 @@ const clicked = (event) => {
   post("streamlit:setComponentValue", {dataType: "json", value: {
     x: p.x, y: p.y, curve: p.curveNumber, customdata: p.customdata === undefined ? null : p.customdata, at: Date.now()}});
 };
+// a chart off screen redraws when it comes into view, not at every slider move (the browser's time goes to what
+// the user sees); the frame keeps its height meanwhile, so the page does not move
+const draw = () => {
+  if (!pending || !visible) return;
+  const [figure, args] = pending;
+  pending = null;
+  delete figure.layout.template;  // plotly.js's own plain style (plotly.py's default template is grey)
+  Plotly.react("chart", figure.data, Object.assign({}, figure.layout, {autosize: true}),
+               Object.assign({responsive: true, displaylogo: false}, args.config || {}));
+  if (args.clickable && !listening) { listening = true; document.getElementById("chart").on("plotly_click", clicked); }
+};
+new IntersectionObserver((entries) => {
+  visible = entries[entries.length - 1].isIntersecting;
+  draw();
+}).observe(document.body);
 window.addEventListener("message", (event) => {
   const msg = event.data;
   if (!msg || msg.type !== "streamlit:render" || msg.args.spec === shown) return;
   shown = msg.args.spec;
-  const figure = JSON.parse(shown);
-  delete figure.layout.template;  // plotly.js's own plain style (plotly.py's default template is grey)
-  Plotly.react("chart", figure.data, Object.assign({}, figure.layout, {autosize: true}),
-               Object.assign({responsive: true, displaylogo: false}, msg.args.config || {}));
-  if (msg.args.clickable && !listening) { listening = true; document.getElementById("chart").on("plotly_click", clicked); }
-  const wanted = figure.layout.height || 450;
-  if (wanted !== height) { height = wanted; post("streamlit:setFrameHeight", {height: wanted}); }
+  pending = [JSON.parse(shown), msg.args];
+  const wanted = pending[0].layout.height || 450;
+  if (wanted !== height) {
+    height = wanted;
+    document.body.style.height = wanted + "px";
+    post("streamlit:setFrameHeight", {height: wanted});
+  }
+  draw();
 });
 post("streamlit:componentReady", {apiVersion: 1});
 </script></body></html>
@@ -376,8 +392,18 @@ def _chart_folder() -> Path:
     return folder
 
 
+def chart_spec(figure) -> str:
+    """A figure as the chart frame receives it (plotly's JSON): what a cached chart keeps, since a string comes out
+    of ``st.cache_data`` at once where a figure is unpickled and serialized again at every rerun."""
+    import plotly.io
+
+    return plotly.io.to_json(figure, validate=False)
+
+
 def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> dict | None:
     """A plotly figure that later reruns redraw in place (for charts a slider changes); ``key`` is its identity.
+
+    ``figure``: a plotly figure, or its ``chart_spec`` (for figures kept in a cache).
 
     ``clickable``: a click on a point reruns the page and this returns the last point clicked (``x``, ``y``,
     ``curve``, ``customdata``, ``at``: when, so that a second click on it is new); None before any click.
@@ -393,11 +419,13 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> d
 
     if settings.plain_charts():
         # no clicks here: Streamlit's point selection never fires on a heatmap cell (tried in Chromium)
+        if isinstance(figure, str):
+            figure = plotly.io.from_json(figure, skip_invalid=True)
         (container or st).plotly_chart(figure, key=key, config={"displaylogo": False})
         return None
     folder = _chart_folder()
     if _CHART_COMPONENT is None or Path(_CHART_COMPONENT.path or "") != folder:
         _CHART_COMPONENT = components.declare_component("gisp_plotly_chart", path=str(folder))
     with container or contextlib.nullcontext():
-        return _CHART_COMPONENT(spec=plotly.io.to_json(figure, validate=False), key=key, default=None,
+        return _CHART_COMPONENT(spec=figure if isinstance(figure, str) else chart_spec(figure), key=key, default=None,
                                 clickable=clickable)

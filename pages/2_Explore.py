@@ -24,23 +24,23 @@ def head_hover(path: str, stamp_key: int):
     return figures.head_hover(ui.view_for(path))
 
 
-# ---- why a structure was removed: every figure cached per trajectory (and structure or step) -------------
+# ---- why a structure was removed: every figure cached per trajectory (and structure or step), as its chart spec --
 @st.cache_data(max_entries=64, show_spinner=False)
 def history_figure(path: str, stamp_key: int, layer: int, kind: str, index: int, head_unit: str):
     history = explain.structure_history(ui.load_trajectory(path), (layer, kind, index))
-    return figures.structure_history_figure(history, head_unit), history.to_dict()
+    return ui.chart_spec(figures.structure_history_figure(history, head_unit)), history.to_dict()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def distribution_figure(path: str, stamp_key: int, step: int, head_unit: str):
-    return figures.score_distribution_figure(explain.step_scores(ui.load_trajectory(path), step), head_unit)
+    return ui.chart_spec(figures.score_distribution_figure(explain.step_scores(ui.load_trajectory(path), step), head_unit))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def stability(path: str, stamp_key: int):
     result = explain.rank_stability(ui.load_trajectory(path))
     figure = None if result.fixed else figures.rank_stability_figure(result, ui.view_for(path).param_sparsity)
-    return result.to_dict(), figure
+    return result.to_dict(), None if figure is None else ui.chart_spec(figure)
 
 
 @st.cache_data(max_entries=16, show_spinner="One forward pass with eager attention…")
