@@ -293,7 +293,13 @@ def rank_stability(traj: Trajectory) -> RankStability:
         would[dense_order[: removed[t - 1]]] = True
         union = int((gone | would).sum())
         jac[t - 1] = (gone & would).sum() / union if union else 1.0
-    notes = ["Spearman and Jaccard at step 1 are 1 by construction (step 1 ranks the dense model)"]
+    if "scores_added" in traj.meta:  # not the scores that chose: Jaccard at step 1 measures the difference
+        notes = ["Spearman at step 1 is 1 by construction (step 1 ranks the dense model); these scores were measured "
+                 "again along the trajectory's own order by a later engine (benchmarks/add_example_scores.py), so "
+                 f"Jaccard at step 1 ({jac[0]:.4f}) is the overlap of the first removal with the lowest of today's "
+                 "dense scores"]
+    else:
+        notes = ["Spearman and Jaccard at step 1 are 1 by construction (step 1 ranks the dense model)"]
     if traj.meta.get("request", {}).get("align"):
         notes.append("--align rounds every cut: Jaccard < 1 at step 1 comes from the rounding")
     return RankStability(steps, rho, jac, removed, False, "", method, notes)
