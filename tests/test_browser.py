@@ -223,7 +223,7 @@ def test_the_file_watcher_leaves_the_cache_alone(browser, isolated_cache, tmp_pa
     assert config["server"]["fileWatcherType"] == "poll"
     log_path = tmp_path / "streamlit.log"
     with serve(isolated_cache, log_path) as (url, proc):  # the repository's config, watcher included
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": 1600, "height": 3000})  # every chart in view, so all draw
         page.goto(f"{url}/Explore")
         page.wait_for_function(f"({PLOTS})().length >= 4", timeout=120_000)
         watched = _inotify_watched_inodes(proc.pid)
