@@ -552,10 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("key", help="the trajectory's cache key (`gisp cache list`)")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_rm)
-    cp = csub.add_parser("prune", help="remove finished background jobs, old trajectories and unfinished writes")
+    cp = csub.add_parser("prune", help="remove finished background jobs, old trajectories, uploads and exports, "
+                                       "and unfinished writes")
     cp.add_argument("--jobs", action="store_true", help="finished (done, failed, cancelled) background jobs")
     cp.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                    help="trajectories (and, with --jobs, jobs) older than this many days")
+                    help="trajectories, uploads and exports (and, with --jobs, jobs) older than this many days")
     cp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_prune)

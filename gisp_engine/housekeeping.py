@@ -1,4 +1,5 @@
-"""Cleaning the cache: remove one trajectory with everything about it, or prune finished jobs and old entries.
+"""Cleaning the cache: remove one trajectory with everything about it, or prune finished jobs and old entries
+(trajectories, uploads, exports).
 
 ``gisp cache rm KEY`` and ``gisp cache prune [--jobs] [--older-than DAYS] [--dry-run]`` call
 :func:`remove_trajectory`, :func:`plan_cleanup` and :func:`apply_cleanup`; the Home page shows
@@ -67,7 +68,8 @@ def remove_trajectory(key: str) -> Cleanup:
 
 
 def plan_cleanup(finished_jobs: bool = True, older_than_days: float | None = None, now: float | None = None) -> Cleanup:
-    """What ``gisp cache prune`` would remove: finished jobs, trajectories older than a number of days, stale writes."""
+    """What ``gisp cache prune`` would remove: finished jobs; trajectories, uploads and exports older than a number of
+    days (uploads not while a job runs); unfinished writes older than a day."""
     if older_than_days is not None and older_than_days < 0:
         raise GispError(f"--older-than must be a number of days >= 0, got {older_than_days:g}")
     now = time.time() if now is None else now
@@ -84,12 +86,31 @@ def plan_cleanup(finished_jobs: bool = True, older_than_days: float | None = Non
             if _created_unix(row.get("created"), Path(row["path"])) < cutoff:
                 for path in _trajectory_files(row["key"])[:3]:
                     plan.add(path, f"trajectory created {row.get('created')}")
+        # what browsers handed in and took out (viewer mode): uploads are read when a run starts, so none goes
+        # while a job is running
+        running = any(job.active for job in jobs.list_jobs())
+        for path, what in _uploads_and_exports(skip_uploads=running):
+            if not path.name.startswith(TMP_MARK) and path.stat().st_mtime < cutoff:
+                plan.add(path, f"{what} from {_dt.datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d}")
     for root in (cache.trajectories_dir(), jobs.jobs_dir(), settings.cache_dir() / "exports"):
         if root.is_dir():
             for path in root.iterdir():
                 if path.name.startswith(TMP_MARK) and now - path.stat().st_mtime > STALE_TMP_S:
                     plan.add(path, "unfinished write left by a process that stopped")
     return plan
+
+
+def _uploads_and_exports(skip_uploads: bool) -> list[tuple[Path, str]]:
+    """Every upload (``uploads/<kind>/<hash>``) and export (``exports/<name>``, a zip beside it) in the cache."""
+    found = []
+    uploads = settings.cache_dir() / "uploads"
+    if uploads.is_dir() and not skip_uploads:
+        found += [(entry, f"{kind.name} upload") for kind in sorted(uploads.iterdir()) if kind.is_dir()
+                  for entry in sorted(kind.iterdir())]
+    exports = settings.cache_dir() / "exports"
+    if exports.is_dir():
+        found += [(entry, "export") for entry in sorted(exports.iterdir())]
+    return found
 
 
 def apply_cleanup(plan: Cleanup) -> Cleanup:

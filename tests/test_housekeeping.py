@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,39 @@ def test_a_running_job_is_never_pruned(isolated_cache):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_old_uploads_and_exports_are_pruned_and_uploads_wait_for_running_jobs(isolated_cache, capsys):
+    import subprocess
+    import sys
+
+    from gisp_engine import serving, uploads
+
+    def task(first: int) -> bytes:  # a valid custom task file (the loader checks it on upload)
+        return b"".join(b'{"query": "Q: %d + 2 = ?", "choices": ["%d", "%d"], "gold": 0}\n' % (n, n + 2, n + 3)
+                        for n in range(first, first + 40))
+
+    old_upload = Path(uploads.store_upload("old.jsonl", task(0), "tasks")).parent
+    new_upload = Path(uploads.store_upload("new.jsonl", task(100), "tasks")).parent
+    old_export = serving.exports_dir() / "old-export"
+    old_export.mkdir(parents=True)
+    (old_export / "model.safetensors").write_bytes(b"x" * 1000)
+    month_ago = time.time() - 30 * 86400
+    for path in (old_upload, old_export):
+        os.utime(path, (month_ago, month_ago))
+
+    planned = {p: why for p, why in plan_cleanup(finished_jobs=False, older_than_days=7).items}
+    assert set(planned) == {old_upload, old_export}
+    assert "tasks upload" in planned[old_upload] and planned[old_export].startswith("export")
+    # a running job may still read an upload when it starts: uploads stay while one runs, exports do not
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gisp_engine.jobs"])
+    try:
+        _job_folder("running", "running", time.time())
+        (jobs.job_dir("running") / "pid").write_text(str(proc.pid))
+        assert {p for p, _ in plan_cleanup(finished_jobs=False, older_than_days=7).items} == {old_export}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["cache", "prune", "--older-than", "7"]) == 0
+    assert not old_upload.exists() and not old_export.exists() and new_upload.is_dir()
+    assert [p.path for p in uploads.uploaded_files("tasks")] == [str(next(new_upload.iterdir()))]
