@@ -175,8 +175,13 @@ def trajectory_rows() -> list[dict]:
     return explore.available_trajectories()
 
 
-def pick_trajectory(label: str = "Trajectory", slot: str = SELECTED, key: str = "pick_trajectory",
-                    container=None, avoid: str | None = None) -> dict | None:
+def pick_trajectory(
+    label: str = "Trajectory",
+    slot: str = SELECTED,
+    key: str = "pick_trajectory",
+    container=None,
+    avoid: str | None = None,
+) -> dict | None:
     """A select box over the cache and the examples; the choice is remembered across pages.
 
     ``avoid``: a path not to offer first (the other side of a comparison).
@@ -261,15 +266,21 @@ def jump_to_step(path: str, step: int) -> None:
         st.session_state.pop(f"{prefix}_{Path(path).name}", None)
 
 
-def step_slider(path: str, view: explore.TrajectoryView, key_prefix: str, container=None,
-                label: str = "Parameter sparsity") -> int:
+def step_slider(
+    path: str, view: explore.TrajectoryView, key_prefix: str, container=None, label: str = "Parameter sparsity"
+) -> int:
     """A slider over the trajectory's steps, labelled by parameter sparsity; returns the step."""
     box = container or st
     key = f"{key_prefix}_{Path(path).name}"
     if key not in st.session_state:
         st.session_state[key] = chosen_step(path, view)
-    step = box.select_slider(label, options=list(range(view.num_steps + 1)), format_func=view.step_label, key=key,
-                             help="Snaps to the trajectory's steps: every step is one of the nested subnetworks.")
+    step = box.select_slider(
+        label,
+        options=list(range(view.num_steps + 1)),
+        format_func=view.step_label,
+        key=key,
+        help="Snaps to the trajectory's steps: every step is one of the nested subnetworks.",
+    )
     remember_step(path, step)
     return int(step)
 
@@ -427,5 +438,6 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> d
     if _CHART_COMPONENT is None or Path(_CHART_COMPONENT.path or "") != folder:
         _CHART_COMPONENT = components.declare_component("gisp_plotly_chart", path=str(folder))
     with container or contextlib.nullcontext():
-        return _CHART_COMPONENT(spec=figure if isinstance(figure, str) else chart_spec(figure), key=key, default=None,
-                                clickable=clickable)
+        return _CHART_COMPONENT(
+            spec=figure if isinstance(figure, str) else chart_spec(figure), key=key, default=None, clickable=clickable
+        )

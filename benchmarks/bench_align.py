@@ -80,9 +80,17 @@ class Point:
         return f"{self.trajectory.key}:{digest}@{self.step} {how}"
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "target": self.target, "kind": self.kind, "align": self.align,
-                "trajectory": self.trajectory.key, "step": self.step, "param_sparsity": self.param_sparsity,
-                "structural_ratio": self.structural_ratio, "widths": self.widths}
+        return {
+            "id": self.id,
+            "target": self.target,
+            "kind": self.kind,
+            "align": self.align,
+            "trajectory": self.trajectory.key,
+            "step": self.step,
+            "param_sparsity": self.param_sparsity,
+            "structural_ratio": self.structural_ratio,
+            "widths": self.widths,
+        }
 
 
 @dataclass
@@ -131,16 +139,19 @@ def aligned_trajectory(example, align: int | None):
             os.environ.pop("GISP_CACHE_DIR", None)
         elif align is None:
             os.environ["GISP_CACHE_DIR"] = saved
-    print(f"--align {align or 'off'}: {outcome.trajectory.key} ({'cache' if outcome.cache_hit else 'pruned now'}, "
-          f"{outcome.trajectory.meta['wall_time_s']:.0f} s to prune)")
+    print(
+        f"--align {align or 'off'}: {outcome.trajectory.key} ({'cache' if outcome.cache_hit else 'pruned now'}, "
+        f"{outcome.trajectory.meta['wall_time_s']:.0f} s to prune)"
+    )
     return outcome.trajectory
 
 
 def make_point(pid, target, kind, align, traj, step, keep) -> Point:
     space = traj.space
     widths = space.as_grid(keep)[1].sum(1).astype(int).tolist()
-    return Point(pid, target, kind, align, traj, step, keep, space.param_sparsity(keep), float(1.0 - keep.mean()),
-                 widths)
+    return Point(
+        pid, target, kind, align, traj, step, keep, space.param_sparsity(keep), float(1.0 - keep.mean()), widths
+    )
 
 
 def build_points(example, aligns: list[int], aligned: dict, targets: list[float], repruned=None) -> list[Point]:
@@ -149,18 +160,23 @@ def build_points(example, aligns: list[int], aligned: dict, targets: list[float]
     points = []
     for target in targets:
         step = example.step_nearest_sparsity(target)
-        points.append(make_point(f"{target:.2f}/unaligned", target, "unaligned", None, example, step,
-                                 example.keep_mask(step)))
+        points.append(
+            make_point(f"{target:.2f}/unaligned", target, "unaligned", None, example, step, example.keep_mask(step))
+        )
         for n in aligns:
-            points.append(make_point(f"{target:.2f}/export{n}", target, "export", n, example, step,
-                                     aligned_keep_mask(example, step, n)))
+            points.append(
+                make_point(
+                    f"{target:.2f}/export{n}", target, "export", n, example, step, aligned_keep_mask(example, step, n)
+                )
+            )
         for n, traj in aligned.items():
             own = traj.step_nearest_sparsity(target)
             points.append(make_point(f"{target:.2f}/prune{n}", target, "prune", n, traj, own, traj.keep_mask(own)))
         if repruned is not None:
             own = repruned.step_nearest_sparsity(target)
-            points.append(make_point(f"{target:.2f}/repruned", target, "re-pruned", None, repruned, own,
-                                     repruned.keep_mask(own)))
+            points.append(
+                make_point(f"{target:.2f}/repruned", target, "re-pruned", None, repruned, own, repruned.keep_mask(own))
+            )
     return points
 
 
@@ -184,11 +200,15 @@ def perplexities(dense, points: list[Point], args, store: "Store") -> dict[str, 
         if ident not in store.data["perplexity"]:
             start = time.perf_counter()
             model = sliced(dense, point)
-            result = evaluate_task(model, dense.tokenizer, "wikitext2", limit=args.windows, seq_len=args.seq_len,
-                                   batch_size=8)
+            result = evaluate_task(
+                model, dense.tokenizer, "wikitext2", limit=args.windows, seq_len=args.seq_len, batch_size=8
+            )
             store.put("perplexity", ident, float(result.perplexity))
-            print(f"  [{i + 1}/{len(points)}] {point.id}: step {point.step}, params {point.param_sparsity:.4f}, "
-                  f"ppl {result.perplexity:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  [{i + 1}/{len(points)}] {point.id}: step {point.step}, params {point.param_sparsity:.4f}, "
+                f"ppl {result.perplexity:.2f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
             del model
             gc.collect()
         out[point.id] = store.data["perplexity"][ident]
@@ -229,7 +249,11 @@ def shipped_perplexities(example, args) -> dict[int, float]:
     if path.is_file():
         for r in json.loads(path.read_text())["results"]:
             ident = r["identity"]
-            if r["task"] == "wikitext2" and ident["limit"] == args.windows and ident["options"].get("seq_len") == args.seq_len:
+            if (
+                r["task"] == "wikitext2"
+                and ident["limit"] == args.windows
+                and ident["options"].get("seq_len") == args.seq_len
+            ):
                 shipped[int(r["step"])] = float(r["value"])
     return shipped
 
@@ -253,10 +277,18 @@ def pytorch_speed(points: list[Point], dense, args, store: Store) -> dict[str, S
     The unaligned point is timed in both groups of its target: its first timing stands in the table."""
     from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
 
-    spec = CostSpec(batch=1, seq_len=args.prefill_tokens, prompt_len=16, new_tokens=args.decode_tokens,
-                    repeats=args.repeats, threads=args.threads)
-    setting = f"pytorch 1x{args.prefill_tokens} prefill, {args.decode_tokens} decode, {args.repeats} repeats, " \
-              f"{args.threads} threads"
+    spec = CostSpec(
+        batch=1,
+        seq_len=args.prefill_tokens,
+        prompt_len=16,
+        new_tokens=args.decode_tokens,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+    setting = (
+        f"pytorch 1x{args.prefill_tokens} prefill, {args.decode_tokens} decode, {args.repeats} repeats, "
+        f"{args.threads} threads"
+    )
     memo = store.data["speed"]
     out = {}
     for group in speed_groups(points):
@@ -268,15 +300,24 @@ def pytorch_speed(points: list[Point], dense, args, store: Store) -> dict[str, S
         models = [sliced(dense, p) for p in group]
         start = time.perf_counter()
         costs = measure_costs([dense.model, *models], spec)
-        print(f"  speed: {', '.join(p.id for p in group)} and dense, {args.repeats} interleaved repeats "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"  speed: {', '.join(p.id for p in group)} and dense, {args.repeats} interleaved repeats "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         base = costs[0].to_dict()
         measured = {}
         for p, cost in zip(group, costs[1:]):
             r = cost_ratios(cost.to_dict(), base)
-            measured[p.ident] = Speed(r["prefill_speedup"], r["prefill_speedup_low"], r["prefill_speedup_high"],
-                                      r["decode_speedup"], r["decode_speedup_low"], r["decode_speedup_high"],
-                                      {"cost": cost.to_dict(), "dense": base, "ratios": r})
+            measured[p.ident] = Speed(
+                r["prefill_speedup"],
+                r["prefill_speedup_low"],
+                r["prefill_speedup_high"],
+                r["decode_speedup"],
+                r["decode_speedup_low"],
+                r["decode_speedup_high"],
+                {"cost": cost.to_dict(), "dense": base, "ratios": r},
+            )
             out.setdefault(p.id, measured[p.ident])
         store.put("speed", key, {ident: asdict(speed) for ident, speed in measured.items()})
         del models
@@ -319,10 +360,16 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--no-reprune", action="store_true", help="leave out the re-pruned unaligned point")
     ap.add_argument("--export-only", action="store_true", help="only the example's points (nothing to prune)")
-    ap.add_argument("--kinds", default="export,prune,re-pruned",
-                    help="which points besides the unaligned one (runs side by side can share the work)")
-    ap.add_argument("--recompute-shipped", action="store_true",
-                    help="evaluate the example's points again instead of taking its shipped evaluations")
+    ap.add_argument(
+        "--kinds",
+        default="export,prune,re-pruned",
+        help="which points besides the unaligned one (runs side by side can share the work)",
+    )
+    ap.add_argument(
+        "--recompute-shipped",
+        action="store_true",
+        help="evaluate the example's points again instead of taking its shipped evaluations",
+    )
     ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"speed columns: {', '.join(RUNTIMES)}")
     ap.add_argument("--threads", type=int, default=1, help="threads of the speed measurement")
@@ -344,10 +391,15 @@ def main() -> None:
     kinds = set(args.kinds.split(",")) | {"unaligned"}
     points = [p for p in build_points(example, aligns, aligned, targets, repruned) if p.kind in kinds]
     dense = load_model(recorded_model(example), "cpu", "float32")  # the dtype of the shipped evaluations
-    result = {"machine": machine(), "trajectory": example.key, "settings": vars(args),
-              "repruned_differs_from_example": None if repruned is None else
-              int((repruned.removal_step != example.removal_step).sum()),
-              "points": [p.to_dict() for p in points]}
+    result = {
+        "machine": machine(),
+        "trajectory": example.key,
+        "settings": vars(args),
+        "repruned_differs_from_example": None
+        if repruned is None
+        else int((repruned.removal_step != example.removal_step).sum()),
+        "points": [p.to_dict() for p in points],
+    }
 
     fidelity = schedule_fidelity(aligned)
     print("\n" + table(fidelity, ["N", "trajectory", "min gap", "max gap", "mean |gap|"]))
@@ -363,8 +415,12 @@ def main() -> None:
         if not args.recompute_shipped:  # the example's own evaluations answer its points
             for p in [dense_point, *points]:
                 ident = f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}"
-                if p.trajectory is example and p.kind in ("unaligned", "dense") and p.step in shipped \
-                        and ident not in store.data["perplexity"]:
+                if (
+                    p.trajectory is example
+                    and p.kind in ("unaligned", "dense")
+                    and p.step in shipped
+                    and ident not in store.data["perplexity"]
+                ):
                     store.put("perplexity", ident, shipped[p.step])
         ppl = perplexities(dense, [dense_point, *points], args, store)
         result["dense_perplexity"] = ppl.pop("dense")
@@ -380,8 +436,11 @@ def main() -> None:
 
     # the table: everything measured so far for these points, whichever part ran now
     remembered = store.data["perplexity"]
-    ppl = {p.id: remembered[f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}"] for p in points
-           if f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}" in remembered}
+    ppl = {
+        p.id: remembered[f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}"]
+        for p in points
+        if f"{p.ident}|wikitext2 {args.windows}x{args.seq_len}" in remembered
+    }
     header = ["params asked", "point", "step", "params", "MLP widths (min-max)", "ppl", "ppl vs unaligned"]
     for name in speeds:
         header += [f"{name} prefill", f"{name} decode"]
@@ -389,10 +448,15 @@ def main() -> None:
     for p in points:
         base = next(q for q in points if q.target == p.target and q.kind == "unaligned")
         cut = [w for w in p.widths if w < example.geometry.intermediate_size] or p.widths
-        row = [f"{p.target:.0%}", p.kind if p.align is None else f"{p.kind} {p.align}", p.step,
-               f"{p.param_sparsity:.1%}", f"{min(cut)}-{max(cut)}",
-               f"{ppl[p.id]:.1f}" if p.id in ppl else "-",
-               f"{ppl[p.id] / ppl[base.id]:.3f}x" if p.id in ppl else "-"]
+        row = [
+            f"{p.target:.0%}",
+            p.kind if p.align is None else f"{p.kind} {p.align}",
+            p.step,
+            f"{p.param_sparsity:.1%}",
+            f"{min(cut)}-{max(cut)}",
+            f"{ppl[p.id]:.1f}" if p.id in ppl else "-",
+            f"{ppl[p.id] / ppl[base.id]:.3f}x" if p.id in ppl else "-",
+        ]
         for got in speeds.values():
             row += [spread(got.get(p.id), "prefill"), spread(got.get(p.id), "decode")]
         rows.append(row)

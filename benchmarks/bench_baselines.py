@@ -27,11 +27,29 @@ from _common import RESULTS, machine, table, write_result  # noqa: E402
 
 SETTINGS = {
     # calibration 16 x 128 tokens; evaluation limits keep each WikiText-2 pass near 12k tokens
-    "cpu": dict(num_samples=16, seq_len=128, gisp_steps=10, fixed_steps=30, max_sparsity=0.6,
-                margin_tokens=4096, margin_steps=10, ppl_limit={128: 100, 2048: 6}, acc_limit=100),
+    "cpu": dict(
+        num_samples=16,
+        seq_len=128,
+        gisp_steps=10,
+        fixed_steps=30,
+        max_sparsity=0.6,
+        margin_tokens=4096,
+        margin_steps=10,
+        ppl_limit={128: 100, 2048: 6},
+        acc_limit=100,
+    ),
     # the paper's sizes: 2000 x 256 tokens, 0.6% of structures per step to 0.7, 512k margin tokens
-    "gpu": dict(num_samples=2000, seq_len=256, gisp_steps=112, fixed_steps=112, max_sparsity=0.7,
-                margin_tokens=512_000, margin_steps=112, ppl_limit={128: None, 2048: None}, acc_limit=None),
+    "gpu": dict(
+        num_samples=2000,
+        seq_len=256,
+        gisp_steps=112,
+        fixed_steps=112,
+        max_sparsity=0.7,
+        margin_tokens=512_000,
+        margin_steps=112,
+        ppl_limit={128: None, 2048: None},
+        acc_limit=None,
+    ),
 }
 METHODS = ("gisp", "gisp-oneshot", "llm-pruner", "magnitude", "random", "wanda-sp", "flap")
 TARGETS = (0.2, 0.3, 0.4, 0.5)
@@ -61,8 +79,16 @@ def main() -> None:
     from gisp_engine.zeroshot import evaluate_choice_tasks
 
     started = time.perf_counter()
-    common = dict(model=args.model, calib=args.calib, num_samples=s["num_samples"], seq_len=s["seq_len"],
-                  max_sparsity=s["max_sparsity"], seed=args.seed, device=args.device, dtype=args.dtype)
+    common = dict(
+        model=args.model,
+        calib=args.calib,
+        num_samples=s["num_samples"],
+        seq_len=s["seq_len"],
+        max_sparsity=s["max_sparsity"],
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
     trajectories = {}
     for method in args.methods.split(","):
         steps = s["gisp_steps"] if method == "gisp" else s["fixed_steps"]
@@ -96,25 +122,48 @@ def main() -> None:
 
     accuracy = {}
     if not args.skip_accuracy:
-        margin = prune(PruneConfig(method="gisp", objective="margin", tasks="cmqa", calib_tokens=s["margin_tokens"],
-                                   steps=s["margin_steps"], **{k: v for k, v in common.items() if k != "calib"})).trajectory
+        margin = prune(
+            PruneConfig(
+                method="gisp",
+                objective="margin",
+                tasks="cmqa",
+                calib_tokens=s["margin_tokens"],
+                steps=s["margin_steps"],
+                **{k: v for k, v in common.items() if k != "calib"},
+            )
+        ).trajectory
         # every model is evaluated on the items none of them calibrated on
         exclusions = calibration_exclusions(margin.meta.get("objective"))
-        for name, traj in (("gisp-margin", margin), ("wanda-sp", trajectories.get("wanda-sp")),
-                           ("flap", trajectories.get("flap")), ("gisp-ppl", trajectories.get("gisp"))):
+        for name, traj in (
+            ("gisp-margin", margin),
+            ("wanda-sp", trajectories.get("wanda-sp")),
+            ("flap", trajectories.get("flap")),
+            ("gisp-ppl", trajectories.get("gisp")),
+        ):
             if traj is None:
                 continue
             step = traj.step_nearest_sparsity(min(0.4, traj.max_param_sparsity))
             loaded = fresh()
             apply_step(loaded, traj, step)
             suite = evaluate_choice_tasks(loaded.model, loaded.tokenizer, "cmqa", s["acc_limit"], exclusions)
-            accuracy[name] = {"step": step, "param_sparsity": traj.steps[step].param_sparsity,
-                              "average": suite.average_acc, **{t.task: t.acc for t in suite.tasks}}
-            print(f"{name} at {accuracy[name]['param_sparsity']:.3f}: average accuracy {suite.average_acc:.4f}", flush=True)
+            accuracy[name] = {
+                "step": step,
+                "param_sparsity": traj.steps[step].param_sparsity,
+                "average": suite.average_acc,
+                **{t.task: t.acc for t in suite.tasks},
+            }
+            print(
+                f"{name} at {accuracy[name]['param_sparsity']:.3f}: average accuracy {suite.average_acc:.4f}",
+                flush=True,
+            )
         dense = fresh()
         suite = evaluate_choice_tasks(dense.model, dense.tokenizer, "cmqa", s["acc_limit"], exclusions)
-        accuracy["dense"] = {"step": 0, "param_sparsity": 0.0, "average": suite.average_acc,
-                             **{t.task: t.acc for t in suite.tasks}}
+        accuracy["dense"] = {
+            "step": 0,
+            "param_sparsity": 0.0,
+            "average": suite.average_acc,
+            **{t.task: t.acc for t in suite.tasks},
+        }
 
     report(args, s, results, accuracy, time.perf_counter() - started)
 
@@ -124,11 +173,18 @@ def report(args, s, results, accuracy, wall) -> None:
     rows = [["dense"] + [results["dense"][w] for w in (128, 2048) for _ in TARGETS]]
     for name, cells in results["methods"].items():
         rows.append([name] + [c[f"ppl_{w}"] for w in (128, 2048) for c in cells])
-    print(f"\n## WikiText-2 perplexity ({args.model}, {args.setting} setting; windows of 128 / 2048 tokens, "
-          f"limits {s['ppl_limit']}; columns: nearest step to the parameter sparsity)\n")
+    print(
+        f"\n## WikiText-2 perplexity ({args.model}, {args.setting} setting; windows of 128 / 2048 tokens, "
+        f"limits {s['ppl_limit']}; columns: nearest step to the parameter sparsity)\n"
+    )
     print(table(rows, header))
-    print("\nactual parameter sparsity of each column: " + "; ".join(
-        f"{name} " + "/".join(f"{c['param_sparsity']:.3f}" for c in cells) for name, cells in results["methods"].items()))
+    print(
+        "\nactual parameter sparsity of each column: "
+        + "; ".join(
+            f"{name} " + "/".join(f"{c['param_sparsity']:.3f}" for c in cells)
+            for name, cells in results["methods"].items()
+        )
+    )
     claims = {}
     m = results["methods"]
     for key, (a, b, col, what) in {
@@ -142,16 +198,29 @@ def report(args, s, results, accuracy, wall) -> None:
         va, vb, va_matched = m[a][col]["ppl_128"], m[b][col]["ppl_128"], interpolate(m[a], at)
         held = va_matched < vb
         claims[key] = {a: va, b: vb, f"{a}_at_{b}_sparsity": va_matched, "sparsity": at, "held": held}
-        print(f"{what} (128-token windows): {va:.2f} at {m[a][col]['param_sparsity']:.3f} vs {vb:.2f} at {at:.3f}; "
-              f"{a} at {at:.3f} (log-linear between its steps): {va_matched:.2f}: {'held' if held else 'did not hold'}")
+        print(
+            f"{what} (128-token windows): {va:.2f} at {m[a][col]['param_sparsity']:.3f} vs {vb:.2f} at {at:.3f}; "
+            f"{a} at {at:.3f} (log-linear between its steps): {va_matched:.2f}: {'held' if held else 'did not hold'}"
+        )
     if accuracy:
         tasks = [k for k in next(iter(accuracy.values())) if k not in ("step", "param_sparsity", "average")]
         print(f"\n## Seven-task held-out accuracy at ~40% parameter sparsity (limit {s['acc_limit']} per task)\n")
-        print(table([[n, a["param_sparsity"]] + [a[t] for t in tasks] + [a["average"]] for n, a in accuracy.items()],
-                    ["model", "param sparsity"] + tasks + ["average"]))
+        print(
+            table(
+                [[n, a["param_sparsity"]] + [a[t] for t in tasks] + [a["average"]] for n, a in accuracy.items()],
+                ["model", "param sparsity"] + tasks + ["average"],
+            )
+        )
     print(f"\nwall time {wall / 60:.1f} min")
-    payload = {"args": vars(args), "setting": s, "machine": machine(), "perplexity": results, "accuracy": accuracy,
-               "claims": claims, "wall_time_s": wall}
+    payload = {
+        "args": vars(args),
+        "setting": s,
+        "machine": machine(),
+        "perplexity": results,
+        "accuracy": accuracy,
+        "claims": claims,
+        "wall_time_s": wall,
+    }
     path = write_result(f"bench_baselines_{args.setting}", payload)
     png = plot(results, RESULTS / f"bench_baselines_{args.setting}.png")
     print(f"wrote {path} and {png}")

@@ -36,10 +36,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import PeakMemory, machine, median, rss_bytes, table, timed, write_result  # noqa: E402
 
-FULL = dict(batch=8, seq_len=256, prompt_len=32, new_tokens=64, repeats=3, sparsities="0.2,0.3,0.4,0.5",
-            num_samples=16, calib_seq_len=128, steps=12)
-QUICK = dict(batch=2, seq_len=64, prompt_len=8, new_tokens=8, repeats=1, sparsities="0.3,0.5",
-             num_samples=4, calib_seq_len=64, steps=3)
+FULL = dict(
+    batch=8,
+    seq_len=256,
+    prompt_len=32,
+    new_tokens=64,
+    repeats=3,
+    sparsities="0.2,0.3,0.4,0.5",
+    num_samples=16,
+    calib_seq_len=128,
+    steps=12,
+)
+QUICK = dict(
+    batch=2,
+    seq_len=64,
+    prompt_len=8,
+    new_tokens=8,
+    repeats=1,
+    sparsities="0.3,0.5",
+    num_samples=4,
+    calib_seq_len=64,
+    steps=3,
+)
 
 
 # ---- workers (subprocesses) --------------------------------------------------------------------
@@ -160,10 +178,19 @@ def trajectory_for(args):
 
     if args.trajectory:
         return _load_trajectory(args.trajectory)
-    config = PruneConfig(model=args.model, num_samples=args.num_samples, seq_len=args.calib_seq_len,
-                         steps=args.steps, max_sparsity=args.max_sparsity, device=args.device, dtype=args.dtype)
-    print(f"trajectory: {args.steps} steps to structural ratio {args.max_sparsity} (cached after the first run)",
-          file=sys.stderr)
+    config = PruneConfig(
+        model=args.model,
+        num_samples=args.num_samples,
+        seq_len=args.calib_seq_len,
+        steps=args.steps,
+        max_sparsity=args.max_sparsity,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    print(
+        f"trajectory: {args.steps} steps to structural ratio {args.max_sparsity} (cached after the first run)",
+        file=sys.stderr,
+    )
     return prune(config).trajectory
 
 
@@ -179,8 +206,9 @@ def export_points(args, traj, folder: Path) -> list[dict]:
         loaded = load_model(args.model, "cpu", "float32")  # exports are float32; workers cast to --dtype
         result = export_subnetwork(loaded, traj, step, folder / f"step-{step}", uniform=args.uniform)
         del loaded
-        points.append({"target": target, "step": step, "param_sparsity": result.param_sparsity,
-                       "path": str(result.folder)})
+        points.append(
+            {"target": target, "step": step, "param_sparsity": result.param_sparsity, "path": str(result.folder)}
+        )
         print(f"exported step {step} (parameter sparsity {result.param_sparsity:.3f})", file=sys.stderr)
     return points
 
@@ -191,7 +219,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quick", action="store_true", help="small shapes, two sparsities, 3-step trajectory")
-    ap.add_argument("--trajectory", default=None, help="use this trajectory (folder or cache key) instead of building one")
+    ap.add_argument(
+        "--trajectory", default=None, help="use this trajectory (folder or cache key) instead of building one"
+    )
     ap.add_argument("--max-sparsity", type=float, default=0.6, help="structural ratio of the trajectory built")
     ap.add_argument("--uniform", action="store_true", help="measure uniform exports instead of per-layer ones")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each worker (0: torch's default)")
@@ -209,8 +239,10 @@ def main() -> None:
             setattr(args, name, value)
 
     traj = trajectory_for(args)
-    common = {k: getattr(args, k) for k in ("device", "dtype", "batch", "seq_len", "prompt_len", "new_tokens",
-                                             "repeats", "threads")}
+    common = {
+        k: getattr(args, k)
+        for k in ("device", "dtype", "batch", "seq_len", "prompt_len", "new_tokens", "repeats", "threads")
+    }
     with tempfile.TemporaryDirectory(prefix="gisp-bench-deploy-") as tmp:
         points = export_points(args, traj, Path(tmp))
         rows = [{"name": "dense", "target": 0.0, "step": 0, "param_sparsity": 0.0, "path": args.model, "kind": "dense"}]
@@ -232,28 +264,62 @@ def main() -> None:
 
     mib = 2**20
     kind = "uniform" if args.uniform else "per-layer"
-    print(f"{args.model} on {args.device} {args.dtype}: dense vs {kind} exports; prefill {args.batch} x {args.seq_len} "
-          f"tokens, decode batch 1 x {args.new_tokens} tokens after {args.prompt_len}; {rows[0]['threads']} torch "
-          f"threads, median of {args.repeats}")
-    print(table(
-        [[r["name"], r["step"], r["param_sparsity"], f"{r['param_count'] / 1e6:.1f}", f"{r['prefill_tok_s']:.0f}",
-          r["prefill_x"], f"{r['decode_tok_s']:.1f}", r["decode_x"], f"{r['peak_bytes'] / mib:.0f}", r["memory_x"]]
-         for r in rows],
-        ["model", "step", "param sparsity", "params (M)", "prefill tok/s", "x dense", "decode tok/s", "x dense",
-         "peak MiB", "x dense"],
-    ))
+    print(
+        f"{args.model} on {args.device} {args.dtype}: dense vs {kind} exports; prefill {args.batch} x {args.seq_len} "
+        f"tokens, decode batch 1 x {args.new_tokens} tokens after {args.prompt_len}; {rows[0]['threads']} torch "
+        f"threads, median of {args.repeats}"
+    )
+    print(
+        table(
+            [
+                [
+                    r["name"],
+                    r["step"],
+                    r["param_sparsity"],
+                    f"{r['param_count'] / 1e6:.1f}",
+                    f"{r['prefill_tok_s']:.0f}",
+                    r["prefill_x"],
+                    f"{r['decode_tok_s']:.1f}",
+                    r["decode_x"],
+                    f"{r['peak_bytes'] / mib:.0f}",
+                    r["memory_x"],
+                ]
+                for r in rows
+            ],
+            [
+                "model",
+                "step",
+                "param sparsity",
+                "params (M)",
+                "prefill tok/s",
+                "x dense",
+                "decode tok/s",
+                "x dense",
+                "peak MiB",
+                "x dense",
+            ],
+        )
+    )
     at_half = min(rows[1:], key=lambda r: abs(r["param_sparsity"] - 0.5), default=None)
     if at_half is not None:
         verdict = "meets" if at_half["prefill_x"] >= 1.6 else "misses"
-        print(f"prefill at {at_half['param_sparsity']:.3f} parameter sparsity: {at_half['prefill_x']:.2f}x dense "
-              f"({verdict} the 1.6x target)")
-    payload = {"args": vars(args), "machine": machine(), "kind": kind, "trajectory": traj.key,
-               "trajectory_steps": [{"step": s.step, "param_sparsity": s.param_sparsity} for s in traj.steps],
-               "memory": "CPU: sampled RSS peak minus RSS before loading; CUDA: allocator peak",
-               "rows": rows}
+        print(
+            f"prefill at {at_half['param_sparsity']:.3f} parameter sparsity: {at_half['prefill_x']:.2f}x dense "
+            f"({verdict} the 1.6x target)"
+        )
+    payload = {
+        "args": vars(args),
+        "machine": machine(),
+        "kind": kind,
+        "trajectory": traj.key,
+        "trajectory_steps": [{"step": s.step, "param_sparsity": s.param_sparsity} for s in traj.steps],
+        "memory": "CPU: sampled RSS peak minus RSS before loading; CUDA: allocator peak",
+        "rows": rows,
+    }
     suffix = "_quick" if args.quick else ""
-    path = write_result(f"bench_deploy_{args.device.replace(':', '')}_{args.dtype}{'_uniform' if args.uniform else ''}{suffix}",
-                        payload)
+    path = write_result(
+        f"bench_deploy_{args.device.replace(':', '')}_{args.dtype}{'_uniform' if args.uniform else ''}{suffix}", payload
+    )
     print(f"wrote {path}")
 
 

@@ -42,8 +42,13 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
         backend = backend_for(device)
         if device.startswith("cuda"):
             torch.cuda.set_device(rank)
-        torch.distributed.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
-                                             timeout=datetime.timedelta(seconds=1800))
+        torch.distributed.init_process_group(
+            backend,
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=1800),
+        )
     from gisp_engine import PruneConfig, distributed, load_model
     from gisp_engine.importance import score_structures
     from gisp_engine.objectives import objective_spec
@@ -99,8 +104,17 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
             bare.append(time.perf_counter() - start)
         del buf
     with open(Path(out) / f"rank{rank}.pkl", "wb") as fh:
-        pickle.dump({"step_s": steps, "cpu_s": cpu, "allreduce_s": reduces, "bare_allreduce_s": bare, "bytes": reduced_bytes[0],
-                     "micro_batches": len(distributed.shard(objective.batches()))}, fh)
+        pickle.dump(
+            {
+                "step_s": steps,
+                "cpu_s": cpu,
+                "allreduce_s": reduces,
+                "bare_allreduce_s": bare,
+                "bytes": reduced_bytes[0],
+                "micro_batches": len(distributed.shard(objective.batches())),
+            },
+            fh,
+        )
     if world > 1:
         torch.distributed.destroy_process_group()
 
@@ -111,7 +125,9 @@ def run(world: int, args) -> dict:
         env_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
-            procs = [ctx.Process(target=_worker, args=(r, world, str(Path(tmp) / "rdzv"), args, tmp)) for r in range(world)]
+            procs = [
+                ctx.Process(target=_worker, args=(r, world, str(Path(tmp) / "rdzv"), args, tmp)) for r in range(world)
+            ]
             for p in procs:
                 p.start()
             for p in procs:
@@ -125,12 +141,15 @@ def run(world: int, args) -> dict:
             raise SystemExit(f"a benchmark process failed (exit codes {[p.exitcode for p in procs]})")
         ranks = [pickle.loads((Path(tmp) / f"rank{r}.pkl").read_bytes()) for r in range(world)]
     # a step ends when the slowest rank ends (the barrier makes them equal anyway)
-    return {"step_s": [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)],
-            "cpu_s": [max(r["cpu_s"][i] for r in ranks) for i in range(args.repeats)],
-            "load_average": os.getloadavg(),
-            "allreduce_s": [max(r["allreduce_s"][i] for r in ranks) for i in range(args.repeats)],
-            "bare_allreduce_s": ranks[0]["bare_allreduce_s"], "bytes": ranks[0]["bytes"],
-            "micro_batches": [r["micro_batches"] for r in ranks]}
+    return {
+        "step_s": [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)],
+        "cpu_s": [max(r["cpu_s"][i] for r in ranks) for i in range(args.repeats)],
+        "load_average": os.getloadavg(),
+        "allreduce_s": [max(r["allreduce_s"][i] for r in ranks) for i in range(args.repeats)],
+        "bare_allreduce_s": ranks[0]["bare_allreduce_s"],
+        "bytes": ranks[0]["bytes"],
+        "micro_batches": [r["micro_batches"] for r in ranks],
+    }
 
 
 def main() -> None:
@@ -149,28 +168,67 @@ def main() -> None:
     rounds = []
     for _ in range(args.rounds):
         one, many = run(1, args), run(args.procs, args)
-        rounds.append({"one": one, "many": many, "speedup": median(one["step_s"]) / median(many["step_s"]),
-                       "cpu_speedup": median(one["cpu_s"]) / median(many["cpu_s"]),
-                       "allreduce_share": median(many["allreduce_s"]) / median(many["step_s"]),
-                       "bare_allreduce_share": median(many["bare_allreduce_s"]) / median(many["step_s"])})
+        rounds.append(
+            {
+                "one": one,
+                "many": many,
+                "speedup": median(one["step_s"]) / median(many["step_s"]),
+                "cpu_speedup": median(one["cpu_s"]) / median(many["cpu_s"]),
+                "allreduce_share": median(many["allreduce_s"]) / median(many["step_s"]),
+                "bare_allreduce_share": median(many["bare_allreduce_s"]) / median(many["step_s"]),
+            }
+        )
     speedups = [r["speedup"] for r in rounds]
     cpu_speedups = [r["cpu_speedup"] for r in rounds]
     rows = []
     for i, r in enumerate(rounds):
-        rows.append([f"round {i + 1}", f"{median(r['one']['step_s']):.2f} s", f"{median(r['many']['step_s']):.2f} s",
-                     r["speedup"], r["cpu_speedup"], f"{r['allreduce_share']:.1%}", f"{r['bare_allreduce_share']:.1%}",
-                     f"{r['many']['load_average'][0]:.1f}"])
-    print(f"one scoring step of {args.model}, {args.device} {args.dtype}, {args.samples} x {args.seq_len} tokens in "
-          f"micro-batches of {args.batch_size}, 1 thread per process; {args.procs} processes hold "
-          f"{rounds[0]['many']['micro_batches']} micro-batches, all-reduce {rounds[0]['many']['bytes'] / 2**20:.0f} MiB")
-    print(table(rows, ["", "1 process", f"{args.procs} processes", "speedup", "CPU-time speedup",
-                       "all-reduce share (with waiting)", "bare all-reduce share", "load avg"]))
-    print(f"speedup: median {median(speedups):.2f}, range {min(speedups):.2f} - {max(speedups):.2f} (goal >= 1.7 with 2); "
-          f"CPU-time speedup: median {median(cpu_speedups):.2f}, range {min(cpu_speedups):.2f} - {max(cpu_speedups):.2f}")
-    path = write_result(f"bench_distributed_{args.device}", {"args": vars(args), "machine": machine(), "rounds": rounds,
-                                                             "speedup_median": median(speedups),
-                                                             "speedup_range": [min(speedups), max(speedups)],
-                                                             "cpu_speedup_median": median(cpu_speedups)})
+        rows.append(
+            [
+                f"round {i + 1}",
+                f"{median(r['one']['step_s']):.2f} s",
+                f"{median(r['many']['step_s']):.2f} s",
+                r["speedup"],
+                r["cpu_speedup"],
+                f"{r['allreduce_share']:.1%}",
+                f"{r['bare_allreduce_share']:.1%}",
+                f"{r['many']['load_average'][0]:.1f}",
+            ]
+        )
+    print(
+        f"one scoring step of {args.model}, {args.device} {args.dtype}, {args.samples} x {args.seq_len} tokens in "
+        f"micro-batches of {args.batch_size}, 1 thread per process; {args.procs} processes hold "
+        f"{rounds[0]['many']['micro_batches']} micro-batches, all-reduce {rounds[0]['many']['bytes'] / 2**20:.0f} MiB"
+    )
+    print(
+        table(
+            rows,
+            [
+                "",
+                "1 process",
+                f"{args.procs} processes",
+                "speedup",
+                "CPU-time speedup",
+                "all-reduce share (with waiting)",
+                "bare all-reduce share",
+                "load avg",
+            ],
+        )
+    )
+    print(
+        f"speedup: median {median(speedups):.2f}, range {min(speedups):.2f} - {max(speedups):.2f} (goal >= 1.7 with 2); "
+        f"CPU-time speedup: median {median(cpu_speedups):.2f}, range {min(cpu_speedups):.2f} - {max(cpu_speedups):.2f}"
+    )
+    path = write_result(
+        f"bench_distributed_{args.device}",
+        {
+            "args": vars(args),
+            "machine": machine(),
+            "rounds": rounds,
+            "speedup_median": median(speedups),
+            "speedup_range": [min(speedups), max(speedups)],
+            "cpu_speedup_median": median(cpu_speedups),
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -57,24 +57,36 @@ def load_worker(spec: dict) -> dict:
     before = rss_bytes()
     start = time.perf_counter()
     with PeakMemory("cpu") as mem:
-        model = AutoModelForCausalLM.from_pretrained(spec["path"], trust_remote_code=True, dtype=torch.float32,
-                                                     **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec["path"], trust_remote_code=True, dtype=torch.float32, **kwargs
+        )
     took = time.perf_counter() - start
     # a mapped file's pages are read on first use: one forward touches every weight
     with torch.no_grad(), PeakMemory("cpu") as forward:
         model(torch.zeros(1, 8, dtype=torch.long))
     first_forward = time.perf_counter() - start
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"load_s": took, "load_forward_s": first_forward, "load_peak_bytes": mem.peak - before,
-            "peak_bytes": max(mem.peak, forward.peak) - before, "resident_bytes": rss_bytes() - before,
-            "model_bytes": weights, "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "load_s": took,
+        "load_forward_s": first_forward,
+        "load_peak_bytes": mem.peak - before,
+        "peak_bytes": max(mem.peak, forward.peak) - before,
+        "resident_bytes": rss_bytes() - before,
+        "model_bytes": weights,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def run_worker(spec: dict) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--spec", json.dumps(spec)]
     # large blocks straight from mmap, so that freed tensors leave the resident set at once (as bench_deploy)
-    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        TRANSFORMERS_VERBOSITY="error",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        MALLOC_MMAP_THRESHOLD_="65536",
+        OMP_NUM_THREADS="1",
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"load worker failed:\n{done.stderr[-3000:]}")
@@ -83,8 +95,10 @@ def run_worker(spec: dict) -> dict:
 
 def measure(spec: dict, repeats: int) -> dict:
     runs = [run_worker(spec) for _ in range(repeats)]
-    figures = {k: median([r[k] for r in runs])
-               for k in ("load_s", "load_forward_s", "load_peak_bytes", "peak_bytes", "resident_bytes")}
+    figures = {
+        k: median([r[k] for r in runs])
+        for k in ("load_s", "load_forward_s", "load_peak_bytes", "peak_bytes", "resident_bytes")
+    }
     return {**figures, "model_bytes": runs[0]["model_bytes"], "params": runs[0]["params"], "runs": runs}
 
 
@@ -119,8 +133,10 @@ def main() -> None:
         elastic_export_s = time.perf_counter() - start
         del loaded
         elastic_bytes = folder_bytes(elastic)
-        print(f"elastic export of {traj.num_steps + 1} steps: {elastic_bytes / mib:.1f} MiB in {elastic_export_s:.1f} s",
-              file=sys.stderr)
+        print(
+            f"elastic export of {traj.num_steps + 1} steps: {elastic_bytes / mib:.1f} MiB in {elastic_export_s:.1f} s",
+            file=sys.stderr,
+        )
 
         points, seen = [], set()
         for target in sorted({*map(float, DISK_SPARSITIES.split(",")), *load_targets}):
@@ -133,10 +149,21 @@ def main() -> None:
             result = export_subnetwork(loaded, traj, step, root / f"step-{step}")
             took = time.perf_counter() - start
             del loaded
-            points.append({"target": target, "step": step, "param_sparsity": result.param_sparsity,
-                           "path": str(result.folder), "export_bytes": folder_bytes(result.folder), "export_s": took})
-            print(f"per-step export of step {step} ({result.param_sparsity:.3f}): "
-                  f"{points[-1]['export_bytes'] / mib:.1f} MiB", file=sys.stderr)
+            points.append(
+                {
+                    "target": target,
+                    "step": step,
+                    "param_sparsity": result.param_sparsity,
+                    "path": str(result.folder),
+                    "export_bytes": folder_bytes(result.folder),
+                    "export_s": took,
+                }
+            )
+            print(
+                f"per-step export of step {step} ({result.param_sparsity:.3f}): "
+                f"{points[-1]['export_bytes'] / mib:.1f} MiB",
+                file=sys.stderr,
+            )
 
         disk_points = [p for p in points if p["target"] in set(map(float, DISK_SPARSITIES.split(",")))]
         per_step_sum = sum(p["export_bytes"] for p in disk_points)
@@ -148,43 +175,98 @@ def main() -> None:
             from_elastic = measure({"path": str(elastic), "step": p["step"]}, repeats)
             from_folder = measure({"path": p["path"], "step": None}, repeats)
             if from_elastic["params"] != from_folder["params"]:
-                raise SystemExit(f"step {p['step']}: elastic loads {from_elastic['params']} parameters, "
-                                 f"the per-step folder {from_folder['params']}")
-            rows.append({**{k: p[k] for k in ("target", "step", "param_sparsity", "export_bytes")},
-                         "elastic": from_elastic, "per_step": from_folder,
-                         "elastic_peak_x_export": from_elastic["peak_bytes"] / p["export_bytes"],
-                         "per_step_peak_x_export": from_folder["peak_bytes"] / p["export_bytes"]})
+                raise SystemExit(
+                    f"step {p['step']}: elastic loads {from_elastic['params']} parameters, "
+                    f"the per-step folder {from_folder['params']}"
+                )
+            rows.append(
+                {
+                    **{k: p[k] for k in ("target", "step", "param_sparsity", "export_bytes")},
+                    "elastic": from_elastic,
+                    "per_step": from_folder,
+                    "elastic_peak_x_export": from_elastic["peak_bytes"] / p["export_bytes"],
+                    "per_step_peak_x_export": from_folder["peak_bytes"] / p["export_bytes"],
+                }
+            )
 
     elastic_x_dense = elastic_bytes / dense_bytes
     print(f"{args.model}, trajectory {traj.key or args.trajectory} ({traj.num_steps} steps), float32 on CPU")
-    print(table(
-        [["elastic (every step)", f"{elastic_bytes / mib:.1f}", elastic_x_dense],
-         ["dense model weights", f"{dense_bytes / mib:.1f}", 1.0]]
-        + [[f"step {p['step']} ({p['param_sparsity']:.1%})", f"{p['export_bytes'] / mib:.1f}",
-            p["export_bytes"] / dense_bytes] for p in disk_points]
-        + [[f"sum of the {len(disk_points)} per-step exports", f"{per_step_sum / mib:.1f}", per_step_sum / dense_bytes]],
-        ["folder", "weights MiB", "x dense"],
-    ))
-    print(table(
-        [[r["step"], r["param_sparsity"], f"{r['export_bytes'] / mib:.1f}", source,
-          r[key]["load_s"], r[key]["load_forward_s"], f"{r[key]['load_peak_bytes'] / mib:.1f}",
-          f"{r[key]['peak_bytes'] / mib:.1f}", r[key]["peak_bytes"] / r["export_bytes"]]
-         for r in rows for source, key in (("elastic", "elastic"), ("per-step", "per_step"))],
-        ["step", "param sparsity", "export MiB", "from", "load s", "load+forward s", "peak MiB in load",
-         "peak MiB to 1st forward", "x export"],
-    ))
+    print(
+        table(
+            [
+                ["elastic (every step)", f"{elastic_bytes / mib:.1f}", elastic_x_dense],
+                ["dense model weights", f"{dense_bytes / mib:.1f}", 1.0],
+            ]
+            + [
+                [
+                    f"step {p['step']} ({p['param_sparsity']:.1%})",
+                    f"{p['export_bytes'] / mib:.1f}",
+                    p["export_bytes"] / dense_bytes,
+                ]
+                for p in disk_points
+            ]
+            + [
+                [
+                    f"sum of the {len(disk_points)} per-step exports",
+                    f"{per_step_sum / mib:.1f}",
+                    per_step_sum / dense_bytes,
+                ]
+            ],
+            ["folder", "weights MiB", "x dense"],
+        )
+    )
+    print(
+        table(
+            [
+                [
+                    r["step"],
+                    r["param_sparsity"],
+                    f"{r['export_bytes'] / mib:.1f}",
+                    source,
+                    r[key]["load_s"],
+                    r[key]["load_forward_s"],
+                    f"{r[key]['load_peak_bytes'] / mib:.1f}",
+                    f"{r[key]['peak_bytes'] / mib:.1f}",
+                    r[key]["peak_bytes"] / r["export_bytes"],
+                ]
+                for r in rows
+                for source, key in (("elastic", "elastic"), ("per-step", "per_step"))
+            ],
+            [
+                "step",
+                "param sparsity",
+                "export MiB",
+                "from",
+                "load s",
+                "load+forward s",
+                "peak MiB in load",
+                "peak MiB to 1st forward",
+                "x export",
+            ],
+        )
+    )
     size_ok = elastic_x_dense <= 1.05
     worst = max((r["elastic_peak_x_export"] for r in rows), default=float("nan"))
-    print(f"elastic folder {elastic_x_dense:.3f}x dense ({'meets' if size_ok else 'misses'} <= 1.05x); "
-          f"elastic peak load memory up to {worst:.3f}x the step's export ({'meets' if worst <= 1.2 else 'misses'} "
-          f"<= 1.2x); {len(disk_points)} per-step exports take {per_step_sum / elastic_bytes:.2f}x the elastic folder")
-    payload = {"args": vars(args), "machine": machine(), "trajectory": traj.key,
-               "trajectory_steps": [{"step": s.step, "param_sparsity": s.param_sparsity} for s in traj.steps],
-               "memory": "sampled RSS minus RSS before the load (code imported), fresh process per load: peak during "
-              "from_pretrained (load_peak_bytes) and up to the end of the first forward (peak_bytes)",
-               "elastic_bytes": elastic_bytes, "dense_bytes": dense_bytes, "elastic_x_dense": elastic_x_dense,
-               "elastic_export_s": elastic_export_s, "per_step_sum_bytes": per_step_sum,
-               "per_step_exports": [{k: v for k, v in p.items() if k != "path"} for p in points], "loads": rows}
+    print(
+        f"elastic folder {elastic_x_dense:.3f}x dense ({'meets' if size_ok else 'misses'} <= 1.05x); "
+        f"elastic peak load memory up to {worst:.3f}x the step's export ({'meets' if worst <= 1.2 else 'misses'} "
+        f"<= 1.2x); {len(disk_points)} per-step exports take {per_step_sum / elastic_bytes:.2f}x the elastic folder"
+    )
+    payload = {
+        "args": vars(args),
+        "machine": machine(),
+        "trajectory": traj.key,
+        "trajectory_steps": [{"step": s.step, "param_sparsity": s.param_sparsity} for s in traj.steps],
+        "memory": "sampled RSS minus RSS before the load (code imported), fresh process per load: peak during "
+        "from_pretrained (load_peak_bytes) and up to the end of the first forward (peak_bytes)",
+        "elastic_bytes": elastic_bytes,
+        "dense_bytes": dense_bytes,
+        "elastic_x_dense": elastic_x_dense,
+        "elastic_export_s": elastic_export_s,
+        "per_step_sum_bytes": per_step_sum,
+        "per_step_exports": [{k: v for k, v in p.items() if k != "path"} for p in points],
+        "loads": rows,
+    }
     path = write_result(f"bench_elastic{'_quick' if args.quick else ''}", payload)
     print(f"wrote {path}")
 

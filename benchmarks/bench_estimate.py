@@ -49,10 +49,34 @@ CASES: dict[str, tuple] = {
 }
 
 
-def prune_args(model: str, dtype: str, num_samples: int, seq_len: int, batch_size: int | None, steps: int,
-               device: str, extra: tuple[str, ...] = ()) -> list[str]:
-    args = ["prune", "--model", model, "--dtype", dtype, "--device", device, "--num-samples", str(num_samples),
-            "--seq-len", str(seq_len), "--steps", str(steps), "--max-sparsity", "0.2", *extra]
+def prune_args(
+    model: str,
+    dtype: str,
+    num_samples: int,
+    seq_len: int,
+    batch_size: int | None,
+    steps: int,
+    device: str,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    args = [
+        "prune",
+        "--model",
+        model,
+        "--dtype",
+        dtype,
+        "--device",
+        device,
+        "--num-samples",
+        str(num_samples),
+        "--seq-len",
+        str(seq_len),
+        "--steps",
+        str(steps),
+        "--max-sparsity",
+        "0.2",
+        *extra,
+    ]
     return args + (["--batch-size", str(batch_size)] if batch_size else [])
 
 
@@ -69,12 +93,20 @@ def _child_measure(argv: list[str], device: str) -> None:
         for line in fh:
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) * 1024
-    print("BENCH " + json.dumps({"code": code, "peak": mem.peak, "baseline": mem.baseline, "vm_hwm": hwm, "wall_s": wall}))
+    print(
+        "BENCH " + json.dumps({"code": code, "peak": mem.peak, "baseline": mem.baseline, "vm_hwm": hwm, "wall_s": wall})
+    )
 
 
 def run_child(argv: list[str], env: dict | None = None, timeout: int = 7200) -> str:
-    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
@@ -85,8 +117,18 @@ def estimate(argv: list[str]) -> dict:
     return json.loads(out)
 
 
-def measure_case(name: str, model: str, dtype: str, num_samples: int, seq_len: int, batch_size: int | None,
-                 steps: int, device: str = "cpu", out: Path | None = None, extra: tuple[str, ...] = ()) -> dict:
+def measure_case(
+    name: str,
+    model: str,
+    dtype: str,
+    num_samples: int,
+    seq_len: int,
+    batch_size: int | None,
+    steps: int,
+    device: str = "cpu",
+    out: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> dict:
     """One case: the measured run first (it records the speed a dry run reads), then the dry run."""
     argv = prune_args(model, dtype, num_samples, seq_len, batch_size, steps, device, extra)
     out = out or Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-estimate-{name}"
@@ -98,13 +140,26 @@ def measure_case(name: str, model: str, dtype: str, num_samples: int, seq_len: i
     est = plan["memory"]
     parts = {p["name"]: p["bytes"] for p in est["parts"]}
     return {
-        "case": name, "model": model, "dtype": dtype, "device": device, "argv": argv,
-        "micro_batches": plan["micro_batches"], "tokens_per_step": plan["tokens_per_step"],
-        "estimate_bytes": est["peak_bytes"], "estimate_parts": parts, "load_peak_bytes": est["load_peak_bytes"],
-        "measured_bytes": measured["peak"], "vm_hwm_bytes": measured["vm_hwm"], "baseline_bytes": measured["baseline"],
+        "case": name,
+        "model": model,
+        "dtype": dtype,
+        "device": device,
+        "argv": argv,
+        "micro_batches": plan["micro_batches"],
+        "tokens_per_step": plan["tokens_per_step"],
+        "estimate_bytes": est["peak_bytes"],
+        "estimate_parts": parts,
+        "load_peak_bytes": est["load_peak_bytes"],
+        "measured_bytes": measured["peak"],
+        "vm_hwm_bytes": measured["vm_hwm"],
+        "baseline_bytes": measured["baseline"],
         "ratio": measured["peak"] / est["peak_bytes"],
-        "first_step_s": walls[0], "step_walls_s": walls, "wall_s": measured["wall_s"],
-        "dry_run_time": plan["time"], "trajectory": str(out), "key": plan["key"],
+        "first_step_s": walls[0],
+        "step_walls_s": walls,
+        "wall_s": measured["wall_s"],
+        "dry_run_time": plan["time"],
+        "trajectory": str(out),
+        "key": plan["key"],
     }
 
 
@@ -113,15 +168,43 @@ def rows_of(results: list[dict]) -> list[list]:
     rows = []
     for r in results:
         p = r["estimate_parts"]
-        rows.append([r["case"], r["dtype"], r["micro_batches"], f"{p['runtime'] / gib:.2f}", f"{p['weights'] / gib:.2f}",
-                     f"{p['sliced copies'] / gib:.2f}", f"{p['gradient sums'] / gib:.2f}", f"{p['activations'] / gib:.2f}", f"{p['head'] / gib:.2f}",
-                     f"{r['load_peak_bytes'] / gib:.2f}", f"{r['estimate_bytes'] / gib:.2f}",
-                     f"{r['measured_bytes'] / gib:.2f}", f"{r['vm_hwm_bytes'] / gib:.2f}", f"{r['ratio']:.3f}"])
+        rows.append(
+            [
+                r["case"],
+                r["dtype"],
+                r["micro_batches"],
+                f"{p['runtime'] / gib:.2f}",
+                f"{p['weights'] / gib:.2f}",
+                f"{p['sliced copies'] / gib:.2f}",
+                f"{p['gradient sums'] / gib:.2f}",
+                f"{p['activations'] / gib:.2f}",
+                f"{p['head'] / gib:.2f}",
+                f"{r['load_peak_bytes'] / gib:.2f}",
+                f"{r['estimate_bytes'] / gib:.2f}",
+                f"{r['measured_bytes'] / gib:.2f}",
+                f"{r['vm_hwm_bytes'] / gib:.2f}",
+                f"{r['ratio']:.3f}",
+            ]
+        )
     return rows
 
 
-HEADER = ["case", "dtype", "micro-batches", "runtime", "weights", "sliced copies", "grad sums", "activations", "head", "loading",
-          "estimate GiB", "measured GiB", "VmHWM GiB", "measured/estimate"]
+HEADER = [
+    "case",
+    "dtype",
+    "micro-batches",
+    "runtime",
+    "weights",
+    "sliced copies",
+    "grad sums",
+    "activations",
+    "head",
+    "loading",
+    "estimate GiB",
+    "measured GiB",
+    "VmHWM GiB",
+    "measured/estimate",
+]
 
 
 def main() -> None:
@@ -145,8 +228,11 @@ def main() -> None:
         if path.is_file():  # another invocation may have added cases meanwhile
             done = {**{r["case"]: r for r in json.loads(path.read_text())["results"]}, **done}
         done[name] = result
-        print(f"{name}: estimate {result['estimate_bytes'] / 2**30:.2f} GiB, measured {result['measured_bytes'] / 2**30:.2f} "
-              f"GiB, ratio {result['ratio']:.3f} (load average {load:.1f})", flush=True)
+        print(
+            f"{name}: estimate {result['estimate_bytes'] / 2**30:.2f} GiB, measured {result['measured_bytes'] / 2**30:.2f} "
+            f"GiB, ratio {result['ratio']:.3f} (load average {load:.1f})",
+            flush=True,
+        )
         write_result(path.stem, {"machine": machine(), "results": list(done.values())})
     if path.is_file():
         done = {**{r["case"]: r for r in json.loads(path.read_text())["results"]}, **done}

@@ -28,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
-TEXT_40 = ("The cat sat on the mat because it was warm, and the dog lay beside it by the fire while the rain kept "
-           "falling on the old roof of the quiet house")
+TEXT_40 = (
+    "The cat sat on the mat because it was warm, and the dog lay beside it by the fire while the rain kept "
+    "falling on the old roof of the quiet house"
+)
 
 
 def ms(fn, *args) -> tuple[float, object]:
@@ -63,8 +65,9 @@ def server_times(path: Path, structures: int) -> dict:
         return plotly.io.to_json(figures.score_distribution_figure(explain.step_scores(traj, step)), validate=False)
 
     def stability():
-        return plotly.io.to_json(figures.rank_stability_figure(explain.rank_stability(traj), view.param_sparsity),
-                                 validate=False)
+        return plotly.io.to_json(
+            figures.rank_stability_figure(explain.rank_stability(traj), view.param_sparsity), validate=False
+        )
 
     history(ids[0]), distribution(1), stability()  # plotly's first figure of a kind pays its imports
     return {
@@ -89,8 +92,13 @@ def attention_times(path: Path) -> dict:
     dense_ms, _ = ms(explain.attention_patterns, loaded, TEXT_40)
     step = traj.num_steps // 2
     step_ms, _ = ms(explain.attention_patterns, loaded, TEXT_40, traj, step)
-    return {"model_load_ms": round(load_s), "tokens": tokens, "threads": torch.get_num_threads(),
-            "dense_first_ms": round(dense_ms), f"step_{step}_first_ms": round(step_ms)}
+    return {
+        "model_load_ms": round(load_s),
+        "tokens": tokens,
+        "threads": torch.get_num_threads(),
+        "dense_first_ms": round(dense_ms),
+        f"step_{step}_first_ms": round(step_ms),
+    }
 
 
 def browser_times(path: Path, clicks: int) -> dict:
@@ -105,19 +113,39 @@ def browser_times(path: Path, clicks: int) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_browser import PLOTS
 
-    title = (f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
-             "String(p.layout.title.text).startsWith(start)); return p ? String(p.layout.title.text) : null; }")
+    title = (
+        f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
+        "String(p.layout.title.text).startsWith(start)); return p ? String(p.layout.title.text) : null; }"
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cache = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     (cache / "models").symlink_to(ROOT / "cache" / "models")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=dict(os.environ, GISP_CACHE_DIR=str(cache)), stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, GISP_CACHE_DIR=str(cache)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url, times = f"http://127.0.0.1:{port}", []
     try:
         for _ in range(240):
@@ -127,8 +155,9 @@ def browser_times(path: Path, clicks: int) -> dict:
             except OSError:
                 time.sleep(0.5)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"),
-                                        args=["--no-sandbox"])
+            browser = p.chromium.launch(
+                executable_path=os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"), args=["--no-sandbox"]
+            )
             page = browser.new_page(viewport={"width": 1600, "height": 1500})
             page.goto(f"{url}/Explore")
             page.wait_for_function(f"({PLOTS})().length >= 4", timeout=180_000)
@@ -138,17 +167,25 @@ def browser_times(path: Path, clicks: int) -> dict:
                 page.keyboard.press("Enter")
             page.wait_for_function(title, arg="History of", timeout=120_000)
             for i in range(clicks + 1):
-                heads = next(f for f in page.frames if f.evaluate(
-                    "() => { const p = document.querySelector('.js-plotly-plot'); "
-                    "return !!p && String(p.layout.title.text).startsWith('Attention heads'); }"))
+                heads = next(
+                    f
+                    for f in page.frames
+                    if f.evaluate(
+                        "() => { const p = document.querySelector('.js-plotly-plot'); "
+                        "return !!p && String(p.layout.title.text).startsWith('Attention heads'); }"
+                    )
+                )
                 layer, unit = 3 + i % 20, i % 3
                 xy = heads.evaluate(f"""() => {{ const fl = document.querySelector('.js-plotly-plot')._fullLayout;
                     return [fl.xaxis.l2p({unit}) + fl.margin.l, fl.yaxis.l2p({layer}) + fl.margin.t]; }}""")
                 box = heads.frame_element().bounding_box()
                 started = time.perf_counter()
                 page.mouse.click(box["x"] + xy[0], box["y"] + xy[1])
-                page.wait_for_function(f"(want) => {{ const t = ({title})('History of'); return t && t.includes(want); }}",
-                                       arg=f"layer {layer} · ", timeout=60_000)
+                page.wait_for_function(
+                    f"(want) => {{ const t = ({title})('History of'); return t && t.includes(want); }}",
+                    arg=f"layer {layer} · ",
+                    timeout=60_000,
+                )
                 if i:  # the first is a warm-up
                     times.append(1e3 * (time.perf_counter() - started))
             browser.close()
@@ -167,9 +204,12 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_explain.json")
     args = parser.parse_args()
-    result = {"benchmark": "explore: why was it removed", "trajectory": str(args.trajectory),
-              "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
-              "server": server_times(args.trajectory, args.structures)}
+    result = {
+        "benchmark": "explore: why was it removed",
+        "trajectory": str(args.trajectory),
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
+        "server": server_times(args.trajectory, args.structures),
+    }
     if not args.no_attention:
         result["attention"] = attention_times(args.trajectory)
     if args.browser:

@@ -34,8 +34,12 @@ def main() -> None:
     ap.add_argument("--at", default="0,0.2,0.3,0.4", help="parameter sparsities to evaluate")
     ap.add_argument("--eval-seq-len", type=int, default=128)
     ap.add_argument("--limit", type=int, default=120, help="WikiText-2 windows per evaluation")
-    ap.add_argument("--bos", default="auto", choices=("auto", "each", "stream"),
-                    help="BOS policy of the calibration and WikiText-2 windows (auto: each, for Gemma 3)")
+    ap.add_argument(
+        "--bos",
+        default="auto",
+        choices=("auto", "each", "stream"),
+        help="BOS policy of the calibration and WikiText-2 windows (auto: each, for Gemma 3)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--trajectory", type=Path, help="evaluate this trajectory instead of timing a fresh run")
     args = ap.parse_args()
@@ -55,8 +59,16 @@ def main() -> None:
         prepare_embedded_model(args.model)  # conversion (once per machine) is not part of the run's time
     run = {}
     if args.trajectory is None:
-        config = PruneConfig(model=args.model, num_samples=args.num_samples, seq_len=args.seq_len, steps=args.steps,
-                             max_sparsity=args.max_sparsity, device="cpu", dtype="float32", bos=args.bos)
+        config = PruneConfig(
+            model=args.model,
+            num_samples=args.num_samples,
+            seq_len=args.seq_len,
+            steps=args.steps,
+            max_sparsity=args.max_sparsity,
+            device="cpu",
+            dtype="float32",
+            bos=args.bos,
+        )
         # a private cache, so that the run is really run; the converted model is shared through a link
         with tempfile.TemporaryDirectory() as tmp:
             shared = Path(os.environ.get("GISP_CACHE_DIR") or Path(__file__).resolve().parents[1] / "cache")
@@ -70,8 +82,7 @@ def main() -> None:
             wall = time.perf_counter() - start
             traj = Trajectory.load(outcome.trajectory.path)
             os.environ["GISP_CACHE_DIR"] = str(shared)
-        run = {"call_wall_time_s": wall, "loop_wall_time_s": traj.meta["wall_time_s"],
-               "peak_rss_bytes": memory.peak}
+        run = {"call_wall_time_s": wall, "loop_wall_time_s": traj.meta["wall_time_s"], "peak_rss_bytes": memory.peak}
     else:
         traj = Trajectory.load(args.trajectory)
 
@@ -81,28 +92,48 @@ def main() -> None:
         loaded = load_model(args.model, "cpu", "float32")
         apply_step(loaded, traj, step)
         start = time.perf_counter()
-        result = wikitext2_perplexity(loaded.model, loaded.tokenizer, seq_len=args.eval_seq_len, limit=args.limit,
-                                      bos=args.bos)
+        result = wikitext2_perplexity(
+            loaded.model, loaded.tokenizer, seq_len=args.eval_seq_len, limit=args.limit, bos=args.bos
+        )
         rec = traj.steps[step]
-        evals.append({"target": target, "step": step, "param_sparsity": rec.param_sparsity,
-                      "structural_ratio": rec.structural_ratio, "eval_wall_time_s": time.perf_counter() - start,
-                      **result.to_dict()})
+        evals.append(
+            {
+                "target": target,
+                "step": step,
+                "param_sparsity": rec.param_sparsity,
+                "structural_ratio": rec.structural_ratio,
+                "eval_wall_time_s": time.perf_counter() - start,
+                **result.to_dict(),
+            }
+        )
         rows.append([f"{target:.0%}", step, rec.param_sparsity, rec.structural_ratio, result.perplexity])
         del loaded
 
     threads = torch.get_num_threads()
     if run:
-        print(f"GISP on {args.model}: {args.num_samples} x {args.seq_len} tokens, {args.steps} steps to structural "
-              f"{args.max_sparsity}, {threads} threads: {run['call_wall_time_s']:.1f} s with loading "
-              f"({run['loop_wall_time_s']:.1f} s in the loop), peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB")
+        print(
+            f"GISP on {args.model}: {args.num_samples} x {args.seq_len} tokens, {args.steps} steps to structural "
+            f"{args.max_sparsity}, {threads} threads: {run['call_wall_time_s']:.1f} s with loading "
+            f"({run['loop_wall_time_s']:.1f} s in the loop), peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB"
+        )
     else:
         print(f"trajectory {args.trajectory} ({traj.num_steps} steps), {threads} threads")
     calibrated = traj.meta["objective"].get("calibration", {}).get("bos", "stream")
-    print(f"WikiText-2 perplexity, {args.eval_seq_len}-token non-overlapping windows, "
-          f"first {evals[0]['windows']} windows, BOS {evals[0]['bos']} (calibration windows: BOS {calibrated})")
+    print(
+        f"WikiText-2 perplexity, {args.eval_seq_len}-token non-overlapping windows, "
+        f"first {evals[0]['windows']} windows, BOS {evals[0]['bos']} (calibration windows: BOS {calibrated})"
+    )
     print(table(rows, ["target", "step", "param sparsity", "structural", "wikitext2 ppl"]))
-    path = write_result("bench_gemma", {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
-                                        "threads": threads, "run": run, "evaluations": evals})
+    path = write_result(
+        "bench_gemma",
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "machine": machine(),
+            "threads": threads,
+            "run": run,
+            "evaluations": evals,
+        },
+    )
     print(f"wrote {path}")
 
 

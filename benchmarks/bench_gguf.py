@@ -45,8 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
 TARGETS = (0.0, 0.22, 0.32, 0.43, 0.53)
 LAYOUT_STEPS = (6, 10)
-VARIANTS = {"per-layer": {}, "per-layer --align 32": {"align": 32}, "per-layer --align 64": {"align": 64},
-            "uniform": {"uniform": True}}
+VARIANTS = {
+    "per-layer": {},
+    "per-layer --align 32": {"align": 32},
+    "per-layer --align 64": {"align": 64},
+    "uniform": {"uniform": True},
+}
 NAME = "bench_gguf"
 
 
@@ -100,13 +104,18 @@ def part_steps(dense, traj, args, tmp: Path) -> dict:
             files[step] = exported.gguf_path
             print(f"  wrote step {step} {outtype}: {exported.gguf_path.stat().st_size / 2**20:.1f} MiB", flush=True)
         for threads in args.threads:
-            spec = GGUFCostSpec(seq_len=args.seq_len, new_tokens=args.new_tokens, repeats=args.repeats,
-                                outtype=outtype, threads=threads)
+            spec = GGUFCostSpec(
+                seq_len=args.seq_len, new_tokens=args.new_tokens, repeats=args.repeats, outtype=outtype, threads=threads
+            )
             start = time.perf_counter()
             group, loads = time_group({str(s): files[s] for s in steps}, files[0], spec)
-            result[f"{outtype} {threads}t"] = {"spec": spec.to_dict(), "loads": loads, "points": group,
-                                              "param_sparsity": {str(s): traj.steps[s].param_sparsity for s in steps},
-                                              "wall_s": time.perf_counter() - start}
+            result[f"{outtype} {threads}t"] = {
+                "spec": spec.to_dict(),
+                "loads": loads,
+                "points": group,
+                "param_sparsity": {str(s): traj.steps[s].param_sparsity for s in steps},
+                "wall_s": time.perf_counter() - start,
+            }
             print(f"  {outtype}, {threads} threads: {time.perf_counter() - start:.0f} s, load {loads}", flush=True)
         for path in files.values():
             path.unlink()
@@ -123,21 +132,34 @@ def part_layout(dense, traj, args, tmp: Path) -> dict:
             exported = write(dense, traj, step, tmp / f"layout-{step}-{name.replace(' ', '')}", "f16", 1, **how)
             files[f"{step} {name}"] = exported.gguf_path
             files_meta = exported.manifest
-            print(f"  wrote step {step} {name}: params {files_meta['param_sparsity']:.4f}, "
-                  f"{exported.gguf_path.stat().st_size / 2**20:.1f} MiB", flush=True)
+            print(
+                f"  wrote step {step} {name}: params {files_meta['param_sparsity']:.4f}, "
+                f"{exported.gguf_path.stat().st_size / 2**20:.1f} MiB",
+                flush=True,
+            )
     sparsity = {}
     for key, path in files.items():
         manifest = json.loads((path.parent / "gisp_manifest.json").read_text())
-        sparsity[key] = {"param_sparsity": manifest["param_sparsity"], "kv_heads": manifest["gguf"]["kv_heads"],
-                         "padding_overhead": manifest["gguf"]["padding_overhead"], "arch": manifest["gguf"]["arch"]}
+        sparsity[key] = {
+            "param_sparsity": manifest["param_sparsity"],
+            "kv_heads": manifest["gguf"]["kv_heads"],
+            "padding_overhead": manifest["gguf"]["padding_overhead"],
+            "arch": manifest["gguf"]["arch"],
+        }
     result = {}
     for threads in args.threads:
-        spec = GGUFCostSpec(seq_len=args.seq_len, new_tokens=args.new_tokens, repeats=args.repeats, outtype="f16",
-                            threads=threads)
+        spec = GGUFCostSpec(
+            seq_len=args.seq_len, new_tokens=args.new_tokens, repeats=args.repeats, outtype="f16", threads=threads
+        )
         start = time.perf_counter()
         group, loads = time_group(files, dense_file, spec)
-        result[f"f16 {threads}t"] = {"spec": spec.to_dict(), "loads": loads, "points": group, "export": sparsity,
-                                     "wall_s": time.perf_counter() - start}
+        result[f"f16 {threads}t"] = {
+            "spec": spec.to_dict(),
+            "loads": loads,
+            "points": group,
+            "export": sparsity,
+            "wall_s": time.perf_counter() - start,
+        }
         print(f"  layout, {threads} threads: {time.perf_counter() - start:.0f} s, load {loads}", flush=True)
     return result
 
@@ -162,10 +184,16 @@ def part_pytorch(dense, traj, args, tmp: Path) -> dict:
         start = time.perf_counter()
         costs = [c.to_dict() for c in measure_costs([per_layer, uniform, dense.model], spec)]
         loads.append(load("after"))
-        result[str(step)] = {"spec": spec.to_dict(), "loads": loads, "wall_s": time.perf_counter() - start,
-                             "points": {"dense": {"cost": costs[2]},
-                                        "per-layer": {"cost": costs[0], "ratios": cost_ratios(costs[0], costs[2])},
-                                        "uniform": {"cost": costs[1], "ratios": cost_ratios(costs[1], costs[2])}}}
+        result[str(step)] = {
+            "spec": spec.to_dict(),
+            "loads": loads,
+            "wall_s": time.perf_counter() - start,
+            "points": {
+                "dense": {"cost": costs[2]},
+                "per-layer": {"cost": costs[0], "ratios": cost_ratios(costs[0], costs[2])},
+                "uniform": {"cost": costs[1], "ratios": cost_ratios(costs[1], costs[2])},
+            },
+        }
         print(f"  pytorch step {step}: {time.perf_counter() - start:.0f} s", flush=True)
         del per_layer, uniform
         gc.collect()
@@ -181,8 +209,9 @@ def aligned_from_bench_align() -> dict:
     for group, points in json.loads(path.read_text()).get("speed", {}).items():
         for ident, speed in points.items():
             step_how = ident.split("@", 1)[1]  # "6 as pruned", "6 export64"
-            out[f"{step_how} | {group.split('|')[0]}"] = {k: speed[k] for k in (
-                "prefill", "prefill_low", "prefill_high", "decode", "decode_low", "decode_high")}
+            out[f"{step_how} | {group.split('|')[0]}"] = {
+                k: speed[k] for k in ("prefill", "prefill_low", "prefill_high", "decode", "decode_low", "decode_high")
+            }
     return out
 
 
@@ -195,13 +224,23 @@ def print_tables(result: dict) -> None:
     for group, g in result.get("steps", {}).items():
         for step, sparsity in g["param_sparsity"].items():
             c, r = g["points"][step]["cost"], g["points"][step]["ratios"]
-            rows.append([group, step, f"{sparsity:.0%}", speed(r, "prefill"), speed(r, "decode"),
-                         f"{c['file_bytes'] / 2**20:.0f} MiB ({r['weight_ratio']:.2f})",
-                         f"{c['peak_bytes'] / 2**20:.0f} MiB ({r['memory_ratio']:.2f})"])
+            rows.append(
+                [
+                    group,
+                    step,
+                    f"{sparsity:.0%}",
+                    speed(r, "prefill"),
+                    speed(r, "decode"),
+                    f"{c['file_bytes'] / 2**20:.0f} MiB ({r['weight_ratio']:.2f})",
+                    f"{c['peak_bytes'] / 2**20:.0f} MiB ({r['memory_ratio']:.2f})",
+                ]
+            )
     if rows:
         spec = next(iter(result["steps"].values()))["spec"]
-        print(f"llama.cpp, {spec['seq_len']}-token prefill, {spec['new_tokens']}-token decode, median of "
-              f"{spec['repeats']} interleaved repeats [lowest, highest ratio]")
+        print(
+            f"llama.cpp, {spec['seq_len']}-token prefill, {spec['new_tokens']}-token decode, median of "
+            f"{spec['repeats']} interleaved repeats [lowest, highest ratio]"
+        )
         print(table(rows, ["GGUF, threads", "step", "params removed", "prefill", "decode", "file", "peak memory"]))
     rows = []
     for group, g in result.get("layout", {}).items():
@@ -209,20 +248,42 @@ def print_tables(result: dict) -> None:
             if name == "dense":
                 continue
             e, r = g["export"][name], p["ratios"]
-            rows.append([group, name, f"{e['param_sparsity']:.1%}", e["kv_heads"], speed(r, "prefill"),
-                         speed(r, "decode"), f"{r['weight_ratio']:.3f}"])
+            rows.append(
+                [
+                    group,
+                    name,
+                    f"{e['param_sparsity']:.1%}",
+                    e["kv_heads"],
+                    speed(r, "prefill"),
+                    speed(r, "decode"),
+                    f"{r['weight_ratio']:.3f}",
+                ]
+            )
     if rows:
         print(table(rows, ["llama.cpp", "step, widths", "params removed", "KV heads", "prefill", "decode", "file"]))
     rows = []
     for step, g in ((s, g) for s, g in result.get("pytorch", {}).items() if s != "aligned_from_bench_align"):
         for name in ("per-layer", "uniform"):
             r = g["points"][name]["ratios"]
-            rows.append([f"PyTorch f32 1t, step {step}", name, speed(r, "prefill"), speed(r, "decode"),
-                         f"{r['param_ratio']:.3f}"])
+            rows.append(
+                [
+                    f"PyTorch f32 1t, step {step}",
+                    name,
+                    speed(r, "prefill"),
+                    speed(r, "decode"),
+                    f"{r['param_ratio']:.3f}",
+                ]
+            )
     for ident, s in result.get("pytorch", {}).get("aligned_from_bench_align", {}).items():
-        rows.append([f"PyTorch (bench_align) {ident.split(' | ')[1]}", ident.split(" | ")[0],
-                     f"{s['prefill']:.2f}× [{s['prefill_low']:.2f}, {s['prefill_high']:.2f}]",
-                     f"{s['decode']:.2f}× [{s['decode_low']:.2f}, {s['decode_high']:.2f}]", ""])
+        rows.append(
+            [
+                f"PyTorch (bench_align) {ident.split(' | ')[1]}",
+                ident.split(" | ")[0],
+                f"{s['prefill']:.2f}× [{s['prefill_low']:.2f}, {s['prefill_high']:.2f}]",
+                f"{s['decode']:.2f}× [{s['decode_low']:.2f}, {s['decode_high']:.2f}]",
+                "",
+            ]
+        )
     if rows:
         print(table(rows, ["runtime", "step, widths", "prefill", "decode", "params (× dense)"]))
 
@@ -259,15 +320,19 @@ def main() -> None:
     torch.set_num_threads(max(args.threads))
     traj = Trajectory.load(EXAMPLE)
     dense = load_model(recorded_model(traj), "cpu", "float32")
-    result.update(machine=machine() | {"llama_cpp": llamacpp.version(), "nproc": os.cpu_count()},
-                  command=" ".join(sys.argv), example=traj.key)
+    result.update(
+        machine=machine() | {"llama_cpp": llamacpp.version(), "nproc": os.cpu_count()},
+        command=" ".join(sys.argv),
+        example=traj.key,
+    )
     parts = ["steps", "layout", "pytorch"] if args.part == "all" else [args.part]
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as tmp:
         for part in parts:
             print(f"== {part}", flush=True)
             start = time.perf_counter()
             result[part] = {"steps": part_steps, "layout": part_layout, "pytorch": part_pytorch}[part](
-                dense, traj, args, Path(tmp))
+                dense, traj, args, Path(tmp)
+            )
             result.setdefault("wall_s", {})[part] = time.perf_counter() - start
             write_result(name, result)  # each part as soon as it is measured
     print_tables(result)

@@ -72,16 +72,30 @@ def main() -> None:
     extra = ("--calib", str(calib), "--max-sparsity", f"{0.7 * args.steps / steps_total:.6f}")
 
     batch = None
-    plan = estimate(prune_args(str(model), args.dtype, args.num_samples, args.seq_len, batch, args.steps, args.device, extra))
+    plan = estimate(
+        prune_args(str(model), args.dtype, args.num_samples, args.seq_len, batch, args.steps, args.device, extra)
+    )
     result["dry_run"] = plan
     if not plan["fits"]:
         found = re.search(r"--batch-size (\d+)", plan.get("suggestion") or "")
         if not found:
             raise SystemExit(f"the dry run says nothing fits: {plan['suggestion']}")
         batch = int(found.group(1))
-        print(f"the default micro-batch does not fit ({plan['memory']['peak_gib']} GiB): --batch-size {batch}", flush=True)
-    case = measure_case(name, str(model), args.dtype, args.num_samples, args.seq_len, batch, args.steps, args.device,
-                        work / "trajectory", extra)
+        print(
+            f"the default micro-batch does not fit ({plan['memory']['peak_gib']} GiB): --batch-size {batch}", flush=True
+        )
+    case = measure_case(
+        name,
+        str(model),
+        args.dtype,
+        args.num_samples,
+        args.seq_len,
+        batch,
+        args.steps,
+        args.device,
+        work / "trajectory",
+        extra,
+    )
     result["prune"] = case
     walls = case["step_walls_s"]  # cumulative at each step's record: step t's scoring ends at walls[t-1]
     first = walls[0]
@@ -89,13 +103,23 @@ def main() -> None:
     gib = 1 << 30
     rows = [
         ["model", f"{name} ({plan['model']['params']:,} parameters, {args.dtype}, {args.device})", ""],
-        ["calibration per step", f"{case['tokens_per_step']:,} tokens", f"{plan['sequences']} x {args.seq_len}, "
-         f"{case['micro_batches']} micro-batches" + (f" of {batch}" if batch else "")],
+        [
+            "calibration per step",
+            f"{case['tokens_per_step']:,} tokens",
+            f"{plan['sequences']} x {args.seq_len}, "
+            f"{case['micro_batches']} micro-batches" + (f" of {batch}" if batch else ""),
+        ],
         ["first step / mean of steps", f"{first:.1f} s / {mean:.1f} s", f"{args.steps} steps"],
-        [f"{steps_total} steps extrapolated", f"{first * steps_total / 3600:.2f} h (first) / {mean * steps_total / 3600:.2f} h "
-         "(mean)", "later steps are smaller: the first-step figure is an upper bound"],
-        ["peak memory measured / estimated", f"{case['measured_bytes'] / gib:.2f} / {case['estimate_bytes'] / gib:.2f} GiB",
-         f"ratio {case['ratio']:.3f}"],
+        [
+            f"{steps_total} steps extrapolated",
+            f"{first * steps_total / 3600:.2f} h (first) / {mean * steps_total / 3600:.2f} h (mean)",
+            "later steps are smaller: the first-step figure is an upper bound",
+        ],
+        [
+            "peak memory measured / estimated",
+            f"{case['measured_bytes'] / gib:.2f} / {case['estimate_bytes'] / gib:.2f} GiB",
+            f"ratio {case['ratio']:.3f}",
+        ],
     ]
     result["extrapolated_s"] = {"first_step": first * steps_total, "mean_step": mean * steps_total}
     print(table(rows, ["what", "figure", "note"]))

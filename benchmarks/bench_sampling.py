@@ -36,9 +36,18 @@ SAMPLERS = ("packed", "window")
 
 def run_settings(args) -> dict:
     """What determines one run's numbers (besides sampler and seed): part of its file name."""
-    return {"model": args.model, "calib": args.calib, "num_samples": args.num_samples, "seq_len": args.seq_len,
-            "steps": args.steps, "max_sparsity": args.max_sparsity, "at": args.at, "ppl_windows": args.ppl_windows,
-            "ppl_seq_len": 128, "dtype": args.dtype}
+    return {
+        "model": args.model,
+        "calib": args.calib,
+        "num_samples": args.num_samples,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "max_sparsity": args.max_sparsity,
+        "at": args.at,
+        "ppl_windows": args.ppl_windows,
+        "ppl_seq_len": 128,
+        "dtype": args.dtype,
+    }
 
 
 def run_path(args, sampling: str, seed: int) -> Path:
@@ -50,9 +59,18 @@ def one_run(args, sampling: str, seed: int) -> dict:
     from gisp_engine import PruneConfig, apply_step, load_model, prune
     from gisp_engine.evaluate import evaluate_task
 
-    config = PruneConfig(model=args.model, calib=args.calib, sampling=sampling, num_samples=args.num_samples,
-                         seq_len=args.seq_len, steps=args.steps, max_sparsity=args.max_sparsity, seed=seed,
-                         device=args.device, dtype=args.dtype)
+    config = PruneConfig(
+        model=args.model,
+        calib=args.calib,
+        sampling=sampling,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        steps=args.steps,
+        max_sparsity=args.max_sparsity,
+        seed=seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
     t0 = time.perf_counter()
     outcome = prune(config, resume=True)
     traj = outcome.trajectory
@@ -61,17 +79,29 @@ def one_run(args, sampling: str, seed: int) -> dict:
     for step in args.at:
         loaded = load_model(args.model, args.device, args.dtype)
         apply_step(loaded, traj, step)
-        result = evaluate_task(loaded.model, loaded.tokenizer, "wikitext2", seq_len=128, limit=args.ppl_windows,
-                               batch_size=args.eval_batch)
+        result = evaluate_task(
+            loaded.model, loaded.tokenizer, "wikitext2", seq_len=128, limit=args.ppl_windows, batch_size=args.eval_batch
+        )
         perplexity[str(step)] = result.perplexity
-        print(f"  {sampling} seed {seed} step {step}: wikitext2 ppl {result.perplexity:.2f} "
-              f"({result.windows} windows)", flush=True)
+        print(
+            f"  {sampling} seed {seed} step {step}: wikitext2 ppl {result.perplexity:.2f} ({result.windows} windows)",
+            flush=True,
+        )
     calibration = traj.meta["objective"]["calibration"]
-    return {"sampling": sampling, "seed": seed, "key": traj.key, "cache_hit": outcome.cache_hit,
-            "prune_wall_s": prune_s, "loop_wall_s": traj.meta.get("wall_time_s"),
-            "calibration_mode": calibration.get("mode", "packed"), "calibration_note": calibration.get("note", ""),
-            "param_sparsity": {str(s): traj.steps[s].param_sparsity for s in args.at},
-            "perplexity": perplexity, "settings": run_settings(args), "machine": machine()}
+    return {
+        "sampling": sampling,
+        "seed": seed,
+        "key": traj.key,
+        "cache_hit": outcome.cache_hit,
+        "prune_wall_s": prune_s,
+        "loop_wall_s": traj.meta.get("wall_time_s"),
+        "calibration_mode": calibration.get("mode", "packed"),
+        "calibration_note": calibration.get("note", ""),
+        "param_sparsity": {str(s): traj.steps[s].param_sparsity for s in args.at},
+        "perplexity": perplexity,
+        "settings": run_settings(args),
+        "machine": machine(),
+    }
 
 
 def welch(a: list[float], b: list[float]) -> dict:
@@ -81,7 +111,7 @@ def welch(a: list[float], b: list[float]) -> dict:
         return {"diff": diff, "low": None, "high": None, "df": None}
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se > 0 else float(len(a) + len(b) - 2)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else float(len(a) + len(b) - 2)
     from scipy.stats import t as student_t
 
     half = student_t.ppf(0.975, df) * se
@@ -93,22 +123,42 @@ def summarize(args, runs: list[dict]) -> dict:
     rows, summary = [], []
     for step in args.at:
         values = {s: [r["perplexity"][str(step)] for r in by[s]] for s in SAMPLERS}
-        stats = {s: {"n": len(v), "mean": statistics.fmean(v) if v else None,
-                     "std": statistics.stdev(v) if len(v) > 1 else None} for s, v in values.items()}
+        stats = {
+            s: {
+                "n": len(v),
+                "mean": statistics.fmean(v) if v else None,
+                "std": statistics.stdev(v) if len(v) > 1 else None,
+            }
+            for s, v in values.items()
+        }
         cmp = welch(values["packed"], values["window"]) if all(values.values()) else None
-        summary.append({"step": step, **{s: {**stats[s], "values": values[s]} for s in SAMPLERS},
-                        "window_minus_packed": cmp})
+        summary.append(
+            {"step": step, **{s: {**stats[s], "values": values[s]} for s in SAMPLERS}, "window_minus_packed": cmp}
+        )
         fmt = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
         cells = [step]
         for s in SAMPLERS:
             cells += [stats[s]["n"], fmt(stats[s]["mean"]), fmt(stats[s]["std"])]
-        cells += [fmt(cmp and cmp["diff"]),
-                  "-" if not cmp or cmp["low"] is None else f"[{cmp['low']:.1f}, {cmp['high']:.1f}]"]
+        cells += [
+            fmt(cmp and cmp["diff"]),
+            "-" if not cmp or cmp["low"] is None else f"[{cmp['low']:.1f}, {cmp['high']:.1f}]",
+        ]
         rows.append(cells)
-    header = ["step", "n packed", "packed mean", "packed std", "n window", "window mean", "window std",
-              "window - packed", "95% Welch t"]
-    print(f"\nGISP on {args.model}: {args.num_samples} x {args.seq_len} {args.calib} tokens, {args.steps} steps to "
-          f"structural ratio {args.max_sparsity}; WikiText-2 perplexity over {args.ppl_windows} windows of 128 tokens")
+    header = [
+        "step",
+        "n packed",
+        "packed mean",
+        "packed std",
+        "n window",
+        "window mean",
+        "window std",
+        "window - packed",
+        "95% Welch t",
+    ]
+    print(
+        f"\nGISP on {args.model}: {args.num_samples} x {args.seq_len} {args.calib} tokens, {args.steps} steps to "
+        f"structural ratio {args.max_sparsity}; WikiText-2 perplexity over {args.ppl_windows} windows of 128 tokens"
+    )
     print(table(rows, header))
     for s in SAMPLERS:
         notes = sorted({r["calibration_note"] for r in by[s] if r["calibration_note"]})
@@ -122,8 +172,11 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--calib", default="lambada")
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--samplers", default=",".join(SAMPLERS),
-                    help="run only these (one process per sampler shares the runs' folder; --report merges)")
+    ap.add_argument(
+        "--samplers",
+        default=",".join(SAMPLERS),
+        help="run only these (one process per sampler shares the runs' folder; --report merges)",
+    )
     ap.add_argument("--num-samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
@@ -165,10 +218,16 @@ def main() -> None:
         return
     summary = summarize(args, runs)
     settings = {**run_settings(args), "seeds": seeds}
-    path = write_result("sampling" + ("-quick" if args.quick else ""), {
-        "settings": settings, "machine": machine(), "runs": runs, **summary,
-        "wall_s": time.perf_counter() - started,
-    })
+    path = write_result(
+        "sampling" + ("-quick" if args.quick else ""),
+        {
+            "settings": settings,
+            "machine": machine(),
+            "runs": runs,
+            **summary,
+            "wall_s": time.perf_counter() - started,
+        },
+    )
     print(f"\nwritten to {path} ({time.perf_counter() - started:.0f} s)")
 
 

@@ -38,8 +38,13 @@ MODEL = ROOT / "cache" / "models" / "llama-3.2-1b-random"
 
 def gisp(*argv: str, timeout: int = 7200) -> tuple[dict, float]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "gisp_engine", *argv, "--json"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "gisp_engine", *argv, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"gisp {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout), time.perf_counter() - start
@@ -87,8 +92,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="of the pruning run (the checkpoint is bfloat16)")
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--sweep-dtype", default="float32",
-                        help="of the sweep, which holds the dense model beside the sliced one (--cost): about 2x weights")
+    parser.add_argument(
+        "--sweep-dtype",
+        default="float32",
+        help="of the sweep, which holds the dense model beside the sliced one (--cost): about 2x weights",
+    )
     parser.add_argument("--reuse", action="store_true", help="continue after a finished prune stage (its prune.json)")
     parser.add_argument("--out", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "bench-scale"))
     args = parser.parse_args()
@@ -104,20 +112,52 @@ def main() -> None:
     if args.reuse and saved.is_file():  # a run stopped after pruning continues from there
         case = json.loads(saved.read_text())
     else:
-        case = measure_case("llama1b-" + args.dtype, str(MODEL), args.dtype, args.num_samples, args.seq_len, None, 2,
-                            args.device, out / "trajectory")
+        case = measure_case(
+            "llama1b-" + args.dtype,
+            str(MODEL),
+            args.dtype,
+            args.num_samples,
+            args.seq_len,
+            None,
+            2,
+            args.device,
+            out / "trajectory",
+        )
         case["load_average"] = result["load_average_start"]
         saved.write_text(json.dumps(case, indent=1) + "\n")
         if args.dtype == "float32" and args.num_samples == 4 and args.seq_len == 128:  # bench_estimate's llama1b-f32
             merge_estimate_case("llama1b-f32", case, args.device)
     result["prune"] = case
-    print(f"prune: {case['step_walls_s']} s cumulative per step, peak {case['measured_bytes'] / 2**30:.2f} GiB, "
-          f"estimate {case['estimate_bytes'] / 2**30:.2f} GiB", flush=True)
+    print(
+        f"prune: {case['step_walls_s']} s cumulative per step, peak {case['measured_bytes'] / 2**30:.2f} GiB, "
+        f"estimate {case['estimate_bytes'] / 2**30:.2f} GiB",
+        flush=True,
+    )
     traj = out / "trajectory"
 
-    sweep, sweep_s = gisp("sweep", "--trajectory", str(traj), "--task", "wikitext2", "--limit", "4", "--cost",
-                          "--cost-batch", "1", "--cost-seq-len", "128", "--cost-new-tokens", "8", "--cost-repeats", "3",
-                          "--device", args.device, "--dtype", args.sweep_dtype, "--quiet")
+    sweep, sweep_s = gisp(
+        "sweep",
+        "--trajectory",
+        str(traj),
+        "--task",
+        "wikitext2",
+        "--limit",
+        "4",
+        "--cost",
+        "--cost-batch",
+        "1",
+        "--cost-seq-len",
+        "128",
+        "--cost-new-tokens",
+        "8",
+        "--cost-repeats",
+        "3",
+        "--device",
+        args.device,
+        "--dtype",
+        args.sweep_dtype,
+        "--quiet",
+    )
     result["sweep"] = {"wall_s": sweep_s, "rows": sweep.get("rows", sweep)}
     print(f"sweep: {sweep_s:.0f} s", flush=True)
 
@@ -126,7 +166,9 @@ def main() -> None:
         folder = out / f"export-{kind}"
         shutil.rmtree(folder, ignore_errors=True)
         step_args = [] if kind == "elastic" else ["--step", "2"]
-        info, export_s[kind] = gisp("export", "--trajectory", str(traj), *step_args, *extra, "--out", str(folder), "--quiet")
+        info, export_s[kind] = gisp(
+            "export", "--trajectory", str(traj), *step_args, *extra, "--out", str(folder), "--quiet"
+        )
         exports[kind], sizes[kind] = folder, folder_bytes(folder)
         print(f"export {kind}: {sizes[kind] / 2**30:.2f} GiB in {export_s[kind]:.0f} s", flush=True)
     result["exports"] = {k: {"bytes": sizes[k], "wall_s": export_s[k], "folder": str(exports[k])} for k in exports}
@@ -138,13 +180,22 @@ def main() -> None:
     walls = case["step_walls_s"]
     rows = [
         ["dense checkpoint (bf16)", f"{result['model_bytes'] / gib:.2f} GiB", ""],
-        ["prune: first step / second step", f"{walls[0]:.0f} s / {walls[1] - walls[0]:.0f} s",
-         f"{case['tokens_per_step']} tokens per step, {args.dtype}"],
-        ["prune: peak memory measured / estimated", f"{case['measured_bytes'] / gib:.2f} / {case['estimate_bytes'] / gib:.2f} GiB",
-         f"ratio {case['ratio']:.3f}"],
+        [
+            "prune: first step / second step",
+            f"{walls[0]:.0f} s / {walls[1] - walls[0]:.0f} s",
+            f"{case['tokens_per_step']} tokens per step, {args.dtype}",
+        ],
+        [
+            "prune: peak memory measured / estimated",
+            f"{case['measured_bytes'] / gib:.2f} / {case['estimate_bytes'] / gib:.2f} GiB",
+            f"ratio {case['ratio']:.3f}",
+        ],
         ["sweep (3 points, wikitext2 x 4 windows, cost)", f"{sweep_s:.0f} s", ""],
         *[[f"export {k}", f"{sizes[k] / gib:.2f} GiB", f"{export_s[k]:.0f} s"] for k in exports],
-        *[[f"load_pruned {k}", f"{result['load'][k]['params']:,} parameters", result["load"][k]["dtype"]] for k in exports],
+        *[
+            [f"load_pruned {k}", f"{result['load'][k]['params']:,} parameters", result["load"][k]["dtype"]]
+            for k in exports
+        ],
         ["per-layer vs elastic logits, max |diff|", f"{result['load']['per_layer_vs_elastic_max_abs']:.2e}", ""],
     ]
     print(table(rows, ["what", "figure", "note"]))

@@ -40,12 +40,18 @@ def _setup(args):
     torch.manual_seed(0)
     if args.child in ("sums-wide", "sums-narrow"):  # several bf16 micro-batches
         loaded = load_model(args.model, args.device, "bfloat16")
-        config = PruneConfig(model=args.model, calib=args.calib, num_samples=args.batch, seq_len=args.sums_seq_len,
-                             batch_size=args.sums_micro_batch)
+        config = PruneConfig(
+            model=args.model,
+            calib=args.calib,
+            num_samples=args.batch,
+            seq_len=args.sums_seq_len,
+            batch_size=args.sums_micro_batch,
+        )
         return loaded, objective_spec("perplexity").build(loaded, config)
     loaded = load_model(args.model, args.device, args.dtype)
-    config = PruneConfig(model=args.model, calib=args.calib, num_samples=args.batch, seq_len=args.seq_len,
-                         batch_size=args.batch)
+    config = PruneConfig(
+        model=args.model, calib=args.calib, num_samples=args.batch, seq_len=args.seq_len, batch_size=args.batch
+    )
     objective = objective_spec("perplexity").build(loaded, config)
     return loaded, objective
 
@@ -68,8 +74,9 @@ def scoring_step(loaded, objective, wide_sums: bool | None = None):
     g = loaded.geometry
     space = StructureSpace(g, "query")
     scored = [i for i in range(g.num_layers) if i not in space.protected_layers(int(0.1 * g.num_layers), 1)]
-    return score_structures(loaded.model, loaded.adapter, space, full_layout(space), objective, scored,
-                            wide_sums=wide_sums)
+    return score_structures(
+        loaded.model, loaded.adapter, space, full_layout(space), objective, scored, wide_sums=wide_sums
+    )
 
 
 def scored_weight_count(loaded) -> int:
@@ -88,25 +95,59 @@ def child(args) -> None:
     import torch
 
     loaded, objective = _setup(args)
-    step = {"plain": plain_step, "scoring": scoring_step,
-            "sums-wide": lambda lo, ob: scoring_step(lo, ob, wide_sums=True),
-            "sums-narrow": lambda lo, ob: scoring_step(lo, ob, wide_sums=False)}[args.child]
+    step = {
+        "plain": plain_step,
+        "scoring": scoring_step,
+        "sums-wide": lambda lo, ob: scoring_step(lo, ob, wide_sums=True),
+        "sums-narrow": lambda lo, ob: scoring_step(lo, ob, wide_sums=False),
+    }[args.child]
     step(loaded, objective)  # warm-up: allocator pools and lazy init
     for p in loaded.model.parameters():
         p.grad = None
     with PeakMemory(args.device) as mem:
         step(loaded, objective)
-        kept_grads = sum(p.grad.numel() * p.grad.element_size() for p in loaded.model.parameters() if p.grad is not None)
+        kept_grads = sum(
+            p.grad.numel() * p.grad.element_size() for p in loaded.model.parameters() if p.grad is not None
+        )
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    print(json.dumps({"peak": mem.peak, "baseline": mem.baseline, "weights": weights, "kept_grads": kept_grads,
-                      "threads": torch.get_num_threads(), "scored_weights": scored_weight_count(loaded),
-                      "micro_batches": len(objective.batches())}))
+    print(
+        json.dumps(
+            {
+                "peak": mem.peak,
+                "baseline": mem.baseline,
+                "weights": weights,
+                "kept_grads": kept_grads,
+                "threads": torch.get_num_threads(),
+                "scored_weights": scored_weight_count(loaded),
+                "micro_batches": len(objective.batches()),
+            }
+        )
+    )
 
 
 def memory(args, kind: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--calib", args.calib, "--device", args.device,
-           "--dtype", args.dtype, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
-           "--sums-seq-len", str(args.sums_seq_len), "--sums-micro-batch", str(args.sums_micro_batch)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--model",
+        args.model,
+        "--calib",
+        args.calib,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--batch",
+        str(args.batch),
+        "--seq-len",
+        str(args.seq_len),
+        "--sums-seq-len",
+        str(args.sums_seq_len),
+        "--sums-micro-batch",
+        str(args.sums_micro_batch),
+    ]
     # large blocks straight from mmap, so that freed tensors leave the resident set at once
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
@@ -144,8 +185,17 @@ def shrink_run(args) -> dict:
 
     walls = {}
     for shrink in (False, True):
-        config = PruneConfig(model=args.model, calib=args.calib, num_samples=args.run_samples, seq_len=args.run_seq_len, steps=10,
-                             max_sparsity=0.5, shrink=shrink, device=args.device, dtype=args.dtype)
+        config = PruneConfig(
+            model=args.model,
+            calib=args.calib,
+            num_samples=args.run_samples,
+            seq_len=args.run_seq_len,
+            steps=10,
+            max_sparsity=0.5,
+            shrink=shrink,
+            device=args.device,
+            dtype=args.dtype,
+        )
         the_plan = plan(config)
         loaded = load_model(args.model, args.device, args.dtype)
         objective = objective_spec("perplexity").build(loaded, config)
@@ -162,7 +212,9 @@ def shrink_run(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--calib", default="lambada", help="calibration text (gisp prune --calib): a file where no data dir is")
+    ap.add_argument(
+        "--calib", default="lambada", help="calibration text (gisp prune --calib): a file where no data dir is"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch", type=int, default=8)
@@ -187,29 +239,59 @@ def main() -> None:
     mem_ratio = mem_score["peak"] / mem_plain["peak"]
     mib = 2**20
     rows = [
-        ["scoring step time / plain fwd+bwd", f"{median(t['scoring_s']):.2f} s / {median(t['plain_s']):.2f} s", time_ratio, "<= 1.10"],
-        ["scoring peak memory / plain fwd+bwd (keeps grads)",
-         f"{mem_score['peak'] / mib:.0f} MiB / {mem_plain['peak'] / mib:.0f} MiB", mem_ratio, "<= 0.85"],
+        [
+            "scoring step time / plain fwd+bwd",
+            f"{median(t['scoring_s']):.2f} s / {median(t['plain_s']):.2f} s",
+            time_ratio,
+            "<= 1.10",
+        ],
+        [
+            "scoring peak memory / plain fwd+bwd (keeps grads)",
+            f"{mem_score['peak'] / mib:.0f} MiB / {mem_plain['peak'] / mib:.0f} MiB",
+            mem_ratio,
+            "<= 0.85",
+        ],
     ]
     if runs:
-        rows.append(["10-step run to 0.5: shrink / mask", f"{runs['shrink']:.1f} s / {runs['mask']:.1f} s",
-                     runs["shrink"] / runs["mask"], "<= 0.75"])
+        rows.append(
+            [
+                "10-step run to 0.5: shrink / mask",
+                f"{runs['shrink']:.1f} s / {runs['mask']:.1f} s",
+                runs["shrink"] / runs["mask"],
+                "<= 0.75",
+            ]
+        )
     if sums:
         extra = sums["wide"]["peak"] - sums["narrow"]["peak"]
         expected = 2 * sums["wide"]["scored_weights"]  # float32 sum (4 B) instead of a bf16 .grad (2 B)
-        rows.append([f"bf16, {sums['wide']['micro_batches']} micro-batches of {args.sums_micro_batch} x "
-                     f"{args.sums_seq_len}: peak with float32 sums / bf16 sums",
-                     f"{sums['wide']['peak'] / mib:.0f} MiB / {sums['narrow']['peak'] / mib:.0f} MiB "
-                     f"(+{extra / mib:.0f} MiB; expected +{expected / mib:.0f} MiB)",
-                     sums["wide"]["peak"] / sums["narrow"]["peak"], "report"])
+        rows.append(
+            [
+                f"bf16, {sums['wide']['micro_batches']} micro-batches of {args.sums_micro_batch} x "
+                f"{args.sums_seq_len}: peak with float32 sums / bf16 sums",
+                f"{sums['wide']['peak'] / mib:.0f} MiB / {sums['narrow']['peak'] / mib:.0f} MiB "
+                f"(+{extra / mib:.0f} MiB; expected +{expected / mib:.0f} MiB)",
+                sums["wide"]["peak"] / sums["narrow"]["peak"],
+                "report",
+            ]
+        )
     print(f"GISP scoring on {args.model}, {args.device} {args.dtype}, batch {args.batch} x {args.seq_len} tokens")
     print(table(rows, ["figure", "measured", "ratio", "target"]))
-    print(f"gradients kept after the step: plain {mem_plain['kept_grads'] / mib:.0f} MiB, scoring {mem_score['kept_grads'] / mib:.0f} MiB")
+    print(
+        f"gradients kept after the step: plain {mem_plain['kept_grads'] / mib:.0f} MiB, scoring {mem_score['kept_grads'] / mib:.0f} MiB"
+    )
     if runs:
         print(f"shrunk and masked runs give the same trajectory: {runs['same_trajectory']}")
-    payload = {"args": vars(args), "machine": machine(), "timing": t, "time_ratio": time_ratio,
-               "memory_plain": mem_plain, "memory_scoring": mem_score, "memory_ratio": mem_ratio, "runs": runs,
-               "bf16_sums": sums}
+    payload = {
+        "args": vars(args),
+        "machine": machine(),
+        "timing": t,
+        "time_ratio": time_ratio,
+        "memory_plain": mem_plain,
+        "memory_scoring": mem_score,
+        "memory_ratio": mem_ratio,
+        "runs": runs,
+        "bf16_sums": sums,
+    }
     if runs:
         payload["shrink_ratio"] = runs["shrink"] / runs["mask"]
     path = write_result(f"bench_scoring_{args.device}", payload)

@@ -74,35 +74,92 @@ def main() -> None:
     if args.part in ("all", "perplexity"):
         start = time.perf_counter()
         bar = TqdmProgress()
-        report = run_sweep(traj, lambda: load_model(model, args.device, args.dtype),
-                           SweepRequest(tasks=("wikitext2",), limit=args.windows, seq_len=args.seq_len), bar,
-                           copy_model=False)
+        report = run_sweep(
+            traj,
+            lambda: load_model(model, args.device, args.dtype),
+            SweepRequest(tasks=("wikitext2",), limit=args.windows, seq_len=args.seq_len),
+            bar,
+            copy_model=False,
+        )
         bar.close()
         wall = time.perf_counter() - start
         ppl = sweep_table(traj).quality["wikitext2"]
-        result["perplexity_sweep"] = {"points": report.computed, "windows": args.windows, "seq_len": args.seq_len,
-                                      "wall_s": wall, "target_s": 300, "perplexity": ppl.tolist()}
-        print(f"\nperplexity sweep: {report.computed} points x {args.windows} windows of {args.seq_len} tokens "
-              f"in {wall:.1f} s (target <= 300 s) on {torch.get_num_threads()} threads")
+        result["perplexity_sweep"] = {
+            "points": report.computed,
+            "windows": args.windows,
+            "seq_len": args.seq_len,
+            "wall_s": wall,
+            "target_s": 300,
+            "perplexity": ppl.tolist(),
+        }
+        print(
+            f"\nperplexity sweep: {report.computed} points x {args.windows} windows of {args.seq_len} tokens "
+            f"in {wall:.1f} s (target <= 300 s) on {torch.get_num_threads()} threads"
+        )
 
     if args.part in ("all", "cost"):
         spec = CostSpec()
         start = time.perf_counter()
         bar = TqdmProgress()
-        run_sweep(traj, lambda: load_model(model, args.device, args.dtype),
-                  SweepRequest(tasks=(), cost=spec), bar, copy_model=False)
+        run_sweep(
+            traj,
+            lambda: load_model(model, args.device, args.dtype),
+            SweepRequest(tasks=(), cost=spec),
+            bar,
+            copy_model=False,
+        )
         bar.close()
         t = sweep_table(traj)
-        rows = [[int(s), float(t.param_sparsity[s]), float(t.cost["prefill_speedup"][s]),
-                 float(t.cost["decode_speedup"][s]), float(t.cost["memory_ratio"][s]),
-                 float(t.cost["peak_bytes"][s] / 2**20), float(t.cost["weight_bytes"][s] / 2**20)]
-                for s in t.steps]
-        print("\n" + table(rows, ["step", "param sparsity", "prefill x dense", "decode x dense", "memory x dense",
-                                  "peak MiB", "weights MiB"]))
-        result["cost_sweep"] = {"spec": spec.to_dict(), "wall_s": time.perf_counter() - start, "label": t.cost_label,
-                                "rows": [dict(zip(["step", "param_sparsity", "prefill_speedup", "decode_speedup",
-                                                   "memory_ratio", "peak_mib", "weight_mib"], r)) for r in rows],
-                                "dense": {k: float(v[0]) for k, v in t.cost.items()}}
+        rows = [
+            [
+                int(s),
+                float(t.param_sparsity[s]),
+                float(t.cost["prefill_speedup"][s]),
+                float(t.cost["decode_speedup"][s]),
+                float(t.cost["memory_ratio"][s]),
+                float(t.cost["peak_bytes"][s] / 2**20),
+                float(t.cost["weight_bytes"][s] / 2**20),
+            ]
+            for s in t.steps
+        ]
+        print(
+            "\n"
+            + table(
+                rows,
+                [
+                    "step",
+                    "param sparsity",
+                    "prefill x dense",
+                    "decode x dense",
+                    "memory x dense",
+                    "peak MiB",
+                    "weights MiB",
+                ],
+            )
+        )
+        result["cost_sweep"] = {
+            "spec": spec.to_dict(),
+            "wall_s": time.perf_counter() - start,
+            "label": t.cost_label,
+            "rows": [
+                dict(
+                    zip(
+                        [
+                            "step",
+                            "param_sparsity",
+                            "prefill_speedup",
+                            "decode_speedup",
+                            "memory_ratio",
+                            "peak_mib",
+                            "weight_mib",
+                        ],
+                        r,
+                    )
+                )
+                for r in rows
+            ],
+            "dense": {k: float(v[0]) for k, v in t.cost.items()},
+        }
     print(f"results: {write_result('bench_sweep', result)}")
 
 

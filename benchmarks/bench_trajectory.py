@@ -37,8 +37,16 @@ def main() -> None:
 
     from gisp_engine import PruneConfig, apply_step, load_model, prune, wikitext2_perplexity
 
-    config = PruneConfig(model=args.model, num_samples=args.num_samples, seq_len=args.seq_len, steps=args.steps,
-                         max_sparsity=args.max_sparsity, gqa=args.gqa, device=args.device, dtype=args.dtype)
+    config = PruneConfig(
+        model=args.model,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        steps=args.steps,
+        max_sparsity=args.max_sparsity,
+        gqa=args.gqa,
+        device=args.device,
+        dtype=args.dtype,
+    )
     start = time.perf_counter()
     outcome = prune(config, use_cache=not args.no_cache)
     wall = time.perf_counter() - start
@@ -50,17 +58,38 @@ def main() -> None:
         apply_step(loaded, traj, step)
         result = wikitext2_perplexity(loaded.model, loaded.tokenizer, seq_len=args.eval_seq_len, limit=args.limit)
         rec = traj.steps[step]
-        evals.append({"target": target, "step": step, "param_sparsity": rec.param_sparsity,
-                      "structural_ratio": rec.structural_ratio, "calib_loss": rec.loss, **result.to_dict()})
+        evals.append(
+            {
+                "target": target,
+                "step": step,
+                "param_sparsity": rec.param_sparsity,
+                "structural_ratio": rec.structural_ratio,
+                "calib_loss": rec.loss,
+                **result.to_dict(),
+            }
+        )
         rows.append([f"{target:.0%}", step, rec.param_sparsity, rec.structural_ratio, rec.loss, result.perplexity])
-    print(f"GISP on {args.model}: {args.num_samples} x {args.seq_len} tokens, {args.steps} steps to structural "
-          f"{args.max_sparsity}; run wall time {traj.meta['wall_time_s']:.1f} s in the loop "
-          f"({'cache hit' if outcome.cache_hit else f'{wall:.1f} s with loading'})")
-    print(f"WikiText-2 perplexity, {args.eval_seq_len}-token non-overlapping windows, first {evals[0]['windows']} windows")
+    print(
+        f"GISP on {args.model}: {args.num_samples} x {args.seq_len} tokens, {args.steps} steps to structural "
+        f"{args.max_sparsity}; run wall time {traj.meta['wall_time_s']:.1f} s in the loop "
+        f"({'cache hit' if outcome.cache_hit else f'{wall:.1f} s with loading'})"
+    )
+    print(
+        f"WikiText-2 perplexity, {args.eval_seq_len}-token non-overlapping windows, first {evals[0]['windows']} windows"
+    )
     print(table(rows, ["target", "step", "param sparsity", "structural", "calib loss", "wikitext2 ppl"]))
-    path = write_result(f"bench_trajectory_{args.max_sparsity}", {
-        "args": vars(args), "machine": machine(), "trajectory": str(traj.path), "cache_hit": outcome.cache_hit,
-        "loop_wall_time_s": traj.meta["wall_time_s"], "call_wall_time_s": wall, "evaluations": evals})
+    path = write_result(
+        f"bench_trajectory_{args.max_sparsity}",
+        {
+            "args": vars(args),
+            "machine": machine(),
+            "trajectory": str(traj.path),
+            "cache_hit": outcome.cache_hit,
+            "loop_wall_time_s": traj.meta["wall_time_s"],
+            "call_wall_time_s": wall,
+            "evaluations": evals,
+        },
+    )
     print(f"wrote {path}")
 
 

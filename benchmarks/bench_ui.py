@@ -52,8 +52,11 @@ def move(view, step: int, hover, evaluations, channel_layout: str = "sorted") ->
     t1 = time.perf_counter()
     figs = [
         figures.head_survival_figure(view, at, hover),
-        (figures.channel_survival_figure(view, at) if channel_layout == "sorted"
-         else figures.channel_bins_figure(view, at)),
+        (
+            figures.channel_survival_figure(view, at)
+            if channel_layout == "sorted"
+            else figures.channel_bins_figure(view, at)
+        ),
         figures.layer_fraction_figure(view, at),
         figures.trajectory_curve_figure(view, step, evaluations),
     ]
@@ -62,8 +65,13 @@ def move(view, step: int, hover, evaluations, channel_layout: str = "sorted") ->
     # what st.plotly_chart does with a figure: to_dict (plotly.tools.return_figure_from_figure_or_data), to_json
     sizes = [len(plotly.io.to_json(f.to_dict(), validate=False)) for f in figs]
     t3 = time.perf_counter()
-    times.update(threshold=(t1 - t0) * 1e3, figures=(t2 - t1) * 1e3, serialize=(t3 - t2) * 1e3,
-                 total=(t3 - t0) * 1e3, bytes=float(sum(sizes)))
+    times.update(
+        threshold=(t1 - t0) * 1e3,
+        figures=(t2 - t1) * 1e3,
+        serialize=(t3 - t2) * 1e3,
+        total=(t3 - t0) * 1e3,
+        bytes=float(sum(sizes)),
+    )
     return times
 
 
@@ -129,12 +137,29 @@ def _served(cache: Path, plain_charts: bool = False):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=dict(os.environ, GISP_CACHE_DIR=str(cache), GISP_PLAIN_CHARTS="1" if plain_charts else ""),
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, GISP_CACHE_DIR=str(cache), GISP_PLAIN_CHARTS="1" if plain_charts else ""),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -166,8 +191,16 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
         proc, url = _served(cache, plain_charts)
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+                browser = p.chromium.launch(
+                    executable_path=str(CHROMIUM),
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                    ],
+                )
                 page = browser.new_page(viewport={"width": 1600, "height": 1200})
                 page.goto(f"{url}/Explore")
                 page.wait_for_function(f"({PLOTS})().length >= 4", timeout=180_000)
@@ -176,11 +209,17 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
                     picker.click()
                     picker.fill(source.name)
                     page.get_by_role("option").filter(has_text=source.name).first.click()
-                    page.wait_for_function("(name) => document.querySelector('[data-testid=\"stSidebar\"] "
-                                           "[data-testid=\"stSelectbox\"] input').value.includes(name)",
-                                           arg=source.name, timeout=60_000)
-                    page.wait_for_function("document.querySelector('[data-testid=\"stApp\"]')"
-                                           ".getAttribute('data-test-script-state') === 'notRunning'", timeout=120_000)
+                    page.wait_for_function(
+                        '(name) => document.querySelector(\'[data-testid="stSidebar"] '
+                        '[data-testid="stSelectbox"] input\').value.includes(name)',
+                        arg=source.name,
+                        timeout=60_000,
+                    )
+                    page.wait_for_function(
+                        "document.querySelector('[data-testid=\"stApp\"]')"
+                        ".getAttribute('data-test-script-state') === 'notRunning'",
+                        timeout=120_000,
+                    )
                 page.evaluate(INSTRUMENT)
                 cdp = page.context.new_cdp_session(page)
                 cdp.send("Performance.enable")
@@ -208,8 +247,13 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-    return {"idle_ms": idle, "server_ms": [s for s in server if s is not None], "browser_cpu_ms": browser_cpu,
-            "server_cpu_ms": server_cpu, "chromium_cpu_ms": chromium_cpu}
+    return {
+        "idle_ms": idle,
+        "server_ms": [s for s in server if s is not None],
+        "browser_cpu_ms": browser_cpu,
+        "server_cpu_ms": server_cpu,
+        "chromium_cpu_ms": chromium_cpu,
+    }
 
 
 def _task_seconds(cdp) -> float:
@@ -250,8 +294,14 @@ def _chromium_cpu_seconds() -> float:
 
 def spread(samples: list[float]) -> dict:
     q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else [samples[0]] * 9
-    return {"median": statistics.median(samples), "p10": q[0], "p90": q[-1], "min": min(samples),
-            "max": max(samples), "n": len(samples)}
+    return {
+        "median": statistics.median(samples),
+        "p10": q[0],
+        "p90": q[-1],
+        "min": min(samples),
+        "max": max(samples),
+        "n": len(samples),
+    }
 
 
 def main() -> int:
@@ -261,8 +311,11 @@ def main() -> int:
     parser.add_argument("--no-page", action="store_true", help="skip the measurement through AppTest")
     parser.add_argument("--no-browser", action="store_true", help="skip the measurement in Chromium")
     parser.add_argument("--moves", type=int, default=20, help="slider moves timed in the browser")
-    parser.add_argument("--plain-charts", action="store_true",
-                        help="the app's charts as st.plotly_chart (GISP_PLAIN_CHARTS=1), to compare with the default")
+    parser.add_argument(
+        "--plain-charts",
+        action="store_true",
+        help="the app's charts as st.plotly_chart (GISP_PLAIN_CHARTS=1), to compare with the default",
+    )
     parser.add_argument("--quiet-ms", type=float, default=300.0, help="no DOM change this long: the page is idle")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -287,8 +340,10 @@ def main() -> int:
                 rows[layout].append(move(view, step, hover, evaluations, layout))
 
     def summary(samples: list[dict]) -> dict:
-        return {k: {"median": statistics.median(s[k] for s in samples), "max": max(s[k] for s in samples)}
-                for k in samples[0]}
+        return {
+            k: {"median": statistics.median(s[k] for s in samples), "max": max(s[k] for s in samples)}
+            for k in samples[0]
+        }
 
     result = {
         "benchmark": "explore slider move (server time)",
@@ -313,47 +368,67 @@ def main() -> int:
     result["meets_target"] = worst <= TARGET_MS
     if not args.no_browser:
         measured = browser_times(args.trajectory, args.moves, args.quiet_ms, args.plain_charts)
-        result["browser"] = {"key_to_idle_ms": spread(measured["idle_ms"]), "quiet_ms": args.quiet_ms,
-                             "server_ms_shown": spread(measured["server_ms"]) if measured["server_ms"] else None,
-                             "browser_main_thread_cpu_ms": spread(measured["browser_cpu_ms"]),
-                             "server_process_cpu_ms": spread(measured["server_cpu_ms"]),
-                             "chromium_cpu_ms": spread(measured["chromium_cpu_ms"]),
-                             "target_ms": BROWSER_TARGET_MS, "chromium": str(CHROMIUM),
-                             "charts": "st.plotly_chart" if args.plain_charts else "explorer_ui.plotly_chart"}
+        result["browser"] = {
+            "key_to_idle_ms": spread(measured["idle_ms"]),
+            "quiet_ms": args.quiet_ms,
+            "server_ms_shown": spread(measured["server_ms"]) if measured["server_ms"] else None,
+            "browser_main_thread_cpu_ms": spread(measured["browser_cpu_ms"]),
+            "server_process_cpu_ms": spread(measured["server_cpu_ms"]),
+            "chromium_cpu_ms": spread(measured["chromium_cpu_ms"]),
+            "target_ms": BROWSER_TARGET_MS,
+            "chromium": str(CHROMIUM),
+            "charts": "st.plotly_chart" if args.plain_charts else "explorer_ui.plotly_chart",
+        }
         result["browser"]["meets_target"] = result["browser"]["key_to_idle_ms"]["median"] <= BROWSER_TARGET_MS
     result["load_average"] = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
 
-    print(f"Explore slider move, {view.num_layers} layers, {traj.space.size} structures, {traj.num_steps} steps "
-          f"({len(rows['sorted'])} moves per channel layout)")
+    print(
+        f"Explore slider move, {view.num_layers} layers, {traj.space.size} structures, {traj.num_steps} steps "
+        f"({len(rows['sorted'])} moves per channel layout)"
+    )
     print(f"one-time: load {result['load_ms']:.0f} ms, prepare {result['prepare_once_ms']:.0f} ms (cached by the page)")
     print(f"{'channels':<9} {'threshold':>10} {'figures':>9} {'serialize':>10} {'total':>8} {'max':>8} {'payload':>9}")
     for layout in ("sorted", "grouped"):
         s = result[f"{layout}_channels"]
-        print(f"{layout:<9} {s['threshold']['median']:>8.2f}ms {s['figures']['median']:>7.1f}ms "
-              f"{s['serialize']['median']:>8.1f}ms {s['total']['median']:>6.1f}ms {s['total']['max']:>6.1f}ms "
-              f"{s['bytes']['median'] / 1e6:>7.2f}MB")
+        print(
+            f"{layout:<9} {s['threshold']['median']:>8.2f}ms {s['figures']['median']:>7.1f}ms "
+            f"{s['serialize']['median']:>8.1f}ms {s['total']['median']:>6.1f}ms {s['total']['max']:>6.1f}ms "
+            f"{s['bytes']['median'] / 1e6:>7.2f}MB"
+        )
     if "page_reported_ms" in result:
         p = result["page_reported_ms"]
-        print(f"the page itself (AppTest, Streamlit element calls included): median {p['median']:.0f} ms, "
-              f"max {p['max']:.0f} ms over {p['moves']} moves")
-    print(f"server time per slider move (median, the larger of the two): {worst:.1f} ms (target <= {TARGET_MS:.0f} ms): "
-          f"{'met' if result['meets_target'] else 'NOT met'}")
+        print(
+            f"the page itself (AppTest, Streamlit element calls included): median {p['median']:.0f} ms, "
+            f"max {p['max']:.0f} ms over {p['moves']} moves"
+        )
+    print(
+        f"server time per slider move (median, the larger of the two): {worst:.1f} ms (target <= {TARGET_MS:.0f} ms): "
+        f"{'met' if result['meets_target'] else 'NOT met'}"
+    )
     if "browser" in result:
         b = result["browser"]["key_to_idle_ms"]
-        print(f"in Chromium, key press to idle page: median {b['median']:.0f} ms (p10 {b['p10']:.0f}, p90 {b['p90']:.0f}, "
-              f"min {b['min']:.0f}, max {b['max']:.0f}; {b['n']} moves; quiet window {args.quiet_ms:.0f} ms), "
-              f"target <= {BROWSER_TARGET_MS:.0f} ms: {'met' if result['browser']['meets_target'] else 'NOT met'}")
+        print(
+            f"in Chromium, key press to idle page: median {b['median']:.0f} ms (p10 {b['p10']:.0f}, p90 {b['p90']:.0f}, "
+            f"min {b['min']:.0f}, max {b['max']:.0f}; {b['n']} moves; quiet window {args.quiet_ms:.0f} ms), "
+            f"target <= {BROWSER_TARGET_MS:.0f} ms: {'met' if result['browser']['meets_target'] else 'NOT met'}"
+        )
         shown = result["browser"]["server_ms_shown"]
         if shown:
-            print(f"  server time the page showed for those moves: median {shown['median']:.0f} ms, max {shown['max']:.0f} ms")
+            print(
+                f"  server time the page showed for those moves: median {shown['median']:.0f} ms, max {shown['max']:.0f} ms"
+            )
         tasks, cpu = result["browser"]["browser_main_thread_cpu_ms"], result["browser"]["server_process_cpu_ms"]
         chrome = result["browser"]["chromium_cpu_ms"]
-        print(f"  per move: Chromium CPU median {chrome['median']:.0f} ms (p90 {chrome['p90']:.0f}), server process CPU "
-              f"median {cpu['median']:.0f} ms (p90 {cpu['p90']:.0f}); the page's main thread was busy "
-              f"{tasks['median']:.0f} ms (wall clock)")
+        print(
+            f"  per move: Chromium CPU median {chrome['median']:.0f} ms (p90 {chrome['p90']:.0f}), server process CPU "
+            f"median {cpu['median']:.0f} ms (p90 {cpu['p90']:.0f}); the page's main thread was busy "
+            f"{tasks['median']:.0f} ms (wall clock)"
+        )
     load = result["load_average"]
-    print(f"load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, on {load['cpus']} CPUs"
-          f"{'' if load['before'][0] < 0.5 * load['cpus'] else ' (a busy machine: not a quiet-machine figure)'}")
+    print(
+        f"load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, on {load['cpus']} CPUs"
+        f"{'' if load['before'][0] < 0.5 * load['cpus'] else ' (a busy machine: not a quiet-machine figure)'}"
+    )
     out = ROOT / "benchmarks" / "results" / f"bench_ui{'_plain_charts' if args.plain_charts else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

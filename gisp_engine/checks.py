@@ -61,8 +61,15 @@ class Check:
         return resolved
 
 
-def _wikitext2(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
-               seq_len: int = 128, batch_size: int = 8, bos: str = "stream") -> dict:
+def _wikitext2(
+    loaded: LoadedModel,
+    trajectory: Trajectory,
+    limit: int | None,
+    progress: ProgressCallback,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    bos: str = "stream",
+) -> dict:
     from .evaluate import wikitext2_perplexity
 
     result = wikitext2_perplexity(loaded.model, loaded.tokenizer, seq_len, limit, batch_size, progress, bos)
@@ -70,8 +77,13 @@ def _wikitext2(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, p
 
 
 CHECKS: dict[str, Check] = {
-    "wikitext2": Check("wikitext2", "perplexity", "WikiText-2 perplexity", _wikitext2,
-                       (("seq_len", 128), ("batch_size", 8), ("bos", "auto"))),
+    "wikitext2": Check(
+        "wikitext2",
+        "perplexity",
+        "WikiText-2 perplexity",
+        _wikitext2,
+        (("seq_len", 128), ("batch_size", 8), ("bos", "auto")),
+    ),
 }
 
 
@@ -79,26 +91,32 @@ def trajectory_family(trajectory: Trajectory) -> str | None:
     """The model family a trajectory was built for (what ``auto`` settings resolve by)."""
     return trajectory.meta.get("model", {}).get("family")
 
+
 _HEADLINES = ("perplexity", "average_acc", "exact_match", "acc")  # the one number of each result type
 
 
 def _task_check(task: str) -> Check:
     """An accuracy task of ``evaluate.evaluate_task``, skipping what the trajectory calibrated on."""
 
-    def run(loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback,
-            **options) -> dict:
+    def run(
+        loaded: LoadedModel, trajectory: Trajectory, limit: int | None, progress: ProgressCallback, **options
+    ) -> dict:
         from .evaluate import evaluate_task
         from .tasks import calibration_exclusions
 
         exclusions = calibration_exclusions(trajectory.meta.get("objective"))
-        result = evaluate_task(loaded.model, loaded.tokenizer, task, limit=limit, exclusions=exclusions,
-                               progress=progress, **options)
+        result = evaluate_task(
+            loaded.model, loaded.tokenizer, task, limit=limit, exclusions=exclusions, progress=progress, **options
+        )
         value = next(float(getattr(result, name)) for name in _HEADLINES if hasattr(result, name))
         return {"value": value, **result.to_dict()}
 
     title = "GSM8K exact match" if task == "gsm8k" else f"{task} accuracy" + (" (average)" if task == "cmqa" else "")
-    defaults = ((("batch_size", 8), ("few_shot", 5), ("max_new_tokens", 256)) if task == "gsm8k"
-                else (("batch_size", 8), ("include_pool", False)))
+    defaults = (
+        (("batch_size", 8), ("few_shot", 5), ("max_new_tokens", 256))
+        if task == "gsm8k"
+        else (("batch_size", 8), ("include_pool", False))
+    )
     return Check(task, "accuracy", title, run, defaults)
 
 
@@ -149,9 +167,10 @@ def greedy_generate(loaded: LoadedModel, prompt: str, max_new_tokens: int = 40) 
     ids = tok(prompt, return_tensors="pt")["input_ids"].to(loaded.device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     with torch.no_grad():
-        out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                    do_sample=False, pad_token_id=pad)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = loaded.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        )
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 # ---- remembered evaluations ----------------------------------------------------------------
@@ -200,12 +219,19 @@ EVAL_VERSION = 2
 
 
 def evaluation_identity(task: str, step: int, limit: int | None, options: dict, dtype: str) -> dict:
-    return {"task": task, "step": int(step), "limit": limit, "options": dict(sorted(options.items())), "dtype": dtype,
-            "version": EVAL_VERSION}
+    return {
+        "task": task,
+        "step": int(step),
+        "limit": limit,
+        "options": dict(sorted(options.items())),
+        "dtype": dtype,
+        "version": EVAL_VERSION,
+    }
 
 
-def find_evaluation(trajectory: Trajectory, task: str, step: int, limit: int | None, options: dict,
-                    dtype: str) -> dict | None:
+def find_evaluation(
+    trajectory: Trajectory, task: str, step: int, limit: int | None, options: dict, dtype: str
+) -> dict | None:
     want = evaluation_identity(task, step, limit, options, dtype)
     for row in load_evaluations(trajectory):
         if row.get("identity") == want:
@@ -216,8 +242,11 @@ def find_evaluation(trajectory: Trajectory, task: str, step: int, limit: int | N
 def _label(check: Check, limit: int | None, options: dict) -> str:
     """The check and every setting that changes its value, e.g. 'WikiText-2 perplexity (seq len 128, BOS stream,
     first 120)'."""
-    parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(options.items())
-             if k not in ("batch_size", "max_new_tokens", "bos") and v is not False]
+    parts = [
+        f"{k.replace('_', ' ')} {v}"
+        for k, v in sorted(options.items())
+        if k not in ("batch_size", "max_new_tokens", "bos") and v is not False
+    ]
     if "bos" in check.options:  # stated whether or not the identity holds it (absent: stream)
         parts.append(f"BOS {options.get('bos', 'stream')}")
     parts.append(f"first {limit}" if limit else "all")
@@ -295,5 +324,6 @@ def remember_evaluation(trajectory: Trajectory, row: dict) -> None:
     with file_lock(path.with_suffix(".lock"), what=f"the evaluations of {trajectory_id(trajectory)}", timeout=120):
         rows = [r for r in _stored(path) if r.get("identity") != row["identity"]]
         rows.append(row)
-        atomic_write_json(path, {"trajectory": trajectory_id(trajectory), "path": str(trajectory.path),
-                                 "results": rows})
+        atomic_write_json(
+            path, {"trajectory": trajectory_id(trajectory), "path": str(trajectory.path), "results": rows}
+        )

@@ -64,8 +64,14 @@ def cmd_prune(args) -> None:
     with session(args.device, required=args.distributed) as ctx:
         bar = TqdmProgress(enabled=not args.quiet and ctx.is_main)
         try:
-            outcome = prune(config, progress=bar, out=args.out, use_cache=not args.no_cache, resume=args.resume,
-                            check_memory=not args.force)
+            outcome = prune(
+                config,
+                progress=bar,
+                out=args.out,
+                use_cache=not args.no_cache,
+                resume=args.resume,
+                check_memory=not args.force,
+            )
         finally:
             bar.close()
     if not ctx.is_main:
@@ -96,9 +102,13 @@ def cmd_info(args) -> None:
 
         if len(questions) > 1:
             raise GispError("--structure, --rank-stability and --scores-at are separate questions: ask one at a time")
-        result = (explain.structure_history(traj, args.structure) if args.structure is not None
-                  else explain.step_scores(traj, args.scores_at) if args.scores_at is not None
-                  else explain.rank_stability(traj))
+        result = (
+            explain.structure_history(traj, args.structure)
+            if args.structure is not None
+            else explain.step_scores(traj, args.scores_at)
+            if args.scores_at is not None
+            else explain.rank_stability(traj)
+        )
         _emit(args, result.to_dict(), result.text())
         return
     payload = traj.summary()
@@ -116,7 +126,9 @@ def cmd_info(args) -> None:
             f"structural ratio {kept['structural_ratio']:.4f}"
         )
         for i, layer in enumerate(kept["layers"]):
-            lines.append(f"  layer {i:>2}: {len(layer['heads'])} heads {layer['heads']}, {len(layer['channels'])} channels")
+            lines.append(
+                f"  layer {i:>2}: {len(layer['heads'])} heads {layer['heads']}, {len(layer['channels'])} channels"
+            )
     _emit(args, payload, "\n".join(lines))
 
 
@@ -134,8 +146,14 @@ def cmd_eval(args) -> None:
     model = args.model or (recorded_model(traj) if traj else settings.DEFAULT_MODEL)
     loaded = load_model(model, args.device, args.dtype, args.device_map)
     payload = {"model": model, "task": args.task}
-    options = {"seq_len": args.seq_len, "batch_size": args.batch_size, "few_shot": args.few_shot,
-               "max_new_tokens": args.max_new_tokens, "include_pool": args.all_items, "bos": args.bos}
+    options = {
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "few_shot": args.few_shot,
+        "max_new_tokens": args.max_new_tokens,
+        "include_pool": args.all_items,
+        "bos": args.bos,
+    }
     bar = TqdmProgress(enabled=not args.quiet)
     try:
         if traj is not None:
@@ -143,8 +161,12 @@ def cmd_eval(args) -> None:
             # own calibration items are never evaluated on, whatever the step
             apply_step(loaded, traj, step)
             rec = traj.steps[step]
-            payload.update(trajectory=str(traj.path), step=step, param_sparsity=rec.param_sparsity,
-                           structural_ratio=rec.structural_ratio)
+            payload.update(
+                trajectory=str(traj.path),
+                step=step,
+                param_sparsity=rec.param_sparsity,
+                structural_ratio=rec.structural_ratio,
+            )
             row = evaluate_step(loaded, traj, step, args.task, args.limit, options, bar, refresh=args.no_cache)
             payload.update(row["details"], cached=row["cached"])
             text = f"{row['label']}: {row['value']:.4f}" + (" (remembered)" if row["cached"] else "")
@@ -170,7 +192,9 @@ def _limits(spec: str | None) -> tuple[int | None, tuple[tuple[str, int | None],
         try:
             return int(text)
         except ValueError:
-            raise GispError(f"--limit {spec!r}: expected a number or task=N pairs like wikitext2=120,arc_easy=100") from None
+            raise GispError(
+                f"--limit {spec!r}: expected a number or task=N pairs like wikitext2=120,arc_easy=100"
+            ) from None
 
     if "=" not in spec:
         return number(spec), ()
@@ -191,26 +215,45 @@ def _cost_spec(args):
     pytorch_only = {"--cost-batch": args.cost_batch, "--export-dtype": args.export_dtype}
     llamacpp_only = {"--outtype": args.outtype, "--uniform": args.uniform or None, "--align": args.align}
     if not args.cost:
-        given = [flag for flag, v in {"--runtime": args.runtime, **pytorch_only, **llamacpp_only}.items() if v is not None]
+        given = [
+            flag for flag, v in {"--runtime": args.runtime, **pytorch_only, **llamacpp_only}.items() if v is not None
+        ]
         if given:
             raise GispError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} how cost is measured: add --cost")
         return None
-    common = {name: value for name, value in (("seq_len", args.cost_seq_len), ("new_tokens", args.cost_new_tokens),
-                                              ("repeats", args.cost_repeats), ("threads", args.cost_threads))
-              if value is not None}
+    common = {
+        name: value
+        for name, value in (
+            ("seq_len", args.cost_seq_len),
+            ("new_tokens", args.cost_new_tokens),
+            ("repeats", args.cost_repeats),
+            ("threads", args.cost_threads),
+        )
+        if value is not None
+    }
     if args.runtime == "llamacpp":
         wrong = [flag for flag, v in pytorch_only.items() if v is not None]
         if wrong:
-            raise GispError(f"{', '.join(wrong)} is PyTorch's: llama.cpp prefills one sequence, and its weight bytes "
-                            "are the GGUF file's (--outtype)")
-        return GGUFCostSpec(**common, outtype=args.outtype or GGUFCostSpec.outtype,
-                            layout="uniform" if args.uniform else "per-layer", align=args.align)
+            raise GispError(
+                f"{', '.join(wrong)} is PyTorch's: llama.cpp prefills one sequence, and its weight bytes "
+                "are the GGUF file's (--outtype)"
+            )
+        return GGUFCostSpec(
+            **common,
+            outtype=args.outtype or GGUFCostSpec.outtype,
+            layout="uniform" if args.uniform else "per-layer",
+            align=args.align,
+        )
     wrong = [flag for flag, v in llamacpp_only.items() if v is not None]
     if wrong:
-        raise GispError(f"{', '.join(wrong)} describe{'s' if len(wrong) == 1 else ''} the GGUF that "
-                        "--runtime llamacpp times")
-    pytorch = {name: value for name, value in (("batch", args.cost_batch), ("export_dtype", args.export_dtype))
-               if value is not None}
+        raise GispError(
+            f"{', '.join(wrong)} describe{'s' if len(wrong) == 1 else ''} the GGUF that --runtime llamacpp times"
+        )
+    pytorch = {
+        name: value
+        for name, value in (("batch", args.cost_batch), ("export_dtype", args.export_dtype))
+        if value is not None
+    }
     return CostSpec(**common, **pytorch)
 
 
@@ -225,15 +268,32 @@ def cmd_sweep(args) -> None:
     tasks = parse_checks(args.task, allow_none=args.cost)
     unknown = [t for t, _ in limits if t not in tasks]
     if unknown:
-        raise GispError(f"--limit names {', '.join(unknown)}, which --task does not sweep ({', '.join(tasks) or 'none'})")
-    request = SweepRequest(tasks=tasks, steps=parse_steps(args.steps, traj), limit=limit, limits=limits,
-                           seq_len=args.seq_len, batch_size=args.batch_size, cost=cost, bos=args.bos)
+        raise GispError(
+            f"--limit names {', '.join(unknown)}, which --task does not sweep ({', '.join(tasks) or 'none'})"
+        )
+    request = SweepRequest(
+        tasks=tasks,
+        steps=parse_steps(args.steps, traj),
+        limit=limit,
+        limits=limits,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        cost=cost,
+        bos=args.bos,
+    )
     model = args.model or recorded_model(traj)
     dtype = str(resolve_dtype(args.dtype, resolve_device(args.device))).removeprefix("torch.")
     bar = TqdmProgress(enabled=not args.quiet)
     try:
-        report = run_sweep(traj, lambda: load_model(model, args.device, args.dtype, args.device_map), request, bar,
-                           copy_model=False, refresh=args.no_cache, dtype=dtype)
+        report = run_sweep(
+            traj,
+            lambda: load_model(model, args.device, args.dtype, args.device_map),
+            request,
+            bar,
+            copy_model=False,
+            refresh=args.no_cache,
+            dtype=dtype,
+        )
     finally:
         bar.close()
     if args.save_in_trajectory:
@@ -244,10 +304,15 @@ def cmd_sweep(args) -> None:
     table = sweep_table(traj, report.rows)
     rows = [r for r in table.to_rows() if r["step"] in report.steps]
     speed = [f"{c}{s}" for c in ("prefill_speedup", "decode_speedup") for s in ("", "_low", "_high")]
-    columns = [c for c in (*table.quality, *speed, "memory_ratio", "peak_bytes", "weight_bytes")
-               if any(r.get(c) is not None for r in rows)]
-    lines = [f"sweep of {traj.path}: {report.computed} points computed, {report.remembered} remembered",
-             "  ".join(["step", "params", *columns])]
+    columns = [
+        c
+        for c in (*table.quality, *speed, "memory_ratio", "peak_bytes", "weight_bytes")
+        if any(r.get(c) is not None for r in rows)
+    ]
+    lines = [
+        f"sweep of {traj.path}: {report.computed} points computed, {report.remembered} remembered",
+        "  ".join(["step", "params", *columns]),
+    ]
     for r in rows:
         cells = [f"{r['step']:>4}", f"{r['param_sparsity']:6.1%}"]
         cells += ["-" if r.get(c) is None else f"{r[c]:.4g}" for c in columns]
@@ -255,9 +320,16 @@ def cmd_sweep(args) -> None:
     lines += [f"{c}: {table.labels[c]}" for c in table.quality if c in columns]
     if table.cost_label:
         lines.append(f"cost: {table.cost_label}; speed-ups: median [lowest, highest] of the repeats' ratios to dense")
-    payload = {"trajectory": str(traj.path), "model": model, "request": request.to_dict(),
-               "computed": report.computed, "remembered": report.remembered, "rows": rows,
-               "labels": table.labels, "cost_label": table.cost_label}
+    payload = {
+        "trajectory": str(traj.path),
+        "model": model,
+        "request": request.to_dict(),
+        "computed": report.computed,
+        "remembered": report.remembered,
+        "rows": rows,
+        "labels": table.labels,
+        "cost_label": table.cost_label,
+    }
     _emit(args, payload, "\n".join(lines))
 
 
@@ -272,10 +344,13 @@ def cmd_cache_list(args) -> None:
     from .cache import list_cached
 
     rows = list_cached()
-    text = "\n".join(
-        f"{r['key']}  {r['model']}  {r['objective']}  {r['steps']} steps  max sparsity {r['max_param_sparsity']:.3f}  {r['created']}"
-        for r in rows
-    ) or "(no trajectories in the cache)"
+    text = (
+        "\n".join(
+            f"{r['key']}  {r['model']}  {r['objective']}  {r['steps']} steps  max sparsity {r['max_param_sparsity']:.3f}  {r['created']}"
+            for r in rows
+        )
+        or "(no trajectories in the cache)"
+    )
     _emit(args, {"trajectories": rows}, text)
 
 
@@ -333,8 +408,12 @@ def cmd_export(args) -> None:
         from .subnetwork import compensates
 
         args.outtype = args.outtype or DEFAULT_OUTTYPE
-        check_request(trajectory.meta.get("model", {}).get("family", ""), args.outtype, args.uniform,
-                      compensates(trajectory, compensation))
+        check_request(
+            trajectory.meta.get("model", {}).get("family", ""),
+            args.outtype,
+            args.uniform,
+            compensates(trajectory, compensation),
+        )
     if args.align is not None:  # before minutes of loading
         from .methods import check_align
 
@@ -347,24 +426,47 @@ def cmd_export(args) -> None:
         elif args.format == "gguf":
             from .export_gguf import export_gguf
 
-            result = export_gguf(loaded, trajectory, step, args.out, uniform=args.uniform, outtype=args.outtype,
-                                 progress=bar, bias_compensation=compensation, align=args.align)
+            result = export_gguf(
+                loaded,
+                trajectory,
+                step,
+                args.out,
+                uniform=args.uniform,
+                outtype=args.outtype,
+                progress=bar,
+                bias_compensation=compensation,
+                align=args.align,
+            )
         else:
-            result = export_subnetwork(loaded, trajectory, step, args.out, uniform=args.uniform, progress=bar,
-                                       bias_compensation=compensation, align=args.align)
+            result = export_subnetwork(
+                loaded,
+                trajectory,
+                step,
+                args.out,
+                uniform=args.uniform,
+                progress=bar,
+                bias_compensation=compensation,
+                align=args.align,
+            )
     finally:
         bar.close()
     s = result.summary()
     if args.format == "gguf":
         padded = f", {s['padding_overhead']:.1%} more weights for equal GQA groups" if s["padding_overhead"] else ""
-        what = (f"GGUF ({s['layout']}, llama.cpp arch {s['arch']}, {s['outtype']}) of step {s['step']}: parameter "
-                f"sparsity {s['param_sparsity']:.4f}{padded}, {s['file_bytes'] / 2**20:.1f} MiB")
+        what = (
+            f"GGUF ({s['layout']}, llama.cpp arch {s['arch']}, {s['outtype']}) of step {s['step']}: parameter "
+            f"sparsity {s['param_sparsity']:.4f}{padded}, {s['file_bytes'] / 2**20:.1f} MiB"
+        )
     elif args.all_steps:
-        what = (f"elastic export of steps 0..{s['last_step']} (parameter sparsity up to "
-                f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights")
+        what = (
+            f"elastic export of steps 0..{s['last_step']} (parameter sparsity up to "
+            f"{s['max_param_sparsity']:.4f}) in one folder, {s['weights_bytes'] / 2**20:.1f} MiB of weights"
+        )
     else:
-        what = (f"{s['kind']} export of step {s['step']}: parameter sparsity {s['param_sparsity']:.4f} "
-                f"(trajectory point {s['trajectory_param_sparsity']:.4f}), {s['param_count']:,} parameters")
+        what = (
+            f"{s['kind']} export of step {s['step']}: parameter sparsity {s['param_sparsity']:.4f} "
+            f"(trajectory point {s['trajectory_param_sparsity']:.4f}), {s['param_count']:,} parameters"
+        )
     _emit(args, s, f"{result.folder}\n{what}\nloads with {s['loads_with']}")
 
 
@@ -372,10 +474,14 @@ def cmd_export(args) -> None:
 def _bos_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
     from .data import BOS_POLICIES
 
-    p.add_argument("--bos", default=default, choices=BOS_POLICIES,
-                   help=f"BOS token of the {what}: each (one starts every window), stream (cut from one token "
-                        "stream: the papers' protocol), auto (each for families trained with one: Gemma 3; "
-                        "else stream)")
+    p.add_argument(
+        "--bos",
+        default=default,
+        choices=BOS_POLICIES,
+        help=f"BOS token of the {what}: each (one starts every window), stream (cut from one token "
+        "stream: the papers' protocol), auto (each for families trained with one: Gemma 3; "
+        "else stream)",
+    )
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
@@ -397,65 +503,120 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="build (or fetch from the cache) a pruning trajectory")
     p.add_argument("--model", default=d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a folder, or a hub id")
-    p.add_argument("--method", default=d.method, choices=METHODS,
-                   help=f"gisp (iterative); baselines rank once: {', '.join(m for m in METHODS if m != 'gisp')}")
+    p.add_argument(
+        "--method",
+        default=d.method,
+        choices=METHODS,
+        help=f"gisp (iterative); baselines rank once: {', '.join(m for m in METHODS if m != 'gisp')}",
+    )
     p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVES))
-    p.add_argument("--calib", default=d.calib, help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
-    p.add_argument("--sampling", default=d.sampling, choices=SAMPLINGS,
-                   help="perplexity objective: packed (shuffled documents, first tokens) or window "
-                        "(random spans of random long documents, as the reference loaders)")
-    p.add_argument("--tasks", default=d.tasks,
-                   help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, cmqa (all), "
-                        "and/or custom task files (path.jsonl; see README)")
-    p.add_argument("--calib-tokens", type=int, default=None, help="token budget of task objectives (default num-samples x seq-len)")
-    p.add_argument("--calib-items", type=int, default=None,
-                   help="margin objective: this many calibration items from every task, instead of a token budget")
+    p.add_argument(
+        "--calib",
+        default=d.calib,
+        help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]",
+    )
+    p.add_argument(
+        "--sampling",
+        default=d.sampling,
+        choices=SAMPLINGS,
+        help="perplexity objective: packed (shuffled documents, first tokens) or window "
+        "(random spans of random long documents, as the reference loaders)",
+    )
+    p.add_argument(
+        "--tasks",
+        default=d.tasks,
+        help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, cmqa (all), "
+        "and/or custom task files (path.jsonl; see README)",
+    )
+    p.add_argument(
+        "--calib-tokens", type=int, default=None, help="token budget of task objectives (default num-samples x seq-len)"
+    )
+    p.add_argument(
+        "--calib-items",
+        type=int,
+        default=None,
+        help="margin objective: this many calibration items from every task, instead of a token budget",
+    )
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     _bos_arg(p, "perplexity objective's calibration windows", d.bos)
     p.add_argument("--steps", type=int, default=d.steps, help="pruning steps (1 = one-shot)")
-    p.add_argument("--max-sparsity", type=float, default=d.max_sparsity, help="structural ratio reached at the last step")
+    p.add_argument(
+        "--max-sparsity", type=float, default=d.max_sparsity, help="structural ratio reached at the last step"
+    )
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument("--gqa", default=d.gqa, choices=GQA_POLICIES, help="query: query heads (paper); kv-group: KV head + its queries")
+    p.add_argument(
+        "--gqa", default=d.gqa, choices=GQA_POLICIES, help="query: query heads (paper); kv-group: KV head + its queries"
+    )
     p.add_argument("--normalization", default=d.normalization, choices=NORMALIZATIONS)
-    p.add_argument("--protect-first", type=int, default=None, help="layers at the start never pruned (default int(0.1*L))")
+    p.add_argument(
+        "--protect-first", type=int, default=None, help="layers at the start never pruned (default int(0.1*L))"
+    )
     p.add_argument("--protect-last", type=int, default=d.protect_last, help="layers at the end never pruned")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (default by device)")
     p.add_argument("--no-shrink", action="store_true", help="mask instead of slicing the working model between steps")
-    p.add_argument("--save-scores", action=argparse.BooleanOptionalAction, default=d.save_scores,
-                   help="store every step's scores in the trajectory (default; float16: 2 bytes per structure and "
-                        "step, 0.9 MB for the embedded SmolLM2's 10 steps); --no-save-scores leaves them out")
-    p.add_argument("--align", type=int, default=None, metavar="N",
-                   help="keep every cut layer's MLP channel count a multiple of N at every step (64: fast matmul "
-                        "kernels); off by default")
+    p.add_argument(
+        "--save-scores",
+        action=argparse.BooleanOptionalAction,
+        default=d.save_scores,
+        help="store every step's scores in the trajectory (default; float16: 2 bytes per structure and "
+        "step, 0.9 MB for the embedded SmolLM2's 10 steps); --no-save-scores leaves them out",
+    )
+    p.add_argument(
+        "--align",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep every cut layer's MLP channel count a multiple of N at every step (64: fast matmul "
+        "kernels); off by default",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute even if the cache has this trajectory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed step")
-    p.add_argument("--distributed", action="store_true",
-                   help="data-parallel scoring over the processes torchrun started (automatic under torchrun; "
-                        "this flag refuses to run without it)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel scoring over the processes torchrun started (automatic under torchrun; "
+        "this flag refuses to run without it)",
+    )
     p.add_argument("--out", default=None, help="also write the trajectory to this folder")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (settings, cache key, structures, micro-batches, estimated peak memory and "
-                        "time per step) without loading weights or running anything")
-    p.add_argument("--force", action="store_true",
-                   help="run even when the estimated peak memory exceeds the device's free memory")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (settings, cache key, structures, micro-batches, estimated peak memory and "
+        "time per step) without loading weights or running anything",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="run even when the estimated peak memory exceeds the device's free memory"
+    )
     _device_args(p)
-    p.add_argument("--json", action="store_true", help="print a JSON summary (with \"path\")")
+    p.add_argument("--json", action="store_true", help='print a JSON summary (with "path")')
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("info", help="steps of a trajectory, and the kept structures at a sparsity")
     p.add_argument("trajectory", help="a trajectory folder or cache key")
     p.add_argument("--at", type=float, default=None, help="parameter sparsity: kept heads/channels per layer")
-    p.add_argument("--structure", default=None, metavar="LAYER:KIND:INDEX",
-                   help="one structure's score, rank among the remaining ones and the cut line at every step "
-                        "(e.g. 25:head:2, 12:channel:801)")
-    p.add_argument("--rank-stability", action="store_true",
-                   help="per step: Spearman's correlation of its scores with the dense ones, and the Jaccard index of "
-                        "what was removed with what the dense ranking alone would have removed")
-    p.add_argument("--scores-at", type=int, default=None, metavar="STEP",
-                   help="the scores step STEP (1..T) ranked: per layer and kind, count, removed, quartiles, the cut line")
+    p.add_argument(
+        "--structure",
+        default=None,
+        metavar="LAYER:KIND:INDEX",
+        help="one structure's score, rank among the remaining ones and the cut line at every step "
+        "(e.g. 25:head:2, 12:channel:801)",
+    )
+    p.add_argument(
+        "--rank-stability",
+        action="store_true",
+        help="per step: Spearman's correlation of its scores with the dense ones, and the Jaccard index of "
+        "what was removed with what the dense ranking alone would have removed",
+    )
+    p.add_argument(
+        "--scores-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="the scores step STEP (1..T) ranked: per layer and kind, count, removed, quartiles, the cut line",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
@@ -463,36 +624,59 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import task_argument
 
     p = sub.add_parser("eval", help="evaluate the dense model or a point of a trajectory")
-    p.add_argument("--model", default=None,
-                   help=f"default: the model the --trajectory was built from, else {settings.DEFAULT_MODEL}")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"default: the model the --trajectory was built from, else {settings.DEFAULT_MODEL}",
+    )
     p.add_argument("--trajectory", default=None)
     p.add_argument("--sparsity", type=float, default=None, help="parameter sparsity (the last step at or below it)")
     p.add_argument("--step", type=int, default=None, help="a step of the trajectory instead of a sparsity")
-    p.add_argument("--task", default="wikitext2", metavar="TASK", type=task_argument,
-                   help=f"{', '.join(EVAL_TASKS)}: wikitext2 (perplexity), a decision task or cmqa (all seven: zero-shot "
-                        "accuracy), gsm8k (exact match), or a custom task file path.jsonl (see README)")
-    p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length (128: GISP/LLM-Pruner; 2048: Wanda/SliceGPT)")
+    p.add_argument(
+        "--task",
+        default="wikitext2",
+        metavar="TASK",
+        type=task_argument,
+        help=f"{', '.join(EVAL_TASKS)}: wikitext2 (perplexity), a decision task or cmqa (all seven: zero-shot "
+        "accuracy), gsm8k (exact match), or a custom task file path.jsonl (see README)",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=128, help="wikitext2 window length (128: GISP/LLM-Pruner; 2048: Wanda/SliceGPT)"
+    )
     _bos_arg(p, "wikitext2 windows")
-    p.add_argument("--limit", type=int, default=None, help="only the first N windows (wikitext2) or held-out items per task")
+    p.add_argument(
+        "--limit", type=int, default=None, help="only the first N windows (wikitext2) or held-out items per task"
+    )
     p.add_argument("--few-shot", type=int, default=5, help="gsm8k: solved train problems before each question")
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length limit")
     p.add_argument("--no-cache", action="store_true", help="evaluate again even if this evaluation is remembered")
-    p.add_argument("--all-items", action="store_true",
-                   help="also evaluate the reserved calibration pools (a trajectory's own calibration items stay out)")
+    p.add_argument(
+        "--all-items",
+        action="store_true",
+        help="also evaluate the reserved calibration pools (a trajectory's own calibration items stay out)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="windows, options or problems per forward pass")
     _device_args(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sweep", help="evaluate every step of a trajectory (quality, and cost with --cost), remembered per point")
+    p = sub.add_parser(
+        "sweep", help="evaluate every step of a trajectory (quality, and cost with --cost), remembered per point"
+    )
     p.add_argument("--trajectory", required=True, help="a trajectory folder or cache key")
-    p.add_argument("--task", default="wikitext2",
-                   help="comma-separated checks: wikitext2, a decision task, cmqa, gsm8k, a .jsonl task file; "
-                        "none with --cost: cost only")
+    p.add_argument(
+        "--task",
+        default="wikitext2",
+        help="comma-separated checks: wikitext2, a decision task, cmqa, gsm8k, a .jsonl task file; "
+        "none with --cost: cost only",
+    )
     p.add_argument("--steps", default="all", help="'all' or step numbers like 0,2,4")
-    p.add_argument("--limit", default=None,
-                   help="only the first N windows (wikitext2) or items per task; or per check: wikitext2=120,arc_easy=100")
+    p.add_argument(
+        "--limit",
+        default=None,
+        help="only the first N windows (wikitext2) or items per task; or per check: wikitext2=120,arc_easy=100",
+    )
     p.add_argument("--seq-len", type=int, default=128, help="wikitext2 window length")
     _bos_arg(p, "wikitext2 windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows or options per forward pass")
@@ -501,35 +685,77 @@ def build_parser() -> argparse.ArgumentParser:
     from .cost_llamacpp import GGUFCostSpec
 
     torch_spec, gguf_spec = CostSpec(), GGUFCostSpec()  # the app's defaults too
-    p.add_argument("--cost", action="store_true",
-                   help="also measure prefill and decode speed, peak memory and weight bytes of each step")
-    p.add_argument("--runtime", choices=["pytorch", "llamacpp"], default=None,
-                   help="cost: where it is measured: pytorch (default; the sliced model) or llamacpp (each step's GGUF "
-                        "in llama.cpp, against the dense GGUF written the same way)")
-    p.add_argument("--cost-batch", type=int, default=None, help=f"cost: prefill batch (PyTorch: {torch_spec.batch}; "
-                                                                 "llama.cpp prefills one sequence)")
-    p.add_argument("--cost-seq-len", type=int, default=None,
-                   help=f"cost: prefill length (PyTorch {torch_spec.seq_len}, llama.cpp {gguf_spec.seq_len})")
-    p.add_argument("--cost-new-tokens", type=int, default=None,
-                   help=f"cost: decoded tokens at batch 1 (PyTorch {torch_spec.new_tokens}, "
-                        f"llama.cpp {gguf_spec.new_tokens})")
-    p.add_argument("--cost-repeats", type=int, default=None,
-                   help="cost: timings per step, interleaved with dense (median, and the spread of their ratios; "
-                        f"PyTorch {torch_spec.repeats}, llama.cpp {gguf_spec.repeats})")
-    p.add_argument("--cost-threads", type=int, default=None,
-                   help="cost: threads (default: every core this process may use; the app uses the same default)")
-    p.add_argument("--export-dtype", default=None,
-                   help="cost (PyTorch): dtype of the weight bytes (auto, the default: the checkpoint's)")
-    p.add_argument("--outtype", default=None,
-                   help=f"cost (llama.cpp): the GGUF type timed (default {gguf_spec.outtype}; f32, bf16, q8_0, q4_k_m, ...)")
-    p.add_argument("--uniform", action="store_true",
-                   help="cost (llama.cpp): time the uniform GGUF (the family's stock arch) instead of the per-layer one")
-    p.add_argument("--align", type=int, default=None,
-                   help="cost (llama.cpp): every layer's MLP width rounded to a multiple of N in the GGUFs timed")
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="also measure prefill and decode speed, peak memory and weight bytes of each step",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["pytorch", "llamacpp"],
+        default=None,
+        help="cost: where it is measured: pytorch (default; the sliced model) or llamacpp (each step's GGUF "
+        "in llama.cpp, against the dense GGUF written the same way)",
+    )
+    p.add_argument(
+        "--cost-batch",
+        type=int,
+        default=None,
+        help=f"cost: prefill batch (PyTorch: {torch_spec.batch}; llama.cpp prefills one sequence)",
+    )
+    p.add_argument(
+        "--cost-seq-len",
+        type=int,
+        default=None,
+        help=f"cost: prefill length (PyTorch {torch_spec.seq_len}, llama.cpp {gguf_spec.seq_len})",
+    )
+    p.add_argument(
+        "--cost-new-tokens",
+        type=int,
+        default=None,
+        help=f"cost: decoded tokens at batch 1 (PyTorch {torch_spec.new_tokens}, llama.cpp {gguf_spec.new_tokens})",
+    )
+    p.add_argument(
+        "--cost-repeats",
+        type=int,
+        default=None,
+        help="cost: timings per step, interleaved with dense (median, and the spread of their ratios; "
+        f"PyTorch {torch_spec.repeats}, llama.cpp {gguf_spec.repeats})",
+    )
+    p.add_argument(
+        "--cost-threads",
+        type=int,
+        default=None,
+        help="cost: threads (default: every core this process may use; the app uses the same default)",
+    )
+    p.add_argument(
+        "--export-dtype",
+        default=None,
+        help="cost (PyTorch): dtype of the weight bytes (auto, the default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--outtype",
+        default=None,
+        help=f"cost (llama.cpp): the GGUF type timed (default {gguf_spec.outtype}; f32, bf16, q8_0, q4_k_m, ...)",
+    )
+    p.add_argument(
+        "--uniform",
+        action="store_true",
+        help="cost (llama.cpp): time the uniform GGUF (the family's stock arch) instead of the per-layer one",
+    )
+    p.add_argument(
+        "--align",
+        type=int,
+        default=None,
+        help="cost (llama.cpp): every layer's MLP width rounded to a multiple of N in the GGUFs timed",
+    )
     p.add_argument("--no-cache", action="store_true", help="compute every point again")
-    p.add_argument("--save-in-trajectory", action="store_true",
-                   help="also write every remembered result into the trajectory's folder (evaluations.json), "
-                        "as the repository's examples carry theirs")
+    p.add_argument(
+        "--save-in-trajectory",
+        action="store_true",
+        help="also write every remembered result into the trajectory's folder (evaluations.json), "
+        "as the repository's examples carry theirs",
+    )
     _device_args(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -538,8 +764,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("model", help="the embedded default model")
     msub = p.add_subparsers(dest="model_command", required=True)
     mp = msub.add_parser("prepare", help="convert an embedded model from GGUF into the cache (once)")
-    mp.add_argument("name", nargs="?", default=settings.DEFAULT_MODEL,
-                    help=f"{' or '.join(settings.EMBEDDED_MODELS)} (default {settings.DEFAULT_MODEL})")
+    mp.add_argument(
+        "name",
+        nargs="?",
+        default=settings.DEFAULT_MODEL,
+        help=f"{' or '.join(settings.EMBEDDED_MODELS)} (default {settings.DEFAULT_MODEL})",
+    )
     mp.add_argument("--json", action="store_true")
     mp.set_defaults(func=cmd_model_prepare)
 
@@ -552,11 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("key", help="the trajectory's cache key (`gisp cache list`)")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_rm)
-    cp = csub.add_parser("prune", help="remove finished background jobs, old trajectories, uploads and exports, "
-                                       "and unfinished writes")
+    cp = csub.add_parser(
+        "prune", help="remove finished background jobs, old trajectories, uploads and exports, and unfinished writes"
+    )
     cp.add_argument("--jobs", action="store_true", help="finished (done, failed, cancelled) background jobs")
-    cp.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                    help="trajectories, uploads and exports (and, with --jobs, jobs) older than this many days")
+    cp.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="trajectories, uploads and exports (and, with --jobs, jobs) older than this many days",
+    )
     cp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_prune)
@@ -567,32 +803,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _export_parser(subparsers) -> None:
     p = subparsers.add_parser("export", help="write a point of a trajectory as a smaller model folder")
-    p.add_argument("--model", default=None,
-                   help="the base model (default: the one the trajectory records it was built from)")
+    p.add_argument(
+        "--model", default=None, help="the base model (default: the one the trajectory records it was built from)"
+    )
     p.add_argument("--trajectory", required=True, help="a trajectory folder or cache key")
     p.add_argument("--sparsity", type=float, default=None, help="parameter sparsity (the last step at or below it)")
     p.add_argument("--step", type=int, default=None, help="a step of the trajectory instead of a sparsity")
     p.add_argument("--out", required=True, help="folder to write (replaced if it holds an earlier export)")
-    p.add_argument("--uniform", action="store_true",
-                   help="same width in every layer: loads with stock transformers code (gguf: the family's stock "
-                        "llama.cpp arch), differs from the trajectory")
-    p.add_argument("--all-steps", action="store_true",
-                   help="every step in one folder (elastic): load any step with gisp_step=T or load_pruned(DIR, step=T)")
-    p.add_argument("--align", type=int, default=None, metavar="N",
-                   help="round every layer's MLP width to a multiple of N (nearest, at least N), keeping the channels "
-                        "the trajectory removed last")
-    p.add_argument("--no-bias-compensation", action="store_true",
-                   help="FLAP trajectories: leave out FLAP's bias compensation (written by default, as published)")
-    p.add_argument("--format", default="hf", choices=("hf", "gguf"),
-                   help="hf: a transformers folder (default); gguf: one GGUF file for llama.cpp and Ollama "
-                        "(per-layer as llama.cpp's deci: Llama, Mistral, Qwen2; --uniform: the family's stock arch)")
-    p.add_argument("--outtype", default=None,
-                   help="--format gguf: f32, f16 (default), bf16, q8_0, or a llama.cpp quantization "
-                        "(q4_k_m, q5_k_m, q6_k, ...; needs llama-cpp-python)")
+    p.add_argument(
+        "--uniform",
+        action="store_true",
+        help="same width in every layer: loads with stock transformers code (gguf: the family's stock "
+        "llama.cpp arch), differs from the trajectory",
+    )
+    p.add_argument(
+        "--all-steps",
+        action="store_true",
+        help="every step in one folder (elastic): load any step with gisp_step=T or load_pruned(DIR, step=T)",
+    )
+    p.add_argument(
+        "--align",
+        type=int,
+        default=None,
+        metavar="N",
+        help="round every layer's MLP width to a multiple of N (nearest, at least N), keeping the channels "
+        "the trajectory removed last",
+    )
+    p.add_argument(
+        "--no-bias-compensation",
+        action="store_true",
+        help="FLAP trajectories: leave out FLAP's bias compensation (written by default, as published)",
+    )
+    p.add_argument(
+        "--format",
+        default="hf",
+        choices=("hf", "gguf"),
+        help="hf: a transformers folder (default); gguf: one GGUF file for llama.cpp and Ollama "
+        "(per-layer as llama.cpp's deci: Llama, Mistral, Qwen2; --uniform: the family's stock arch)",
+    )
+    p.add_argument(
+        "--outtype",
+        default=None,
+        help="--format gguf: f32, f16 (default), bf16, q8_0, or a llama.cpp quantization "
+        "(q4_k_m, q5_k_m, q6_k, ...; needs llama-cpp-python)",
+    )
     p.add_argument("--device", default="cpu", help="where to slice: cpu (default), cuda[:N], auto")
-    p.add_argument("--dtype", default="auto",
-                   help="dtype of the written weights (gguf: of the model sliced; --outtype sets the file's): auto "
-                        "(the base checkpoint's own), float32, bfloat16, float16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="dtype of the written weights (gguf: of the model sliced; --outtype sets the file's): auto "
+        "(the base checkpoint's own), float32, bfloat16, float16",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)

@@ -80,8 +80,10 @@ class PruneConfig:
             whole("calib_items", 1)
             if self.objective != "margin":
                 other = "--num-samples and --seq-len" if self.objective == "perplexity" else "--calib-tokens"
-                raise GispError(f"--calib-items applies to the margin objective, not {self.objective!r}: "
-                                f"size this one's calibration with {other}")
+                raise GispError(
+                    f"--calib-items applies to the margin objective, not {self.objective!r}: "
+                    f"size this one's calibration with {other}"
+                )
             if self.calib_tokens is not None:
                 raise GispError("give --calib-items (items per task) or --calib-tokens (a token budget), not both")
         if not isinstance(self.seed, int):
@@ -96,8 +98,10 @@ class PruneConfig:
         if self.bos not in BOS_POLICIES:
             raise GispError(f"unknown BOS policy {self.bos!r}: choose one of {', '.join(BOS_POLICIES)}")
         if self.bos != "auto" and self.objective != "perplexity":
-            raise GispError(f"--bos applies to the perplexity objective's text windows, not {self.objective!r}, "
-                            "whose sequences are tokenized as lm-evaluation-harness does: leave it at auto")
+            raise GispError(
+                f"--bos applies to the perplexity objective's text windows, not {self.objective!r}, "
+                "whose sequences are tokenized as lm-evaluation-harness does: leave it at auto"
+            )
         if self.schedule not in SCHEDULES:
             raise GispError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.gqa not in GQA_POLICIES:

@@ -119,8 +119,10 @@ def cost_ratios(cost: dict, dense: dict) -> dict:
     Speed-ups are the median of the repeats' own ratios (repeat i of dense against repeat i of this
     model, measured one after the other), with ``<name>_low``/``<name>_high`` their lowest and highest.
     """
-    out = {ratio: float(cost[name]) / float(dense[name]) if dense.get(name) else float("nan")
-           for name, ratio in RATIO_FIELDS.items()}
+    out = {
+        ratio: float(cost[name]) / float(dense[name]) if dense.get(name) else float("nan")
+        for name, ratio in RATIO_FIELDS.items()
+    }
     for ratio, times in SPEED_TIMES.items():
         mine, theirs = cost.get(times), dense.get(times)
         if mine and theirs and len(mine) == len(theirs):
@@ -208,8 +210,10 @@ class _Workload:
         self.device = next(model.parameters()).device
         max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         if max_len and max(spec.seq_len, spec.prompt_len + spec.new_tokens) > max_len:
-            raise GispError(f"the cost workload ({spec.seq_len} prefill tokens, {spec.prompt_len}+{spec.new_tokens} "
-                            f"decode) is longer than the model's context ({max_len} tokens)")
+            raise GispError(
+                f"the cost workload ({spec.seq_len} prefill tokens, {spec.prompt_len}+{spec.new_tokens} "
+                f"decode) is longer than the model's context ({max_len} tokens)"
+            )
         gen = torch.Generator().manual_seed(seed)
         vocab = int(model.config.vocab_size)
         self.batch = torch.randint(0, vocab, (spec.batch, spec.seq_len), generator=gen).to(self.device)
@@ -271,18 +275,20 @@ def _measure(models: list[torch.nn.Module], spec: CostSpec, seed: int) -> list[C
         params = list(r.model.parameters())
         param_count = sum(x.numel() for x in params)
         export_dtype = checkpoint_dtype(r.model) if spec.export_dtype == "auto" else spec.export_dtype
-        out.append(Cost(
-            prefill_tok_s=spec.batch * spec.seq_len / statistics.median(p),
-            decode_tok_s=spec.new_tokens / statistics.median(d),
-            peak_bytes=r.peak_bytes(),
-            weight_bytes=int(param_count * _DTYPE_BYTES.get(export_dtype, 4)),
-            export_dtype=export_dtype,
-            param_count=int(param_count),
-            device=str(r.device),
-            threads=torch.get_num_threads(),
-            prefill_s=p,
-            decode_s=d,
-        ))
+        out.append(
+            Cost(
+                prefill_tok_s=spec.batch * spec.seq_len / statistics.median(p),
+                decode_tok_s=spec.new_tokens / statistics.median(d),
+                peak_bytes=r.peak_bytes(),
+                weight_bytes=int(param_count * _DTYPE_BYTES.get(export_dtype, 4)),
+                export_dtype=export_dtype,
+                param_count=int(param_count),
+                device=str(r.device),
+                threads=torch.get_num_threads(),
+                prefill_s=p,
+                decode_s=d,
+            )
+        )
     return out
 
 

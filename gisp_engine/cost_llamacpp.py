@@ -102,10 +102,14 @@ def spec_label(spec: CostSpec | GGUFCostSpec, device: str) -> str:
     repeats = f"{spec.threads} threads, median of {spec.repeats} interleaved repeats"
     if spec.runtime == "llamacpp":
         align = f", MLP widths a multiple of {spec.align}" if spec.align else ""
-        return (f"llama.cpp cost ({spec.layout} GGUF {spec.outtype}{align}, {spec.seq_len} prefill, "
-                f"decode {spec.new_tokens} tokens, {DEVICE}, {repeats})")
-    return (f"PyTorch cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "
-            f"{repeats})")
+        return (
+            f"llama.cpp cost ({spec.layout} GGUF {spec.outtype}{align}, {spec.seq_len} prefill, "
+            f"decode {spec.new_tokens} tokens, {DEVICE}, {repeats})"
+        )
+    return (
+        f"PyTorch cost (batch {spec.batch} x {spec.seq_len} prefill, decode {spec.new_tokens} tokens, {device}, "
+        f"{repeats})"
+    )
 
 
 @dataclass
@@ -158,9 +162,15 @@ class GGUFRun:
 
     def _open(self) -> llamacpp.GGUFModel:
         spec = self.spec
-        return llamacpp.GGUFModel(self.path, n_ctx=max(spec.seq_len, spec.prompt_len + spec.new_tokens),
-                                  n_threads=spec.threads, exact=False, logits_all=False,
-                                  n_batch=min(spec.seq_len, MICRO_BATCH), use_mmap=False)
+        return llamacpp.GGUFModel(
+            self.path,
+            n_ctx=max(spec.seq_len, spec.prompt_len + spec.new_tokens),
+            n_threads=spec.threads,
+            exact=False,
+            logits_all=False,
+            n_batch=min(spec.seq_len, MICRO_BATCH),
+            use_mmap=False,
+        )
 
     def prefill(self) -> float:
         self.model.reset()

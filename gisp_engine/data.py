@@ -63,7 +63,9 @@ def file_sha256(path: Path, _memo: dict = {}) -> str:  # noqa: B006 - deliberate
 def require_data_dir() -> Path:
     root = settings.data_dir()
     if root is None:
-        raise GispError("no data directory: set GISP_DATA_DIR to the folder that holds calib/, cmqa/, gsm8k/, wikitext2/")
+        raise GispError(
+            "no data directory: set GISP_DATA_DIR to the folder that holds calib/, cmqa/, gsm8k/, wikitext2/"
+        )
     if not root.is_dir():
         raise GispError(f"data directory {root} does not exist (GISP_DATA_DIR)")
     return root
@@ -208,8 +210,9 @@ def bos_token_id(tokenizer) -> int:
     """The tokenizer's BOS id, or a GispError saying that ``--bos each`` cannot be used with it."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
-        raise GispError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')!r} has no BOS token: "
-                        "use --bos stream")
+        raise GispError(
+            f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')!r} has no BOS token: use --bos stream"
+        )
     return int(bos)
 
 
@@ -218,6 +221,7 @@ def with_bos(rows: "torch.Tensor", bos_id: int) -> "torch.Tensor":  # noqa: F821
     import torch
 
     return torch.cat([torch.full((rows.shape[0], 1), bos_id, dtype=rows.dtype), rows], dim=1)
+
 
 SEPARATOR = "\n\n"  # between documents, in the packed stream and in the window sampler's stream
 # window sampling takes windows inside documents when at least this many times num_samples documents
@@ -258,8 +262,8 @@ class CalibrationSet:
             out["mode"] = self.mode
             out["packing"] = (
                 "each window a random span of a random document with more than seq_len tokens"
-                if self.mode == "documents" else
-                "documents in file order joined with a blank line; each window a random span of that stream"
+                if self.mode == "documents"
+                else "documents in file order joined with a blank line; each window a random span of that stream"
             )
             out["note"] = self.note
             if self.window_documents is not None:
@@ -269,8 +273,15 @@ class CalibrationSet:
         return out
 
 
-def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: int, seed: int,
-                      sampling: str = "packed", bos: str = "stream") -> CalibrationSet:
+def build_calibration(
+    tokenizer,
+    source: TextSource,
+    num_samples: int,
+    seq_len: int,
+    seed: int,
+    sampling: str = "packed",
+    bos: str = "stream",
+) -> CalibrationSet:
     """``num_samples`` windows of ``seq_len`` tokens, seeded, by one of the ``SAMPLINGS``.
 
     ``packed`` shuffles the documents and cuts the first ``num_samples * seq_len`` tokens of
@@ -298,8 +309,7 @@ def build_calibration(tokenizer, source: TextSource, num_samples: int, seq_len: 
     return dataclasses.replace(made, input_ids=with_bos(made.input_ids, bos_id), bos="each")
 
 
-def _pack(tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int,
-          seed: int) -> CalibrationSet:
+def _pack(tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int, seed: int) -> CalibrationSet:
     import torch
 
     order = list(range(len(docs)))
@@ -357,8 +367,9 @@ def _documents_spanned(doc_starts: list[int], start: int, stop: int) -> list[int
     return list(range(max(first, 0), last + 1))
 
 
-def _sample_windows(tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int,
-                    seed: int) -> CalibrationSet:
+def _sample_windows(
+    tokenizer, source: TextSource, docs: list[str], num_samples: int, seq_len: int, seed: int
+) -> CalibrationSet:
     import torch
 
     tokens = _Tokens(tokenizer, docs)
@@ -382,12 +393,14 @@ def _sample_windows(tokenizer, source: TextSource, docs: list[str], num_samples:
             start = rng.randint(0, len(tokens(i)) - seq_len - 1)
             window_documents.append(i)
             starts.append(start)
-            rows.append(tokens(i)[start:start + seq_len])
+            rows.append(tokens(i)[start : start + seq_len])
         used = sorted(set(window_documents))
     else:
         mode = "stream"
-        note = (f"only {long_enough} of {len(docs)} documents have more than {seq_len} tokens "
-                f"(fewer than {DOCUMENTS_PER_WINDOW} x {num_samples}): windows of the joined documents")
+        note = (
+            f"only {long_enough} of {len(docs)} documents have more than {seq_len} tokens "
+            f"(fewer than {DOCUMENTS_PER_WINDOW} x {num_samples}): windows of the joined documents"
+        )
         window_documents = None
         stream, doc_starts = _stream(tokens, tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
         if len(stream) <= seq_len:
@@ -399,7 +412,7 @@ def _sample_windows(tokenizer, source: TextSource, docs: list[str], num_samples:
         for _ in range(num_samples):
             start = rng.randint(0, len(stream) - seq_len - 1)
             starts.append(start)
-            rows.append(stream[start:start + seq_len])
+            rows.append(stream[start : start + seq_len])
             used_set.update(_documents_spanned(doc_starts, start, start + seq_len))
         used = sorted(used_set)
     ids = torch.tensor(rows, dtype=torch.long)
@@ -417,8 +430,10 @@ def rebuild_calibration(tokenizer, described: dict) -> "torch.Tensor":  # noqa: 
     source = resolve_text_source(described.get("source", ""))
     recorded = {k: described.get(k) for k in source.identity()}
     if source.identity() != recorded:
-        raise GispError(f"calibration source {source.name!r} is not the data the trajectory recorded "
-                        f"({recorded}): the calibration cannot be rebuilt from it")
+        raise GispError(
+            f"calibration source {source.name!r} is not the data the trajectory recorded "
+            f"({recorded}): the calibration cannot be rebuilt from it"
+        )
     n, seq_len = int(described["num_samples"]), int(described["seq_len"])
     bos = described.get("bos", "stream")  # recorded since the setting exists; before it, always stream
     if described.get("sampling", "packed") == "packed":
@@ -427,10 +442,10 @@ def rebuild_calibration(tokenizer, described: dict) -> "torch.Tensor":  # noqa: 
     tokens = _Tokens(tokenizer, load_documents(source))
     starts = described["window_starts"]
     if described["mode"] == "documents":
-        rows = [tokens(i)[s:s + text_len] for i, s in zip(described["window_documents"], starts)]
+        rows = [tokens(i)[s : s + text_len] for i, s in zip(described["window_documents"], starts)]
     else:
         stream, _ = _stream(tokens, tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
-        rows = [stream[s:s + text_len] for s in starts]
+        rows = [stream[s : s + text_len] for s in starts]
     if len(rows) != n or any(len(r) != text_len for r in rows):
         raise GispError("the recorded calibration windows do not fit the source: it cannot be rebuilt")
     ids = torch.tensor(rows, dtype=torch.long)

@@ -89,8 +89,10 @@ def session(device: str = "auto", required: bool = False) -> Iterator[DistContex
         return
     if not launched_by_torchrun():
         if required:
-            raise GispError("--distributed needs a launcher: run `torchrun --nproc_per_node N -m gisp_engine prune ...` "
-                            "(RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are not set)")
+            raise GispError(
+                "--distributed needs a launcher: run `torchrun --nproc_per_node N -m gisp_engine prune ...` "
+                "(RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are not set)"
+            )
         yield DistContext()
         return
     if not dist.is_available():

@@ -32,8 +32,18 @@ from torch import nn
 
 from . import remote_code
 from .errors import GispError
-from .export_format import (ELASTIC, MANIFEST, PrunedModel, adapter_for_manifest, hash_files, manifest_head,
-                            manifest_json, param_count, start_export, write_config_and_code)
+from .export_format import (
+    ELASTIC,
+    MANIFEST,
+    PrunedModel,
+    adapter_for_manifest,
+    hash_files,
+    manifest_head,
+    manifest_json,
+    param_count,
+    start_export,
+    write_config_and_code,
+)
 from .fsutil import atomic_write_bytes, atomic_write_json, staging_dir
 from .models import LoadedModel, resolve_device, resolve_dtype
 from .progress import ProgressCallback, null_progress
@@ -83,8 +93,9 @@ class ElasticExportResult:
             "last_step": m["steps"][-1]["step"],
             "max_param_sparsity": m["steps"][-1]["param_sparsity"],
             "param_count": m["steps"][0]["param_count"],  # what the folder stores: the dense model's
-            "weights_bytes": sum((self.folder / name).stat().st_size for name in m["files"]
-                                 if name.endswith(".safetensors")),
+            "weights_bytes": sum(
+                (self.folder / name).stat().st_size for name in m["files"] if name.endswith(".safetensors")
+            ),
             "loads_with": m["loads_with"],
         }
 
@@ -122,12 +133,14 @@ def survival_order(trajectory: Trajectory) -> list[LayerOrder]:
         q = np.arange(g.num_heads)
         q_survival = heads if space.gqa == "query" else np.repeat(heads, g.group_size)
         q_order = _first(-q_survival, kv_position[q // g.group_size], q)
-        out.append(LayerOrder(
-            heads=tuple(q_order.tolist()),
-            kv_heads=tuple(kv_order.tolist()),
-            channels=tuple(_first(-channels, np.arange(g.intermediate_size)).tolist()),
-            q_to_kv=tuple(kv_position[q_order // g.group_size].tolist()),
-        ))
+        out.append(
+            LayerOrder(
+                heads=tuple(q_order.tolist()),
+                kv_heads=tuple(kv_order.tolist()),
+                channels=tuple(_first(-channels, np.arange(g.intermediate_size)).tolist()),
+                q_to_kv=tuple(kv_position[q_order // g.group_size].tolist()),
+            )
+        )
     return out
 
 
@@ -136,8 +149,11 @@ def step_widths(trajectory: Trajectory, order: list[LayerOrder], step: int) -> l
     widths = []
     for layer, (kept, stored) in enumerate(zip(trajectory.space.layer_keep(trajectory.keep_mask(step)), order)):
         n = [len(kept.heads), len(kept.kv_heads), len(kept.channels)]
-        prefixes = (set(stored.heads[: n[0]]) == set(kept.heads), set(stored.kv_heads[: n[1]]) == set(kept.kv_heads),
-                    set(stored.channels[: n[2]]) == set(kept.channels))
+        prefixes = (
+            set(stored.heads[: n[0]]) == set(kept.heads),
+            set(stored.kv_heads[: n[1]]) == set(kept.kv_heads),
+            set(stored.channels[: n[2]]) == set(kept.channels),
+        )
         if not all(prefixes):  # removal is permanent, so this cannot happen for a valid trajectory
             raise GispError(f"internal error: step {step}'s structures in layer {layer} are not a prefix of the order")
         widths.append(n)
@@ -195,8 +211,15 @@ def _permute(loaded: LoadedModel, space: StructureSpace, order: list[LayerOrder]
             q, kv, ch = np.argsort(q), np.argsort(kv), np.argsort(ch)
         q_rows, kv_rows = _rows(q.tolist(), head_dim), _rows(kv.tolist(), head_dim)
         channels = torch.as_tensor(ch, dtype=torch.long)
-        for linear, index, dim in ((lin.q, q_rows, 0), (lin.k, kv_rows, 0), (lin.v, kv_rows, 0), (lin.o, q_rows, 1),
-                                   (mlp.gate, channels, 0), (mlp.up, channels, 0), (mlp.down, channels, 1)):
+        for linear, index, dim in (
+            (lin.q, q_rows, 0),
+            (lin.k, kv_rows, 0),
+            (lin.v, kv_rows, 0),
+            (lin.o, q_rows, 1),
+            (mlp.gate, channels, 0),
+            (mlp.up, channels, 0),
+            (mlp.down, channels, 1),
+        ):
             _slice_linear(linear, index, dim)  # a permutation: same width, new order
 
 
@@ -230,20 +253,29 @@ def _write_weights(folder: Path, tensors: list) -> None:
     from safetensors.torch import save_file
 
     shards = list(_shards(tensors, SHARD_BYTES))
-    names = [WEIGHTS_NAME] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
+    names = (
+        [WEIGHTS_NAME]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     weight_map = {}
     for name, shard in zip(names, shards):
         save_file({key: make() for key, make, _ in shard}, str(folder / name), metadata={"format": "pt"})
         weight_map.update({key: name for key, _, _ in shard})
     if len(shards) > 1:
-        atomic_write_json(folder / WEIGHTS_INDEX_NAME,
-                          {"metadata": {"total_size": sum(t[2] for t in tensors)}, "weight_map": weight_map})
+        atomic_write_json(
+            folder / WEIGHTS_INDEX_NAME,
+            {"metadata": {"total_size": sum(t[2] for t in tensors)}, "weight_map": weight_map},
+        )
 
 
-def _elastic_config(loaded: LoadedModel, space: StructureSpace, family: remote_code.BaseFamily,
-                    order: list[LayerOrder], steps: list[dict]) -> dict:
+def _elastic_config(
+    loaded: LoadedModel,
+    space: StructureSpace,
+    family: remote_code.BaseFamily,
+    order: list[LayerOrder],
+    steps: list[dict],
+) -> dict:
     config = loaded.model.config.to_dict()
     for key in ("_name_or_path", "auto_map", "gisp_layers"):
         config.pop(key, None)
@@ -278,8 +310,10 @@ def export_elastic(
     start = start_export(loaded, trajectory, out_dir, progress, slices_in_place=False)
     out, family, report = start.out, start.family, start.report
     if compensates(trajectory, bias_compensation):
-        raise GispError("an elastic export cannot hold FLAP's bias compensation (its biases differ at every step): "
-                        "export single steps, or leave it out (--no-bias-compensation, bias_compensation=False)")
+        raise GispError(
+            "an elastic export cannot hold FLAP's bias compensation (its biases differ at every step): "
+            "export single steps, or leave it out (--no-bias-compensation, bias_compensation=False)"
+        )
     space, g = trajectory.space, trajectory.geometry
     report(0, "ordering structures")
     order = survival_order(trajectory)
@@ -290,14 +324,16 @@ def export_elastic(
     for rec in trajectory.steps:
         keep = trajectory.keep_mask(rec.step)
         widths = step_widths(trajectory, order, rec.step)
-        steps.append({
-            "step": rec.step,
-            "param_sparsity": space.param_sparsity(keep),
-            "structural_ratio": float(1.0 - keep.mean()),
-            "linear_params": int(space.linear_params_per_layer(keep).sum()),
-            "param_count": _count_at(sizes, widths, dense),
-            "widths": widths,
-        })
+        steps.append(
+            {
+                "step": rec.step,
+                "param_sparsity": space.param_sparsity(keep),
+                "structural_ratio": float(1.0 - keep.mean()),
+                "linear_params": int(space.linear_params_per_layer(keep).sum()),
+                "param_count": _count_at(sizes, widths, dense),
+                "widths": widths,
+            }
+        )
     config = _elastic_config(loaded, space, family, order, steps)
 
     with staging_dir(out) as tmp:
@@ -317,20 +353,22 @@ def export_elastic(
         files = hash_files(tmp)
         manifest = manifest_head(ELASTIC, ELASTIC_LOADS_WITH, loaded, trajectory)
         manifest["trajectory"]["num_steps"] = trajectory.num_steps
-        manifest.update({
-            "dense_linear_params": space.total_linear_params(),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "steps": steps,
-            "remote_code": {
-                "template_version": remote_code.ELASTIC_TEMPLATE_VERSION,
-                "base": family.to_dict(),
-                "files": sorted(code),
-                "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",
-                "storage": f"survival order per layer; o_proj and down_proj weights stored transposed as <name>{TRANSPOSED}",
-            },
-            "order": [o.to_dict() for o in order],
-            "files": files,
-        })
+        manifest.update(
+            {
+                "dense_linear_params": space.total_linear_params(),
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "steps": steps,
+                "remote_code": {
+                    "template_version": remote_code.ELASTIC_TEMPLATE_VERSION,
+                    "base": family.to_dict(),
+                    "files": sorted(code),
+                    "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",
+                    "storage": f"survival order per layer; o_proj and down_proj weights stored transposed as <name>{TRANSPOSED}",
+                },
+                "order": [o.to_dict() for o in order],
+                "files": files,
+            }
+        )
         atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
     report(5, "done")
     return ElasticExportResult(out, manifest)
@@ -351,24 +389,35 @@ def resolve_elastic_step(manifest: dict, step: int | None = None, sparsity: floa
         return last
     top = steps[-1]["param_sparsity"]
     if not 0.0 <= sparsity <= top + SPARSITY_EPS:
-        raise GispError(f"sparsity {sparsity:g} is outside 0 .. {top:.4f}, the largest parameter sparsity this export holds")
+        raise GispError(
+            f"sparsity {sparsity:g} is outside 0 .. {top:.4f}, the largest parameter sparsity this export holds"
+        )
     return max(s["step"] for s in steps if s["param_sparsity"] <= sparsity + SPARSITY_EPS)
 
 
-def load_elastic(folder: Path, manifest: dict, device: str = "auto", dtype: str = "auto",
-                 step: int | None = None, sparsity: float | None = None) -> ElasticModel:
+def load_elastic(
+    folder: Path,
+    manifest: dict,
+    device: str = "auto",
+    dtype: str = "auto",
+    step: int | None = None,
+    sparsity: float | None = None,
+) -> ElasticModel:
     """Load one step of a verified elastic export (``export.load_pruned`` verifies, then calls this)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     step = resolve_elastic_step(manifest, step, sparsity)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, trust_remote_code=True, gisp_step=step,
-                                                 device_map=str(dev))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch_dtype, trust_remote_code=True, gisp_step=step, device_map=str(dev)
+    )
     record = manifest["steps"][step]
     count = param_count(model)
     if count != record["param_count"]:
-        raise GispError(f"{folder}: step {step} loaded with {count} parameters, the manifest says {record['param_count']}")
+        raise GispError(
+            f"{folder}: step {step} loaded with {count} parameters, the manifest says {record['param_count']}"
+        )
     adapter = adapter_for_manifest(manifest, model.config)
     head_dim = int(manifest["base_model"]["geometry"]["head_dim"])
     for i, (layer, expected) in enumerate(zip(adapter.layers(model), record["widths"], strict=True)):

@@ -108,8 +108,9 @@ def wikitext2_perplexity(
         total += float(sequence_nll(model, chunk).double().sum())
         progress(ProgressEvent("eval", min(start + batch_size, windows), windows, message="wikitext2"))
     mean_nll = total / windows
-    return PerplexityResult("wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity,
-                            bos)
+    return PerplexityResult(
+        "wikitext2", seq_len, windows, windows * seq_len, math.exp(mean_nll), mean_nll, identity, bos
+    )
 
 
 def check_task(task: str) -> str:
@@ -125,8 +126,10 @@ def check_task(task: str) -> str:
 
 
 def _unknown_task(task: str) -> GispError:
-    return GispError(f"unknown evaluation task {task!r}: choose one of {', '.join(TASKS)}, "
-                     f"or a custom task file ending in .jsonl ({CUSTOM_FORMAT})")
+    return GispError(
+        f"unknown evaluation task {task!r}: choose one of {', '.join(TASKS)}, "
+        f"or a custom task file ending in .jsonl ({CUSTOM_FORMAT})"
+    )
 
 
 def task_argument(task: str) -> str:
@@ -171,8 +174,9 @@ def evaluate_task(
     if task in CHOICE_TASKS or task in SUITES or is_custom_task(task) or "," in task:
         return evaluate_choice_tasks(model, tokenizer, task, limit, exclusions, include_pool, batch_size, progress)
     if task == "gsm8k":
-        return evaluate_gsm8k(model, tokenizer, limit, few_shot, max_new_tokens, batch_size,
-                              exclusions.get(TEST_SOURCE, ()), progress)
+        return evaluate_gsm8k(
+            model, tokenizer, limit, few_shot, max_new_tokens, batch_size, exclusions.get(TEST_SOURCE, ()), progress
+        )
     raise _unknown_task(task)
 
 
@@ -182,11 +186,15 @@ def result_text(result) -> str:
     from .zeroshot import ChoiceSuiteResult
 
     if isinstance(result, PerplexityResult):
-        return (f"{result.task} perplexity {result.perplexity:.3f} ({result.windows} non-overlapping windows "
-                f"of {result.seq_len} tokens, BOS {result.bos})")
+        return (
+            f"{result.task} perplexity {result.perplexity:.3f} ({result.windows} non-overlapping windows "
+            f"of {result.seq_len} tokens, BOS {result.bos})"
+        )
     if isinstance(result, ChoiceSuiteResult):
         return result.table()
     if isinstance(result, GSM8KResult):
-        return (f"gsm8k exact match {result.exact_match:.4f} ({result.items} test problems, {result.few_shot}-shot, "
-                f"greedy, at most {result.max_new_tokens} new tokens)")
+        return (
+            f"gsm8k exact match {result.exact_match:.4f} ({result.items} test problems, {result.few_shot}-shot, "
+            f"greedy, at most {result.max_new_tokens} new tokens)"
+        )
     raise TypeError(f"not an evaluation result: {type(result).__name__}")

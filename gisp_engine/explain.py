@@ -18,8 +18,10 @@ from .errors import GispError
 from .structures import KINDS
 from .trajectory import Trajectory
 
-NO_SCORES = ("this trajectory was saved without every step's scores (made with --no-save-scores, or before scores "
-             "were kept by default): run it again with the same settings, `gisp prune ... --save-scores --no-cache`")
+NO_SCORES = (
+    "this trajectory was saved without every step's scores (made with --no-save-scores, or before scores "
+    "were kept by default): run it again with the same settings, `gisp prune ... --save-scores --no-cache`"
+)
 
 
 def _scores(traj: Trajectory) -> np.ndarray:
@@ -88,25 +90,40 @@ class StructureHistory:
     def to_dict(self) -> dict:
         rows = []
         for i, t in enumerate(self.steps):
-            rows.append({
-                "step": int(t),
-                "score": None if np.isnan(self.score[i]) else float(self.score[i]),
-                "rank": None if np.isnan(self.rank[i]) else int(self.rank[i]),
-                "scored": int(self.scored[i]),
-                "removed": int(self.removed[i]),
-                "cut_line": None if np.isnan(self.cut[i]) else float(self.cut[i]),
-                "removed_here": int(t) == self.removal_step,
-            })
-        return {"structure": self.name, "layer": self.layer, "kind": self.kind, "index": self.index,
-                "removal_step": self.removal_step, "protected": self.protected,
-                "rank_order": "1 = the lowest score among those scored at the step (the first to go)",
-                "steps": rows}
+            rows.append(
+                {
+                    "step": int(t),
+                    "score": None if np.isnan(self.score[i]) else float(self.score[i]),
+                    "rank": None if np.isnan(self.rank[i]) else int(self.rank[i]),
+                    "scored": int(self.scored[i]),
+                    "removed": int(self.removed[i]),
+                    "cut_line": None if np.isnan(self.cut[i]) else float(self.cut[i]),
+                    "removed_here": int(t) == self.removal_step,
+                }
+            )
+        return {
+            "structure": self.name,
+            "layer": self.layer,
+            "kind": self.kind,
+            "index": self.index,
+            "removal_step": self.removal_step,
+            "protected": self.protected,
+            "rank_order": "1 = the lowest score among those scored at the step (the first to go)",
+            "steps": rows,
+        }
 
     def text(self) -> str:
-        when = ("in a protected layer: never scored, never removed" if self.protected else
-                "never removed" if self.removal_step < 0 else f"removed at step {self.removal_step}")
-        lines = [f"structure {self.name}: {when}",
-                 f"{'step':>4}  {'score':>10}  {'rank (1 = lowest)':>20}  {'cut line':>10}  removed"]
+        when = (
+            "in a protected layer: never scored, never removed"
+            if self.protected
+            else "never removed"
+            if self.removal_step < 0
+            else f"removed at step {self.removal_step}"
+        )
+        lines = [
+            f"structure {self.name}: {when}",
+            f"{'step':>4}  {'score':>10}  {'rank (1 = lowest)':>20}  {'cut line':>10}  removed",
+        ]
         for row in self.to_dict()["steps"]:
             score = "-" if row["score"] is None else f"{row['score']:.4g}"
             rank = "-" if row["rank"] is None else f"{row['rank']} of {row['scored']}"
@@ -129,9 +146,17 @@ def structure_history(traj: Trajectory, spec: str | tuple | int) -> StructureHis
     protected_layers = traj.meta.get("settings", {}).get("protected_layers", [])
     removed = np.array([(traj.removal_step == t).sum() for t in range(1, t_max + 1)], np.int64)
     return StructureHistory(
-        layer=layer, kind=kind, index=index, removal_step=int(traj.removal_step[sid]),
-        protected=layer in protected_layers, steps=np.arange(1, t_max + 1), score=own.astype(np.float64),
-        rank=rank, scored=valid.sum(axis=1), removed=removed, cut=_cut_lines(traj, scores).astype(np.float64),
+        layer=layer,
+        kind=kind,
+        index=index,
+        removal_step=int(traj.removal_step[sid]),
+        protected=layer in protected_layers,
+        steps=np.arange(1, t_max + 1),
+        score=own.astype(np.float64),
+        rank=rank,
+        scored=valid.sum(axis=1),
+        removed=removed,
+        cut=_cut_lines(traj, scores).astype(np.float64),
     )
 
 
@@ -157,31 +182,52 @@ class StepScores:
             layers.append(int(layer))
             q1.append(a), med.append(m), q3.append(b), lo.append(v.min()), hi.append(v.max()), count.append(len(v))
             below.append(int(self.removed_here[mine & (self.layer == layer)].sum()))
-        return {"layer": np.array(layers, int), "q1": np.array(q1), "median": np.array(med), "q3": np.array(q3),
-                "min": np.array(lo), "max": np.array(hi), "count": np.array(count, int), "removed": np.array(below, int)}
-
+        return {
+            "layer": np.array(layers, int),
+            "q1": np.array(q1),
+            "median": np.array(med),
+            "q3": np.array(q3),
+            "min": np.array(lo),
+            "max": np.array(hi),
+            "count": np.array(count, int),
+            "removed": np.array(below, int),
+        }
 
     def to_dict(self) -> dict:
         kinds = {}
         for kind, name in enumerate(KINDS):
             stats = self.per_layer(kind)
-            kinds[name] = [{"layer": int(stats["layer"][i]), "count": int(stats["count"][i]),
-                            "removed": int(stats["removed"][i]),
-                            **{k: float(stats[k][i]) for k in ("min", "q1", "median", "q3", "max")}}
-                           for i in range(len(stats["layer"]))]
-        return {"step": self.step, "scored": int(len(self.score)), "removed": int(self.removed_here.sum()),
-                "cut_line": None if np.isnan(self.cut) else self.cut, "per_layer": kinds}
+            kinds[name] = [
+                {
+                    "layer": int(stats["layer"][i]),
+                    "count": int(stats["count"][i]),
+                    "removed": int(stats["removed"][i]),
+                    **{k: float(stats[k][i]) for k in ("min", "q1", "median", "q3", "max")},
+                }
+                for i in range(len(stats["layer"]))
+            ]
+        return {
+            "step": self.step,
+            "scored": int(len(self.score)),
+            "removed": int(self.removed_here.sum()),
+            "cut_line": None if np.isnan(self.cut) else self.cut,
+            "per_layer": kinds,
+        }
 
     def text(self) -> str:
         payload = self.to_dict()
         cut = "-" if payload["cut_line"] is None else f"{payload['cut_line']:.4g}"
-        lines = [f"step {self.step} ranked {payload['scored']} structures and removed the lowest {payload['removed']} "
-                 f"(cut line {cut})",
-                 f"{'layer':>5}  {'kind':<7}  {'count':>6}  {'removed':>7}  {'min':>9}  {'median':>9}  {'max':>9}"]
+        lines = [
+            f"step {self.step} ranked {payload['scored']} structures and removed the lowest {payload['removed']} "
+            f"(cut line {cut})",
+            f"{'layer':>5}  {'kind':<7}  {'count':>6}  {'removed':>7}  {'min':>9}  {'median':>9}  {'max':>9}",
+        ]
         for name, rows in payload["per_layer"].items():
             for r in rows:
-                lines.append(f"{r['layer']:>5}  {name:<7}  {r['count']:>6}  {r['removed']:>7}  {r['min']:9.3g}  "
-                             f"{r['median']:9.3g}  {r['max']:9.3g}")
+                lines.append(
+                    f"{r['layer']:>5}  {name:<7}  {r['count']:>6}  {r['removed']:>7}  {r['min']:9.3g}  "
+                    f"{r['median']:9.3g}  {r['max']:9.3g}"
+                )
         return "\n".join(lines)
 
 
@@ -195,8 +241,14 @@ def step_scores(traj: Trajectory, step: int) -> StepScores:
     removed_here = traj.removal_step[where] == step
     values = row[where]
     cut = float(values[removed_here].max()) if removed_here.any() else float("nan")
-    return StepScores(step=int(step), layer=traj.space.layer[where], kind=traj.space.kind[where], score=values,
-                      removed_here=removed_here, cut=cut)
+    return StepScores(
+        step=int(step),
+        layer=traj.space.layer[where],
+        kind=traj.space.kind[where],
+        score=values,
+        removed_here=removed_here,
+        cut=cut,
+    )
 
 
 # ---- how stale a one-shot ranking gets -------------------------------------------------------
@@ -236,9 +288,15 @@ class RankStability:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        rows = [{"step": int(t), "spearman": None if np.isnan(s) else float(s),
-                 "jaccard": None if np.isnan(j) else float(j), "removed": int(r)}
-                for t, s, j, r in zip(self.steps, self.spearman, self.jaccard, self.removed)]
+        rows = [
+            {
+                "step": int(t),
+                "spearman": None if np.isnan(s) else float(s),
+                "jaccard": None if np.isnan(j) else float(j),
+                "removed": int(r),
+            }
+            for t, s, j, r in zip(self.steps, self.spearman, self.jaccard, self.removed)
+        ]
         out = {"method": self.method, "fixed_ranking": self.fixed, "steps": rows, "notes": self.notes}
         if self.fixed:
             out["reason"] = self.reason
@@ -247,8 +305,10 @@ class RankStability:
     def text(self) -> str:
         if self.fixed:
             return f"rank stability: {self.reason}"
-        lines = ["rank stability against the dense ranking (step 1 ranks the dense model)",
-                 f"{'step':>4}  {'removed':>8}  {'Spearman':>9}  {'Jaccard':>8}"]
+        lines = [
+            "rank stability against the dense ranking (step 1 ranks the dense model)",
+            f"{'step':>4}  {'removed':>8}  {'Spearman':>9}  {'Jaccard':>8}",
+        ]
         for row in self.to_dict()["steps"]:
             s = "-" if row["spearman"] is None else f"{row['spearman']:.4f}"
             j = "-" if row["jaccard"] is None else f"{row['jaccard']:.4f}"
@@ -261,11 +321,15 @@ def fixed_ranking_reason(traj: Trajectory) -> str:
     """Why a trajectory's later steps cannot differ from its dense ranking ("" when they can)."""
     method = str(traj.meta.get("method", "gisp"))
     if traj.num_steps == 1:
-        return ("one step (one-shot): the only ranking is the dense one, so Spearman and Jaccard are 1.0 by "
-                "construction; compare with an iterative trajectory instead")
+        return (
+            "one step (one-shot): the only ranking is the dense one, so Spearman and Jaccard are 1.0 by "
+            "construction; compare with an iterative trajectory instead"
+        )
     if str(traj.meta.get("ranking", "")).startswith("fixed ranking"):
-        return (f"{method} ranks once, on the dense model: every step cuts the same order, so Spearman and Jaccard "
-                "are 1.0 by construction (not a finding)")
+        return (
+            f"{method} ranks once, on the dense model: every step cuts the same order, so Spearman and Jaccard "
+            "are 1.0 by construction (not a finding)"
+        )
     return ""
 
 
@@ -294,10 +358,12 @@ def rank_stability(traj: Trajectory) -> RankStability:
         union = int((gone | would).sum())
         jac[t - 1] = (gone & would).sum() / union if union else 1.0
     if "scores_added" in traj.meta:  # not the scores that chose: Jaccard at step 1 measures the difference
-        notes = ["Spearman at step 1 is 1 by construction (step 1 ranks the dense model); these scores were measured "
-                 "again along the trajectory's own order by a later engine (benchmarks/add_example_scores.py), so "
-                 f"Jaccard at step 1 ({jac[0]:.4f}) is the overlap of the first removal with the lowest of today's "
-                 "dense scores"]
+        notes = [
+            "Spearman at step 1 is 1 by construction (step 1 ranks the dense model); these scores were measured "
+            "again along the trajectory's own order by a later engine (benchmarks/add_example_scores.py), so "
+            f"Jaccard at step 1 ({jac[0]:.4f}) is the overlap of the first removal with the lowest of today's "
+            "dense scores"
+        ]
     else:
         notes = ["Spearman and Jaccard at step 1 are 1 by construction (step 1 ranks the dense model)"]
     if traj.meta.get("request", {}).get("align"):
@@ -322,7 +388,7 @@ class AttentionPatterns:
         """One head unit's pattern (tokens, tokens); a KV group is the mean of its query heads."""
         if gqa == "query":
             return self.weights[layer, unit]
-        return self.weights[layer, unit * group_size:(unit + 1) * group_size].mean(axis=0)
+        return self.weights[layer, unit * group_size : (unit + 1) * group_size].mean(axis=0)
 
     def has(self, layer: int, unit: int, gqa: str, group_size: int) -> bool:
         if self.kept_heads is None:
@@ -345,8 +411,10 @@ def attention_tokens(loaded, text: str) -> "torch.Tensor":  # noqa: F821
     if loaded.adapter.needs_bos and bos is not None and (not ids or ids[0] != bos):
         ids = [bos] + list(ids)
     if len(ids) > MAX_ATTENTION_TOKENS:
-        raise GispError(f"the text is {len(ids)} tokens long: attention patterns are drawn for at most "
-                        f"{MAX_ATTENTION_TOKENS} tokens (about 40 stay readable); shorten it")
+        raise GispError(
+            f"the text is {len(ids)} tokens long: attention patterns are drawn for at most "
+            f"{MAX_ATTENTION_TOKENS} tokens (about 40 stay readable); shorten it"
+        )
     return torch.tensor([ids], dtype=torch.long, device=loaded.device)
 
 
@@ -418,6 +486,7 @@ def _input_masks(loaded, trajectory: Trajectory, keep: np.ndarray) -> list:
             if not getattr(_MASKING, "active", False):
                 return None
             return (args[0] * mask.to(args[0].dtype),) + tuple(args[1:])
+
         return hook
 
     for i, layer in enumerate(loaded.adapter.layers(loaded.model)):

@@ -35,8 +35,9 @@ def available_trajectories() -> list[dict]:
     An example that is also in the cache (same request key) is listed once, as the example.
     """
     examples = []
-    for row in sorted(cache.list_cached(examples_dir()),
-                      key=lambda r: (r.get("model") != settings.DEFAULT_MODEL, r["path"])):
+    for row in sorted(
+        cache.list_cached(examples_dir()), key=lambda r: (r.get("model") != settings.DEFAULT_MODEL, r["path"])
+    ):
         row = dict(row, source="example", name=Path(row["path"]).name)
         try:
             row["key"] = json.loads((Path(row["path"]) / META_FILE).read_text())["key"]
@@ -273,8 +274,18 @@ def jaccard_curve(a: Trajectory, b: Trajectory, tolerance: float = 0.05) -> Jacc
             continue
         seen.add((sa, sb))
         ka, kb = a.keep_mask(sa), b.keep_mask(sb)
-        rows.append((p, sa, sb, pa, pb, _jaccard(ka, kb), _jaccard(ka[is_head], kb[is_head]),
-                     _jaccard(ka[~is_head], kb[~is_head])))
+        rows.append(
+            (
+                p,
+                sa,
+                sb,
+                pa,
+                pb,
+                _jaccard(ka, kb),
+                _jaccard(ka[is_head], kb[is_head]),
+                _jaccard(ka[~is_head], kb[~is_head]),
+            )
+        )
     cols = list(zip(*rows))
     return JaccardCurve(*(np.array(c) for c in cols))
 

@@ -43,13 +43,29 @@ from .subnetwork import add_biases, compensates, compensation_biases, resolve_st
 from .surgery import full_layout, kv_expand_index, linear_weight_count, slice_
 from .trajectory import Trajectory
 
-from .export_format import (MANIFEST, PER_LAYER, UNIFORM, hash_files, manifest_head, manifest_json,
-                            param_count, start_export, write_config_and_code)
+from .export_format import (
+    MANIFEST,
+    PER_LAYER,
+    UNIFORM,
+    hash_files,
+    manifest_head,
+    manifest_json,
+    param_count,
+    start_export,
+    write_config_and_code,
+)
+
 # the public names of exports live here too: gisp_engine.export.load_pruned, MANIFEST, verify_export, PrunedModel
 from .export_format import PrunedModel, verify_export  # noqa: F401
 from .export_load import load_pruned  # noqa: F401
-from .export_widths import (UNIFORM_RULE, UniformWidths, _config_accepts, _weight_norms, aligned_keep_mask,
-                            uniform_keep_mask)
+from .export_widths import (
+    UNIFORM_RULE,
+    UniformWidths,
+    _config_accepts,
+    _weight_norms,
+    aligned_keep_mask,
+    uniform_keep_mask,
+)
 from .methods import ALIGN_RULE, check_align
 
 
@@ -109,8 +125,10 @@ def _zero_stock_biases(loaded: LoadedModel) -> None:
         lin, mlp = loaded.adapter.attention(layer), loaded.adapter.mlp(layer)
         for linear in (lin.q, lin.k, lin.v, lin.o, mlp.gate, mlp.up, mlp.down):
             if linear.bias is None:
-                linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
-                                                             device=linear.weight.device), requires_grad=False)
+                linear.bias = torch.nn.Parameter(
+                    torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device),
+                    requires_grad=False,
+                )
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -123,15 +141,24 @@ def _layer_spec(space: StructureSpace, keep: LayerKeep) -> dict:
     }
 
 
-def _config_dict(loaded: LoadedModel, space: StructureSpace, layout: list[LayerKeep],
-                 family: remote_code.BaseFamily, widths: UniformWidths | None) -> dict:
+def _config_dict(
+    loaded: LoadedModel,
+    space: StructureSpace,
+    layout: list[LayerKeep],
+    family: remote_code.BaseFamily,
+    widths: UniformWidths | None,
+) -> dict:
     config = loaded.model.config.to_dict()
     config.pop("_name_or_path", None)
     config.pop("auto_map", None)
     config["dtype"] = str(loaded.dtype).removeprefix("torch.")
     if widths is not None:  # stock config at the uniform widths; head_dim stays the base one
-        config.update(num_attention_heads=widths.heads, num_key_value_heads=widths.kv_heads,
-                      intermediate_size=widths.channels, head_dim=space.geometry.head_dim)
+        config.update(
+            num_attention_heads=widths.heads,
+            num_key_value_heads=widths.kv_heads,
+            intermediate_size=widths.channels,
+            head_dim=space.geometry.head_dim,
+        )
         return config
     config.update(
         model_type=family.pruned_model_type,
@@ -203,33 +230,40 @@ def export_subnetwork(
         report(4, "hashing")
         files = hash_files(tmp)
         loads_with = (
-            "AutoModelForCausalLM.from_pretrained(DIR) (stock code) or gisp_engine.load_pruned(DIR)" if uniform
+            "AutoModelForCausalLM.from_pretrained(DIR) (stock code) or gisp_engine.load_pruned(DIR)"
+            if uniform
             else "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) (and AutoTokenizer likewise) "
             "or gisp_engine.load_pruned(DIR)"
         )
         manifest = manifest_head(UNIFORM if uniform else PER_LAYER, loads_with, loaded, trajectory)
-        manifest["trajectory"].update(step=step, param_sparsity=point.param_sparsity,
-                                      structural_ratio=point.structural_ratio)
-        manifest.update({
-            "param_sparsity": space.param_sparsity(keep),
-            "structural_ratio": float(1.0 - keep.mean()),
-            "linear_params": linear,
-            "dense_linear_params": space.total_linear_params(),
-            "param_count": param_count(loaded.model),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "bias_compensation": compensate,
-            "uniform": None if widths is None else {**widths.to_dict(), "rule": UNIFORM_RULE},
-            "align": None if align is None else {"multiple": align, "rule": ALIGN_RULE,
-                                                 "intermediate_sizes": [len(lk.channels) for lk in layout]},
-            "remote_code": None if uniform else {
-                "template_version": remote_code.TEMPLATE_VERSION,
-                "base": family.to_dict(),
-                "files": sorted(code),
-                "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",
-            },
-            "layers": [lk.to_dict() for lk in layout],
-            "files": files,
-        })
+        manifest["trajectory"].update(
+            step=step, param_sparsity=point.param_sparsity, structural_ratio=point.structural_ratio
+        )
+        manifest.update(
+            {
+                "param_sparsity": space.param_sparsity(keep),
+                "structural_ratio": float(1.0 - keep.mean()),
+                "linear_params": linear,
+                "dense_linear_params": space.total_linear_params(),
+                "param_count": param_count(loaded.model),
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "bias_compensation": compensate,
+                "uniform": None if widths is None else {**widths.to_dict(), "rule": UNIFORM_RULE},
+                "align": None
+                if align is None
+                else {"multiple": align, "rule": ALIGN_RULE, "intermediate_sizes": [len(lk.channels) for lk in layout]},
+                "remote_code": None
+                if uniform
+                else {
+                    "template_version": remote_code.TEMPLATE_VERSION,
+                    "base": family.to_dict(),
+                    "files": sorted(code),
+                    "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",
+                },
+                "layers": [lk.to_dict() for lk in layout],
+                "files": files,
+            }
+        )
         atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
     report(5, "done")
     return ExportResult(out, manifest)

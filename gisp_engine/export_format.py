@@ -87,7 +87,9 @@ def param_count(model: torch.nn.Module) -> int:
 def manifest_json(manifest: dict) -> str:
     """Indented JSON with every list of numbers on one line (the kept channels run into thousands)."""
     text = json.dumps(manifest, indent=1)
-    return re.sub(r"\[\s*((?:-?\d+,\s*)*-?\d+)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text) + "\n"
+    return (
+        re.sub(r"\[\s*((?:-?\d+,\s*)*-?\d+)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text) + "\n"
+    )
 
 
 EXPORT_STAGES = 5  # the progress stages of every export (``ExportStart.report``)
@@ -102,8 +104,9 @@ class ExportStart:
     report: Callable[[int, str], None]
 
 
-def start_export(loaded: LoadedModel, trajectory, out_dir: Path | str, progress: ProgressCallback,
-                 slices_in_place: bool) -> ExportStart:
+def start_export(
+    loaded: LoadedModel, trajectory, out_dir: Path | str, progress: ProgressCallback, slices_in_place: bool
+) -> ExportStart:
     """The checks every export makes before it writes anything: the folder can take an export,
     the model is the trajectory's, it is a stock transformers causal LM, and it is still dense."""
     out = Path(out_dir).expanduser()
@@ -197,8 +200,11 @@ def verify_export(folder: Path | str) -> dict:
                 f"{folder / name} does not match the export manifest: the folder was changed after export "
                 "(or mixes two exports); export it again"
             )
-    extra = sorted(p.name for p in folder.iterdir()
-                   if p.is_file() and p.name != MANIFEST and p.name not in files and not p.name.startswith("."))
+    extra = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and p.name != MANIFEST and p.name not in files and not p.name.startswith(".")
+    )
     if extra:
         raise GispError(f"export {folder} holds files the export did not write: {', '.join(extra)}; remove them")
     if manifest.get("kind") in (PER_LAYER, ELASTIC):
@@ -244,4 +250,6 @@ def check_widths(model: torch.nn.Module, adapter: DecoderAdapter, manifest: dict
         if found != expected:
             raise GispError(f"{folder}: layer {i} has {found}, the manifest says {expected}")
     if linear != manifest["linear_params"]:
-        raise GispError(f"{folder}: {linear} decoder linear weights loaded, the manifest says {manifest['linear_params']}")
+        raise GispError(
+            f"{folder}: {linear} decoder linear weights loaded, the manifest says {manifest['linear_params']}"
+        )

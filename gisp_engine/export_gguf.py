@@ -91,11 +91,15 @@ FAMILIES = {
     "llama": GGUFFamily("llama", output_biases=True),
     "mistral": GGUFFamily("llama", output_biases=True),
     "qwen2": GGUFFamily("qwen2", narrow_arch="llama"),
-    "qwen3": GGUFFamily("qwen3", per_layer="Qwen3's q/k norms have no place in llama.cpp's per-layer "
-                                           "architecture (deci)"),
-    "gemma3": GGUFFamily("gemma3", norm_shift=1.0,
-                         per_layer="Gemma 3's q/k norms, extra norms and GELU MLP have no place in llama.cpp's "
-                                   "per-layer architecture (deci)"),
+    "qwen3": GGUFFamily(
+        "qwen3", per_layer="Qwen3's q/k norms have no place in llama.cpp's per-layer architecture (deci)"
+    ),
+    "gemma3": GGUFFamily(
+        "gemma3",
+        norm_shift=1.0,
+        per_layer="Gemma 3's q/k norms, extra norms and GELU MLP have no place in llama.cpp's "
+        "per-layer architecture (deci)",
+    ),
 }
 
 
@@ -110,8 +114,10 @@ def check_request(family: str, outtype: str, uniform: bool, compensate: bool) ->
     if not uniform and spec.per_layer:
         raise GispError(f"{spec.per_layer}: export it with --uniform (llama.cpp's stock {spec.arch})")
     if uniform and compensate and not spec.output_biases:
-        raise GispError(f"llama.cpp's {spec.arch} has no o_proj/down_proj biases for FLAP's bias compensation: "
-                        "export per-layer, or add --no-bias-compensation")
+        raise GispError(
+            f"llama.cpp's {spec.arch} has no o_proj/down_proj biases for FLAP's bias compensation: "
+            "export per-layer, or add --no-bias-compensation"
+        )
     if outtype in llamacpp.QUANT_TYPES:
         llamacpp.runtime()  # the k-quants need llama.cpp itself
 
@@ -135,9 +141,15 @@ class LayerPlan:
         return len(self.kv_slots)
 
     def to_dict(self) -> dict:
-        return {"head_count": self.n_head, "head_count_kv": self.n_head_kv, "feed_forward_length": self.channels,
-                "q_slots": list(self.q_slots), "kv_slots": list(self.kv_slots),
-                "dummy_heads": self.q_slots.count(-1), "zero_channel": self.zero_channel}
+        return {
+            "head_count": self.n_head,
+            "head_count_kv": self.n_head_kv,
+            "feed_forward_length": self.channels,
+            "q_slots": list(self.q_slots),
+            "kv_slots": list(self.kv_slots),
+            "dummy_heads": self.q_slots.count(-1),
+            "zero_channel": self.zero_channel,
+        }
 
 
 def even_groups(kv_of_head: Sequence[int], n_kv: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -161,7 +173,7 @@ def even_groups(kv_of_head: Sequence[int], n_kv: int) -> tuple[tuple[int, ...], 
     q_slots, kv_slots = [], []
     for j, heads in enumerate(members):
         for start in range(0, len(heads), g):
-            chunk = heads[start:start + g]
+            chunk = heads[start : start + g]
             kv_slots.append(j)
             q_slots.extend(chunk + [-1] * (g - len(chunk)))
     return tuple(q_slots), tuple(kv_slots)
@@ -186,8 +198,10 @@ def _check_plans(plans: list[LayerPlan]) -> None:
     """What would make llama.cpp abort or drop a layer's output: never written."""
     for i, p in enumerate(plans):
         if (p.n_head == 0) != (p.n_head_kv == 0) or (p.n_head and p.n_head % p.n_head_kv):
-            raise GispError(f"internal error: layer {i} would have {p.n_head} query heads over {p.n_head_kv} KV "
-                            "heads, which llama.cpp cannot run")
+            raise GispError(
+                f"internal error: layer {i} would have {p.n_head} query heads over {p.n_head_kv} KV "
+                "heads, which llama.cpp cannot run"
+            )
         if p.n_head and not p.channels:
             raise GispError(f"internal error: layer {i} keeps heads but no MLP channel (deci would drop them)")
 
@@ -248,8 +262,9 @@ class _Tensors:
             self.writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
 
-def _layer_tensors(out: _Tensors, i: int, layer, loaded: LoadedModel, plan: LayerPlan, head_dim: int,
-                   permute: bool) -> None:
+def _layer_tensors(
+    out: _Tensors, i: int, layer, loaded: LoadedModel, plan: LayerPlan, head_dim: int, permute: bool
+) -> None:
     """q/k/v/o and gate/up/down of layer ``i`` (with their biases), written to ``plan``."""
     from gguf import MODEL_TENSOR as T
 
@@ -267,9 +282,15 @@ def _layer_tensors(out: _Tensors, i: int, layer, loaded: LoadedModel, plan: Laye
             v = _pick_heads(lin.v.weight, plan.kv_slots, head_dim)
             o = _pick_heads(lin.o.weight, plan.q_slots, head_dim, dim=1)
             o_bias = lin.o.bias
-            biases = {kind: _pick_heads(m.bias, slots, head_dim) for kind, m, slots in
-                      ((T.ATTN_Q, lin.q, plan.q_slots), (T.ATTN_K, lin.k, plan.kv_slots),
-                       (T.ATTN_V, lin.v, plan.kv_slots)) if m.bias is not None}
+            biases = {
+                kind: _pick_heads(m.bias, slots, head_dim)
+                for kind, m, slots in (
+                    (T.ATTN_Q, lin.q, plan.q_slots),
+                    (T.ATTN_K, lin.k, plan.kv_slots),
+                    (T.ATTN_V, lin.v, plan.kv_slots),
+                )
+                if m.bias is not None
+            }
         if permute:
             q, k = _rope_permute(q, plan.n_head), _rope_permute(k, plan.n_head_kv)
             for kind, n in ((T.ATTN_Q, plan.n_head), (T.ATTN_K, plan.n_head_kv)):
@@ -297,8 +318,15 @@ def _layer_tensors(out: _Tensors, i: int, layer, loaded: LoadedModel, plan: Laye
             out.add(_tensor_name(T.FFN_DOWN, i, "bias"), mlp.down.bias)
 
 
-def _other_tensors(out: _Tensors, loaded: LoadedModel, arch, plans: list[LayerPlan], linears: set[int],
-                   n_tokens: int, norm_shift: float) -> None:
+def _other_tensors(
+    out: _Tensors,
+    loaded: LoadedModel,
+    arch,
+    plans: list[LayerPlan],
+    linears: set[int],
+    n_tokens: int,
+    norm_shift: float,
+) -> None:
     """Embeddings, norms and the LM head: named by gguf's own map of transformers names, as the converter does."""
     import gguf
     from gguf import MODEL_TENSOR as T
@@ -365,8 +393,9 @@ def _llama3_rope_freqs(rope: dict, head_dim: int) -> torch.Tensor:
     return torch.tensor(factors, dtype=torch.float32)
 
 
-def _write_hparams(writer, out: _Tensors, config, g, arch: str, plans: list[LayerPlan], uniform: bool,
-                   n_tokens: int) -> None:
+def _write_hparams(
+    writer, out: _Tensors, config, g, arch: str, plans: list[LayerPlan], uniform: bool, n_tokens: int
+) -> None:
     import gguf
 
     heads = [p.n_head for p in plans]
@@ -404,8 +433,10 @@ def _write_hparams(writer, out: _Tensors, config, g, arch: str, plans: list[Laye
         # llama.cpp scales queries by 1/sqrt(head_dim) (by hidden/heads for the 62-layer 27B): no key for another
         scale = g.hidden_size / heads[0] if g.num_layers == 62 else g.head_dim
         if abs(float(getattr(config, "query_pre_attn_scalar", scale)) - scale) > 1e-6:
-            raise GispError(f"query_pre_attn_scalar {config.query_pre_attn_scalar} is not the {scale} llama.cpp's "
-                            "gemma3 uses: it cannot be written as GGUF")
+            raise GispError(
+                f"query_pre_attn_scalar {config.query_pre_attn_scalar} is not the {scale} llama.cpp's "
+                "gemma3 uses: it cannot be written as GGUF"
+            )
 
 
 # ---- the export -----------------------------------------------------------------------------
@@ -494,16 +525,21 @@ def export_gguf(
     linear = int(space.linear_params_per_layer(keep).sum())
     if linear_weight_count(loaded.model, loaded.adapter) != linear:
         raise GispError("internal error: the sliced model's size does not match its keep-mask")
-    plans = [layer_plan(space, lk, attention_bias=biases is not None and not lk.heads, down_bias=biases is not None)
-             for lk in layout]
+    plans = [
+        layer_plan(space, lk, attention_bias=biases is not None and not lk.heads, down_bias=biases is not None)
+        for lk in layout
+    ]
     _check_plans(plans)
     if uniform and len({(p.n_head, p.n_head_kv, p.channels) for p in plans}) != 1:
         raise GispError("internal error: a uniform export with unequal layers")
 
     name = gguf_file_name(loaded.model_id, step, uniform, outtype)
     # the k-quants are made by llama.cpp from a float file in the loaded model's own precision
-    float_type = outtype if outtype in FLOAT_OUTTYPES else {torch.bfloat16: "bf16", torch.float16: "f16"}.get(
-        loaded.dtype, "f32")
+    float_type = (
+        outtype
+        if outtype in FLOAT_OUTTYPES
+        else {torch.bfloat16: "bf16", torch.float16: "f16"}.get(loaded.dtype, "f32")
+    )
     with staging_dir(start.out) as tmp:
         report(2, "writing GGUF")
         float_path = tmp / (name if float_type == outtype else f"{TMP_MARK}{float_type}.gguf")
@@ -515,38 +551,49 @@ def export_gguf(
         report(3, "writing the Modelfile and the model card")
         manifest = manifest_head(GGUF, _loads_with(name), loaded, trajectory)
         point = trajectory.steps[step]
-        manifest["trajectory"].update(step=step, param_sparsity=point.param_sparsity,
-                                      structural_ratio=point.structural_ratio, method=trajectory.meta.get("method"))
-        manifest.update({
-            "param_sparsity": space.param_sparsity(keep),
-            "structural_ratio": float(1.0 - keep.mean()),
-            "linear_params": linear,
-            "dense_linear_params": space.total_linear_params(),
-            "param_count": param_count(loaded.model),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "bias_compensation": compensate,
-            "uniform": None if widths is None else {**widths.to_dict(), "rule": UNIFORM_RULE},
-            "align": None if align is None else {"multiple": align, "rule": ALIGN_RULE,
-                                                 "intermediate_sizes": [len(lk.channels) for lk in layout]},
-            "gguf": {
-                "file": name,
-                "arch": arch,
-                "layout": "uniform" if uniform else "per-layer",
-                "outtype": outtype,
-                "quantized_by": (f"llama.cpp llama_model_quantize ({llamacpp.RUNTIME}) from {float_type}"
-                                 if float_type != outtype else f"gguf {gguf_version()}"),
-                "q8_0_f16_fallback": tensors.fallback,
-                "tokenizer": vocab.to_dict(),
-                "linear_params": tensors.linear,
-                "padding_overhead": tensors.linear / linear - 1.0 if linear else 0.0,
-                "kv_heads": sum(p.n_head_kv for p in plans),
-                "file_bytes": (tmp / name).stat().st_size,
-            },
-            "layers": [{**lk.to_dict(), "gguf": plan.to_dict()} for lk, plan in zip(layout, plans)],
-        })
+        manifest["trajectory"].update(
+            step=step,
+            param_sparsity=point.param_sparsity,
+            structural_ratio=point.structural_ratio,
+            method=trajectory.meta.get("method"),
+        )
+        manifest.update(
+            {
+                "param_sparsity": space.param_sparsity(keep),
+                "structural_ratio": float(1.0 - keep.mean()),
+                "linear_params": linear,
+                "dense_linear_params": space.total_linear_params(),
+                "param_count": param_count(loaded.model),
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "bias_compensation": compensate,
+                "uniform": None if widths is None else {**widths.to_dict(), "rule": UNIFORM_RULE},
+                "align": None
+                if align is None
+                else {"multiple": align, "rule": ALIGN_RULE, "intermediate_sizes": [len(lk.channels) for lk in layout]},
+                "gguf": {
+                    "file": name,
+                    "arch": arch,
+                    "layout": "uniform" if uniform else "per-layer",
+                    "outtype": outtype,
+                    "quantized_by": (
+                        f"llama.cpp llama_model_quantize ({llamacpp.RUNTIME}) from {float_type}"
+                        if float_type != outtype
+                        else f"gguf {gguf_version()}"
+                    ),
+                    "q8_0_f16_fallback": tensors.fallback,
+                    "tokenizer": vocab.to_dict(),
+                    "linear_params": tensors.linear,
+                    "padding_overhead": tensors.linear / linear - 1.0 if linear else 0.0,
+                    "kv_heads": sum(p.n_head_kv for p in plans),
+                    "file_bytes": (tmp / name).stat().st_size,
+                },
+                "layers": [{**lk.to_dict(), "gguf": plan.to_dict()} for lk, plan in zip(layout, plans)],
+            }
+        )
         (tmp / "Modelfile").write_text(_modelfile(name, manifest), encoding="utf-8")
-        (tmp / "README.md").write_text(_model_card(loaded, manifest, _evaluations_at(trajectory, step)),
-                                       encoding="utf-8")
+        (tmp / "README.md").write_text(
+            _model_card(loaded, manifest, _evaluations_at(trajectory, step)), encoding="utf-8"
+        )
         report(4, "hashing")
         manifest["files"] = hash_files(tmp)
         atomic_write_bytes(tmp / MANIFEST, manifest_json(manifest).encode("utf-8"))
@@ -570,8 +617,17 @@ def _arch(loaded: LoadedModel, widths) -> str:
     return arch
 
 
-def _write_file(path: Path, loaded: LoadedModel, trajectory: Trajectory, step: int, keep: np.ndarray,
-                plans: list[LayerPlan], arch: str, outtype: str, uniform: bool) -> tuple[_Tensors, VocabRecord]:
+def _write_file(
+    path: Path,
+    loaded: LoadedModel,
+    trajectory: Trajectory,
+    step: int,
+    keep: np.ndarray,
+    plans: list[LayerPlan],
+    arch: str,
+    outtype: str,
+    uniform: bool,
+) -> tuple[_Tensors, VocabRecord]:
     """The GGUF file itself (``outtype``: one gguf writes): metadata, tokenizer, hyperparameters, tensors."""
     import gguf
 
@@ -588,10 +644,15 @@ def _write_file(path: Path, loaded: LoadedModel, trajectory: Trajectory, step: i
     for i, (layer, plan) in enumerate(zip(loaded.adapter.layers(loaded.model), plans)):
         _layer_tensors(tensors, i, layer, loaded, plan, loaded.geometry.head_dim, arch in NORM_ROPE_ARCHS)
     arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
-    _other_tensors(tensors, loaded, arch_id, plans, _linear_ids(loaded), vocab.tokens,
-                   FAMILIES[loaded.adapter.family].norm_shift)
-    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    _other_tensors(
+        tensors, loaded, arch_id, plans, _linear_ids(loaded), vocab.tokens, FAMILIES[loaded.adapter.family].norm_shift
+    )
+    file_types = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
     writer.add_file_type(file_types[outtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.write_header_to_file()
@@ -613,14 +674,16 @@ def write_vocab_gguf(model: str, path: Path | str, from_tokenizer_json: bool = F
     g = adapter.geometry(config)
     path = Path(path)
     arch = FAMILIES[adapter.family].arch if adapter.family in FAMILIES else "llama"
-    dense = [LayerPlan(tuple(range(g.num_heads)), tuple(range(g.num_kv_heads)), g.intermediate_size, False)
-             ] * g.num_layers
+    dense = [
+        LayerPlan(tuple(range(g.num_heads)), tuple(range(g.num_kv_heads)), g.intermediate_size, False)
+    ] * g.num_layers
     scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=TMP_MARK + path.name + "."))
     try:
         writer = gguf.GGUFWriter(scratch / path.name, arch)
         writer.add_type("vocab")
-        vocab = write_vocab(writer, model, folder, AutoTokenizer.from_pretrained(folder), int(config.vocab_size),
-                            from_tokenizer_json)
+        vocab = write_vocab(
+            writer, model, folder, AutoTokenizer.from_pretrained(folder), int(config.vocab_size), from_tokenizer_json
+        )
         _write_hparams(writer, _Tensors(writer, "f32"), config, g, arch, dense, True, vocab.tokens)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -645,19 +708,30 @@ def _loads_with(name: str) -> str:
 # ---- the Modelfile and the model card ---------------------------------------------------------
 def _evaluations_at(trajectory: Trajectory, step: int) -> list[dict]:
     rows = [r for r in load_evaluations(trajectory) if (r.get("identity") or {}).get("step") == step]
-    return [{"task": r["identity"]["task"], "metric": r.get("metric"), "value": r.get("value"),
-             "limit": r["identity"].get("limit"), "options": r["identity"].get("options"),
-             "dtype": r["identity"].get("dtype"), "label": r.get("label")}
-            for r in rows if isinstance(r.get("value"), (int, float))]
+    return [
+        {
+            "task": r["identity"]["task"],
+            "metric": r.get("metric"),
+            "value": r.get("value"),
+            "limit": r["identity"].get("limit"),
+            "options": r["identity"].get("options"),
+            "dtype": r["identity"].get("dtype"),
+            "label": r.get("label"),
+        }
+        for r in rows
+        if isinstance(r.get("value"), (int, float))
+    ]
 
 
 def _modelfile(name: str, manifest: dict) -> str:
     t = manifest["trajectory"]
-    return (f"# {manifest['base_model']['id']} pruned by GISP Explorer: trajectory {t['key']}, step {t['step']}, "
-            f"parameter sparsity {manifest['param_sparsity']:.4f} ({manifest['gguf']['layout']}, "
-            f"{manifest['gguf']['arch']}, {manifest['gguf']['outtype']})\n"
-            "# ollama create NAME -f Modelfile   then   ollama run NAME\n"
-            f"FROM ./{name}\n")
+    return (
+        f"# {manifest['base_model']['id']} pruned by GISP Explorer: trajectory {t['key']}, step {t['step']}, "
+        f"parameter sparsity {manifest['param_sparsity']:.4f} ({manifest['gguf']['layout']}, "
+        f"{manifest['gguf']['arch']}, {manifest['gguf']['outtype']})\n"
+        "# ollama create NAME -f Modelfile   then   ollama run NAME\n"
+        f"FROM ./{name}\n"
+    )
 
 
 def _yaml(value) -> str:
@@ -667,11 +741,18 @@ def _yaml(value) -> str:
 def _model_card(loaded: LoadedModel, manifest: dict, evaluations: list[dict]) -> str:
     g, t = manifest["gguf"], manifest["trajectory"]
     base = EMBEDDED_BASE.get(loaded.model_id, loaded.model_id)
-    point = "the trajectory's point" if g["layout"] == "per-layer" else "the trajectory's point (not this uniform model)"
+    point = (
+        "the trajectory's point" if g["layout"] == "per-layer" else "the trajectory's point (not this uniform model)"
+    )
     header = [
         "---",
         f"base_model: {_yaml(base)}",
-        "tags:", "- gguf", "- llama.cpp", "- pruned", "- structured-pruning", "- gisp",
+        "tags:",
+        "- gguf",
+        "- llama.cpp",
+        "- pruned",
+        "- structured-pruning",
+        "- gisp",
         "gisp:",
         f"  trajectory: {_yaml(t['key'])}",
         f"  step: {t['step']}",
@@ -693,25 +774,46 @@ def _model_card(loaded: LoadedModel, manifest: dict, evaluations: list[dict]) ->
         f"`{g['file']}` is step {t['step']} of GISP Explorer trajectory `{t['key']}`, written for llama.cpp as "
         f"`{g['arch']}` ({'every layer at its own width' if g['layout'] == 'per-layer' else 'every layer at the same width'}), "
         f"{g['outtype']}. Decoder linear weights: {manifest['linear_params']:,} of {manifest['dense_linear_params']:,}"
-        + (f" ({g['linear_params']:,} as written: equal GQA groups for llama.cpp add {g['padding_overhead']:.1%})"
-           if g["padding_overhead"] else "") + ".",
+        + (
+            f" ({g['linear_params']:,} as written: equal GQA groups for llama.cpp add {g['padding_overhead']:.1%})"
+            if g["padding_overhead"]
+            else ""
+        )
+        + ".",
         "",
         "```bash",
-        f"llama-cli -m {g['file']} -p \"The capital of France is\" -n 32",
+        f'llama-cli -m {g["file"]} -p "The capital of France is" -n 32',
         "ollama create my-pruned-model -f Modelfile && ollama run my-pruned-model",
         "```",
         "",
     ]
     if evaluations:
-        lines += [f"Evaluations the explorer remembers for {point}, in PyTorch:", "",
-                  "| task | metric | value | items | dtype |", "|---|---|---|---|---|"]
-        lines += [f"| {e['task']} | {e['metric']} | {e['value']:.4g} | {e['limit'] or 'all'} | {e['dtype']} |"
-                  for e in evaluations]
+        lines += [
+            f"Evaluations the explorer remembers for {point}, in PyTorch:",
+            "",
+            "| task | metric | value | items | dtype |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['task']} | {e['metric']} | {e['value']:.4g} | {e['limit'] or 'all'} | {e['dtype']} |"
+            for e in evaluations
+        ]
         lines.append("")
-    lines += ["Widths per layer as written (query heads / KV heads / MLP channels):", "",
-              "| layer | heads | KV heads | channels |", "|---|---|---|---|"]
-    lines += [f"| {i} | {layer['gguf']['head_count']} | {layer['gguf']['head_count_kv']} | "
-              f"{layer['gguf']['feed_forward_length']} |" for i, layer in enumerate(manifest["layers"])]
-    lines += ["", "The manifest (`gisp_manifest.json`) lists the kept original heads and channels of every layer and "
-              "the SHA-256 of every file.", ""]
+    lines += [
+        "Widths per layer as written (query heads / KV heads / MLP channels):",
+        "",
+        "| layer | heads | KV heads | channels |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {i} | {layer['gguf']['head_count']} | {layer['gguf']['head_count_kv']} | "
+        f"{layer['gguf']['feed_forward_length']} |"
+        for i, layer in enumerate(manifest["layers"])
+    ]
+    lines += [
+        "",
+        "The manifest (`gisp_manifest.json`) lists the kept original heads and channels of every layer and "
+        "the SHA-256 of every file.",
+        "",
+    ]
     return "\n".join(lines)

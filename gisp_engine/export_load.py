@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import GispError
-from .export_format import (ELASTIC, GGUF, PER_LAYER, PrunedModel, adapter_for_manifest, check_widths, param_count,
-                            verify_export)
+from .export_format import (
+    ELASTIC,
+    GGUF,
+    PER_LAYER,
+    PrunedModel,
+    adapter_for_manifest,
+    check_widths,
+    param_count,
+    verify_export,
+)
 from .models import resolve_device, resolve_dtype
 
 
@@ -33,8 +41,10 @@ def load_pruned(
             f"{folder} was pruned from base weights {str(base_sha)[:12]}, not from {base_weights_sha256[:12]}"
         )
     if manifest["kind"] == GGUF:
-        raise GispError(f"{folder} is a GGUF export for llama.cpp, not a transformers model: run it with "
-                        f"llama-cli -m {folder / manifest['gguf']['file']} (or gisp_engine.llamacpp.GGUFModel)")
+        raise GispError(
+            f"{folder} is a GGUF export for llama.cpp, not a transformers model: run it with "
+            f"llama-cli -m {folder / manifest['gguf']['file']} (or gisp_engine.llamacpp.GGUFModel)"
+        )
     if manifest["kind"] == ELASTIC:
         from .elastic import load_elastic
 
@@ -50,7 +60,9 @@ def load_pruned(
     model.to(dev).eval()
     count = param_count(model)
     if count != manifest["param_count"]:
-        raise GispError(f"{folder}: the loaded model has {count} parameters, the manifest says {manifest['param_count']}")
+        raise GispError(
+            f"{folder}: the loaded model has {count} parameters, the manifest says {manifest['param_count']}"
+        )
     adapter = adapter_for_manifest(manifest, model.config)
     check_widths(model, adapter, manifest, folder)
     tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)  # no second (remote) config load

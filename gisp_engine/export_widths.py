@@ -39,7 +39,6 @@ class UniformWidths:
         return asdict(self)
 
 
-
 # ---- which structures a uniform export keeps -----------------------------------------------
 def _survival_rank(trajectory: Trajectory, fallback_scores: np.ndarray | None) -> np.ndarray:
     """Per structure, its rank within its layer and kind (0 = first to cut): later removal, then higher score."""
@@ -175,8 +174,9 @@ def _config_accepts(config) -> Callable[[int, int], bool]:
 
     def accepts(heads: int, kv_heads: int) -> bool:
         try:
-            type(config).from_dict({**base, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-                                    "head_dim": head_dim})
+            type(config).from_dict(
+                {**base, "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim}
+            )
         except Exception:  # the family's own validation refused these widths
             return False
         return True

@@ -28,10 +28,14 @@ def _figure(data: list[dict], layout: dict, title: str, height: int):
     """
     import plotly.graph_objects as go
 
-    base = dict(title=dict(text=title, x=0.0, xanchor="left", yref="container", y=1.0, yanchor="top", pad=dict(t=10)),
-                height=height, margin=dict(l=60, r=20, t=50, b=50),
-                legend=dict(orientation="h", x=0.0, xanchor="left", yref="container", y=1.0 - TITLE_ROW_PX / height,
-                            yanchor="top"))
+    base = dict(
+        title=dict(text=title, x=0.0, xanchor="left", yref="container", y=1.0, yanchor="top", pad=dict(t=10)),
+        height=height,
+        margin=dict(l=60, r=20, t=50, b=50),
+        legend=dict(
+            orientation="h", x=0.0, xanchor="left", yref="container", y=1.0 - TITLE_ROW_PX / height, yanchor="top"
+        ),
+    )
     return go.Figure(dict(data=data, layout={**base, **layout}))
 
 
@@ -54,12 +58,14 @@ def _log_axis(title: str, values, **kw) -> dict:
     lo, hi = float(v.min()) / 1.02, float(v.max()) * 1.02  # a marker at the edge stays whole
     decades = np.log10(hi) - np.log10(lo)
     mantissas = (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 4 else (1,)
-    ticks = [m * 10.0**e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
-             for m in mantissas]
+    ticks = [
+        m * 10.0**e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1) for m in mantissas
+    ]
     below, above = max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi)
     shown = [t for t in ticks if below <= t <= above]
-    axis.update(range=[float(np.log10(below)), float(np.log10(above))], tickvals=shown,
-                ticktext=[_tick_label(t) for t in shown])
+    axis.update(
+        range=[float(np.log10(below)), float(np.log10(above))], tickvals=shown, ticktext=[_tick_label(t) for t in shown]
+    )
     return axis
 
 
@@ -100,8 +106,12 @@ def _step_colorbar(num_steps: int) -> dict:
     ticks = [0] + list(range(every, num_steps + 1, every))
     if num_steps not in ticks:
         ticks.append(num_steps)
-    return dict(title=dict(text="removed<br>at step"), tickvals=ticks,
-                ticktext=["kept"] + [str(t) for t in ticks[1:]], thickness=14)
+    return dict(
+        title=dict(text="removed<br>at step"),
+        tickvals=ticks,
+        ticktext=["kept"] + [str(t) for t in ticks[1:]],
+        thickness=14,
+    )
 
 
 def head_hover(view: TrajectoryView) -> np.ndarray:
@@ -111,8 +121,13 @@ def head_hover(view: TrajectoryView) -> np.ndarray:
     for layer in range(view.num_layers):
         for h in range(view.head_units):
             r = int(view.head_removal[layer, h])
-            when = "protected layer, never removed" if layer in protected else (
-                "kept to the last step" if r < 0 else f"removed at step {r} ({view.param_sparsity[r]:.1%} params)")
+            when = (
+                "protected layer, never removed"
+                if layer in protected
+                else (
+                    "kept to the last step" if r < 0 else f"removed at step {r} ({view.param_sparsity[r]:.1%} params)"
+                )
+            )
             score = view.head_score[layer, h]
             score_text = "not scored" if np.isnan(score) else f"{score:.3g}"
             text[layer, h] = f"layer {layer} · head · {view.head_unit} {h}<br>{when}<br>score {score_text}"
@@ -122,9 +137,18 @@ def head_hover(view: TrajectoryView) -> np.ndarray:
 def head_survival_figure(view: TrajectoryView, at: StepView, hover: np.ndarray | None = None):
     """Layers x head units: kept, or the step at which the unit was removed."""
     heatmap = dict(
-        type="heatmap", z=at.head_z, x=np.arange(view.head_units), y=np.arange(view.num_layers), zmin=0,
-        zmax=view.num_steps, colorscale=survival_colorscale(view.num_steps), colorbar=_step_colorbar(view.num_steps),
-        text=head_hover(view) if hover is None else hover, hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1,
+        type="heatmap",
+        z=at.head_z,
+        x=np.arange(view.head_units),
+        y=np.arange(view.num_layers),
+        zmin=0,
+        zmax=view.num_steps,
+        colorscale=survival_colorscale(view.num_steps),
+        colorbar=_step_colorbar(view.num_steps),
+        text=head_hover(view) if hover is None else hover,
+        hovertemplate="%{text}<extra></extra>",
+        xgap=1,
+        ygap=1,
     )
     layout = dict(xaxis=_axis(f"{view.head_unit} index", dtick=1), yaxis=_axis("layer", autorange="reversed"))
     return _figure([heatmap], layout, f"Attention heads: {at.kept_heads} of {view.head_removal.size} kept", 520)
@@ -134,8 +158,15 @@ def head_score_figure(view: TrajectoryView):
     """Layers x head units: each unit's score the last time it was ranked (log colour; protected layers blank)."""
     score = np.where(view.head_score > 0, view.head_score, np.nan)
     heatmap = dict(
-        type="heatmap", z=np.log10(score), x=np.arange(view.head_units), y=np.arange(view.num_layers),
-        colorscale="Cividis", xgap=1, ygap=1, customdata=score, hoverongaps=False,
+        type="heatmap",
+        z=np.log10(score),
+        x=np.arange(view.head_units),
+        y=np.arange(view.num_layers),
+        colorscale="Cividis",
+        xgap=1,
+        ygap=1,
+        customdata=score,
+        hoverongaps=False,
         colorbar=dict(title=dict(text="score<br>(log10)"), thickness=14),
         hovertemplate=f"layer %{{y}} · {view.head_unit} %{{x}}<br>score %{{customdata:.3g}}<extra></extra>",
     )
@@ -146,14 +177,22 @@ def head_score_figure(view: TrajectoryView):
 def channel_survival_figure(view: TrajectoryView, at: StepView):
     """Layers x MLP channels, each layer's channels sorted by removal step (earliest on the left)."""
     heatmap = dict(
-        type="heatmap", z=at.channel_z, y=np.arange(view.num_layers), zmin=0, zmax=view.num_steps,
-        colorscale=survival_colorscale(view.num_steps), colorbar=_step_colorbar(view.num_steps),
+        type="heatmap",
+        z=at.channel_z,
+        y=np.arange(view.num_layers),
+        zmin=0,
+        zmax=view.num_steps,
+        colorscale=survival_colorscale(view.num_steps),
+        colorbar=_step_colorbar(view.num_steps),
         customdata=view.channel_custom_sorted,
-        hovertemplate=(f"layer %{{y}} · channel %{{customdata[0]}}<br>kept through step %{{customdata[1]}} of "
-                       f"{view.num_steps}<br>score %{{customdata[2]:.3g}}<extra></extra>"),
+        hovertemplate=(
+            f"layer %{{y}} · channel %{{customdata[0]}}<br>kept through step %{{customdata[1]}} of "
+            f"{view.num_steps}<br>score %{{customdata[2]:.3g}}<extra></extra>"
+        ),
     )
-    layout = dict(xaxis=_axis("channels of the layer, sorted by removal step (count)"),
-                  yaxis=_axis("layer", autorange="reversed"))
+    layout = dict(
+        xaxis=_axis("channels of the layer, sorted by removal step (count)"), yaxis=_axis("layer", autorange="reversed")
+    )
     return _figure([heatmap], layout, f"MLP channels: {at.kept_channels} of {view.channel_removal.size} kept", 520)
 
 
@@ -163,7 +202,13 @@ def channel_bins_figure(view: TrajectoryView, at: StepView, bins: int = 64):
     width = np.diff(np.append(starts, view.channels))
     ends = np.broadcast_to(starts + width - 1, fraction.shape)
     heatmap = dict(
-        type="heatmap", z=fraction, x=starts, y=np.arange(view.num_layers), zmin=0, zmax=1, colorscale="Cividis",
+        type="heatmap",
+        z=fraction,
+        x=starts,
+        y=np.arange(view.num_layers),
+        zmin=0,
+        zmax=1,
+        colorscale="Cividis",
         customdata=np.stack([np.broadcast_to(starts, fraction.shape), ends], -1),
         colorbar=dict(title=dict(text="kept<br>fraction"), tickformat=".0%", thickness=14),
         hovertemplate="layer %{y} · channels %{customdata[0]}-%{customdata[1]}<br>kept %{z:.0%}<extra></extra>",
@@ -174,8 +219,19 @@ def channel_bins_figure(view: TrajectoryView, at: StepView, bins: int = 64):
 
 
 def _band(x0: float, x1: float, colour: str = "#999999") -> dict:
-    return dict(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1, fillcolor=colour, opacity=0.15,
-                line=dict(width=0), layer="below")
+    return dict(
+        type="rect",
+        xref="x",
+        yref="paper",
+        x0=x0,
+        x1=x1,
+        y0=0,
+        y1=1,
+        fillcolor=colour,
+        opacity=0.15,
+        line=dict(width=0),
+        layer="below",
+    )
 
 
 def _vline(x: float, colour: str) -> dict:
@@ -186,13 +242,26 @@ def layer_fraction_figure(view: TrajectoryView, at: StepView):
     """Kept fraction of attention head units and MLP channels per layer."""
     layers = np.arange(view.num_layers)
     data = [
-        dict(type="bar", x=layers, y=at.head_kept_fraction, name=f"attention ({view.head_unit}s)", marker_color=BLUE,
-             hovertemplate="layer %{x}: %{y:.0%} of heads kept<extra></extra>"),
-        dict(type="bar", x=layers, y=at.channel_kept_fraction, name="MLP channels", marker_color=ORANGE,
-             hovertemplate="layer %{x}: %{y:.0%} of channels kept<extra></extra>"),
+        dict(
+            type="bar",
+            x=layers,
+            y=at.head_kept_fraction,
+            name=f"attention ({view.head_unit}s)",
+            marker_color=BLUE,
+            hovertemplate="layer %{x}: %{y:.0%} of heads kept<extra></extra>",
+        ),
+        dict(
+            type="bar",
+            x=layers,
+            y=at.channel_kept_fraction,
+            name="MLP channels",
+            marker_color=ORANGE,
+            hovertemplate="layer %{x}: %{y:.0%} of channels kept<extra></extra>",
+        ),
     ]
     layout = dict(
-        barmode="group", shapes=[_band(i - 0.5, i + 0.5) for i in view.protected_layers],
+        barmode="group",
+        shapes=[_band(i - 0.5, i + 0.5) for i in view.protected_layers],
         xaxis=_axis("layer", dtick=max(1, view.num_layers // 15)),
         yaxis=_axis("kept fraction", tickformat=".0%", range=[0, 1.05]),
     )
@@ -214,32 +283,64 @@ def trajectory_curve_figure(view: TrajectoryView, step: int, evaluations: list[d
         top = 1.0 - i * (size + gap)
         suffix = "" if i == 0 else str(i + 1)
         last = i == panels - 1
-        layout["xaxis" + suffix] = _axis("parameter sparsity (decoder linear weights removed)" if last else "",
-                                         tickformat=".0%", anchor="y" + suffix, showticklabels=last,
-                                         **({} if i == 0 else {"matches": "x"}))
+        layout["xaxis" + suffix] = _axis(
+            "parameter sparsity (decoder linear weights removed)" if last else "",
+            tickformat=".0%",
+            anchor="y" + suffix,
+            showticklabels=last,
+            **({} if i == 0 else {"matches": "x"}),
+        )
         layout["yaxis" + suffix] = dict(domain=[max(0.0, top - size), top], anchor="x" + suffix)
     layout["yaxis"].update(_axis("calibration loss (nats)"))
     segments = _gaps(np.arange(len(x)), x)
     lx, ly, ls = _broken(segments, x, view.loss, np.arange(len(x)))
     data = [
-        dict(type="scatter", x=lx, y=ly, mode="lines+markers", name="calibration loss", line=dict(color=BLUE),
-             customdata=ls, hovertemplate="step %{customdata}: %{x:.1%} params<br>loss %{y:.4f} nats<extra></extra>"),
-        dict(type="scatter", x=[x[step]], y=[view.loss[step]], mode="markers", name="chosen point",
-             marker=dict(size=14, color=VERMILLION, symbol="diamond", line=dict(width=1, color="black")),
-             hovertemplate=f"chosen: step {step}, %{{x:.1%}} params<extra></extra>"),
+        dict(
+            type="scatter",
+            x=lx,
+            y=ly,
+            mode="lines+markers",
+            name="calibration loss",
+            line=dict(color=BLUE),
+            customdata=ls,
+            hovertemplate="step %{customdata}: %{x:.1%} params<br>loss %{y:.4f} nats<extra></extra>",
+        ),
+        dict(
+            type="scatter",
+            x=[x[step]],
+            y=[view.loss[step]],
+            mode="markers",
+            name="chosen point",
+            marker=dict(size=14, color=VERMILLION, symbol="diamond", line=dict(width=1, color="black")),
+            hovertemplate=f"chosen: step {step}, %{{x:.1%}} params<extra></extra>",
+        ),
     ]
     palette = iter([ORANGE, GREEN, PURPLE, SKY, "#000000"] * 4)
     for label, rows in groups.items():
         metric = rows[0]["metric"]
         suffix = str(metrics.index(metric) + 2)
         steps = [r["step"] for r in rows]
-        px, py, ps = _broken(_gaps(steps, [r["param_sparsity"] for r in rows]),
-                             [r["param_sparsity"] for r in rows], [r["value"] for r in rows], steps)
-        data.append(dict(
-            type="scatter", x=px, y=py, xaxis="x" + suffix, yaxis="y" + suffix, mode="lines+markers", name=label,
-            line=dict(color=next(palette)), marker=dict(symbol="square", size=8), customdata=ps,
-            hovertemplate=f"{label}<br>step %{{customdata}}: %{{x:.1%}} params<br>{metric} %{{y:.4g}}<extra></extra>",
-        ))
+        px, py, ps = _broken(
+            _gaps(steps, [r["param_sparsity"] for r in rows]),
+            [r["param_sparsity"] for r in rows],
+            [r["value"] for r in rows],
+            steps,
+        )
+        data.append(
+            dict(
+                type="scatter",
+                x=px,
+                y=py,
+                xaxis="x" + suffix,
+                yaxis="y" + suffix,
+                mode="lines+markers",
+                name=label,
+                line=dict(color=next(palette)),
+                marker=dict(symbol="square", size=8),
+                customdata=ps,
+                hovertemplate=f"{label}<br>step %{{customdata}}: %{{x:.1%}} params<br>{metric} %{{y:.4g}}<extra></extra>",
+            )
+        )
     for i, metric in enumerate(metrics):
         values = [r["value"] for rows in groups.values() if rows[0]["metric"] == metric for r in rows]
         axis = layout["yaxis" + str(i + 2)]
@@ -264,14 +365,26 @@ def _group_evaluations(evaluations: list[dict]) -> dict[str, list[dict]]:
 # ---- comparison ----------------------------------------------------------------------------
 def jaccard_figure(curve: JaccardCurve, chosen: float | None = None):
     custom = np.stack([curve.step_a, curve.sparsity_a, curve.step_b, curve.sparsity_b], -1)
-    hover = ("%{x:.1%} params: Jaccard %{y:.3f}<br>A step %{customdata[0]} (%{customdata[1]:.1%}), "
-             "B step %{customdata[2]} (%{customdata[3]:.1%})<extra>%{fullData.name}</extra>")
+    hover = (
+        "%{x:.1%} params: Jaccard %{y:.3f}<br>A step %{customdata[0]} (%{customdata[1]:.1%}), "
+        "B step %{customdata[2]} (%{customdata[3]:.1%})<extra>%{fullData.name}</extra>"
+    )
     data = [
-        dict(type="scatter", x=curve.sparsity, y=values, name=name, mode="lines+markers", customdata=custom,
-             line=dict(color=colour, dash=dash), hovertemplate=hover)
-        for name, values, colour, dash in (("all structures", curve.all, "#000000", "solid"),
-                                           ("attention heads", curve.heads, BLUE, "dash"),
-                                           ("MLP channels", curve.channels, ORANGE, "dot"))
+        dict(
+            type="scatter",
+            x=curve.sparsity,
+            y=values,
+            name=name,
+            mode="lines+markers",
+            customdata=custom,
+            line=dict(color=colour, dash=dash),
+            hovertemplate=hover,
+        )
+        for name, values, colour, dash in (
+            ("all structures", curve.all, "#000000", "solid"),
+            ("attention heads", curve.heads, BLUE, "dash"),
+            ("MLP channels", curve.channels, ORANGE, "dot"),
+        )
     ]
     layout = dict(
         shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
@@ -295,8 +408,16 @@ def _diff_colorbar() -> dict:
 def difference_head_figure(diff: Difference, head_unit: str):
     layers, units = diff.head_code.shape
     heatmap = dict(
-        type="heatmap", z=diff.head_code, x=np.arange(units), y=np.arange(layers), zmin=0.0, zmax=3.0,
-        colorscale=_diff_colorscale(), colorbar=_diff_colorbar(), xgap=1, ygap=1,
+        type="heatmap",
+        z=diff.head_code,
+        x=np.arange(units),
+        y=np.arange(layers),
+        zmin=0.0,
+        zmax=3.0,
+        colorscale=_diff_colorscale(),
+        colorbar=_diff_colorbar(),
+        xgap=1,
+        ygap=1,
         text=np.array(DIFF_LABELS, dtype=object)[diff.head_code],
         hovertemplate=f"layer %{{y}} · head · {head_unit} %{{x}}<br>%{{text}}<extra></extra>",
     )
@@ -307,13 +428,20 @@ def difference_head_figure(diff: Difference, head_unit: str):
 def difference_channel_figure(diff: Difference):
     layers = diff.channel_code.shape[0]
     heatmap = dict(
-        type="heatmap", z=diff.channel_code, y=np.arange(layers), zmin=0.0, zmax=3.0, colorscale=_diff_colorscale(),
-        colorbar=_diff_colorbar(), customdata=diff.channel_index,
+        type="heatmap",
+        z=diff.channel_code,
+        y=np.arange(layers),
+        zmin=0.0,
+        zmax=3.0,
+        colorscale=_diff_colorscale(),
+        colorbar=_diff_colorbar(),
+        customdata=diff.channel_index,
         hovertemplate="layer %{y} · channel %{customdata}<br>code %{z} (0 both kept, 1 only A, 2 only B, "
-                      "3 both removed)<extra></extra>",
+        "3 both removed)<extra></extra>",
     )
-    layout = dict(xaxis=_axis("channels of the layer, sorted by category (count)"),
-                  yaxis=_axis("layer", autorange="reversed"))
+    layout = dict(
+        xaxis=_axis("channels of the layer, sorted by category (count)"), yaxis=_axis("layer", autorange="reversed")
+    )
     return _figure([heatmap], layout, f"MLP channels: A at step {diff.step_a} vs B at step {diff.step_b}", 480)
 
 
@@ -322,8 +450,17 @@ PALETTE = (BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, "#000000", "#999999")
 
 
 def _hline(y: float, colour: str, text: str) -> dict:
-    return dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=y, y1=y, line=dict(color=colour, dash="dash",
-                                                                                      width=1), label=dict(text=text))
+    return dict(
+        type="line",
+        xref="paper",
+        yref="y",
+        x0=0,
+        x1=1,
+        y0=y,
+        y1=y,
+        line=dict(color=colour, dash="dash", width=1),
+        label=dict(text=text),
+    )
 
 
 def _measured(table, values: np.ndarray) -> np.ndarray:
@@ -331,9 +468,15 @@ def _measured(table, values: np.ndarray) -> np.ndarray:
 
 
 def _highlight(x: float, y: float, name: str) -> dict:
-    return dict(type="scatter", x=[x], y=[y], mode="markers", name=name,
-                marker=dict(size=16, color=VERMILLION, symbol="star", line=dict(width=1, color="black")),
-                hovertemplate=f"{name}<extra></extra>")
+    return dict(
+        type="scatter",
+        x=[x],
+        y=[y],
+        mode="markers",
+        name=name,
+        marker=dict(size=16, color=VERMILLION, symbol="star", line=dict(width=1, color="black")),
+        hovertemplate=f"{name}<extra></extra>",
+    )
 
 
 def sweep_quality_figure(table, metric: str, highlight: int | None = None, columns: list[str] | None = None):
@@ -347,20 +490,34 @@ def sweep_quality_figure(table, metric: str, highlight: int | None = None, colum
             continue
         plotted.append(values[idx])
         px, py, ps = _broken(_gaps(idx, table.param_sparsity[idx]), table.param_sparsity[idx], values[idx], idx)
-        data.append(dict(type="scatter", x=px, y=py, mode="lines+markers",
-                         name=column, line=dict(color=colour), customdata=ps,
-                         hovertemplate=f"{column}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>"))
+        data.append(
+            dict(
+                type="scatter",
+                x=px,
+                y=py,
+                mode="lines+markers",
+                name=column,
+                line=dict(color=colour),
+                customdata=ps,
+                hovertemplate=f"{column}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
         if not np.isnan(values[0]):
             shapes.append(_hline(float(values[0]), colour, f"dense {column}" if len(columns) > 1 else "dense"))
         if highlight is not None and not np.isnan(values[highlight]):
-            data.append(_highlight(float(table.param_sparsity[highlight]), float(values[highlight]),
-                                   f"recommended: step {highlight}"))
+            data.append(
+                _highlight(
+                    float(table.param_sparsity[highlight]), float(values[highlight]), f"recommended: step {highlight}"
+                )
+            )
     if highlight is not None:
         shapes.append(_vline(float(table.param_sparsity[highlight]), VERMILLION))
     ytitle = "WikiText-2 perplexity (log scale)" if metric == "perplexity" else "accuracy"
-    layout = dict(shapes=shapes,
-                  xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
-                  yaxis=(_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle, tickformat=".0%")))
+    layout = dict(
+        shapes=shapes,
+        xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
+        yaxis=(_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle, tickformat=".0%")),
+    )
     title = "Perplexity against parameter sparsity" if metric == "perplexity" else "Accuracy against parameter sparsity"
     return _figure(data, layout, title, 380)
 
@@ -381,26 +538,42 @@ def sweep_cost_figure(table, x: str = "prefill_speedup", y: str = "wikitext2", h
     gaps = _gaps(idx, table.param_sparsity[idx])
     px, py, ps, pp = _broken(gaps, xs[idx], ys[idx], idx, table.param_sparsity[idx])
     custom = np.stack([ps, pp], -1) if len(idx) else np.zeros((0, 2))
-    trace = dict(type="scatter", x=px, y=py, mode="lines+markers+text", name="steps",
-                 text=["" if np.isnan(p) else f"{p:.0%}" for p in pp], textposition="top center",
-                 line=dict(color=BLUE), customdata=custom,
-                 hovertemplate="step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g}, %{y:.4g}<extra></extra>")
+    trace = dict(
+        type="scatter",
+        x=px,
+        y=py,
+        mode="lines+markers+text",
+        name="steps",
+        text=["" if np.isnan(p) else f"{p:.0%}" for p in pp],
+        textposition="top center",
+        line=dict(color=BLUE),
+        customdata=custom,
+        hovertemplate="step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g}, %{y:.4g}<extra></extra>",
+    )
     low, high = table.cost.get(f"{x}_low"), table.cost.get(f"{x}_high")
     if low is not None and high is not None:  # a speed-up's spread: the lowest and highest paired repeat ratio
         (lo, hi) = _broken(gaps, low[idx] * scale, high[idx] * scale)
         centre = np.asarray(px, dtype=float)
-        trace["error_x"] = dict(type="data", symmetric=False, array=np.nan_to_num(hi - centre),
-                                arrayminus=np.nan_to_num(centre - lo), color=BLUE, thickness=1, width=3)
-        trace["hovertemplate"] = ("step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g} (repeats "
-                                  "%{customdata[2]:.3g} to %{customdata[3]:.3g}), %{y:.4g}<extra></extra>")
+        trace["error_x"] = dict(
+            type="data",
+            symmetric=False,
+            array=np.nan_to_num(hi - centre),
+            arrayminus=np.nan_to_num(centre - lo),
+            color=BLUE,
+            thickness=1,
+            width=3,
+        )
+        trace["hovertemplate"] = (
+            "step %{customdata[0]}: %{customdata[1]:.1%} params<br>%{x:.3g} (repeats "
+            "%{customdata[2]:.3g} to %{customdata[3]:.3g}), %{y:.4g}<extra></extra>"
+        )
         trace["customdata"] = np.stack([ps, pp, lo, hi], -1) if len(idx) else np.zeros((0, 4))
     data = [trace]
     if highlight is not None and highlight in idx:
         data.append(_highlight(float(xs[highlight]), float(ys[highlight]), f"recommended: step {highlight}"))
     metric = table.metric.get(y, "perplexity")
     ytitle = "WikiText-2 perplexity (log scale)" if y == "wikitext2" else f"{y} accuracy"
-    layout = dict(xaxis=_axis(title_x),
-                  yaxis=_log_axis(ytitle, ys[idx]) if metric == "perplexity" else _axis(ytitle))
+    layout = dict(xaxis=_axis(title_x), yaxis=_log_axis(ytitle, ys[idx]) if metric == "perplexity" else _axis(ytitle))
     return _figure(data, layout, f"{'Perplexity' if y == 'wikitext2' else y} against {title_x.split(' (')[0]}", 360)
 
 
@@ -416,14 +589,28 @@ def compare_quality_figure(tables: dict, column: str, chosen: float | None = Non
         idx = np.flatnonzero(~np.isnan(values))
         plotted.append(values[idx])
         px, py, ps = _broken(_gaps(idx, table.param_sparsity[idx]), table.param_sparsity[idx], values[idx], idx)
-        data.append(dict(type="scatter", x=px, y=py, mode="lines+markers", name=name,
-                         line=dict(color=colour), customdata=ps,
-                         hovertemplate=f"{name}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>"))
-    ytitle = ("WikiText-2 perplexity (log scale)" if column == "wikitext2" else
-              COST_AXES.get(column, (f"{column} accuracy",))[0])
-    layout = dict(shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
-                  xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
-                  yaxis=_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle))
+        data.append(
+            dict(
+                type="scatter",
+                x=px,
+                y=py,
+                mode="lines+markers",
+                name=name,
+                line=dict(color=colour),
+                customdata=ps,
+                hovertemplate=f"{name}<br>step %{{customdata}}: %{{x:.1%}} params<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
+    ytitle = (
+        "WikiText-2 perplexity (log scale)"
+        if column == "wikitext2"
+        else COST_AXES.get(column, (f"{column} accuracy",))[0]
+    )
+    layout = dict(
+        shapes=[_vline(chosen, VERMILLION)] if chosen is not None else [],
+        xaxis=_axis("parameter sparsity (decoder linear weights removed)", tickformat=".0%"),
+        yaxis=_log_axis(ytitle, plotted) if metric == "perplexity" else _axis(ytitle),
+    )
     return _figure(data, layout, f"{column} of both trajectories against parameter sparsity", 380)
 
 
@@ -435,32 +622,76 @@ def structure_history_figure(history, head_unit: str = "query head"):
     kind = head_unit if history.kind == "head" else "channel"
     name = f"layer {history.layer} · {kind} {history.index}"
     data = [
-        dict(type="scatter", x=steps, y=history.cut, mode="lines+markers", name="cut line (highest score removed)",
-             line=dict(color=VERMILLION, dash="dash"), marker=dict(symbol="line-ew-open", size=10),
-             hovertemplate="step %{x}: cut line %{y:.4g}<extra></extra>"),
-        dict(type="scatter", x=steps, y=history.score, mode="lines+markers", name=name, line=dict(color=BLUE),
-             hovertemplate="step %{x}: score %{y:.4g}<extra></extra>"),
-        dict(type="bar", x=steps, y=history.removed, yaxis="y2", name="ranks removed at the step", marker_color=ORANGE,
-             opacity=0.35, hovertemplate="step %{x} removed ranks 1 to %{y}<extra></extra>"),
-        dict(type="scatter", x=steps, y=history.rank, yaxis="y2", mode="lines+markers", name="its rank",
-             line=dict(color=BLUE), customdata=history.scored, showlegend=False,
-             hovertemplate="step %{x}: rank %{y} of %{customdata} (1 = lowest)<extra></extra>"),
+        dict(
+            type="scatter",
+            x=steps,
+            y=history.cut,
+            mode="lines+markers",
+            name="cut line (highest score removed)",
+            line=dict(color=VERMILLION, dash="dash"),
+            marker=dict(symbol="line-ew-open", size=10),
+            hovertemplate="step %{x}: cut line %{y:.4g}<extra></extra>",
+        ),
+        dict(
+            type="scatter",
+            x=steps,
+            y=history.score,
+            mode="lines+markers",
+            name=name,
+            line=dict(color=BLUE),
+            hovertemplate="step %{x}: score %{y:.4g}<extra></extra>",
+        ),
+        dict(
+            type="bar",
+            x=steps,
+            y=history.removed,
+            yaxis="y2",
+            name="ranks removed at the step",
+            marker_color=ORANGE,
+            opacity=0.35,
+            hovertemplate="step %{x} removed ranks 1 to %{y}<extra></extra>",
+        ),
+        dict(
+            type="scatter",
+            x=steps,
+            y=history.rank,
+            yaxis="y2",
+            mode="lines+markers",
+            name="its rank",
+            line=dict(color=BLUE),
+            customdata=history.scored,
+            showlegend=False,
+            hovertemplate="step %{x}: rank %{y} of %{customdata} (1 = lowest)<extra></extra>",
+        ),
     ]
     shapes = []
     if history.removal_step > 0:
         shapes.append(_vline(float(history.removal_step), VERMILLION))
         i = history.removal_step - 1
-        data.append(dict(type="scatter", x=[history.removal_step], y=[history.score[i]], mode="markers",
-                         name=f"removed at step {history.removal_step}",
-                         marker=dict(size=14, color=VERMILLION, symbol="x", line=dict(width=1, color="black")),
-                         hovertemplate=f"removed at step {history.removal_step}<extra></extra>"))
+        data.append(
+            dict(
+                type="scatter",
+                x=[history.removal_step],
+                y=[history.score[i]],
+                mode="markers",
+                name=f"removed at step {history.removal_step}",
+                marker=dict(size=14, color=VERMILLION, symbol="x", line=dict(width=1, color="black")),
+                hovertemplate=f"removed at step {history.removal_step}<extra></extra>",
+            )
+        )
     values = [v[np.isfinite(v)] for v in (history.score, history.cut)]
-    status = ("protected layer: never scored" if history.protected else
-              "never removed" if history.removal_step < 0 else f"removed at step {history.removal_step}")
+    status = (
+        "protected layer: never scored"
+        if history.protected
+        else "never removed"
+        if history.removal_step < 0
+        else f"removed at step {history.removal_step}"
+    )
     layout = dict(
         shapes=shapes,
-        xaxis=_axis("pruning step (each ranks the model after the step before)", dtick=max(1, len(steps) // 12),
-                    anchor="y2"),
+        xaxis=_axis(
+            "pruning step (each ranks the model after the step before)", dtick=max(1, len(steps) // 12), anchor="y2"
+        ),
         yaxis=dict(_log_axis("normalised score (log scale)", values), domain=[0.45, 1.0]),
         yaxis2=_axis("rank (1 = lowest)", domain=[0.0, 0.36], rangemode="tozero"),
         bargap=0.5,
@@ -485,55 +716,130 @@ def score_distribution_figure(scores, head_unit: str = "query head"):
         mine = scores.score[(scores.kind == kind) & (scores.score > 0)]
         if not len(mine):
             continue
-        data.append(dict(type="scatter", x=10 ** centres, y=_histogram(np.log10(mine), edges), mode="lines",
-                         line=dict(color=colour, shape="hvh"), name=label, legendgroup=label,
-                         hovertemplate=f"{label}<br>score about %{{x:.3g}}: %{{y:.1%}} of them<extra></extra>"))
+        data.append(
+            dict(
+                type="scatter",
+                x=10**centres,
+                y=_histogram(np.log10(mine), edges),
+                mode="lines",
+                line=dict(color=colour, shape="hvh"),
+                name=label,
+                legendgroup=label,
+                hovertemplate=f"{label}<br>score about %{{x:.3g}}: %{{y:.1%}} of them<extra></extra>",
+            )
+        )
         stats = scores.per_layer(kind)
-        data.append(dict(type="box", x=stats["layer"], q1=stats["q1"], median=stats["median"], q3=stats["q3"],
-                         lowerfence=stats["min"], upperfence=stats["max"], xaxis="x2", yaxis="y2", name=label,
-                         legendgroup=label, showlegend=False, marker_color=colour, offsetgroup=str(kind),
-                         customdata=np.stack([stats["count"], stats["removed"]], -1),
-                         hovertemplate=f"{label}, layer %{{x}}<extra></extra>"))
+        data.append(
+            dict(
+                type="box",
+                x=stats["layer"],
+                q1=stats["q1"],
+                median=stats["median"],
+                q3=stats["q3"],
+                lowerfence=stats["min"],
+                upperfence=stats["max"],
+                xaxis="x2",
+                yaxis="y2",
+                name=label,
+                legendgroup=label,
+                showlegend=False,
+                marker_color=colour,
+                offsetgroup=str(kind),
+                customdata=np.stack([stats["count"], stats["removed"]], -1),
+                hovertemplate=f"{label}, layer %{{x}}<extra></extra>",
+            )
+        )
     if np.isfinite(scores.cut):
-        shapes.append(dict(type="line", xref="x", yref="y domain", x0=scores.cut, x1=scores.cut, y0=0, y1=1,
-                           line=dict(color=VERMILLION, dash="dash", width=1)))
-        shapes.append(dict(type="line", xref="x2 domain", yref="y2", x0=0, x1=1, y0=scores.cut, y1=scores.cut,
-                           line=dict(color=VERMILLION, dash="dash", width=1)))
+        shapes.append(
+            dict(
+                type="line",
+                xref="x",
+                yref="y domain",
+                x0=scores.cut,
+                x1=scores.cut,
+                y0=0,
+                y1=1,
+                line=dict(color=VERMILLION, dash="dash", width=1),
+            )
+        )
+        shapes.append(
+            dict(
+                type="line",
+                xref="x2 domain",
+                yref="y2",
+                x0=0,
+                x1=1,
+                y0=scores.cut,
+                y1=scores.cut,
+                line=dict(color=VERMILLION, dash="dash", width=1),
+            )
+        )
     layout = dict(
-        shapes=shapes, boxmode="group",
+        shapes=shapes,
+        boxmode="group",
         xaxis=_axis("normalised score (log scale)", type="log", anchor="y", exponentformat="e"),
         yaxis=_axis("share of the kind", tickformat=".0%", domain=[0.62, 1.0]),
         xaxis2=_axis("layer", anchor="y2", dtick=1),
         yaxis2=dict(_axis("score (log scale)", type="log", exponentformat="e"), domain=[0.0, 0.45]),
     )
     removed = int(scores.removed_here.sum())
-    title = (f"Scores step {scores.step} ranked: {len(scores.score):,} structures, the lowest {removed:,} removed "
-             f"(dashed: the cut line)")
+    title = (
+        f"Scores step {scores.step} ranked: {len(scores.score):,} structures, the lowest {removed:,} removed "
+        f"(dashed: the cut line)"
+    )
     return _figure(data, layout, title, 560)
 
 
 def rank_stability_figure(stability, param_sparsity: np.ndarray | None = None):
     """How far each step's ranking has moved from the dense model's (Spearman), and how much of what the trajectory
     removed the dense ranking alone would have removed at the same count (Jaccard)."""
-    custom = np.stack([stability.removed, param_sparsity[stability.steps] if param_sparsity is not None
-                       else np.full(len(stability.steps), np.nan)], -1)
+    custom = np.stack(
+        [
+            stability.removed,
+            param_sparsity[stability.steps] if param_sparsity is not None else np.full(len(stability.steps), np.nan),
+        ],
+        -1,
+    )
     data = [
-        dict(type="scatter", x=stability.steps, y=stability.spearman, mode="lines+markers", customdata=custom,
-             name="Spearman: step's scores vs dense scores (structures still there)", line=dict(color=BLUE),
-             hovertemplate="step %{x}: Spearman %{y:.3f}<extra></extra>"),
-        dict(type="scatter", x=stability.steps, y=stability.jaccard, mode="lines+markers", customdata=custom,
-             name="Jaccard: removed so far vs the dense ranking's lowest at the same count",
-             line=dict(color=ORANGE, dash="dash"),
-             hovertemplate="step %{x}: Jaccard %{y:.3f} (%{customdata[0]:,} removed, %{customdata[1]:.1%} params)"
-                           "<extra></extra>"),
+        dict(
+            type="scatter",
+            x=stability.steps,
+            y=stability.spearman,
+            mode="lines+markers",
+            customdata=custom,
+            name="Spearman: step's scores vs dense scores (structures still there)",
+            line=dict(color=BLUE),
+            hovertemplate="step %{x}: Spearman %{y:.3f}<extra></extra>",
+        ),
+        dict(
+            type="scatter",
+            x=stability.steps,
+            y=stability.jaccard,
+            mode="lines+markers",
+            customdata=custom,
+            name="Jaccard: removed so far vs the dense ranking's lowest at the same count",
+            line=dict(color=ORANGE, dash="dash"),
+            hovertemplate="step %{x}: Jaccard %{y:.3f} (%{customdata[0]:,} removed, %{customdata[1]:.1%} params)"
+            "<extra></extra>",
+        ),
     ]
-    layout = dict(xaxis=_axis("pruning step", dtick=max(1, len(stability.steps) // 12)),
-                  yaxis=_axis("agreement with the dense ranking", range=[0, 1.02]))
+    layout = dict(
+        xaxis=_axis("pruning step", dtick=max(1, len(stability.steps) // 12)),
+        yaxis=_axis("agreement with the dense ranking", range=[0, 1.02]),
+    )
     return _figure(data, layout, "How stale a one-shot ranking gets: each step's ranking against the dense one", 400)
 
 
-def attention_figure(patterns, layer: int, unit: int, gqa: str, group_size: int, head_unit: str = "query head",
-                     step_patterns=None, step: int | None = None):
+def attention_figure(
+    patterns,
+    layer: int,
+    unit: int,
+    gqa: str,
+    group_size: int,
+    head_unit: str = "query head",
+    step_patterns=None,
+    step: int | None = None,
+):
     """One head's attention pattern (query token x key token) in the dense model, and beside it at ``step`` when
     the step's model still has the head."""
     labels = [f"{i}·{t.replace(chr(10), '⏎')}" for i, t in enumerate(patterns.tokens)]
@@ -545,15 +851,37 @@ def attention_figure(patterns, layer: int, unit: int, gqa: str, group_size: int,
     width = (1.0 - gap * (len(panels) - 1)) / len(panels)
     for i, (name, pats) in enumerate(panels):
         suffix = "" if i == 0 else str(i + 1)
-        data.append(dict(type="heatmap", z=pats.head(layer, unit, gqa, group_size), x=labels, y=labels,
-                         xaxis="x" + suffix, yaxis="y" + suffix, zmin=0, zmax=1, colorscale="Cividis",
-                         showscale=i == 0, colorbar=dict(title=dict(text="weight"), thickness=14),
-                         hovertemplate=f"{name}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>"))
+        data.append(
+            dict(
+                type="heatmap",
+                z=pats.head(layer, unit, gqa, group_size),
+                x=labels,
+                y=labels,
+                xaxis="x" + suffix,
+                yaxis="y" + suffix,
+                zmin=0,
+                zmax=1,
+                colorscale="Cividis",
+                showscale=i == 0,
+                colorbar=dict(title=dict(text="weight"), thickness=14),
+                hovertemplate=f"{name}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
+            )
+        )
         left = i * (width + gap)
-        layout["xaxis" + suffix] = dict(_axis(f"key token ({name})"), domain=[left, left + width], tickangle=-60,
-                                        anchor="y" + suffix, tickfont=dict(size=9))
-        layout["yaxis" + suffix] = dict(_axis("query token" if i == 0 else ""), autorange="reversed",
-                                        anchor="x" + suffix, tickfont=dict(size=9), showticklabels=i == 0)
+        layout["xaxis" + suffix] = dict(
+            _axis(f"key token ({name})"),
+            domain=[left, left + width],
+            tickangle=-60,
+            anchor="y" + suffix,
+            tickfont=dict(size=9),
+        )
+        layout["yaxis" + suffix] = dict(
+            _axis("query token" if i == 0 else ""),
+            autorange="reversed",
+            anchor="x" + suffix,
+            tickfont=dict(size=9),
+            showticklabels=i == 0,
+        )
     what = f"{head_unit} {unit}" + (" (mean of its query heads)" if gqa != "query" else "")
     gone = "" if len(panels) > 1 or step_patterns is None else f"; removed by step {step}"
     return _figure(data, layout, f"What layer {layer} · {what} attends to{gone}", 560)

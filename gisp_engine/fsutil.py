@@ -121,8 +121,10 @@ def file_lock(path: Path, what: str = "", timeout: float | None = None) -> Itera
         try:
             lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout - LOCK_WAIT_NOTE_S))
         except Timeout:
-            raise GispError(f"gave up after {time.monotonic() - started + LOCK_WAIT_NOTE_S:.0f} s waiting for "
-                            f"{name} ({path}), held by {_holder(holder)}") from None
+            raise GispError(
+                f"gave up after {time.monotonic() - started + LOCK_WAIT_NOTE_S:.0f} s waiting for "
+                f"{name} ({path}), held by {_holder(holder)}"
+            ) from None
     try:
         with contextlib.suppress(OSError):
             holder.write_text(f"pid {os.getpid()} ({name}) since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

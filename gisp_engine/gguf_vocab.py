@@ -81,10 +81,32 @@ def read_metadata(path: Path, prefix: str = "") -> list[tuple[str, int, object, 
 
     from gguf import GGUFValueType as V
 
-    scalars = {V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
-               V.FLOAT32: "<f", V.BOOL: "<?", V.UINT64: "<Q", V.INT64: "<q", V.FLOAT64: "<d"}
-    numpy_types = {V.UINT8: "<u1", V.INT8: "<i1", V.UINT16: "<u2", V.INT16: "<i2", V.UINT32: "<u4", V.INT32: "<i4",
-                   V.FLOAT32: "<f4", V.BOOL: "?", V.UINT64: "<u8", V.INT64: "<i8", V.FLOAT64: "<f8"}
+    scalars = {
+        V.UINT8: "<B",
+        V.INT8: "<b",
+        V.UINT16: "<H",
+        V.INT16: "<h",
+        V.UINT32: "<I",
+        V.INT32: "<i",
+        V.FLOAT32: "<f",
+        V.BOOL: "<?",
+        V.UINT64: "<Q",
+        V.INT64: "<q",
+        V.FLOAT64: "<d",
+    }
+    numpy_types = {
+        V.UINT8: "<u1",
+        V.INT8: "<i1",
+        V.UINT16: "<u2",
+        V.INT16: "<i2",
+        V.UINT32: "<u4",
+        V.INT32: "<i4",
+        V.FLOAT32: "<f4",
+        V.BOOL: "?",
+        V.UINT64: "<u8",
+        V.INT64: "<i8",
+        V.FLOAT64: "<f8",
+    }
     import numpy as np
 
     with open(path, "rb") as f:
@@ -102,7 +124,7 @@ def read_metadata(path: Path, prefix: str = "") -> list[tuple[str, int, object, 
         nonlocal pos
         n = take("<Q")
         pos += n
-        return str(view[pos - n:pos], "utf-8")
+        return str(view[pos - n : pos], "utf-8")
 
     try:
         if bytes(view[:4]) != b"GGUF" or struct.unpack_from("<I", view, 4)[0] < 2:
@@ -141,8 +163,12 @@ def copy_embedded_vocab(writer, name: str) -> VocabRecord:
     found = {key: value for key, _, value, _ in entries}
     if "tokenizer.ggml.tokens" not in found:
         raise GispError(f"the GGUF of {name} holds no tokenizer")
-    return VocabRecord(f"embedded-gguf ({name})", found["tokenizer.ggml.model"], found.get("tokenizer.ggml.pre"),
-                       len(found["tokenizer.ggml.tokens"]))
+    return VocabRecord(
+        f"embedded-gguf ({name})",
+        found["tokenizer.ggml.model"],
+        found.get("tokenizer.ggml.pre"),
+        len(found["tokenizer.ggml.tokens"]),
+    )
 
 
 # ---- any model: from tokenizer.json, as llama.cpp's converter reads it ---------------------------
@@ -155,8 +181,11 @@ def _tokenizer_json(folder: Path) -> dict:
 
 def looks_special(token: str) -> bool:
     """Added tokens that some tokenizers do not mark special but that are (as the converter judges them)."""
-    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (token.startswith("<|") and token.endswith("|>"))
-            or (token.startswith("<unused") and token.endswith(">")))
+    return (
+        token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+        or (token.startswith("<|") and token.endswith("|>"))
+        or (token.startswith("<unused") and token.endswith(">"))
+    )
 
 
 def pre_tokenizer(tokenizer, spec: dict) -> str:
@@ -245,8 +274,9 @@ def write_hf_vocab(writer, folder: Path, tokenizer, vocab_size: int) -> VocabRec
     return VocabRecord("tokenizer.json", "llama" if spm else "gpt2", pre, len(tokens))
 
 
-def write_vocab(writer, model_id: str, folder: Path, tokenizer, vocab_size: int,
-                from_tokenizer_json: bool = False) -> VocabRecord:
+def write_vocab(
+    writer, model_id: str, folder: Path, tokenizer, vocab_size: int, from_tokenizer_json: bool = False
+) -> VocabRecord:
     """A model's tokenizer into ``writer``: an embedded model's own GGUF entries (unless ``from_tokenizer_json``),
     else its ``tokenizer.json``."""
     name = None if from_tokenizer_json else embedded_source(model_id, folder)

@@ -97,8 +97,14 @@ class GSM8KResult:
 
 
 @torch.no_grad()
-def generate_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 256,
-                     batch_size: int = 8, progress: ProgressCallback = null_progress) -> list[str]:
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    progress: ProgressCallback = null_progress,
+) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), cut at the stop strings.
 
     A prompt longer than the model's context leaves room for the answer by losing its start
@@ -164,7 +170,15 @@ def evaluate_gsm8k(
         ok = predicted is not None and predicted == normalize_number(item.final)
         correct += ok
         if len(samples) < 5:
-            samples.append({"index": item.index, "reference": item.final, "predicted": predicted, "correct": ok,
-                            "generation": text})
-    return GSM8KResult("gsm8k", correct / len(items), len(items), few_shot, max_new_tokens, counts, limit,
-                       data.identity(), samples)
+            samples.append(
+                {
+                    "index": item.index,
+                    "reference": item.final,
+                    "predicted": predicted,
+                    "correct": ok,
+                    "generation": text,
+                }
+            )
+    return GSM8KResult(
+        "gsm8k", correct / len(items), len(items), few_shot, max_new_tokens, counts, limit, data.identity(), samples
+    )

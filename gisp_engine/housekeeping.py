@@ -48,14 +48,22 @@ def _trajectory_files(key: str) -> list[Path]:
     """A trajectory's folder, its checkpoint, its remembered evaluations and its lock files."""
     root = cache.trajectories_dir()
     evals = settings.cache_dir() / "evals"
-    return [cache.path_for(key), cache.partial_path(key), evals / f"{key}.json", evals / f"{key}.lock",
-            root / f".{key}.lock", root / f".{key}.lock.holder"]
+    return [
+        cache.path_for(key),
+        cache.partial_path(key),
+        evals / f"{key}.json",
+        evals / f"{key}.lock",
+        root / f".{key}.lock",
+        root / f".{key}.lock.holder",
+    ]
 
 
 def remove_trajectory(key: str) -> Cleanup:
     """Remove the cached trajectory ``key`` (folder, checkpoint, evaluations); refuse while it is being computed."""
     if not cache.path_for(key).exists() and not cache.partial_path(key).exists():
-        raise GispError(f"no trajectory {key!r} in the cache ({cache.trajectories_dir()}); `gisp cache list` shows them")
+        raise GispError(
+            f"no trajectory {key!r} in the cache ({cache.trajectories_dir()}); `gisp cache list` shows them"
+        )
     running = jobs.status(key)
     if running is not None and running.active:
         raise GispError(f"trajectory {key} is being computed by a background run: cancel it first")
@@ -105,8 +113,12 @@ def _uploads_and_exports(skip_uploads: bool) -> list[tuple[Path, str]]:
     found = []
     uploads = settings.cache_dir() / "uploads"
     if uploads.is_dir() and not skip_uploads:
-        found += [(entry, f"{kind.name} upload") for kind in sorted(uploads.iterdir()) if kind.is_dir()
-                  for entry in sorted(kind.iterdir())]
+        found += [
+            (entry, f"{kind.name} upload")
+            for kind in sorted(uploads.iterdir())
+            if kind.is_dir()
+            for entry in sorted(kind.iterdir())
+        ]
     exports = settings.cache_dir() / "exports"
     if exports.is_dir():
         found += [(entry, "export") for entry in sorted(exports.iterdir())]

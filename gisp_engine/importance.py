@@ -54,8 +54,9 @@ class _Target:
         self.param, self.layer, self.dim, self.per_head, self.units = param, layer, dim, per_head, units
 
 
-def _targets(model, adapter: DecoderAdapter, space: StructureSpace, layout: Sequence[LayerKeep],
-             layers: Sequence[int]) -> list[_Target]:
+def _targets(
+    model, adapter: DecoderAdapter, space: StructureSpace, layout: Sequence[LayerKeep], layers: Sequence[int]
+) -> list[_Target]:
     g = space.geometry
     out: list[_Target] = []
     for i in layers:
@@ -69,7 +70,12 @@ def _targets(model, adapter: DecoderAdapter, space: StructureSpace, layout: Sequ
             else:
                 q_units = torch.tensor([h // g.group_size for h in keep.heads])
                 kv_units = torch.tensor(keep.kv_heads)
-            for linear, dim, units in ((lin.q, 0, q_units), (lin.o, 1, q_units), (lin.k, 0, kv_units), (lin.v, 0, kv_units)):
+            for linear, dim, units in (
+                (lin.q, 0, q_units),
+                (lin.o, 1, q_units),
+                (lin.k, 0, kv_units),
+                (lin.v, 0, kv_units),
+            ):
                 if units is None:
                     continue
                 out.append(_Target(linear.weight, i, dim, g.head_dim, units))
@@ -113,8 +119,10 @@ def score_structures(
     sums: dict[int, torch.Tensor] = {}  # float32 gradient sums (wide_sums only), freed at the last micro-batch
     # distributed: all-reduces in one fixed order on every rank (a backward pass's own order: layers from
     # the last, MLP before attention, o_proj first in it), so that a gradient rarely waits in `pending`
-    order = sorted(range(len(targets)), key=lambda i: (
-        -targets[i].layer, 0 if targets[i].per_head is None else 1 if targets[i].dim == 1 else 2, -i))
+    order = sorted(
+        range(len(targets)),
+        key=lambda i: (-targets[i].layer, 0 if targets[i].per_head is None else 1 if targets[i].dim == 1 else 2, -i),
+    )
     pending: dict[int, torch.Tensor] = {}
     turn = [0]
 

@@ -193,8 +193,17 @@ def submit(config: PruneConfig) -> JobStatus:
     key = the_plan.key
     hit = cache.lookup(key)
     if hit is not None:
-        return JobStatus(key=key, state="done", config=config.to_dict(), trajectory=str(hit.path), cache_hit=True,
-                         step=hit.num_steps, total=hit.num_steps, fraction=1.0, message="answered from the cache")
+        return JobStatus(
+            key=key,
+            state="done",
+            config=config.to_dict(),
+            trajectory=str(hit.path),
+            cache_hit=True,
+            step=hit.num_steps,
+            total=hit.num_steps,
+            fraction=1.0,
+            message="answered from the cache",
+        )
     return _start(key, config.to_dict(), total=config.steps)
 
 
@@ -220,15 +229,24 @@ def submit_sweep(trajectory, request, model: str | None = None, device: str = "a
     from .tasks import is_custom_task, load_task
 
     serving.require_changes("starting a sweep")  # a viewer app: before anything is read or written
-    request = dataclasses.replace(request, tasks=parse_checks(request.tasks, allow_none=request.cost is not None),
-                                  steps=parse_steps(request.steps, trajectory))
+    request = dataclasses.replace(
+        request,
+        tasks=parse_checks(request.tasks, allow_none=request.cost is not None),
+        steps=parse_steps(request.steps, trajectory),
+    )
     check_cost(trajectory, request.cost)  # a llama.cpp cost without the runtime (or of a bad GGUF) starts nothing
     for task in request.tasks:  # a custom task file is read whole now: a bad line is refused before any process
         if is_custom_task(task):
             load_task(task)
-    body = {"kind": "sweep", "trajectory": str(trajectory.path), "trajectory_id": trajectory_id(trajectory),
-            "request": request.to_dict(), "model": model or recorded_model(trajectory), "device": device,
-            "dtype": dtype}
+    body = {
+        "kind": "sweep",
+        "trajectory": str(trajectory.path),
+        "trajectory_id": trajectory_id(trajectory),
+        "request": request.to_dict(),
+        "model": model or recorded_model(trajectory),
+        "device": device,
+        "dtype": dtype,
+    }
     key = "sweep-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     total = len(request.steps) * (len(request.tasks) + (request.cost is not None))
     return _start(key, body, total=total, kind="sweep", trajectory=body["trajectory"])
@@ -241,8 +259,10 @@ def _start(key: str, config: dict, **fields) -> JobStatus:
     named (one start at a time, so two cannot both pass the count).
     """
     root = ensure_writable_dir(jobs_dir())
-    with file_lock(root / ".start.lock", what="the start of a job", timeout=60), \
-            file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60):
+    with (
+        file_lock(root / ".start.lock", what="the start of a job", timeout=60),
+        file_lock(root / f".{key}.lock", what=f"job {key}", timeout=60),
+    ):
         current = status(key)
         if current is not None and current.active:
             return current
@@ -257,8 +277,16 @@ def _start(key: str, config: dict, **fields) -> JobStatus:
             (folder / stale).unlink(missing_ok=True)
         now = time.time()
         atomic_write_json(folder / REQUEST_FILE, {"key": key, "config": config})
-        started = JobStatus(key=key, state="starting", config=config, message="starting", started=_iso(now),
-                            started_unix=now, resumed_from=resumed_from, **fields)
+        started = JobStatus(
+            key=key,
+            state="starting",
+            config=config,
+            message="starting",
+            started=_iso(now),
+            started_unix=now,
+            resumed_from=resumed_from,
+            **fields,
+        )
         _write_status(folder, started)
         return _spawn(folder, started)
 
@@ -268,9 +296,11 @@ def _refuse_beyond_limit() -> None:
     running = list_jobs(active_only=True)
     if len(running) >= limit:
         names = ", ".join(f"{j.kind} {j.key}" for j in running)
-        raise GispError(f"{len(running)} background job{'s' if len(running) > 1 else ''} already running ({names}): "
-                        f"the limit is {limit} at once (GISP_MAX_JOBS); start this one when one has finished, "
-                        "or cancel one")
+        raise GispError(
+            f"{len(running)} background job{'s' if len(running) > 1 else ''} already running ({names}): "
+            f"the limit is {limit} at once (GISP_MAX_JOBS); start this one when one has finished, "
+            "or cancel one"
+        )
 
 
 def _spawn(folder: Path, started: JobStatus) -> JobStatus:
@@ -281,7 +311,10 @@ def _spawn(folder: Path, started: JobStatus) -> JobStatus:
     with open(folder / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gisp_engine.jobs", "run", str(folder)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,  # its own process group: cancel ends it and everything it started
         )
     _children[proc.pid] = proc
@@ -484,8 +517,14 @@ def _sweep(body: dict, progress) -> None:
 
     trajectory = Trajectory.load(body["trajectory"])
     dtype = str(resolve_dtype(body["dtype"], resolve_device(body["device"]))).removeprefix("torch.")
-    run_sweep(trajectory, lambda: load_model(body["model"], body["device"], body["dtype"]),
-              SweepRequest.from_dict(body["request"]), progress, copy_model=False, dtype=dtype)
+    run_sweep(
+        trajectory,
+        lambda: load_model(body["model"], body["device"], body["dtype"]),
+        SweepRequest.from_dict(body["request"]),
+        progress,
+        copy_model=False,
+        dtype=dtype,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

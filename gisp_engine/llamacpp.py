@@ -69,6 +69,7 @@ def runtime():
     except (ImportError, OSError, RuntimeError) as exc:  # absent, or its shared library did not load
         raise GispError(f"the llama.cpp runtime is not installed ({exc}): {INSTALL_HINT}") from None
     if _SINK is None:
+
         @llama_cpp.llama_log_callback
         def sink(level: int, text: bytes, user_data) -> None:
             if level in (GGML_LOG_WARN, GGML_LOG_ERROR):
@@ -101,8 +102,16 @@ class GGUFModel:
     read into the process's own memory instead of mapped from the file (what a memory measurement counts).
     """
 
-    def __init__(self, path: Path | str, n_ctx: int = 512, n_threads: int | None = None, exact: bool = True,
-                 n_batch: int | None = None, logits_all: bool = True, use_mmap: bool = True):
+    def __init__(
+        self,
+        path: Path | str,
+        n_ctx: int = 512,
+        n_threads: int | None = None,
+        exact: bool = True,
+        n_batch: int | None = None,
+        logits_all: bool = True,
+        use_mmap: bool = True,
+    ):
         llama_cpp = runtime()
         self._lib = llama_cpp
         self.path = Path(path)
@@ -110,9 +119,17 @@ class GGUFModel:
             raise GispError(f"GGUF file {self.path} does not exist")
         threads = _threads(n_threads)
         self.logits_all = logits_all
-        kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch or n_ctx, n_ubatch=n_batch or n_ctx,
-                      n_threads=threads, n_threads_batch=threads, logits_all=logits_all, use_mmap=use_mmap,
-                      verbose=False)
+        kwargs = dict(
+            model_path=str(self.path),
+            n_ctx=n_ctx,
+            n_batch=n_batch or n_ctx,
+            n_ubatch=n_batch or n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            use_mmap=use_mmap,
+            verbose=False,
+        )
         if exact:
             kwargs.update(flash_attn=False, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
         _LOG.clear()

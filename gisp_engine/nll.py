@@ -41,7 +41,9 @@ def token_nll(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return torch.cat(pieces)
 
 
-def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean next-token NLL of each sequence (over the positions ``loss_mask`` selects)."""
     input_ids = input_ids.to(input_device(model))
     hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]

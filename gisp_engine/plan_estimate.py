@@ -160,9 +160,16 @@ class MemoryEstimate:
         return sum(p.bytes for p in self.parts if p.name == name)
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "dtype": self.dtype, "peak_bytes": self.peak, "peak_gib": round(self.peak / GIB, 3),
-                "step_peak_bytes": self.step_peak, "load_peak_bytes": self.load_peak, "spread_over": self.spread_over,
-                "parts": [p.to_dict() for p in self.parts]}
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "peak_bytes": self.peak,
+            "peak_gib": round(self.peak / GIB, 3),
+            "step_peak_bytes": self.step_peak,
+            "load_peak_bytes": self.load_peak,
+            "spread_over": self.spread_over,
+            "parts": [p.to_dict() for p in self.parts],
+        }
 
 
 @dataclass(frozen=True)
@@ -175,10 +182,21 @@ class Workload:
     masked: bool  # an attention mask is passed (padded batches), so K/V are expanded per query head
 
 
-def estimate_memory(model: torch.nn.Module, adapter, space: StructureSpace, scored_layers: list[int], dtype: torch.dtype,
-                    device: torch.device, work: Workload, gradients: bool, runtime: int = 0,
-                    checkpoint_bytes: int = 0, checkpoint_dtype: str | None = None,
-                    kept_after_first: float | None = None, rescores: bool = True) -> MemoryEstimate:
+def estimate_memory(
+    model: torch.nn.Module,
+    adapter,
+    space: StructureSpace,
+    scored_layers: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    work: Workload,
+    gradients: bool,
+    runtime: int = 0,
+    checkpoint_bytes: int = 0,
+    checkpoint_dtype: str | None = None,
+    kept_after_first: float | None = None,
+    rescores: bool = True,
+) -> MemoryEstimate:
     """Peak memory of a run's largest step on ``device``, part by part (see the module's doc).
 
     That is the first (dense) step, unless the weights stay file-mapped (CPU, a safetensors checkpoint
@@ -192,21 +210,35 @@ def estimate_memory(model: torch.nn.Module, adapter, space: StructureSpace, scor
     params = sum(t.numel() for t in model.parameters())
     weights = params * p + sum(b.numel() * b.element_size() for b in model.buffers())
     mapped = device.type == "cpu" and checkpoint_dtype == dtype_name and checkpoint_bytes > 0
-    runtime_note = ("this process now: interpreter, torch, tokenizer, calibration data" if device.type == "cpu"
-                    else "not in the CUDA allocator's peak (context, other processes)")
-    first = [Part("runtime", runtime, runtime_note),
-             Part("weights", weights, f"{params:,} parameters in {dtype_name} (tied ones once)"
-                  + (", read from the mapped checkpoint" if mapped else "")),
-             Part("sliced copies", 0, "nothing sliced yet (step 1, the dense model)"),
-             *_step_parts(model, adapter, space, scored_layers, p, work, gradients, 1.0)]
+    runtime_note = (
+        "this process now: interpreter, torch, tokenizer, calibration data"
+        if device.type == "cpu"
+        else "not in the CUDA allocator's peak (context, other processes)"
+    )
+    first = [
+        Part("runtime", runtime, runtime_note),
+        Part(
+            "weights",
+            weights,
+            f"{params:,} parameters in {dtype_name} (tied ones once)"
+            + (", read from the mapped checkpoint" if mapped else ""),
+        ),
+        Part("sliced copies", 0, "nothing sliced yet (step 1, the dense model)"),
+        *_step_parts(model, adapter, space, scored_layers, p, work, gradients, 1.0),
+    ]
     best = first
     if mapped and kept_after_first is not None:
         linear = _linear_weights(model, adapter, scored_layers) * p
-        second = [Part("runtime", runtime, runtime_note),
-                  Part("weights", weights, f"{params:,} parameters in {dtype_name}, the checkpoint's pages still mapped"),
-                  Part("sliced copies", int(linear * kept_after_first),
-                       f"step 2: the scored layers sliced to {kept_after_first:.0%} of their structures, beside the mapping"),
-                  *_step_parts(model, adapter, space, scored_layers, p, work, gradients and rescores, kept_after_first)]
+        second = [
+            Part("runtime", runtime, runtime_note),
+            Part("weights", weights, f"{params:,} parameters in {dtype_name}, the checkpoint's pages still mapped"),
+            Part(
+                "sliced copies",
+                int(linear * kept_after_first),
+                f"step 2: the scored layers sliced to {kept_after_first:.0%} of their structures, beside the mapping",
+            ),
+            *_step_parts(model, adapter, space, scored_layers, p, work, gradients and rescores, kept_after_first),
+        ]
         if sum(x.bytes for x in second) > sum(x.bytes for x in first):
             best = second
     converts = device.type == "cpu" and checkpoint_dtype not in (None, dtype_name)
@@ -224,8 +256,16 @@ def _linear_weights(model, adapter, layers: list[int]) -> int:
     return total
 
 
-def _step_parts(model, adapter, space: StructureSpace, scored_layers: list[int], p: int, work: Workload,
-                gradients: bool, kept: float) -> list[Part]:
+def _step_parts(
+    model,
+    adapter,
+    space: StructureSpace,
+    scored_layers: list[int],
+    p: int,
+    work: Workload,
+    gradients: bool,
+    kept: float,
+) -> list[Part]:
     """Gradient sums, activations and head of one step, the scored layers at ``kept`` of their width."""
     g, cfg = space.geometry, model.config
     scored = _targets(model, adapter, space, full_layout(space), scored_layers) if gradients else []
@@ -238,23 +278,42 @@ def _step_parts(model, adapter, space: StructureSpace, scored_layers: list[int],
         activations = n * _saved_per_token(g, cfg, layer_shape(adapter, model), scored_layers, space, p, work, kept)
         activations += work.batch * work.length * work.length * (2 if work.masked else 0)  # boolean masks
         head = 3 * rows * vocab * 4
-        head_note = f"chunk of {rows} positions x {vocab:,} logits: float32 log-softmax, its gradient, the logits' gradient"
-        act_note = (f"saved for backward, {work.batch} x {work.length} tokens, layers {scored_layers[0]}-{g.num_layers - 1}"
-                    + (", K/V expanded (masked)" if work.masked else ""))
+        head_note = (
+            f"chunk of {rows} positions x {vocab:,} logits: float32 log-softmax, its gradient, the logits' gradient"
+        )
+        act_note = (
+            f"saved for backward, {work.batch} x {work.length} tokens, layers {scored_layers[0]}-{g.num_layers - 1}"
+            + (", K/V expanded (masked)" if work.masked else "")
+        )
     else:  # forward only (fixed-ranking methods that read activations or nothing): one layer's working set
         activations = n * (4 * g.hidden_size + 3 * g.intermediate_size + 2 * g.num_heads * g.head_dim) * p
         head = 2 * rows * vocab * 4
         head_note = f"chunk of {rows} positions x {vocab:,} logits (forward only)"
         act_note = f"one layer's forward working set, {work.batch} x {work.length} tokens (nothing saved)"
-    sums_note = (f"{scored_count:,} scored weights x 4 bytes (float32), kept across {work.micro_batches} micro-batches"
-                 if sums else "one micro-batch per process: each gradient freed in its hook" if gradients
-                 else "no gradients")
-    return [Part("gradient sums", sums, sums_note), Part("activations", activations, act_note),
-            Part("head", head, head_note)]
+    sums_note = (
+        f"{scored_count:,} scored weights x 4 bytes (float32), kept across {work.micro_batches} micro-batches"
+        if sums
+        else "one micro-batch per process: each gradient freed in its hook"
+        if gradients
+        else "no gradients"
+    )
+    return [
+        Part("gradient sums", sums, sums_note),
+        Part("activations", activations, act_note),
+        Part("head", head, head_note),
+    ]
 
 
-def _saved_per_token(g, cfg, shape: LayerShape, scored_layers: list[int], space: StructureSpace, p: int,
-                     work: Workload, kept: float = 1.0) -> int:
+def _saved_per_token(
+    g,
+    cfg,
+    shape: LayerShape,
+    scored_layers: list[int],
+    space: StructureSpace,
+    p: int,
+    work: Workload,
+    kept: float = 1.0,
+) -> int:
     """Bytes autograd keeps per token of one micro-batch, over the layers a backward pass goes through
     (the scored layers' heads and channels at ``kept`` of their number)."""
     first, scored = min(scored_layers), set(scored_layers)
@@ -361,8 +420,13 @@ def measured_throughput(model_sha: str, device: torch.device, dtype: str, gradie
         return None
     name = device_name(device)
     for entry in reversed(entries if isinstance(entries, list) else []):
-        if isinstance(entry, dict) and entry.get("device") == name and entry.get("dtype") == dtype \
-                and entry.get("gradients", True) == gradients and entry.get("tokens_per_s"):
+        if (
+            isinstance(entry, dict)
+            and entry.get("device") == name
+            and entry.get("dtype") == dtype
+            and entry.get("gradients", True) == gradients
+            and entry.get("tokens_per_s")
+        ):
             return entry
     return None
 
@@ -401,25 +465,35 @@ class DryRun:
             f"settings    method {s['method']}, objective {s['objective']}, {s['steps']} steps to structural ratio "
             f"{s['max_sparsity']} ({s['schedule']}), gqa {s['gqa']}, device {m.device}, dtype {m.dtype}, "
             f"batch size {s['batch_size']}" + (f", align {s['align']}" if s.get("align") else ""),
-            f"cache key   {self.key}: " + ("in the cache (a run answers at once)" if self.cached else "not in the cache"),
+            f"cache key   {self.key}: "
+            + ("in the cache (a run answers at once)" if self.cached else "not in the cache"),
             f"structures  {self.scored_structures:,} scored of {self.structures:,} (layers {_ranges(self.scored_layers)})",
             f"per step    {self.tokens_per_step:,} tokens in {self.sequences:,} sequences, {self.micro_batches} "
-            f"micro-batches" + (f" over {self.processes} processes" if self.processes > 1 else "")
+            f"micro-batches"
+            + (f" over {self.processes} processes" if self.processes > 1 else "")
             + f"; the largest {self.largest_micro_batch['sequences']} x {self.largest_micro_batch['length']} tokens",
             f"peak memory {m.peak / GIB:.2f} GiB on {m.device} ({m.dtype})"
             + (f", spread over {m.spread_over} GPUs" if m.spread_over > 1 else "")
-            + f"; free {self.free_bytes / GIB:.2f} GiB: " + ("fits" if self.fits else "does NOT fit"),
+            + f"; free {self.free_bytes / GIB:.2f} GiB: "
+            + ("fits" if self.fits else "does NOT fit"),
         ]
         for part in m.parts:
             lines.append(f"  {part.name:<14}{part.bytes / GIB:8.3f} GiB  {part.note}")
-        lines.append(f"  {'loading':<14}{m.load_peak / GIB:8.3f} GiB  peak while the weights load"
-                     + (" (the checkpoint's file mapped beside the converted weights)" if m.load_peak > m.part("runtime")
-                        + m.part("weights") else ""))
+        lines.append(
+            f"  {'loading':<14}{m.load_peak / GIB:8.3f} GiB  peak while the weights load"
+            + (
+                " (the checkpoint's file mapped beside the converted weights)"
+                if m.load_peak > m.part("runtime") + m.part("weights")
+                else ""
+            )
+        )
         if self.time:
             t = self.time
-            lines.append(f"time        first step ~{t['first_step_s']:.0f} s at {t['tokens_per_s']:,.3g} tokens/s "
-                         f"(measured {t['measured']} on {t['device']}); at most ~{t['run_s'] / 60:.0f} min for "
-                         f"{s['steps']} steps (later steps are smaller)")
+            lines.append(
+                f"time        first step ~{t['first_step_s']:.0f} s at {t['tokens_per_s']:,.3g} tokens/s "
+                f"(measured {t['measured']} on {t['device']}); at most ~{t['run_s'] / 60:.0f} min for "
+                f"{s['steps']} steps (later steps are smaller)"
+            )
         else:
             lines.append("time        no measured speed for this model on this device yet (every real run records one)")
         if self.suggestion:
@@ -468,7 +542,9 @@ class _Estimator:
         files = [f for f in self.folder.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
         self.checkpoint_bytes = sum(f.stat().st_size for f in files)
         # safetensors files map; a .bin checkpoint is read into fresh tensors
-        self.checkpoint_dtype = recorded_dtype(self.hf_config) if any(f.suffix == ".safetensors" for f in files) else None
+        self.checkpoint_dtype = (
+            recorded_dtype(self.hf_config) if any(f.suffix == ".safetensors" for f in files) else None
+        )
         targets = the_plan.targets
         sliced = self.config.shrink and self.config.steps >= 2
         prunable = int((~space.protected_mask(the_plan.protect_first, self.config.protect_last)).sum())
@@ -484,10 +560,21 @@ class _Estimator:
 
     def memory(self, batches: list[dict]) -> MemoryEstimate:
         runtime = _rss() if self.device.type == "cpu" else 0
-        memory = estimate_memory(self.model, self.adapter, self.plan.space, self.scored_layers, self.dtype, self.device,
-                                 workload_of(batches, self.processes), self.method.uses_gradients, runtime,
-                                 self.checkpoint_bytes, self.checkpoint_dtype, self.kept_after_first,
-                                 self.method.rescores)
+        memory = estimate_memory(
+            self.model,
+            self.adapter,
+            self.plan.space,
+            self.scored_layers,
+            self.dtype,
+            self.device,
+            workload_of(batches, self.processes),
+            self.method.uses_gradients,
+            runtime,
+            self.checkpoint_bytes,
+            self.checkpoint_dtype,
+            self.kept_after_first,
+            self.method.rescores,
+        )
         if self.spread:
             memory.spread_over = torch.cuda.device_count()
         return memory
@@ -512,30 +599,59 @@ def dry_run(the_plan, processes: int | None = None) -> DryRun:
     time = None
     if measured:
         first = tokens / measured["tokens_per_s"]
-        time = {"tokens_per_s": measured["tokens_per_s"], "first_step_s": round(first, 3),
-                "run_s": round(first * config.steps, 3), "measured": measured["created"][:10],
-                "device": measured["device"], "processes": measured.get("processes", 1)}
+        time = {
+            "tokens_per_s": measured["tokens_per_s"],
+            "first_step_s": round(first, 3),
+            "run_s": round(first * config.steps, 3),
+            "measured": measured["created"][:10],
+            "device": measured["device"],
+            "processes": measured.get("processes", 1),
+        }
     resolved = config.to_dict()
-    resolved.update(device=str(device), dtype=dtype_name, batch_size=config.resolved_batch_size(device),
-                    protect_first=the_plan.protect_first, protected_layers=the_plan.protected_layers)
+    resolved.update(
+        device=str(device),
+        dtype=dtype_name,
+        batch_size=config.resolved_batch_size(device),
+        protect_first=the_plan.protect_first,
+        protected_layers=the_plan.protected_layers,
+    )
     notes = []
     if work.masked:
         notes.append("padded batches pass an attention mask: K/V are counted once per query head")
     if device.type == "cuda":
-        notes.append("GPU figures are the CUDA allocator's peak; the CUDA context (~0.5 GiB) and the allocator's "
-                     "cache come on top")
+        notes.append(
+            "GPU figures are the CUDA allocator's peak; the CUDA context (~0.5 GiB) and the allocator's "
+            "cache come on top"
+        )
     fits = est.fits(memory)
     return DryRun(
-        settings=resolved, key=the_plan.key, cached=cache.lookup(the_plan.key) is not None,
-        model={"id": config.model, "folder": str(est.folder), "family": est.adapter.family,
-               "model_type": est.hf_config.model_type, "params": sum(t.numel() for t in est.model.parameters()),
-               "geometry": space.geometry.to_dict(), "vocab_size": int(est.hf_config.vocab_size),
-               "tied_embeddings": bool(getattr(est.hf_config, "tie_word_embeddings", False))},
-        structures=space.size, scored_structures=int((~protected).sum()), scored_layers=est.scored_layers,
-        processes=est.processes, micro_batches=len(batches), sequences=sum(int(b["input_ids"].shape[0]) for b in batches),
-        tokens_per_step=tokens, largest_micro_batch={"sequences": work.batch, "length": work.length},
-        memory=memory, free_bytes=est.free, fits=fits, suggestion=None if fits else suggest(est, memory, len(batches)),
-        time=time, notes=notes,
+        settings=resolved,
+        key=the_plan.key,
+        cached=cache.lookup(the_plan.key) is not None,
+        model={
+            "id": config.model,
+            "folder": str(est.folder),
+            "family": est.adapter.family,
+            "model_type": est.hf_config.model_type,
+            "params": sum(t.numel() for t in est.model.parameters()),
+            "geometry": space.geometry.to_dict(),
+            "vocab_size": int(est.hf_config.vocab_size),
+            "tied_embeddings": bool(getattr(est.hf_config, "tie_word_embeddings", False)),
+        },
+        structures=space.size,
+        scored_structures=int((~protected).sum()),
+        scored_layers=est.scored_layers,
+        processes=est.processes,
+        micro_batches=len(batches),
+        sequences=sum(int(b["input_ids"].shape[0]) for b in batches),
+        tokens_per_step=tokens,
+        largest_micro_batch={"sequences": work.batch, "length": work.length},
+        memory=memory,
+        free_bytes=est.free,
+        fits=fits,
+        suggestion=None if fits else suggest(est, memory, len(batches)),
+        time=time,
+        notes=notes,
     )
 
 
@@ -550,17 +666,23 @@ def suggest(est: _Estimator, memory: MemoryEstimate, micro_batches: int) -> str:
         trial = max(1, trial // 2)
         smaller = est.memory(est.batches(trial))
         if est.fits(smaller):
-            return (f"--batch-size {trial} (about {smaller.peak / GIB:.1f} GiB; --batch-size {batch} needs "
-                    f"{memory.peak / GIB:.1f} GiB)")
+            return (
+                f"--batch-size {trial} (about {smaller.peak / GIB:.1f} GiB; --batch-size {batch} needs "
+                f"{memory.peak / GIB:.1f} GiB)"
+            )
     if gpus > 1 and not est.spread and need <= HEADROOM * free_bytes(device, spread=True):
         return f"--device-map auto (over this machine's {gpus} GPUs)"
     per_rank = need - memory.part("gradient sums")
     if micro_batches > 1 and memory.part("gradient sums") and per_rank <= HEADROOM * free:
         n = micro_batches
-        return (f"torchrun --nproc_per_node {n} on {n} such devices (one micro-batch per process keeps no gradient "
-                f"sums: about {per_rank / GIB:.1f} GiB each)")
-    return (f"nothing at these settings: {need / GIB:.1f} GiB needed, {free / GIB:.1f} GiB free on {device}; "
-            "a GPU with bfloat16, or --device-map auto over several GPUs")
+        return (
+            f"torchrun --nproc_per_node {n} on {n} such devices (one micro-batch per process keeps no gradient "
+            f"sums: about {per_rank / GIB:.1f} GiB each)"
+        )
+    return (
+        f"nothing at these settings: {need / GIB:.1f} GiB needed, {free / GIB:.1f} GiB free on {device}; "
+        "a GPU with bfloat16, or --device-map auto over several GPUs"
+    )
 
 
 # ---- the check of a real run -------------------------------------------------------------------------
@@ -568,11 +690,16 @@ def quick_upper_bound(config: PruneConfig, hf_config, geometry, device: torch.de
     """A generous bound from the config alone (no meta model, no tokenizer): a run under it needs no estimate."""
     p = torch.empty((), dtype=dtype).element_size()
     g, vocab = geometry, int(hf_config.vocab_size)
-    per_layer = (g.hidden_size * (g.num_heads + 2 * g.num_kv_heads) * g.head_dim + g.num_heads * g.head_dim * g.hidden_size
-                 + 3 * g.hidden_size * g.intermediate_size)
+    per_layer = (
+        g.hidden_size * (g.num_heads + 2 * g.num_kv_heads) * g.head_dim
+        + g.num_heads * g.head_dim * g.hidden_size
+        + 3 * g.hidden_size * g.intermediate_size
+    )
     params = g.num_layers * per_layer + vocab * g.hidden_size * 2
     tokens = max(config.resolved_batch_size(device) * config.seq_len, 4096)
-    activation = tokens * g.num_layers * (12 * g.hidden_size + 6 * g.num_heads * g.head_dim + 6 * g.intermediate_size) * 4
+    activation = (
+        tokens * g.num_layers * (12 * g.hidden_size + 6 * g.num_heads * g.head_dim + 6 * g.intermediate_size) * 4
+    )
     return params * (2 * p + 4) + activation + 4 * LOGIT_CHUNK_ELEMENTS * 4 + tokens * tokens * 2
 
 
@@ -588,11 +715,16 @@ def refuse_if_too_big(the_plan) -> None:
     else:
         result = dry_run(the_plan)  # every process holds a whole model: its own device must hold it
         fix = result.suggestion or ""
-        verdict = None if result.fits else (
-            f"{config.model} needs about {result.memory.peak / GIB:.1f} GiB on {result.memory.device} "
-            f"({result.memory.dtype}) and {result.free_bytes / GIB:.1f} GiB are free: "
-            + (fix if fix.startswith("nothing") else f"would fit with {fix}")
-            + "; --dry-run shows the estimate, --force runs anyway")
+        verdict = (
+            None
+            if result.fits
+            else (
+                f"{config.model} needs about {result.memory.peak / GIB:.1f} GiB on {result.memory.device} "
+                f"({result.memory.dtype}) and {result.free_bytes / GIB:.1f} GiB are free: "
+                + (fix if fix.startswith("nothing") else f"would fit with {fix}")
+                + "; --dry-run shows the estimate, --force runs anyway"
+            )
+        )
     ctx = distributed.context()
     if ctx.active:
         refused = torch.tensor([0.0 if verdict is None else 1.0], dtype=torch.float64)

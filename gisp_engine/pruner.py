@@ -43,7 +43,6 @@ from .surgery import apply_keep, full_layout
 from .trajectory import StepRecord, Trajectory
 
 
-
 @dataclass
 class PruneOutcome:
     trajectory: Trajectory
@@ -148,9 +147,17 @@ def prune(
         loaded = load_model(config.model, config.device, config.dtype, config.device_map)
         objective = objective_spec(config.objective).build(loaded, config)
         if ctx.active and len(objective.batches()) < ctx.world_size:
-            progress(ProgressEvent("prepare", 0, 1, message=(
-                f"only {len(objective.batches())} micro-batches for {ctx.world_size} processes: some ranks idle "
-                "(lower --batch-size to use them all)")))
+            progress(
+                ProgressEvent(
+                    "prepare",
+                    0,
+                    1,
+                    message=(
+                        f"only {len(objective.batches())} micro-batches for {ctx.world_size} processes: some ranks idle "
+                        "(lower --batch-size to use them all)"
+                    ),
+                )
+            )
         progress(ProgressEvent("prepare", 1, 1, message="ready"))
         checkpoint = cache.partial_path(the_plan.key) if ctx.is_main else None
         try:
@@ -164,14 +171,21 @@ def prune(
         if not ctx.is_main:
             return PruneOutcome(trajectory, cache_hit=False)
         trajectory.save(cache.path_for(the_plan.key))
-        plan_estimate.record_throughput(trajectory, sum(int(b["input_ids"].numel()) for b in objective.batches()),
-                                        methods.get(config.method).uses_gradients)
+        plan_estimate.record_throughput(
+            trajectory,
+            sum(int(b["input_ids"].numel()) for b in objective.batches()),
+            methods.get(config.method).uses_gradients,
+        )
         shutil.rmtree(checkpoint, ignore_errors=True)
     return PruneOutcome(_copy_out(trajectory, out), cache_hit=False)
 
 
-def rescore_along(trajectory: Trajectory, progress: ProgressCallback = null_progress, device: str | None = None,
-                  dtype: str | None = None) -> Trajectory:
+def rescore_along(
+    trajectory: Trajectory,
+    progress: ProgressCallback = null_progress,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Trajectory:
     """Every step's scores measured along ``trajectory``'s own removal order, with its settings (not cached).
 
     For a trajectory saved without scores whose run can no longer be repeated bit for bit (an older engine's
@@ -200,9 +214,15 @@ def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
     return copy
 
 
-def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
-             progress: ProgressCallback = null_progress, checkpoint: Path | None = None,
-             resume: bool = False, follow: np.ndarray | None = None) -> Trajectory:
+def run_gisp(
+    loaded: LoadedModel,
+    the_plan: PruningPlan,
+    objective: Objective,
+    progress: ProgressCallback = null_progress,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    follow: np.ndarray | None = None,
+) -> Trajectory:
     """The iterative loop on a loaded model (which it prunes in place).
 
     With ``checkpoint`` the state after each step is written there; with ``resume`` a state
@@ -268,12 +288,17 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     removed_last = int((removal_step == first - 1).sum()) if first > 1 else 0
     agreement: list[float] = []
     if follow is not None and (follow.shape != (n,) or follow.max(initial=0) > total_steps):
-        raise GispError(f"the order to follow has {follow.shape[0]} structures and {int(follow.max(initial=0))} steps; "
-                        f"this run has {n} structures and {total_steps} steps")
+        raise GispError(
+            f"the order to follow has {follow.shape[0]} structures and {int(follow.max(initial=0))} steps; "
+            f"this run has {n} structures and {total_steps} steps"
+        )
     progress(ProgressEvent("step", first - 1, total_steps, first - 1, total_steps, "pruning"))
     for t in range(first, total_steps + 1):
-        scores = fixed if fixed is not None else method.scores(
-            scoring(layout=layout, progress=progress, step=t, total_steps=total_steps))
+        scores = (
+            fixed
+            if fixed is not None
+            else method.scores(scoring(layout=layout, progress=progress, step=t, total_steps=total_steps))
+        )
         # a fixed ranking's loss (if any) is the dense model's: every step measures its own
         loss = scores.loss if method.rescores and scores.loss is not None else objective_value(model, objective)
         steps.append(record(t - 1, loss, removed_last))
@@ -282,8 +307,13 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
         last_score[candidates] = scores.values[candidates]
         if all_scores is not None:
             all_scores[t - 1, candidates] = scores.values[candidates]
-        chosen = method.selection.choose(space, keep, protected, scores.values,
-                                         methods.Cut(the_plan.targets[t - 1], ratios[t - 1], layer_share, align))
+        chosen = method.selection.choose(
+            space,
+            keep,
+            protected,
+            scores.values,
+            methods.Cut(the_plan.targets[t - 1], ratios[t - 1], layer_share, align),
+        )
         if follow is not None:
             given = np.flatnonzero(follow == t)
             agreement.append(len(np.intersect1d(chosen, given)) / max(1, len(given)))
@@ -297,8 +327,11 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
             LoopState(t, removal_step, last_score, all_scores, steps, time.perf_counter() - started).save(
                 checkpoint, the_plan.key
             )
-        info = {"loss": round(steps[-1].loss, 4), "ratio": round(float(1.0 - keep.mean()), 4),
-                "params": round(space.param_sparsity(keep), 4)}
+        info = {
+            "loss": round(steps[-1].loss, 4),
+            "ratio": round(float(1.0 - keep.mean()), 4),
+            "params": round(space.param_sparsity(keep), 4),
+        }
         progress(ProgressEvent("step", t, total_steps, t, total_steps, "pruning", info))
 
     progress(ProgressEvent("final", 0, 1, total_steps, total_steps, "loss of the last subnetwork"))
@@ -306,11 +339,21 @@ def run_gisp(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective,
     progress(ProgressEvent("final", 1, 1, total_steps, total_steps, "loss of the last subnetwork"))
     meta = _metadata(loaded, the_plan, objective, time.perf_counter() - started)
     if follow is not None:
-        meta["followed"] = {"agreement": [round(a, 6) for a in agreement],
-                            "meaning": "per step, the share of the structures removed that the method would have "
-                                       "chosen itself at that state"}
-    return Trajectory(meta, space.geometry, space.gqa, removal_step, last_score, steps, all_scores,
-                      extras=fixed.extras if fixed is not None else {})
+        meta["followed"] = {
+            "agreement": [round(a, 6) for a in agreement],
+            "meaning": "per step, the share of the structures removed that the method would have "
+            "chosen itself at that state",
+        }
+    return Trajectory(
+        meta,
+        space.geometry,
+        space.gqa,
+        removal_step,
+        last_score,
+        steps,
+        all_scores,
+        extras=fixed.extras if fixed is not None else {},
+    )
 
 
 @dataclass
@@ -332,8 +375,10 @@ class LoopState:
             if self.all_scores is not None:
                 arrays["all_scores"] = self.all_scores
             save_file(arrays, str(tmp / "state.safetensors"))
-            atomic_write_json(tmp / "state.json", {"key": key, "done": self.done, "elapsed_s": self.elapsed_s,
-                                                   "steps": [asdict(r) for r in self.steps]})
+            atomic_write_json(
+                tmp / "state.json",
+                {"key": key, "done": self.done, "elapsed_s": self.elapsed_s, "steps": [asdict(r) for r in self.steps]},
+            )
 
     @staticmethod
     def finished_steps(folder: Path, key: str) -> int:
@@ -360,9 +405,14 @@ class LoopState:
             if meta.get("key") != key:
                 raise ValueError(f"it belongs to request {meta.get('key')!r}, not {key!r}")
             arrays = load_file(str(folder / "state.safetensors"))
-            return cls(int(meta["done"]), arrays["removal_step"].copy(), arrays["last_score"].copy(),
-                       arrays["all_scores"].copy() if "all_scores" in arrays else None,
-                       [StepRecord(**r) for r in meta["steps"]], float(meta["elapsed_s"]))
+            return cls(
+                int(meta["done"]),
+                arrays["removal_step"].copy(),
+                arrays["last_score"].copy(),
+                arrays["all_scores"].copy() if "all_scores" in arrays else None,
+                [StepRecord(**r) for r in meta["steps"]],
+                float(meta["elapsed_s"]),
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise GispError(f"the checkpoint in {folder} cannot be resumed ({type(exc).__name__}: {reason})") from None
@@ -380,8 +430,10 @@ def _metadata(loaded: LoadedModel, the_plan: PruningPlan, objective: Objective, 
     )
     ranking = methods.get(the_plan.config.method).describe()
     if "align" in the_plan.request:  # what the rounding does to the method's own order
-        ranking += (f"; then every cut layer's MLP width rounded to the nearest multiple of "
-                    f"{the_plan.request['align']} (methods.ALIGN_RULE)")
+        ranking += (
+            f"; then every cut layer's MLP width rounded to the nearest multiple of "
+            f"{the_plan.request['align']} (methods.ALIGN_RULE)"
+        )
     return {
         "key": the_plan.key,
         "method": the_plan.config.method,

@@ -45,10 +45,17 @@ def mode_for(address: str | None, allow_changes: bool | None = None) -> Mode:
     if is_local_address(address):
         return Mode("local", True, f"{where}: only this machine can reach it")
     if settings.allow_changes() if allow_changes is None else allow_changes:
-        return Mode("shared", True, f"{where} with GISP_ALLOW_CHANGES=1: anyone who can reach it may start runs "
-                                    "and write to the cache")
-    return Mode("viewer", False, f"{where}: anyone on the network can reach it, so nothing here starts work, "
-                                 "writes or deletes (GISP_ALLOW_CHANGES=1 turns changes back on)")
+        return Mode(
+            "shared",
+            True,
+            f"{where} with GISP_ALLOW_CHANGES=1: anyone who can reach it may start runs and write to the cache",
+        )
+    return Mode(
+        "viewer",
+        False,
+        f"{where}: anyone on the network can reach it, so nothing here starts work, "
+        "writes or deletes (GISP_ALLOW_CHANGES=1 turns changes back on)",
+    )
 
 
 _current = LOCAL

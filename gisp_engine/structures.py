@@ -44,9 +44,7 @@ class StructureSpace:
         if gqa not in GQA_POLICIES:
             raise GispError(f"unknown GQA policy {gqa!r}: choose one of {', '.join(GQA_POLICIES)}")
         if geometry.num_heads % geometry.num_kv_heads:
-            raise GispError(
-                f"{geometry.num_heads} query heads do not divide into {geometry.num_kv_heads} KV heads"
-            )
+            raise GispError(f"{geometry.num_heads} query heads do not divide into {geometry.num_kv_heads} KV heads")
         self.geometry = geometry
         self.gqa = gqa
         g = geometry

@@ -60,8 +60,9 @@ def compensates(trajectory: Trajectory, bias_compensation: bool | None = None) -
     return bias_compensation
 
 
-def apply_step(loaded: LoadedModel, trajectory: Trajectory, step: int, physical: bool = True,
-               bias_compensation: bool | None = None) -> list[LayerKeep] | None:
+def apply_step(
+    loaded: LoadedModel, trajectory: Trajectory, step: int, physical: bool = True, bias_compensation: bool | None = None
+) -> list[LayerKeep] | None:
     """Prune the loaded (dense) model in place to the trajectory's subnetwork at ``step``.
 
     ``bias_compensation`` (FLAP; by default on for FLAP trajectories, as published): every
@@ -81,8 +82,10 @@ def apply_step(loaded: LoadedModel, trajectory: Trajectory, step: int, physical:
 def compensation_biases(loaded: LoadedModel, trajectory: Trajectory, keep: np.ndarray) -> list[tuple]:
     """Per layer, the (o_proj, down_proj) biases that stand in for the columns ``keep`` removes (dense model)."""
     if "input_mean_o" not in trajectory.extras:
-        raise GispError("bias compensation needs a FLAP trajectory (--method flap), which keeps the calibration "
-                        "input means it is computed from")
+        raise GispError(
+            "bias compensation needs a FLAP trajectory (--method flap), which keeps the calibration "
+            "input means it is computed from"
+        )
     g, space = trajectory.geometry, trajectory.space
     q_keep, _ = space.head_and_kv_keep(keep)
     _, ch_keep = space.as_grid(keep)
@@ -110,6 +113,8 @@ def add_biases(loaded: LoadedModel, biases: list[tuple]) -> None:
 
 def _add_bias(linear: torch.nn.Linear, value: torch.Tensor) -> None:
     if linear.bias is None:
-        linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
-                                                     device=linear.weight.device), requires_grad=False)
+        linear.bias = torch.nn.Parameter(
+            torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device),
+            requires_grad=False,
+        )
     linear.bias += value.to(linear.bias.dtype)

@@ -94,7 +94,9 @@ def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
     if dim == 0:
         linear.out_features = int(index.numel())
         if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.index_select(0, index).contiguous(), requires_grad=linear.bias.requires_grad)
+            linear.bias = nn.Parameter(
+                linear.bias.index_select(0, index).contiguous(), requires_grad=linear.bias.requires_grad
+            )
     else:
         linear.in_features = int(index.numel())
 
@@ -185,8 +187,14 @@ def mask_(model: nn.Module, adapter: DecoderAdapter, space: StructureSpace, keep
             _zero(linear, dead, dim)
 
 
-def apply_keep(model: nn.Module, adapter: DecoderAdapter, space: StructureSpace, layout: Sequence[LayerKeep],
-               keep: np.ndarray, physical: bool) -> list[LayerKeep]:
+def apply_keep(
+    model: nn.Module,
+    adapter: DecoderAdapter,
+    space: StructureSpace,
+    layout: Sequence[LayerKeep],
+    keep: np.ndarray,
+    physical: bool,
+) -> list[LayerKeep]:
     """Remove what ``keep`` drops: sliced out (``physical``) or zeroed in place; returns the new layout.
 
     A masked model keeps its dense layout, so the layout returned then is the one given.

@@ -26,8 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import (available_checks, evaluate_step, evaluation_identity, find_evaluation, remember_evaluation,
-                     row_label, trajectory_family)
+from .checks import (
+    available_checks,
+    evaluate_step,
+    evaluation_identity,
+    find_evaluation,
+    remember_evaluation,
+    row_label,
+    trajectory_family,
+)
 from . import llamacpp, settings
 from .cost import CostSpec, cost_ratios, measure_costs
 from .cost_llamacpp import DEVICE as LLAMACPP_DEVICE
@@ -76,8 +83,10 @@ def parse_checks(spec: str | Sequence[str], allow_none: bool = False) -> tuple[s
     known = available_checks(names)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise GispError(f"unknown task {', '.join(map(repr, unknown))}: choose from {', '.join(available_checks())}, "
-                        "or give a .jsonl file of multiple-choice items")
+        raise GispError(
+            f"unknown task {', '.join(map(repr, unknown))}: choose from {', '.join(available_checks())}, "
+            "or give a .jsonl file of multiple-choice items"
+        )
     return tuple(dict.fromkeys(names))
 
 
@@ -133,16 +142,20 @@ class SweepRequest:
         always the CPU).
         """
         family = trajectory_family(trajectory)
-        keys = {task: series_key(evaluation_identity(task, 0, self.limit_for(task),
-                                                     self.resolved_options(task, family), dtype))
-                for task in self.tasks}
+        keys = {
+            task: series_key(
+                evaluation_identity(task, 0, self.limit_for(task), self.resolved_options(task, family), dtype)
+            )
+            for task in self.tasks
+        }
         if self.cost is not None and (device is not None or self.cost.runtime == "llamacpp"):
             keys[COST] = series_key(evaluation_identity(COST, 0, None, _cost_identity(self.cost, device, dtype), dtype))
         return keys
 
 
-def requested_series(trajectory: Trajectory, request: SweepRequest, device: str = "auto",
-                     dtype: str = "auto") -> dict[str, str]:
+def requested_series(
+    trajectory: Trajectory, request: SweepRequest, device: str = "auto", dtype: str = "auto"
+) -> dict[str, str]:
     """``request.series_keys`` for a request not run yet: its device and dtype resolved as the sweep will."""
     from .models import resolve_device, resolve_dtype
 
@@ -202,8 +215,9 @@ def check_cost(trajectory: Trajectory, spec: CostSpec | GGUFCostSpec | None, run
         llamacpp.runtime()
 
 
-def pending_points(trajectory: Trajectory, request: SweepRequest, dtype: str,
-                   device: str | None = None) -> list[tuple[int, str]]:
+def pending_points(
+    trajectory: Trajectory, request: SweepRequest, dtype: str, device: str | None = None
+) -> list[tuple[int, str]]:
     """(step, check) points the store does not hold yet; cost points need the device to be known."""
     steps = parse_steps(request.steps, trajectory)
     family = trajectory_family(trajectory)
@@ -255,7 +269,9 @@ def run_sweep(
     loaded = model if isinstance(model, LoadedModel) else None
     if loaded is not None:
         dtype = str(loaded.dtype).removeprefix("torch.")
-    elif dtype is None or refresh or (spec is not None and not in_llamacpp) or pending_points(trajectory, request, dtype):
+    elif (
+        dtype is None or refresh or (spec is not None and not in_llamacpp) or pending_points(trajectory, request, dtype)
+    ):
         if in_llamacpp:
             check_cost(trajectory, spec)  # no llama.cpp here: refused before the model is loaded
         progress(ProgressEvent("prepare", 0, 1, message="loading the model"))
@@ -287,16 +303,25 @@ def run_sweep(
         for step in steps:
             if loaded is not None and step > 0 and slices:
                 # nested steps: slicing the current model forward gives the next subnetwork
-                layout = apply_keep(loaded.model, loaded.adapter, trajectory.space, layout, trajectory.keep_mask(step),
-                                    True)
+                layout = apply_keep(
+                    loaded.model, loaded.adapter, trajectory.space, layout, trajectory.keep_mask(step), True
+                )
             for task in tasks:
                 limit = request.limit_for(task)
                 if loaded is None:
                     resolved = request.resolved_options(task, trajectory_family(trajectory))
                     row = dict(find_evaluation(trajectory, task, step, limit, resolved, dtype), cached=True)
                 else:
-                    row = evaluate_step(loaded, trajectory, step, task, limit, request.options(task),
-                                        _inner(progress, step, task), refresh=refresh)
+                    row = evaluate_step(
+                        loaded,
+                        trajectory,
+                        step,
+                        task,
+                        limit,
+                        request.options(task),
+                        _inner(progress, step, task),
+                        refresh=refresh,
+                    )
                 report.add(row)
                 done += 1
                 progress(ProgressEvent("sweep", done, total, message=f"step {step}: {task}"))
@@ -321,11 +346,20 @@ def cost_label(spec: CostSpec | GGUFCostSpec, device: str) -> str:
 def _inner(progress: ProgressCallback, step: int, task: str) -> ProgressCallback:
     def report(event: ProgressEvent) -> None:
         progress(dataclasses.replace(event, phase="eval", message=f"step {step} {task}"))
+
     return report
 
 
-def _cost_row(trajectory: Trajectory, step: int, spec, device: str, dtype: str, cost: dict, dense_cost: dict,
-              extra: dict | None = None) -> dict:
+def _cost_row(
+    trajectory: Trajectory,
+    step: int,
+    spec,
+    device: str,
+    dtype: str,
+    cost: dict,
+    dense_cost: dict,
+    extra: dict | None = None,
+) -> dict:
     """A cost row as remembered: its identity, the figures with their ratios to dense, and the dense ones."""
     import datetime as _dt
 
@@ -363,15 +397,21 @@ def _cost_point(loaded, trajectory, step, spec, dense, device, dtype, refresh) -
     return _cost_row(trajectory, step, spec, device, dtype, costs[0], costs[-1])
 
 
-def _gguf_cost_point(ggufs: "_GGUFCosts | None", trajectory: Trajectory, step: int, spec: GGUFCostSpec, dtype: str,
-                     refresh: bool) -> dict:
+def _gguf_cost_point(
+    ggufs: "_GGUFCosts | None", trajectory: Trajectory, step: int, spec: GGUFCostSpec, dtype: str, refresh: bool
+) -> dict:
     spec = spec.resolved()
     if not refresh and (hit := _remembered_cost(trajectory, step, spec, LLAMACPP_DEVICE, dtype)) is not None:
         return hit
     cost, dense_cost, manifest = ggufs.measure(step)
     gguf = manifest["gguf"]
-    extra = {"export_param_sparsity": float(manifest["param_sparsity"]), "padding_overhead": gguf["padding_overhead"],
-             "kv_heads": gguf["kv_heads"], "arch": gguf["arch"], "layout": gguf["layout"]}
+    extra = {
+        "export_param_sparsity": float(manifest["param_sparsity"]),
+        "padding_overhead": gguf["padding_overhead"],
+        "kv_heads": gguf["kv_heads"],
+        "arch": gguf["arch"],
+        "layout": gguf["layout"],
+    }
     return _cost_row(trajectory, step, spec, LLAMACPP_DEVICE, dtype, cost, dense_cost, extra)
 
 
@@ -392,8 +432,16 @@ class _GGUFCosts:
 
         working = dataclasses.replace(self.dense, model=copy.deepcopy(self.dense.model))
         try:
-            return export_gguf(working, self.trajectory, step, self.scratch / f"step{step}", uniform=self.spec.uniform,
-                               outtype=self.spec.outtype, align=self.spec.align, n_threads=self.spec.threads)
+            return export_gguf(
+                working,
+                self.trajectory,
+                step,
+                self.scratch / f"step{step}",
+                uniform=self.spec.uniform,
+                outtype=self.spec.outtype,
+                align=self.spec.align,
+                n_threads=self.spec.threads,
+            )
         finally:
             del working
 
@@ -458,8 +506,12 @@ class SweepTable:
     def to_rows(self) -> list[dict]:
         rows = []
         for i, step in enumerate(self.steps):
-            row = {"step": int(step), "param_sparsity": float(self.param_sparsity[i]),
-                   "structural_ratio": float(self.structural_ratio[i]), "kept_params": int(self.kept_params[i])}
+            row = {
+                "step": int(step),
+                "param_sparsity": float(self.param_sparsity[i]),
+                "structural_ratio": float(self.structural_ratio[i]),
+                "kept_params": int(self.kept_params[i]),
+            }
             row.update({c: _plain(v[i]) for c, v in self.quality.items()})
             row.update({c: _plain(v[i]) for c, v in self.cost.items()})
             rows.append(row)
@@ -513,8 +565,13 @@ def _group(rows: list[dict], n: int) -> dict[str, dict[str, list[dict]]]:
 
 
 def _series(task: str, key: str, rows: list[dict]) -> Series:
-    return Series(task, key, series_label(rows[0]), tuple(sorted({int(r["step"]) for r in rows})),
-                  max(r.get("created", "") for r in rows))
+    return Series(
+        task,
+        key,
+        series_label(rows[0]),
+        tuple(sorted({int(r["step"]) for r in rows})),
+        max(r.get("created", "") for r in rows),
+    )
 
 
 def _ordered(task: str, by_key: dict[str, list[dict]]) -> list[Series]:
@@ -531,8 +588,9 @@ def list_series(trajectory: Trajectory, evaluations: list[dict] | None = None) -
     return {task: _ordered(task, by_key) for task, by_key in _group(rows, trajectory.num_steps + 1).items()}
 
 
-def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None,
-                prefer: dict[str, str] | None = None) -> SweepTable:
+def sweep_table(
+    trajectory: Trajectory, evaluations: list[dict] | None = None, prefer: dict[str, str] | None = None
+) -> SweepTable:
     """Everything remembered about ``trajectory`` as one row per step (see :class:`SweepTable`).
 
     ``prefer``: task -> the series to show (``SweepRequest.series_keys``: the settings a user asked for);
@@ -547,7 +605,10 @@ def sweep_table(trajectory: Trajectory, evaluations: list[dict] | None = None,
         param_sparsity=np.array([r.param_sparsity for r in trajectory.steps]),
         structural_ratio=np.array([r.structural_ratio for r in trajectory.steps]),
         kept_params=np.array([r.kept_params for r in trajectory.steps]),
-        quality={}, metric={}, labels={}, cost={},
+        quality={},
+        metric={},
+        labels={},
+        cost={},
     )
     grouped = _group(rows, n)
     prefer = prefer or {}
@@ -611,9 +672,20 @@ class Constraints:
 
     @property
     def empty(self) -> bool:
-        return all(v is None for v in (self.max_perplexity, self.max_perplexity_ratio, self.min_average_accuracy,
-                                       self.max_memory_mb, self.min_prefill_speedup, self.min_decode_speedup)) \
+        return (
+            all(
+                v is None
+                for v in (
+                    self.max_perplexity,
+                    self.max_perplexity_ratio,
+                    self.min_average_accuracy,
+                    self.max_memory_mb,
+                    self.min_prefill_speedup,
+                    self.min_decode_speedup,
+                )
+            )
             and not self.min_task_accuracy
+        )
 
 
 @dataclass(frozen=True)
@@ -630,37 +702,59 @@ def _tests(table: SweepTable, c: Constraints) -> list[_Test]:
     n = len(table.steps)
     none = np.full(n, np.nan)
 
-    def add(name: str, column: str, values: np.ndarray, ok: np.ndarray, need: str,
-            uncertain: np.ndarray | None = None) -> None:
+    def add(
+        name: str, column: str, values: np.ndarray, ok: np.ndarray, need: str, uncertain: np.ndarray | None = None
+    ) -> None:
         measured = ~np.isnan(values)
         if not measured.any():
-            raise GispError(f"the constraint '{name}' needs {need}, which this trajectory has no measurement of: "
-                            "run a sweep that includes it")
+            raise GispError(
+                f"the constraint '{name}' needs {need}, which this trajectory has no measurement of: "
+                "run a sweep that includes it"
+            )
         flagged = np.zeros(n, bool) if uncertain is None else uncertain & measured
         tests.append(_Test(name, column, ok & measured & ~flagged, measured, flagged))
 
     if c.max_perplexity is not None or c.max_perplexity_ratio is not None:
         ppl = table.quality.get(PERPLEXITY, none)
         if c.max_perplexity is not None:
-            add(f"perplexity <= {c.max_perplexity:g}", PERPLEXITY, ppl, ppl <= c.max_perplexity, "WikiText-2 perplexity")
+            add(
+                f"perplexity <= {c.max_perplexity:g}", PERPLEXITY, ppl, ppl <= c.max_perplexity, "WikiText-2 perplexity"
+            )
         if c.max_perplexity_ratio is not None:
             if PERPLEXITY in table.quality and np.isnan(table.quality[PERPLEXITY][0]):
-                raise GispError("the constraint on perplexity relative to dense needs the dense model's perplexity "
-                                "(step 0): include step 0 in the sweep")
+                raise GispError(
+                    "the constraint on perplexity relative to dense needs the dense model's perplexity "
+                    "(step 0): include step 0 in the sweep"
+                )
             ratio = ppl / ppl[0]
-            add(f"perplexity <= {c.max_perplexity_ratio:g}x dense", PERPLEXITY, ppl, ratio <= c.max_perplexity_ratio,
-                "WikiText-2 perplexity")
+            add(
+                f"perplexity <= {c.max_perplexity_ratio:g}x dense",
+                PERPLEXITY,
+                ppl,
+                ratio <= c.max_perplexity_ratio,
+                "WikiText-2 perplexity",
+            )
     if c.min_average_accuracy is not None:
         acc = table.quality.get("cmqa", none)
-        add(f"average accuracy >= {c.min_average_accuracy:.1%}", "cmqa", acc, acc >= c.min_average_accuracy,
-            "the average accuracy (task cmqa)")
+        add(
+            f"average accuracy >= {c.min_average_accuracy:.1%}",
+            "cmqa",
+            acc,
+            acc >= c.min_average_accuracy,
+            "the average accuracy (task cmqa)",
+        )
     for task, value in c.min_task_accuracy:
         acc = table.quality.get(task, none)
         add(f"{task} accuracy >= {value:.1%}", task, acc, acc >= value, f"{task} accuracy")
     if c.max_memory_mb is not None:
         mem = table.cost.get("peak_bytes", none) / 2**20
-        add(f"peak memory <= {c.max_memory_mb:g} MiB", "peak_bytes", mem, mem <= c.max_memory_mb,
-            "cost (a sweep with --cost)")
+        add(
+            f"peak memory <= {c.max_memory_mb:g} MiB",
+            "peak_bytes",
+            mem,
+            mem <= c.max_memory_mb,
+            "cost (a sweep with --cost)",
+        )
     for what, limit in (("prefill", c.min_prefill_speedup), ("decode", c.min_decode_speedup)):
         if limit is None:
             continue
@@ -668,8 +762,14 @@ def _tests(table: SweepTable, c: Constraints) -> list[_Test]:
         speed = table.cost.get(column, none)
         low = table.cost.get(f"{column}_low", speed)  # results without a spread count as their median
         with np.errstate(invalid="ignore"):
-            add(f"{what} >= {limit:g}x dense", column, speed, speed >= limit, "cost (a sweep with --cost)",
-                uncertain=(speed >= limit) & (low < limit))
+            add(
+                f"{what} >= {limit:g}x dense",
+                column,
+                speed,
+                speed >= limit,
+                "cost (a sweep with --cost)",
+                uncertain=(speed >= limit) & (low < limit),
+            )
     return tests
 
 
@@ -706,7 +806,9 @@ def describe_step(table: SweepTable, step: int) -> str:
         parts.append(text)
     acc = table.quality.get("cmqa")
     if acc is not None and not np.isnan(acc[step]):
-        parts.append(f"average accuracy {acc[step]:.1%}" + (f" (dense {acc[0]:.1%})" if step and not np.isnan(acc[0]) else ""))
+        parts.append(
+            f"average accuracy {acc[step]:.1%}" + (f" (dense {acc[0]:.1%})" if step and not np.isnan(acc[0]) else "")
+        )
     parts += [t for t in (_speed_text(table, c, step) for c in ("prefill_speedup", "decode_speedup")) if t]
     mem = table.cost.get("peak_bytes")
     if mem is not None and not np.isnan(mem[step]):
@@ -734,17 +836,23 @@ def recommend(table: SweepTable, constraints: Constraints) -> Recommendation:
     for t in tests:
         meets &= t.ok
     uncertain = {t.name: [int(i) for i in np.flatnonzero(t.uncertain)] for t in tests if t.uncertain.any()}
-    noise = "".join(f" {name}: too close to call (the repeats' spread straddles the threshold) at "
-                    f"{_steps_text(table, steps)}, counted as not met." for name, steps in uncertain.items())
+    noise = "".join(
+        f" {name}: too close to call (the repeats' spread straddles the threshold) at "
+        f"{_steps_text(table, steps)}, counted as not met."
+        for name, steps in uncertain.items()
+    )
     if meets.any():
         candidates = np.flatnonzero(meets)
         step = int(candidates[np.argmax(table.param_sparsity[candidates])])
         sparser = [i for i in range(n) if table.param_sparsity[i] > table.param_sparsity[step] and measured[i]]
         binding = [t.name for t in tests if any(not t.ok[i] for i in sparser)]
         text = describe_step(table, step)
-        text += f"; a sparser step would break: {', '.join(binding)}" if binding else "; it is the sparsest step measured"
-        return Recommendation(step, float(table.param_sparsity[step]), text + "." + noise, meets, binding, measured,
-                              uncertain)
+        text += (
+            f"; a sparser step would break: {', '.join(binding)}" if binding else "; it is the sparsest step measured"
+        )
+        return Recommendation(
+            step, float(table.param_sparsity[step]), text + "." + noise, meets, binding, measured, uncertain
+        )
     if not measured.any():
         raise GispError("no step has every figure these constraints need: sweep the trajectory first")
     never = [t for t in tests if not (t.ok & measured).any()]
@@ -788,16 +896,25 @@ def _value(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
 
 
-def compare_at(a: SweepTable, b: SweepTable, step_a: int, step_b: int, column: str = PERPLEXITY,
-               names: tuple[str, str] = ("A", "B")) -> str | None:
+def compare_at(
+    a: SweepTable,
+    b: SweepTable,
+    step_a: int,
+    step_b: int,
+    column: str = PERPLEXITY,
+    names: tuple[str, str] = ("A", "B"),
+) -> str | None:
     """e.g. 'A has 31% lower perplexity than B at 40%' (None when either point is not measured)."""
     va = a.quality.get(column, a.cost.get(column))
     vb = b.quality.get(column, b.cost.get(column))
     if va is None or vb is None or np.isnan(va[step_a]) or np.isnan(vb[step_b]):
         return None
     x, y = float(va[step_a]), float(vb[step_b])
-    at = f"at {a.param_sparsity[step_a]:.0%}" if abs(a.param_sparsity[step_a] - b.param_sparsity[step_b]) < 0.005 else \
-        f"at {a.param_sparsity[step_a]:.1%} and {b.param_sparsity[step_b]:.1%} respectively"
+    at = (
+        f"at {a.param_sparsity[step_a]:.0%}"
+        if abs(a.param_sparsity[step_a] - b.param_sparsity[step_b]) < 0.005
+        else f"at {a.param_sparsity[step_a]:.1%} and {b.param_sparsity[step_b]:.1%} respectively"
+    )
     metric = a.metric.get(column) or ("cost" if column in a.cost else "accuracy")
     na, nb = names
     if metric == "perplexity":

@@ -118,8 +118,12 @@ class TaskData:
         pool = set() if include_pool else set(self.calibration_pool())
         excluded = set(exclude) - pool
         items = [it for it in self.items if it.index not in pool and it.index not in excluded]
-        counts = {"total": len(self.items), "calibration_pool": len(pool), "calibration_slice": len(excluded),
-                  "held_out": len(items)}
+        counts = {
+            "total": len(self.items),
+            "calibration_pool": len(pool),
+            "calibration_slice": len(excluded),
+            "held_out": len(items),
+        }
         return items, counts
 
 
@@ -143,8 +147,12 @@ def _gold(value, n: int, where: str) -> int:
 
 def _options(record: dict, key: str, where: str, count: int | None = None) -> tuple[str, ...]:
     value = record.get(key)
-    if (not isinstance(value, list) or len(value) < 2 or (count is not None and len(value) != count)
-            or not all(isinstance(c, str) and c.strip() for c in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) < 2
+        or (count is not None and len(value) != count)
+        or not all(isinstance(c, str) and c.strip() for c in value)
+    ):
         need = f"{count}" if count is not None else "at least 2"
         raise GispError(f"{where}: {key!r} must be a list of {need} non-empty strings, got {value!r:.80}")
     return tuple(value)
@@ -177,7 +185,10 @@ def _arc_prompt(query: str, where: str) -> str:
 
 #: file query -> lm-eval 0.4.13's ``doc_to_text``, per task (OpenBookQA: the question stem, as it is)
 PROMPTS: dict[str, Callable[[str, str], str]] = {
-    "boolq": _boolq_prompt, "piqa": _piqa_prompt, "arc_easy": _arc_prompt, "arc_challenge": _arc_prompt,
+    "boolq": _boolq_prompt,
+    "piqa": _piqa_prompt,
+    "arc_easy": _arc_prompt,
+    "arc_challenge": _arc_prompt,
 }
 
 
@@ -239,8 +250,9 @@ def hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def hellaswag_item(task: str, index: int, context: str, endings: Sequence[str], gold: int, where: str,
-                   capitalize_tail: bool = True) -> ChoiceItem:
+def hellaswag_item(
+    task: str, index: int, context: str, endings: Sequence[str], gold: int, where: str, capitalize_tail: bool = True
+) -> ChoiceItem:
     """lm-eval's HellaSwag item from ``"activity: ctx_a ctx_b"`` and the endings.
 
     lm-eval builds the query as ``activity_label + ": " + ctx_a + " " + ctx_b.capitalize()``. The
@@ -280,7 +292,9 @@ def parse_hellaswag(path: Path, task: str = "hellaswag") -> list[ChoiceItem]:
         block = lines[start : start + 6]
         where = _where(path, start + 1)
         if len(block) < 6:
-            raise GispError(f"{where}: incomplete item: expected 6 lines (context, gold, 4 endings), found {len(block)}")
+            raise GispError(
+                f"{where}: incomplete item: expected 6 lines (context, gold, 4 endings), found {len(block)}"
+            )
         context, gold, endings = block[0], block[1].strip(), block[2:]
         if not context.strip():
             raise GispError(f"{where}: empty context")
@@ -295,7 +309,11 @@ def parse_hellaswag(path: Path, task: str = "hellaswag") -> list[ChoiceItem]:
 
 # ---- hub records mapped into the file format -------------------------------------------------
 def _hub_boolq(r: dict) -> dict:
-    return {"query": f"Passage: {r['passage']}\nQuestion: {r['question']}?", "choices": ["no", "yes"], "gold": int(r["label"])}
+    return {
+        "query": f"Passage: {r['passage']}\nQuestion: {r['question']}?",
+        "choices": ["no", "yes"],
+        "gold": int(r["label"]),
+    }
 
 
 def _hub_piqa(r: dict) -> dict:
@@ -319,13 +337,19 @@ def _hub_winogrande(r: dict) -> dict:
 
 
 def _hub_arc(r: dict) -> dict:
-    return {"query": f"Question: {r['question']}", "choices": list(r["choices"]["text"]),
-            "gold": list(r["choices"]["label"]).index(r["answerKey"])}
+    return {
+        "query": f"Question: {r['question']}",
+        "choices": list(r["choices"]["text"]),
+        "gold": list(r["choices"]["label"]).index(r["answerKey"]),
+    }
 
 
 def _hub_openbookqa(r: dict) -> dict:
-    return {"query": r["question_stem"], "choices": list(r["choices"]["text"]),
-            "gold": list(r["choices"]["label"]).index(r["answerKey"].strip())}
+    return {
+        "query": r["question_stem"],
+        "choices": list(r["choices"]["text"]),
+        "gold": list(r["choices"]["label"]).index(r["answerKey"].strip()),
+    }
 
 
 def _hub_gsm8k(r: dict) -> dict:
@@ -353,27 +377,81 @@ _choice_jsonl = _parse_jsonl(choice_item)
 SOURCES: dict[str, TaskSource] = {
     s.name: s
     for s in (
-        TaskSource("boolq", "cmqa/boolq.jsonl", _choice_jsonl,
-                   {"dataset": "aps/super_glue", "config": "boolq", "split": "validation"}, _hub_boolq, choice_item),
-        TaskSource("piqa", "cmqa/piqa.jsonl", _choice_jsonl,
-                   {"dataset": "baber/piqa", "config": None, "split": "validation"}, _hub_piqa, choice_item),
-        TaskSource("hellaswag", "cmqa/hellaswag_val_full.txt.bz2", parse_hellaswag,
-                   {"dataset": "Rowan/hellaswag", "config": None, "split": "validation"}, _hub_hellaswag,
-                   _hellaswag_from_record),
-        TaskSource("winogrande", "cmqa/winogrande.jsonl", _parse_jsonl(partial_item),
-                   {"dataset": "allenai/winogrande", "config": "winogrande_xl", "split": "validation"},
-                   _hub_winogrande, partial_item),
-        TaskSource("arc_easy", "cmqa/arc_easy.jsonl", _choice_jsonl,
-                   {"dataset": "allenai/ai2_arc", "config": "ARC-Easy", "split": "test"}, _hub_arc, choice_item),
-        TaskSource("arc_challenge", "cmqa/arc_challenge.jsonl", _choice_jsonl,
-                   {"dataset": "allenai/ai2_arc", "config": "ARC-Challenge", "split": "test"}, _hub_arc, choice_item),
-        TaskSource("openbookqa", "cmqa/openbookqa.jsonl", _choice_jsonl,
-                   {"dataset": "allenai/openbookqa", "config": "main", "split": "test"}, _hub_openbookqa, choice_item),
+        TaskSource(
+            "boolq",
+            "cmqa/boolq.jsonl",
+            _choice_jsonl,
+            {"dataset": "aps/super_glue", "config": "boolq", "split": "validation"},
+            _hub_boolq,
+            choice_item,
+        ),
+        TaskSource(
+            "piqa",
+            "cmqa/piqa.jsonl",
+            _choice_jsonl,
+            {"dataset": "baber/piqa", "config": None, "split": "validation"},
+            _hub_piqa,
+            choice_item,
+        ),
+        TaskSource(
+            "hellaswag",
+            "cmqa/hellaswag_val_full.txt.bz2",
+            parse_hellaswag,
+            {"dataset": "Rowan/hellaswag", "config": None, "split": "validation"},
+            _hub_hellaswag,
+            _hellaswag_from_record,
+        ),
+        TaskSource(
+            "winogrande",
+            "cmqa/winogrande.jsonl",
+            _parse_jsonl(partial_item),
+            {"dataset": "allenai/winogrande", "config": "winogrande_xl", "split": "validation"},
+            _hub_winogrande,
+            partial_item,
+        ),
+        TaskSource(
+            "arc_easy",
+            "cmqa/arc_easy.jsonl",
+            _choice_jsonl,
+            {"dataset": "allenai/ai2_arc", "config": "ARC-Easy", "split": "test"},
+            _hub_arc,
+            choice_item,
+        ),
+        TaskSource(
+            "arc_challenge",
+            "cmqa/arc_challenge.jsonl",
+            _choice_jsonl,
+            {"dataset": "allenai/ai2_arc", "config": "ARC-Challenge", "split": "test"},
+            _hub_arc,
+            choice_item,
+        ),
+        TaskSource(
+            "openbookqa",
+            "cmqa/openbookqa.jsonl",
+            _choice_jsonl,
+            {"dataset": "allenai/openbookqa", "config": "main", "split": "test"},
+            _hub_openbookqa,
+            choice_item,
+        ),
         # GSM8K: train is calibration only (pool = all of it), test is evaluation only
-        TaskSource("gsm8k_train", "gsm8k/train.jsonl", _parse_jsonl(problem_item),
-                   {"dataset": "openai/gsm8k", "config": "main", "split": "train"}, _hub_gsm8k, problem_item, 1.0),
-        TaskSource("gsm8k_test", "gsm8k/test.jsonl", _parse_jsonl(problem_item),
-                   {"dataset": "openai/gsm8k", "config": "main", "split": "test"}, _hub_gsm8k, problem_item, 0.0),
+        TaskSource(
+            "gsm8k_train",
+            "gsm8k/train.jsonl",
+            _parse_jsonl(problem_item),
+            {"dataset": "openai/gsm8k", "config": "main", "split": "train"},
+            _hub_gsm8k,
+            problem_item,
+            1.0,
+        ),
+        TaskSource(
+            "gsm8k_test",
+            "gsm8k/test.jsonl",
+            _parse_jsonl(problem_item),
+            {"dataset": "openai/gsm8k", "config": "main", "split": "test"},
+            _hub_gsm8k,
+            problem_item,
+            0.0,
+        ),
     )
 }
 
@@ -388,8 +466,9 @@ def _source(name: str) -> TaskSource:
 # ---- custom tasks: a JSON-lines file of one's own, named by its path --------------------------
 CUSTOM_SUFFIX = ".jsonl"
 CUSTOM_FIELDS = ("query", "choices", "gold", "continuation")
-CUSTOM_FORMAT = ('a JSON-lines file of {"query", "choices", "gold"} records, optionally with "continuation" '
-                 "(partial scoring)")
+CUSTOM_FORMAT = (
+    'a JSON-lines file of {"query", "choices", "gold"} records, optionally with "continuation" (partial scoring)'
+)
 
 
 def is_custom_task(name: str) -> bool:
@@ -501,7 +580,9 @@ def _load_hub_items(source: TaskSource) -> list[Item]:
     try:
         ds = datasets.load_dataset(hub["dataset"], hub.get("config"), split=hub["split"])
     except Exception as exc:  # network, unknown dataset, changed layout: all the user's to see
-        raise GispError(f"task {source.name!r}: could not load hub dataset {label}: {str(exc).splitlines()[0]}") from None
+        raise GispError(
+            f"task {source.name!r}: could not load hub dataset {label}: {str(exc).splitlines()[0]}"
+        ) from None
     items = []
     for n, record in enumerate(ds):
         where = f"hub {label} record {n}"
@@ -536,8 +617,10 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
             if path not in custom:
                 custom.append(path)
         else:
-            raise GispError(f"unknown task {name!r}: choose from {', '.join(CHOICE_TASKS)}, cmqa (all seven), "
-                            f"or a custom task file ending in {CUSTOM_SUFFIX} ({CUSTOM_FORMAT})")
+            raise GispError(
+                f"unknown task {name!r}: choose from {', '.join(CHOICE_TASKS)}, cmqa (all seven), "
+                f"or a custom task file ending in {CUSTOM_SUFFIX} ({CUSTOM_FORMAT})"
+            )
     return tuple(t for t in CHOICE_TASKS if t in chosen) + tuple(custom)
 
 

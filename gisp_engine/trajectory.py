@@ -196,7 +196,9 @@ class Trajectory:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise GispError(f"{meta_path} is not a GISP trajectory (format is not {FORMAT!r})")
         if meta.get("version") != VERSION:
-            raise GispError(f"{meta_path}: trajectory format version {meta.get('version')!r}, this engine reads {VERSION}")
+            raise GispError(
+                f"{meta_path}: trajectory format version {meta.get('version')!r}, this engine reads {VERSION}"
+            )
         try:
             blob = arrays_path.read_bytes()
         except OSError:

@@ -51,8 +51,9 @@ def safe_name(name: str, kind: str) -> str:
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or "\0" in name:
         raise GispError(f"{name!r:.80} is not a file name: give the file's name alone, without a folder")
     if not _NAME.fullmatch(name) or name in {".", ".."}:
-        raise GispError(f"{name!r:.80} is not a usable file name: letters, digits, '.', '_', '-' and spaces, "
-                        "not starting with '.'")
+        raise GispError(
+            f"{name!r:.80} is not a usable file name: letters, digits, '.', '_', '-' and spaces, not starting with '.'"
+        )
     if not name.lower().endswith(suffixes):
         raise GispError(f"{name}: a {kind} file ends in {' or '.join(suffixes)}")
     return name
@@ -73,8 +74,11 @@ def data_files(kind: str) -> list[Pick]:
     folder = root / sub if root is not None else None
     if folder is None or not folder.is_dir():
         return []
-    return [Pick(str(p.resolve()), f"data folder: {sub}/{p.name}") for p in sorted(folder.iterdir())
-            if p.suffix.lower() in suffixes and p.is_file() and _inside(p, folder)]
+    return [
+        Pick(str(p.resolve()), f"data folder: {sub}/{p.name}")
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in suffixes and p.is_file() and _inside(p, folder)
+    ]
 
 
 def uploaded_files(kind: str) -> list[Pick]:
@@ -102,8 +106,10 @@ def checked_pick(path: str, kind: str) -> str:
     roots = [uploads_dir(kind)] + ([settings.data_dir() / sub] if settings.data_dir() is not None else [])
     candidate = Path(path)
     if not candidate.is_absolute() or not any(_inside(candidate, r) for r in roots) or not candidate.is_file():
-        raise GispError(f"{candidate.name or path!r:.80} is not a file of the data folder or an upload: pick one "
-                        "from the list, or upload it")
+        raise GispError(
+            f"{candidate.name or path!r:.80} is not a file of the data folder or an upload: pick one "
+            "from the list, or upload it"
+        )
     return str(candidate.resolve())
 
 
@@ -121,8 +127,10 @@ def store_upload(name: str, content: bytes, kind: str) -> str:
     name = safe_name(name, kind)
     limit = max_upload_bytes()
     if len(content) > limit:
-        raise GispError(f"{name} is {len(content) / 2**20:.1f} MiB: an upload may be at most "
-                        f"{limit / 2**20:.0f} MiB (GISP_MAX_UPLOAD_MB)")
+        raise GispError(
+            f"{name} is {len(content) / 2**20:.1f} MiB: an upload may be at most "
+            f"{limit / 2**20:.0f} MiB (GISP_MAX_UPLOAD_MB)"
+        )
     final = uploads_dir(kind) / hashlib.sha256(content).hexdigest()[:16] / name
     if final.is_file():
         return str(final.resolve())
@@ -154,8 +162,10 @@ def typed_tasks(text: str) -> list[str]:
     names = [t.strip() for t in (text or "").split(",") if t.strip()]
     for name in names:
         if "/" in name or "\\" in name or name.lower().endswith(".jsonl") or name.startswith((".", "~")):
-            raise GispError(f"{name!r:.80}: a task file is picked from the list or uploaded, not typed; "
-                            "type only built-in task names here")
+            raise GispError(
+                f"{name!r:.80}: a task file is picked from the list or uploaded, not typed; "
+                "type only built-in task names here"
+            )
     return names
 
 
@@ -164,6 +174,8 @@ def typed_model(text: str) -> str:
     name = (text or "").strip()
     looks_like_path = name.startswith(("/", ".", "~", "\\")) or ".." in name.split("/")
     if looks_like_path or (name and Path(name).expanduser().exists()):
-        raise GispError(f"{name!r:.80}: a model is named here ({settings.DEFAULT_MODEL}, or a hub id such as "
-                        "HuggingFaceTB/SmolLM2-135M), not given as a folder of the server")
+        raise GispError(
+            f"{name!r:.80}: a model is named here ({settings.DEFAULT_MODEL}, or a hub id such as "
+            "HuggingFaceTB/SmolLM2-135M), not given as a folder of the server"
+        )
     return name

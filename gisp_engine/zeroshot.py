@@ -51,8 +51,10 @@ class ChoiceSuiteResult:
         lines = [f"{'task':<14} {'acc':>7} {'acc_norm':>8} {'items':>6}  skipped (calibration pool + slice)"]
         for t in self.tasks:
             norm = f"{t.acc_norm:8.4f}" if t.acc_norm is not None else f"{'-':>8}"
-            lines.append(f"{task_title(t.task):<14} {t.acc:7.4f} {norm} {t.items:>6}  "
-                         f"{t.counts['calibration_pool']} + {t.counts['calibration_slice']}")
+            lines.append(
+                f"{task_title(t.task):<14} {t.acc:7.4f} {norm} {t.items:>6}  "
+                f"{t.counts['calibration_pool']} + {t.counts['calibration_slice']}"
+            )
         if len(self.tasks) > 1:
             lines.append(f"{'average':<14} {self.average_acc:7.4f}")
         return "\n".join(lines)
@@ -162,7 +164,9 @@ def evaluate_choice_tasks(
     """One or several decision tasks (``cmqa`` for all seven, custom task files by path); ``exclusions``:
     items per task to skip (keyed as ``tasks.parse_tasks`` names them)."""
     exclusions = exclusions or {}
-    return ChoiceSuiteResult([
-        evaluate_choice_task(model, tokenizer, t, limit, exclusions.get(t, ()), include_pool, batch_size, progress)
-        for t in parse_tasks(tasks)
-    ])
+    return ChoiceSuiteResult(
+        [
+            evaluate_choice_task(model, tokenizer, t, limit, exclusions.get(t, ()), include_pool, batch_size, progress)
+            for t in parse_tasks(tasks)
+        ]
+    )

@@ -54,6 +54,7 @@ rows = ui.trajectory_rows()
 if not rows:
     st.info("Nothing to explore yet: start a run on the Run page.")
 else:
+
     def _when(iso: str | None) -> str:
         try:
             return _dt.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else ""
@@ -80,11 +81,17 @@ else:
             "method": st.column_config.TextColumn("method · objective"),
             "steps": st.column_config.NumberColumn(width=50),
             "params": st.column_config.NumberColumn(
-                "params", format="%.1f%%", width=65,
-                help="maximum parameter sparsity: decoder linear weights removed at the last step"),
+                "params",
+                format="%.1f%%",
+                width=65,
+                help="maximum parameter sparsity: decoder linear weights removed at the last step",
+            ),
             "structures": st.column_config.NumberColumn(
-                "structures", format="%.0f%%", width=78,
-                help="maximum structural ratio: heads and channels removed at the last step"),
+                "structures",
+                format="%.0f%%",
+                width=78,
+                help="maximum structural ratio: heads and channels removed at the last step",
+            ),
             "size": st.column_config.TextColumn("size", width=62, help="on disk"),
             "created": st.column_config.TextColumn("created", width=118, help="UTC"),
         },
@@ -103,8 +110,10 @@ with ui.guard("Cannot look at the cache: "):
     cleanup = plan_cleanup(finished_jobs=True)
 if cleanup.items and ui.can_change():  # a viewer deletes nothing
     left, right = st.columns([3, 1])
-    left.caption(f"Cleanup: {len(cleanup.items)} finished background jobs and unfinished writes hold "
-                 f"{human_bytes(cleanup.bytes)} (`gisp cache prune --jobs`; `gisp cache rm KEY` removes a trajectory).")
+    left.caption(
+        f"Cleanup: {len(cleanup.items)} finished background jobs and unfinished writes hold "
+        f"{human_bytes(cleanup.bytes)} (`gisp cache prune --jobs`; `gisp cache rm KEY` removes a trajectory)."
+    )
     if right.button("Clean up", key="home_cleanup"):
         with ui.guard("Cleanup failed: "):
             serving.require_changes("cleaning the cache")
@@ -113,8 +122,11 @@ if cleanup.items and ui.can_change():  # a viewer deletes nothing
 
 # ---- where next ------------------------------------------------------------------------------
 st.subheader("Where next")
-st.page_link("pages/6_Choose.py", label="Choose a deployment sparsity: quality and cost of every step, a recommendation",
-             icon=":material/target:")
+st.page_link(
+    "pages/6_Choose.py",
+    label="Choose a deployment sparsity: quality and cost of every step, a recommendation",
+    icon=":material/target:",
+)
 st.page_link("pages/7_Learn.py", label="New to GISP? How it works, in four pictures", icon=":material/school:")
 c1, c2, c3 = st.columns(3)
 with c1:

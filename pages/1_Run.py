@@ -60,13 +60,17 @@ def _show_plan(config: PruneConfig) -> None:
     m = result.memory
     (st.success if result.fits else st.error)(
         f"Peak memory about **{m.peak / GIB:.2f} GiB** on {m.device} ({m.dtype}); {result.free_bytes / GIB:.2f} GiB "
-        "free: " + ("it fits." if result.fits else f"it does not fit. Would fit: {result.suggestion}"))
+        "free: " + ("it fits." if result.fits else f"it does not fit. Would fit: {result.suggestion}")
+    )
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Cache", "holds it" if result.cached else "not yet", help=f"key {result.key}")
     c2.metric("Scored structures", f"{result.scored_structures:,}", help=f"of {result.structures:,}")
     c3.metric("Tokens per step", f"{result.tokens_per_step:,}", help=f"{result.micro_batches} micro-batches")
-    c4.metric("First step", f"~{result.time['first_step_s']:.0f} s" if result.time else "not measured yet",
-              help="from the speed the last real run of this model on this device recorded")
+    c4.metric(
+        "First step",
+        f"~{result.time['first_step_s']:.0f} s" if result.time else "not measured yet",
+        help="from the speed the last real run of this model on this device recorded",
+    )
     st.code(ui.public(result.text()), language=None)
 
 
@@ -79,98 +83,173 @@ def _settings_form() -> None:
     with st.form("run_settings"):
         c1, c2, c3 = st.columns(3)
         with c1:
-            model = st.text_input("Model", d.model,
-                                  help=f"{settings.DEFAULT_MODEL} (embedded), "
-                                       + ("a model folder, or a hub id" if local else "or a hub id"))
-            method = st.selectbox("Method", METHODS, index=METHODS.index(d.method),
-                                  help="gisp re-scores at every step; the baselines rank once on the dense model")
+            model = st.text_input(
+                "Model",
+                d.model,
+                help=f"{settings.DEFAULT_MODEL} (embedded), "
+                + ("a model folder, or a hub id" if local else "or a hub id"),
+            )
+            method = st.selectbox(
+                "Method",
+                METHODS,
+                index=METHODS.index(d.method),
+                help="gisp re-scores at every step; the baselines rank once on the dense model",
+            )
             objective = st.selectbox("Objective", sorted(OBJECTIVES), index=sorted(OBJECTIVES).index(d.objective))
-            calib = st.selectbox("Calibration data", calib_options, index=calib_options.index(d.calib),
-                                 key="run_calib", format_func=lambda c: calib_picks.get(c, c if c != HUB else
-                                                                                        "a hub dataset (below)"),
-                                 help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file of the data "
-                                      "folder's calib/, an earlier upload, or a hub dataset")
-            hub_spec = st.text_input("Hub calibration dataset", HUB, key="run_hub_calib",
-                                     help="when 'a hub dataset' is chosen above: hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]")
+            calib = st.selectbox(
+                "Calibration data",
+                calib_options,
+                index=calib_options.index(d.calib),
+                key="run_calib",
+                format_func=lambda c: calib_picks.get(c, c if c != HUB else "a hub dataset (below)"),
+                help=f"perplexity objective: {', '.join(CALIB_ALIASES)}, a file of the data "
+                "folder's calib/, an earlier upload, or a hub dataset",
+            )
+            hub_spec = st.text_input(
+                "Hub calibration dataset",
+                HUB,
+                key="run_hub_calib",
+                help="when 'a hub dataset' is chosen above: hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]",
+            )
             calib_upload = st.file_uploader(
-                "…or upload calibration text", type=["jsonl", "txt"], key="run_calib_upload",
+                "…or upload calibration text",
+                type=["jsonl", "txt"],
+                key="run_calib_upload",
                 max_upload_size=upload_mb,
                 help="JSON lines with a 'text' field, or plain text (one document a line); kept in the cache under "
-                     "its content hash, and listed above from then on")
+                "its content hash, and listed above from then on",
+            )
             sampling = st.selectbox(
-                "Calibration sampling", SAMPLINGS, index=SAMPLINGS.index(d.sampling),
+                "Calibration sampling",
+                SAMPLINGS,
+                index=SAMPLINGS.index(d.sampling),
                 help="perplexity objective. packed: documents shuffled, joined, the first tokens cut into windows. "
-                     "window: each sequence a random span of a random document longer than it (Wanda/SparseGPT/GISP "
-                     "reference loaders); sources of short documents (LAMBADA) are joined first")
+                "window: each sequence a random span of a random document longer than it (Wanda/SparseGPT/GISP "
+                "reference loaders); sources of short documents (LAMBADA) are joined first",
+            )
             bos = st.selectbox(
-                "BOS token of the windows", BOS_POLICIES, index=BOS_POLICIES.index(d.bos), key="run_bos",
+                "BOS token of the windows",
+                BOS_POLICIES,
+                index=BOS_POLICIES.index(d.bos),
+                key="run_bos",
                 help="perplexity objective. each: a BOS token starts every calibration window; stream: windows cut "
-                     "from one token stream (the papers' protocol); auto: each for families trained with one "
-                     "(Gemma 3), else stream")
-            tasks = st.text_input("Tasks (task objectives)", d.tasks,
-                                  help="comma-separated built-in task names, or cmqa for all seven")
+                "from one token stream (the papers' protocol); auto: each for families trained with one "
+                "(Gemma 3), else stream",
+            )
+            tasks = st.text_input(
+                "Tasks (task objectives)", d.tasks, help="comma-separated built-in task names, or cmqa for all seven"
+            )
             custom_tasks = st.multiselect(
-                "Custom task files", list(task_picks), key="run_custom_tasks", format_func=task_picks.get,
-                help="task objectives: files of the data folder's tasks/, or earlier uploads")
+                "Custom task files",
+                list(task_picks),
+                key="run_custom_tasks",
+                format_func=task_picks.get,
+                help="task objectives: files of the data folder's tasks/, or earlier uploads",
+            )
             task_upload = st.file_uploader(
-                "…or upload a custom task file", type=["jsonl"], key="run_task_upload", max_upload_size=upload_mb,
-                help='JSON lines of {"query", "choices", "gold"} records (optionally "continuation")')
+                "…or upload a custom task file",
+                type=["jsonl"],
+                key="run_task_upload",
+                max_upload_size=upload_mb,
+                help='JSON lines of {"query", "choices", "gold"} records (optionally "continuation")',
+            )
             calib_items = st.number_input(
-                "Calibration items per task (margin)", min_value=0, value=0, step=8, key="run_calib_items",
+                "Calibration items per task (margin)",
+                min_value=0,
+                value=0,
+                step=8,
+                key="run_calib_items",
                 help="margin objective: this many items from every task's calibration pool (32 is a sound minimum). "
-                     "0: a token budget of calibration sequences x tokens, spread evenly over the tasks (few items "
-                     "of long-item tasks such as HellaSwag)")
+                "0: a token budget of calibration sequences x tokens, spread evenly over the tasks (few items "
+                "of long-item tasks such as HellaSwag)",
+            )
         with c2:
             num_samples = st.number_input("Calibration sequences", min_value=1, value=d.num_samples, step=1)
             seq_len = st.number_input("Tokens per sequence", min_value=2, value=d.seq_len, step=32)
             steps = st.number_input("Pruning steps (1 = one-shot)", min_value=1, value=d.steps, step=1)
-            max_sparsity = st.number_input("Maximum structural ratio", min_value=0.01, max_value=0.99,
-                                           value=d.max_sparsity, step=0.05, format="%.2f",
-                                           help="fraction of heads and channels removed at the last step")
+            max_sparsity = st.number_input(
+                "Maximum structural ratio",
+                min_value=0.01,
+                max_value=0.99,
+                value=d.max_sparsity,
+                step=0.05,
+                format="%.2f",
+                help="fraction of heads and channels removed at the last step",
+            )
         with c3:
             schedule = st.selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(d.schedule))
-            gqa = st.selectbox("GQA policy", GQA_POLICIES, index=GQA_POLICIES.index(d.gqa),
-                               help="query: query heads (paper); kv-group: a KV head with its query heads")
+            gqa = st.selectbox(
+                "GQA policy",
+                GQA_POLICIES,
+                index=GQA_POLICIES.index(d.gqa),
+                help="query: query heads (paper); kv-group: a KV head with its query heads",
+            )
             normalization = st.selectbox("Normalization", NORMALIZATIONS, index=NORMALIZATIONS.index(d.normalization))
             device = st.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
         with st.expander("More settings"):
             e1, e2, e3 = st.columns(3)
-            protect_first = e1.number_input("Protected first layers (-1: 10% of layers)", min_value=-1, value=-1,
-                                            step=1)
+            protect_first = e1.number_input(
+                "Protected first layers (-1: 10% of layers)", min_value=-1, value=-1, step=1
+            )
             protect_last = e1.number_input("Protected last layers", min_value=0, value=d.protect_last, step=1)
             seed = e2.number_input("Seed", value=d.seed, step=1)
             dtype = e2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"])
             align = e2.number_input(
-                "MLP widths a multiple of (0: off)", min_value=0, value=0, step=32, key="run_align",
+                "MLP widths a multiple of (0: off)",
+                min_value=0,
+                value=0,
+                step=32,
+                key="run_align",
                 help="every cut layer keeps a multiple of this many MLP channels at every step (64 suits llama.cpp's "
-                     "matmul kernels: odd widths can make a pruned model slower than the dense one). 0: any width")
+                "matmul kernels: odd widths can make a pruned model slower than the dense one). 0: any width",
+            )
             batch_size = e3.number_input("Sequences per micro-batch (0: by device)", min_value=0, value=0, step=1)
-            calib_tokens = e3.number_input("Calibration tokens of task objectives (0: sequences x tokens)",
-                                           min_value=0, value=0, step=1024, key="run_calib_tokens",
-                                           help="margin and gsm8k objectives: their token budget")
+            calib_tokens = e3.number_input(
+                "Calibration tokens of task objectives (0: sequences x tokens)",
+                min_value=0,
+                value=0,
+                step=1024,
+                key="run_calib_tokens",
+                help="margin and gsm8k objectives: their token budget",
+            )
             save_scores = e3.checkbox("Keep every step's scores", value=d.save_scores)
         b1, b2 = st.columns(2)
         submitted = b1.form_submit_button("Start the run", type="primary")
         planned = b2.form_submit_button(
-            "Plan (dry run)", help="what the run would do and need, without loading weights or starting anything: "
-                                   "the cache key, structures, micro-batches, peak memory part by part, time per step")
+            "Plan (dry run)",
+            help="what the run would do and need, without loading weights or starting anything: "
+            "the cache key, structures, micro-batches, peak memory part by part, time per step",
+        )
     if not (submitted or planned):
         return
     config = None
     # a refused request says why and leaves the list of runs below in place
     with ui.guard("The run was not started: " if submitted else "No plan: ", stop=False):
         config = PruneConfig(
-            model=model.strip() if local else uploads.typed_model(model), method=method, objective=objective,
+            model=model.strip() if local else uploads.typed_model(model),
+            method=method,
+            objective=objective,
             calib=_calibration(calib, hub_spec, calib_upload),
-            sampling=sampling, bos=bos if objective == "perplexity" else "auto",
+            sampling=sampling,
+            bos=bos if objective == "perplexity" else "auto",
             tasks=_tasks(tasks, custom_tasks, task_upload),
             calib_items=(int(calib_items) or None) if objective == "margin" else None,
             calib_tokens=int(calib_tokens) or None,
-            num_samples=int(num_samples), seq_len=int(seq_len), steps=int(steps), max_sparsity=float(max_sparsity),
-            schedule=schedule, gqa=gqa, normalization=normalization,
-            protect_first=None if protect_first < 0 else int(protect_first), protect_last=int(protect_last),
-            seed=int(seed), batch_size=int(batch_size) or None, save_scores=save_scores, align=int(align) or None,
-            device=device, dtype=dtype,
+            num_samples=int(num_samples),
+            seq_len=int(seq_len),
+            steps=int(steps),
+            max_sparsity=float(max_sparsity),
+            schedule=schedule,
+            gqa=gqa,
+            normalization=normalization,
+            protect_first=None if protect_first < 0 else int(protect_first),
+            protect_last=int(protect_last),
+            seed=int(seed),
+            batch_size=int(batch_size) or None,
+            save_scores=save_scores,
+            align=int(align) or None,
+            device=device,
+            dtype=dtype,
         )
     if config is None:
         return
@@ -188,8 +267,10 @@ def _settings_form() -> None:
         elif job.started_unix and job.started_unix < asked - 1:
             st.info(f"The same run is already going (`{job.key}`): following it below.")
         elif job.resumed_from:
-            st.success(f"Resumed run `{job.key}` in the background from step {job.resumed_from} of {job.total}: "
-                       "the steps before it were finished by an earlier run of these settings.")
+            st.success(
+                f"Resumed run `{job.key}` in the background from step {job.resumed_from} of {job.total}: "
+                "the steps before it were finished by an earlier run of these settings."
+            )
         else:
             st.success(f"Started run `{job.key}` in the background.")
 

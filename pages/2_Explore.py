@@ -33,7 +33,9 @@ def history_figure(path: str, stamp_key: int, layer: int, kind: str, index: int,
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def distribution_figure(path: str, stamp_key: int, step: int, head_unit: str):
-    return ui.chart_spec(figures.score_distribution_figure(explain.step_scores(ui.load_trajectory(path), step), head_unit))
+    return ui.chart_spec(
+        figures.score_distribution_figure(explain.step_scores(ui.load_trajectory(path), step), head_unit)
+    )
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -83,8 +85,12 @@ def _scrub(playing: bool) -> None:
         st.session_state[step_key] = ui.chosen_step(path, view)
     c_slider, c_play = st.columns([6, 1], vertical_alignment="bottom")
     # the button first: a click on Pause must not advance the slider once more
-    if c_play.button("⏸ Pause" if playing else "▶ Play", key=f"play_button_{slot}", width="stretch",
-                     help="Step through the trajectory, one subnetwork at a time"):
+    if c_play.button(
+        "⏸ Pause" if playing else "▶ Play",
+        key=f"play_button_{slot}",
+        width="stretch",
+        help="Step through the trajectory, one subnetwork at a time",
+    ):
         _toggle_play()
         st.rerun()
     if playing:
@@ -94,8 +100,10 @@ def _scrub(playing: bool) -> None:
             st.rerun()  # whole page: stop the timer
         st.session_state[step_key] = nxt
     step = c_slider.select_slider(
-        "Parameter sparsity (the nested subnetwork after each step)", options=list(range(view.num_steps + 1)),
-        format_func=view.step_label, key=step_key,
+        "Parameter sparsity (the nested subnetwork after each step)",
+        options=list(range(view.num_steps + 1)),
+        format_func=view.step_label,
+        key=step_key,
     )
     ui.remember_step(path, step)
     at = view.at(step)
@@ -103,19 +111,31 @@ def _scrub(playing: bool) -> None:
     m = st.columns(6)
     m[0].metric("Parameter sparsity", f"{at.param_sparsity:.1%}")
     m[1].metric("Structural ratio", f"{at.structural_ratio:.1%}", help="fraction of heads and channels removed")
-    m[2].metric("Kept parameters", f"{at.kept_params / 1e6:.2f} M",
-                help=f"decoder linear weights kept, of {at.total_params / 1e6:.2f} M (embeddings and LM head excluded)")
+    m[2].metric(
+        "Kept parameters",
+        f"{at.kept_params / 1e6:.2f} M",
+        help=f"decoder linear weights kept, of {at.total_params / 1e6:.2f} M (embeddings and LM head excluded)",
+    )
     m[3].metric(f"{view.head_unit.capitalize()}s kept (of {view.head_removal.size:,})", f"{at.kept_heads:,}")
     m[4].metric(f"MLP channels kept (of {view.channel_removal.size:,})", f"{at.kept_channels:,}")
     m[5].metric("Calibration loss", f"{at.loss:.3f}", help="mean NLL in nats on the calibration set")
 
     left, right = st.columns([2, 3])
-    head_click = ui.plotly_chart(figures.head_survival_figure(view, at, head_hover(path, ui.stamp(path))),
-                                 f"heads_{slot}", left, clickable=True)
-    layout = right.radio("MLP channels", ["sorted by removal", "original order, grouped"], horizontal=True,
-                         key=f"channel_layout_{slot}", label_visibility="collapsed")
-    channel_fig = (figures.channel_survival_figure(view, at) if layout == "sorted by removal"
-                   else figures.channel_bins_figure(view, at, 64))
+    head_click = ui.plotly_chart(
+        figures.head_survival_figure(view, at, head_hover(path, ui.stamp(path))), f"heads_{slot}", left, clickable=True
+    )
+    layout = right.radio(
+        "MLP channels",
+        ["sorted by removal", "original order, grouped"],
+        horizontal=True,
+        key=f"channel_layout_{slot}",
+        label_visibility="collapsed",
+    )
+    channel_fig = (
+        figures.channel_survival_figure(view, at)
+        if layout == "sorted by removal"
+        else figures.channel_bins_figure(view, at, 64)
+    )
     channel_click = ui.plotly_chart(channel_fig, f"channels_{slot}", right, clickable=True)
     _take_click(head_click, "head")
     _take_click(channel_click, "channel")
@@ -175,37 +195,52 @@ def _why(step: int, playing: bool) -> None:
     left, right = st.columns(2)
     with ui.guard("", stop=False):
         ui.plotly_chart(distribution_figure(path, stamp, ranked, view.head_unit), f"scores_{slot}", left)
-        left.caption(f"What step {ranked} ranked: the scores of every structure still there, measured on the model "
-                     f"after {ranked - 1} steps; the dashed line is the highest score it removed. Boxes: each "
-                     "layer's quartiles, whiskers its lowest and highest.")
+        left.caption(
+            f"What step {ranked} ranked: the scores of every structure still there, measured on the model "
+            f"after {ranked - 1} steps; the dashed line is the highest score it removed. Boxes: each "
+            "layer's quartiles, whiskers its lowest and highest."
+        )
     with ui.guard("", stop=False):
         result, figure = stability(path, stamp)
         if figure is None:
             right.info(f"Rank stability: {result['reason']}.")
         else:
             ui.plotly_chart(figure, f"stability_{slot}", right)
-            right.caption("Spearman: does a step still rank the remaining structures as the dense model did? "
-                          "Jaccard: of what the trajectory removed so far, how much would the dense ranking alone "
-                          "have removed at the same count? Below 1, re-scoring changed the choice.")
+            right.caption(
+                "Spearman: does a step still rank the remaining structures as the dense model did? "
+                "Jaccard: of what the trajectory removed so far, how much would the dense ranking alone "
+                "have removed at the same count? Below 1, re-scoring changed the choice."
+            )
     if kind == "head" and not playing:
         _attention(step, int(layer), int(index))
 
 
 def _attention(step: int, layer: int, unit: int) -> None:
     with st.expander(f"What layer {layer} · {view.head_unit} {unit} attends to"):
-        text = st.text_input("Text", explain.DEFAULT_ATTENTION_TEXT, key=f"explore_attention_text_{slot}",
-                             help=f"At most {explain.MAX_ATTENTION_TOKENS} tokens; about 40 stay readable")
-        if not st.toggle("Run the model on this text", key=f"explore_attention_on_{slot}",
-                         help="One forward pass of the dense model with eager attention (and of this step's model); "
-                              "every layer's patterns are kept, so other heads of this text draw at once"):
+        text = st.text_input(
+            "Text",
+            explain.DEFAULT_ATTENTION_TEXT,
+            key=f"explore_attention_text_{slot}",
+            help=f"At most {explain.MAX_ATTENTION_TOKENS} tokens; about 40 stay readable",
+        )
+        if not st.toggle(
+            "Run the model on this text",
+            key=f"explore_attention_on_{slot}",
+            help="One forward pass of the dense model with eager attention (and of this step's model); "
+            "every layer's patterns are kept, so other heads of this text draw at once",
+        ):
             return
         with ui.guard("", stop=False):
             traj = ui.load_trajectory(path)
             dense = attention(path, ui.stamp(path), text, 0)
             at_step = attention(path, ui.stamp(path), text, step) if step else None
             g = traj.geometry
-            ui.plotly_chart(figures.attention_figure(dense, layer, unit, traj.gqa, g.num_heads // g.num_kv_heads,
-                                                     view.head_unit, at_step, step), f"attention_{slot}")
+            ui.plotly_chart(
+                figures.attention_figure(
+                    dense, layer, unit, traj.gqa, g.num_heads // g.num_kv_heads, view.head_unit, at_step, step
+                ),
+                f"attention_{slot}",
+            )
 
 
 def _scrub_still() -> None:

@@ -27,16 +27,26 @@ def _evaluate_form() -> None:
     available = checks.available_checks()
     with st.form("evaluate_settings"):
         c1, c2, c3, c4, c5 = st.columns(5)
-        task = c1.selectbox("Check", list(available), format_func=lambda t: available[t].title,
-                            help="Accuracy tasks appear here when the engine provides them.")
+        task = c1.selectbox(
+            "Check",
+            list(available),
+            format_func=lambda t: available[t].title,
+            help="Accuracy tasks appear here when the engine provides them.",
+        )
         limit = c2.number_input("Limit (examples or windows; 0 = all)", min_value=0, value=32, step=8)
         seq_len = c3.number_input(
-            "Window length (tokens)", min_value=2, value=128, step=64,
-            help="128: GISP and LLM-Pruner convention; 2048: Wanda and SliceGPT. Not comparable.")
+            "Window length (tokens)",
+            min_value=2,
+            value=128,
+            step=64,
+            help="128: GISP and LLM-Pruner convention; 2048: Wanda and SliceGPT. Not comparable.",
+        )
         bos = c4.selectbox(
-            "BOS token (perplexity)", BOS_POLICIES,
+            "BOS token (perplexity)",
+            BOS_POLICIES,
             help="each: a BOS token starts every window; stream: windows cut from the split tokenized once "
-                 "(the papers' protocol); auto: each for families trained with one (Gemma 3), else stream")
+            "(the papers' protocol); auto: each for families trained with one (Gemma 3), else stream",
+        )
         device = c5.selectbox("Device", ["auto", "cpu", "cuda"])
         refresh = st.checkbox("Recompute even if remembered", value=False)
         go = st.form_submit_button("Evaluate dense and pruned", type="primary")
@@ -48,22 +58,28 @@ def _evaluate_form() -> None:
         bar = st.progress(0.0, text="loading the models")
         points = [("dense", 0), ("pruned", step)] if step else [("dense", 0)]
         for i, (name, at_step) in enumerate(points):
+
             def report(event: ProgressEvent, i=i, name=name) -> None:
                 done = (i + event.done / max(event.total, 1)) / len(points)
                 bar.progress(min(done, 1.0), text=f"{name}: {event.done} of {event.total}")
 
             with ui.guard(f"The {name} evaluation failed: "):
                 loaded = ui.model_at_step(path, ui.stamp(path), at_step, device, "auto")
-                results[name] = checks.evaluate_step(loaded, traj, at_step, task, int(limit) or None, options,
-                                                     progress=report, refresh=refresh)
+                results[name] = checks.evaluate_step(
+                    loaded, traj, at_step, task, int(limit) or None, options, progress=report, refresh=refresh
+                )
         bar.progress(1.0, text="done")
         cols = st.columns(len(results))
         dense_value = results["dense"]["value"]
         for col, (name, res) in zip(cols, results.items()):
             delta = None if name == "dense" else f"{res['value'] - dense_value:+.3f}"
-            col.metric(f"{name} ({res['param_sparsity']:.1%} params)", f"{res['value']:.3f}", delta=delta,
-                       delta_color="inverse" if check.metric == "perplexity" else "normal",
-                       help=checks.row_label(res) + (" · remembered" if res.get("cached") else " · computed now"))
+            col.metric(
+                f"{name} ({res['param_sparsity']:.1%} params)",
+                f"{res['value']:.3f}",
+                delta=delta,
+                delta_color="inverse" if check.metric == "perplexity" else "normal",
+                help=checks.row_label(res) + (" · remembered" if res.get("cached") else " · computed now"),
+            )
 
 
 if ui.can_change():
@@ -76,8 +92,17 @@ if remembered:
     st.subheader("Remembered evaluations of this trajectory")
     ordered = sorted(remembered, key=lambda r: (checks.row_label(r), r["step"]))
     st.dataframe(
-        [{"check": checks.row_label(r), "step": r["step"], "parameter sparsity": r["param_sparsity"], "value": r["value"],
-          "device": r.get("device"), "when": r.get("created")} for r in ordered],
+        [
+            {
+                "check": checks.row_label(r),
+                "step": r["step"],
+                "parameter sparsity": r["param_sparsity"],
+                "value": r["value"],
+                "device": r.get("device"),
+                "when": r.get("created"),
+            }
+            for r in ordered
+        ],
         hide_index=True,
         column_config={"parameter sparsity": st.column_config.NumberColumn(format="percent")},
     )
@@ -101,8 +126,14 @@ def _generate_form() -> None:
                 loaded = ui.model_at_step(path, ui.stamp(path), at_step, gen_device, "auto")
                 text = checks.greedy_generate(loaded, prompt, int(max_new))
                 st.markdown(f"**{name}**")
-                st.text_area(name, prompt + text, height=200, disabled=True, label_visibility="collapsed",
-                             key=f"generated_{at_step}")
+                st.text_area(
+                    name,
+                    prompt + text,
+                    height=200,
+                    disabled=True,
+                    label_visibility="collapsed",
+                    key=f"generated_{at_step}",
+                )
 
 
 if ui.can_change():

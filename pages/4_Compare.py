@@ -50,9 +50,13 @@ choice_key = "compare_point_" + hashlib.sha256(f"{path_a}|{path_b}".encode()).he
 if choice_key not in st.session_state:
     st.session_state[choice_key] = int(abs(curve.sparsity - 0.4).argmin())
 if len(points) > 1:
-    i = st.select_slider("Parameter sparsity", options=points, key=choice_key,
-                         format_func=lambda k: f"A {curve.sparsity_a[k]:.1%} · B {curve.sparsity_b[k]:.1%}",
-                         help="Each trajectory is taken at its step nearest this parameter sparsity.")
+    i = st.select_slider(
+        "Parameter sparsity",
+        options=points,
+        key=choice_key,
+        format_func=lambda k: f"A {curve.sparsity_a[k]:.1%} · B {curve.sparsity_b[k]:.1%}",
+        help="Each trajectory is taken at its step nearest this parameter sparsity.",
+    )
 else:
     i = 0
     st.info("The two trajectories share no sparsity but the dense model (their steps are more than 5 points apart).")
@@ -70,6 +74,7 @@ m[2].metric("B: step, parameter sparsity", f"{step_b} · {curve.sparsity_b[i]:.1
 m[3].metric("Kept only in A", diff.counts["kept only in A"])
 m[4].metric("Kept only in B", diff.counts["kept only in B"])
 
+
 # ---- quality on the same axes --------------------------------------------------------------------
 @st.cache_data(max_entries=16, show_spinner=False)
 def table_of(path: str, stamp: int, evaluations: list[dict], prefer: tuple[tuple[str, str], ...] = ()):
@@ -82,16 +87,24 @@ table_b = table_of(path_b, ui.stamp(path_b), ui.evaluations(path_b), tuple(sorte
 shared = [c for c in table_a.quality if c in table_b.quality]
 shared += [c for c in ("prefill_speedup", "peak_bytes") if c in table_a.cost and c in table_b.cost]
 if shared:
-    column = st.selectbox("Quality measure", shared, key="compare_column",
-                          help="Measures remembered for both trajectories (sweeps on the Choose page, checks on Evaluate).")
-    st.plotly_chart(figures.compare_quality_figure({"A": table_a, "B": table_b}, column, float(curve.sparsity[i])),
-                    key="compare_quality")
+    column = st.selectbox(
+        "Quality measure",
+        shared,
+        key="compare_column",
+        help="Measures remembered for both trajectories (sweeps on the Choose page, checks on Evaluate).",
+    )
+    st.plotly_chart(
+        figures.compare_quality_figure({"A": table_a, "B": table_b}, column, float(curve.sparsity[i])),
+        key="compare_quality",
+    )
     words = compare_at(table_a, table_b, step_a, step_b, column)
     label_a = table_a.labels.get(column, table_a.cost_label)
     label_b = table_b.labels.get(column, table_b.cost_label)
     if label_a != label_b:  # two series of different settings are not the same measure
-        st.warning(f"A and B were measured with different settings, so the two curves are not directly comparable: "
-                   f"A: {label_a}; B: {label_b}. Sweep both with the same settings on the Choose page.")
+        st.warning(
+            f"A and B were measured with different settings, so the two curves are not directly comparable: "
+            f"A: {label_a}; B: {label_b}. Sweep both with the same settings on the Choose page."
+        )
     else:
         st.caption(f"Both measured with: {label_a}")
     if words:
@@ -99,8 +112,10 @@ if shared:
     else:
         st.caption(f"{column} is not measured at both chosen points (A step {step_a}, B step {step_b}).")
 else:
-    st.info("No quality measure is remembered for both trajectories: sweep each on the Choose page to draw their "
-            "curves on the same axes.")
+    st.info(
+        "No quality measure is remembered for both trajectories: sweep each on the Choose page to draw their "
+        "curves on the same axes."
+    )
     st.page_link("pages/6_Choose.py", label="Sweep on the Choose page", icon=":material/target:")
 
 st.plotly_chart(figures.jaccard_figure(curve, float(curve.sparsity[i])), key="compare_jaccard")

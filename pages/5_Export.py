@@ -46,21 +46,31 @@ st.caption(
 
 THIS_STEP, UNIFORM, EVERY_STEP = "this step", "this step, uniform widths", "every step in one folder"
 kind = st.radio(
-    "What to write", [THIS_STEP, UNIFORM, EVERY_STEP], horizontal=True, key="export_kind",
-    captions=["exactly the trajectory's subnetwork at this step",
-              "every layer cut to the same size: loads with stock transformers code, but it is not exactly the "
-              "trajectory's subnetwork",
-              "elastic: about the dense model's size; any step loads from it, reading only what that step keeps"],
+    "What to write",
+    [THIS_STEP, UNIFORM, EVERY_STEP],
+    horizontal=True,
+    key="export_kind",
+    captions=[
+        "exactly the trajectory's subnetwork at this step",
+        "every layer cut to the same size: loads with stock transformers code, but it is not exactly the "
+        "trajectory's subnetwork",
+        "elastic: about the dense model's size; any step loads from it, reading only what that step keeps",
+    ],
 )
 uniform = kind == UNIFORM
 HF, GGUF = "transformers folder", "GGUF for llama.cpp and Ollama"
 fmt = HF
 if kind != EVERY_STEP:
     fmt = st.radio(
-        "Format", [HF, GGUF], horizontal=True, key="export_format",
-        captions=["safetensors, config and tokenizer: loads with from_pretrained",
-                  "one .gguf file, with an Ollama Modelfile and a model card; per-layer widths as llama.cpp's deci "
-                  "architecture (Llama, Mistral, Qwen2), uniform ones as the family's stock architecture"],
+        "Format",
+        [HF, GGUF],
+        horizontal=True,
+        key="export_format",
+        captions=[
+            "safetensors, config and tokenizer: loads with from_pretrained",
+            "one .gguf file, with an Ollama Modelfile and a model card; per-layer widths as llama.cpp's deci "
+            "architecture (Llama, Mistral, Qwen2), uniform ones as the family's stock architecture",
+        ],
     )
 name = {THIS_STEP: f"step{step}", UNIFORM: f"step{step}-uniform", EVERY_STEP: "all-steps"}[kind]
 name += "-gguf" if fmt == GGUF else ""
@@ -69,18 +79,24 @@ out = serving.exports_dir() / f"{checks.trajectory_id(traj)}-{name}"  # the cach
 
 def _export_form() -> None:
     with st.form("export"):
-        st.caption(f"Written into the cache (`exports/{out.name}`, replaced if it holds an earlier export), then "
-                   "offered as a download: " + ("the .gguf file." if fmt == GGUF else "a zip of the folder."))
+        st.caption(
+            f"Written into the cache (`exports/{out.name}`, replaced if it holds an earlier export), then "
+            "offered as a download: " + ("the .gguf file." if fmt == GGUF else "a zip of the folder.")
+        )
         device = st.selectbox("Device", ["auto", "cpu", "cuda"])
         outtype = None
         if fmt == GGUF:
             from gisp_engine.export_gguf import DEFAULT_OUTTYPE, OUTTYPES
 
             outtype = st.selectbox(
-                "Weights in the file", OUTTYPES, index=OUTTYPES.index(DEFAULT_OUTTYPE), key="export_outtype",
+                "Weights in the file",
+                OUTTYPES,
+                index=OUTTYPES.index(DEFAULT_OUTTYPE),
+                key="export_outtype",
                 help="f32, f16, bf16 and q8_0 are written directly; the others (q4_k_m, ...) by llama.cpp's own "
-                     "quantizer. Measured on SmolLM2 at 32% sparsity (README): f16 keeps the top-1 token at every "
-                     "position, q4_k_m at 83% of them.")
+                "quantizer. Measured on SmolLM2 at 32% sparsity (README): f16 keeps the top-1 token at every "
+                "position, q4_k_m at 83% of them.",
+            )
         go = st.form_submit_button("Export", type="primary")
     if not go:
         return
@@ -108,8 +124,9 @@ def _export_form() -> None:
             result = exporter.export_subnetwork(loaded, traj, step, out, uniform=uniform, progress=report)
         summary = result.summary()
         bar.progress(1.0, text="packing the download" if summary["kind"] != "gguf" else "done")
-        summary["download"] = str(Path(summary["gguf"]) if summary["kind"] == "gguf"
-                                  else serving.export_archive(summary["path"]))
+        summary["download"] = str(
+            Path(summary["gguf"]) if summary["kind"] == "gguf" else serving.export_archive(summary["path"])
+        )
     st.session_state["export_last"] = summary
 
 
@@ -117,10 +134,16 @@ def download_button(path: str, key: str) -> None:
     """The file (a .gguf, or a folder's zip) as a download: read only when the button is pressed."""
     with ui.guard("Nothing to download: ", stop=False):
         file = serving.downloadable(path)
-        st.download_button(f"Download {file.name} ({file.stat().st_size / 2**20:.0f} MiB)",
-                           data=lambda: file.read_bytes(), file_name=file.name, key=key, type="primary",
-                           mime="application/zip" if file.suffix == ".zip" else "application/octet-stream",
-                           on_click="ignore", icon=":material/download:")
+        st.download_button(
+            f"Download {file.name} ({file.stat().st_size / 2**20:.0f} MiB)",
+            data=lambda: file.read_bytes(),
+            file_name=file.name,
+            key=key,
+            type="primary",
+            mime="application/zip" if file.suffix == ".zip" else "application/octet-stream",
+            on_click="ignore",
+            icon=":material/download:",
+        )
 
 
 def existing_downloads() -> None:
@@ -155,14 +178,16 @@ if summary and summary["kind"] == "gguf":
     c[2].metric("Parameter sparsity", f"{summary['param_sparsity']:.1%}")
     c[3].metric(f"File ({summary['outtype']})", f"{summary['file_bytes'] / 2**20:.0f} MiB")
     if summary["padding_overhead"]:
-        st.caption(f"llama.cpp needs equal query-head groups per KV head: {summary['padding_overhead']:.1%} more "
-                   "decoder weights were written for them (zero dummy heads or repeated KV heads; same outputs).")
+        st.caption(
+            f"llama.cpp needs equal query-head groups per KV head: {summary['padding_overhead']:.1%} more "
+            "decoder weights were written for them (zero dummy heads or repeated KV heads; same outputs)."
+        )
     st.code(
-        f'''llama-cli -m {gguf} -p "The capital of France is" -n 64
+        f"""llama-cli -m {gguf} -p "The capital of France is" -n 64
 
 printf 'FROM ./{gguf}\\n' > Modelfile    # as the export's own Modelfile, beside the file
-ollama create gisp-step{summary['step']} -f Modelfile
-ollama run gisp-step{summary['step']}''',
+ollama create gisp-step{summary["step"]} -f Modelfile
+ollama run gisp-step{summary["step"]}""",
         language="bash",
     )
     st.code(

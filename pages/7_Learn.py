@@ -11,8 +11,10 @@ from gisp_engine.sweep import sweep_table
 
 ui.page_setup("How GISP works")
 st.title("How GISP works")
-st.caption("Global Iterative Structured Pruning, in four ideas and four pictures, drawn from the example trajectories "
-           "of the embedded SmolLM2-135M that ship with the explorer.")
+st.caption(
+    "Global Iterative Structured Pruning, in four ideas and four pictures, drawn from the example trajectories "
+    "of the embedded SmolLM2-135M that ship with the explorer."
+)
 
 examples = {Path(r["path"]).name: r["path"] for r in ui.trajectory_rows() if r["source"] == "example"}
 iterative = examples.get("smollm2-135m-ppl-iterative")
@@ -43,9 +45,11 @@ and wrong answers for decision tasks, or a task loss such as GSM8K's.
 if iterative:
     view = ui.view_for(iterative)
     st.plotly_chart(figures.head_score_figure(view), key="learn_scores")
-    st.caption("The score of every attention head of the iterative example, the last time it was ranked (at the step "
-               "that removed it, or at the last step for the heads that stay); a colour step is a factor of ten. "
-               "The first and last layers are protected: never scored, never removed.")
+    st.caption(
+        "The score of every attention head of the iterative example, the last time it was ranked (at the step "
+        "that removed it, or at the last step for the heads that stay); a colour step is a factor of ten. "
+        "The first and last layers are protected: never scored, never removed."
+    )
 else:
     st.info(MISSING)
 
@@ -101,15 +105,22 @@ def _tables(paths: tuple[str, ...], stamps: tuple[int, ...], evals: tuple[int, .
 
 
 if iterative and oneshot:
-    tables = _tables((iterative, oneshot), (ui.stamp(iterative), ui.stamp(oneshot)),
-                     (len(ui.evaluations(iterative)), len(ui.evaluations(oneshot))))
+    tables = _tables(
+        (iterative, oneshot),
+        (ui.stamp(iterative), ui.stamp(oneshot)),
+        (len(ui.evaluations(iterative)), len(ui.evaluations(oneshot))),
+    )
     if all("wikitext2" in t.quality for t in tables.values()):
         names = {"smollm2-135m-ppl-iterative": "iterative (10 steps)", "smollm2-135m-ppl-oneshot": "one-shot"}
-        st.plotly_chart(figures.compare_quality_figure({names[k]: v for k, v in tables.items()}, "wikitext2"),
-                        key="learn_iterative_vs_oneshot")
-        st.caption("WikiText-2 perplexity of the two example trajectories (same model, calibration and final "
-                   "structural ratio). The one-shot trajectory has only two subnetworks, the dense model and its "
-                   "single step, so its two points are not joined: nothing between them was measured.")
+        st.plotly_chart(
+            figures.compare_quality_figure({names[k]: v for k, v in tables.items()}, "wikitext2"),
+            key="learn_iterative_vs_oneshot",
+        )
+        st.caption(
+            "WikiText-2 perplexity of the two example trajectories (same model, calibration and final "
+            "structural ratio). The one-shot trajectory has only two subnetworks, the dense model and its "
+            "single step, so its two points are not joined: nothing between them was measured."
+        )
     else:
         st.info("Sweep the two example trajectories on the Choose page to see their curves here.")
 else:
@@ -131,8 +142,11 @@ def _stability(path: str, stamp: int):
     return result, figures.rank_stability_figure(result, ui.view_for(path).param_sparsity)
 
 
-with_scores = {name: p for name, p in examples.items()
-               if ui.load_trajectory(p).scores is not None and not explain.fixed_ranking_reason(ui.load_trajectory(p))}
+with_scores = {
+    name: p
+    for name, p in examples.items()
+    if ui.load_trajectory(p).scores is not None and not explain.fixed_ranking_reason(ui.load_trajectory(p))
+}
 if with_scores:
     names = sorted(with_scores, key=lambda n: (n != "smollm2-135m-ppl-iterative", n))
     name = st.radio("Example", names, horizontal=True, key="learn_stability_example") if len(names) > 1 else names[0]
@@ -148,8 +162,10 @@ if with_scores:
         "(one-shot, Wanda-sp) is 1.0 at every step by construction, so it is not drawn."
     )
 else:
-    st.info("No example here keeps every step's scores: regenerate one with scores (the default now) to see how "
-            "far each step's ranking drifts from the dense one.")
+    st.info(
+        "No example here keeps every step's scores: regenerate one with scores (the default now) to see how "
+        "far each step's ranking drifts from the dense one."
+    )
 
 st.header("4. Nested subnetworks: prune once, deploy many")
 st.markdown(
@@ -165,8 +181,10 @@ if iterative:
     step = st.slider("Step", 0, view.num_steps, min(5, view.num_steps), key="learn_step")
     at = view.at(step)
     st.plotly_chart(figures.head_survival_figure(view, at), key="learn_heads")
-    st.caption(f"Step {step}: {at.param_sparsity:.1%} of the parameters removed. Layers at the start and the end "
-               "are protected, as in the method.")
+    st.caption(
+        f"Step {step}: {at.param_sparsity:.1%} of the parameters removed. Layers at the start and the end "
+        "are protected, as in the method."
+    )
 else:
     st.info(MISSING)
 

@@ -29,8 +29,9 @@ def tiny96(tmp_path_factory) -> Path:
 
 
 def _cfg(folder, **kw) -> PruneConfig:
-    base = dict(model=str(folder), num_samples=4, seq_len=32, steps=4, max_sparsity=0.4, protect_first=1,
-                dtype="float32")
+    base = dict(
+        model=str(folder), num_samples=4, seq_len=32, steps=4, max_sparsity=0.4, protect_first=1, dtype="float32"
+    )
     base.update(kw)
     return PruneConfig(**base)
 
@@ -44,14 +45,23 @@ def _survival(traj) -> np.ndarray:
 
 
 # ---- the rounding rule --------------------------------------------------------------------------
-@pytest.mark.parametrize("kept, cap, expected", [
-    (96, 96, 96), (0, 96, 0),  # untouched, emptied: as they are
-    (72, 96, 80), (71, 96, 64), (88, 96, 96),  # nearest multiple of 16, ties to the larger
-    (3, 96, 16), (9, 64, 16),  # a layer left with channels keeps at least N
-    (40, 48, 48), (39, 48, 32), (20, 48, 32),  # a full width of 48 (not a multiple of 32) is a count too
-    (5, 12, 12),  # narrower than N: kept whole unless emptied
-    (90, 80, 80),  # never above the cap
-])
+@pytest.mark.parametrize(
+    "kept, cap, expected",
+    [
+        (96, 96, 96),
+        (0, 96, 0),  # untouched, emptied: as they are
+        (72, 96, 80),
+        (71, 96, 64),
+        (88, 96, 96),  # nearest multiple of 16, ties to the larger
+        (3, 96, 16),
+        (9, 64, 16),  # a layer left with channels keeps at least N
+        (40, 48, 48),
+        (39, 48, 32),
+        (20, 48, 32),  # a full width of 48 (not a multiple of 32) is a count too
+        (5, 12, 12),  # narrower than N: kept whole unless emptied
+        (90, 80, 80),  # never above the cap
+    ],
+)
 def test_aligned_count(kept, cap, expected):
     align = 32 if cap in (48, 12) else 16
     assert aligned_count(kept, align, cap) == expected
@@ -61,8 +71,9 @@ def test_align_one_leaves_every_selection_as_it_chose():
     rng = np.random.default_rng(0)
     from gisp_engine.adapters import Geometry
 
-    space = StructureSpace(Geometry(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
-                                    intermediate_size=WIDTH))
+    space = StructureSpace(
+        Geometry(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=WIDTH)
+    )
     protected = np.isin(space.layer, [0, 3])
     scores = rng.random(space.size)
     keep = rng.random(space.size) > 0.1
@@ -197,8 +208,9 @@ def test_aligned_and_uniform_exports_record_their_widths(unaligned, tiny96, tmp_
     from gisp_engine.models import load_model
 
     step = 3
-    result = export_subnetwork(load_model(str(tiny96), dtype="float32"), unaligned, step, tmp_path / "aligned",
-                               align=32)
+    result = export_subnetwork(
+        load_model(str(tiny96), dtype="float32"), unaligned, step, tmp_path / "aligned", align=32
+    )
     m = result.manifest
     sizes = [len(layer["channels"]) for layer in m["layers"]]
     assert m["align"]["multiple"] == 32 and m["align"]["intermediate_sizes"] == sizes
@@ -209,14 +221,31 @@ def test_aligned_and_uniform_exports_record_their_widths(unaligned, tiny96, tmp_
     load_pruned(tmp_path / "aligned")  # files, parameter count and widths check out against the manifest
 
     assert uniform_widths(unaligned, step, align=32).channels % 32 == 0
-    uniform = export_subnetwork(load_model(str(tiny96), dtype="float32"), unaligned, step, tmp_path / "uniform",
-                                uniform=True, align=32)
+    uniform = export_subnetwork(
+        load_model(str(tiny96), dtype="float32"), unaligned, step, tmp_path / "uniform", uniform=True, align=32
+    )
     assert uniform.manifest["uniform"]["channels"] % 32 == 0
 
     # the CLI: --align passes through; bad N and --all-steps are refused with one line, nothing written
     path = str(unaligned.path)
-    assert main(["export", "--trajectory", path, "--step", "2", "--out", str(tmp_path / "cli"), "--align", "64",
-                 "--quiet", "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--trajectory",
+                path,
+                "--step",
+                "2",
+                "--out",
+                str(tmp_path / "cli"),
+                "--align",
+                "64",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["align"] == 64
     for extra in (["--step", "2", "--align", "0"], ["--step", "2", "--align", "97"], ["--all-steps", "--align", "16"]):
         assert main(["export", "--trajectory", path, "--out", str(tmp_path / "bad"), "--quiet", *extra]) == 2

@@ -148,7 +148,10 @@ def test_explore_slider_changes_heatmaps_and_counts(runs):
         assert int((channels > 0).sum()) == int(((channel_grid > 0) & (channel_grid <= step)).sum())
         kept = traj.kept(step)
         shown = metrics(at)
-        heads_label, channels_label = f"Query heads kept (of {heads_grid.size})", f"MLP channels kept (of {channel_grid.size})"
+        heads_label, channels_label = (
+            f"Query heads kept (of {heads_grid.size})",
+            f"MLP channels kept (of {channel_grid.size})",
+        )
         assert shown[heads_label] == str(sum(len(layer["heads"]) for layer in kept["layers"]))
         assert shown[channels_label] == str(sum(len(layer["channels"]) for layer in kept["layers"]))
         assert shown["Parameter sparsity"] == f"{traj.steps[step].param_sparsity:.1%}"
@@ -167,8 +170,10 @@ def test_explore_redraws_its_charts_in_place(runs):
     at = open_page("pages/2_Explore.py", select=runs["iterative"])
 
     def charts() -> dict[str, str]:
-        return {el.proto.id: json.loads(json.loads(el.proto.json_args)["spec"])["layout"]["title"]["text"]
-                for el in at.get("component_instance")}
+        return {
+            el.proto.id: json.loads(json.loads(el.proto.json_args)["spec"])["layout"]["title"]["text"]
+            for el in at.get("component_instance")
+        }
 
     at.select_slider[0].set_value(1).run()
     before = charts()
@@ -431,8 +436,12 @@ def _finished_run(key: str = "0123456789abcdef") -> str:
     folder = jobs.job_dir(key)
     folder.mkdir(parents=True)
     config = {"model": "some-model", "method": "gisp", "objective": "perplexity", "steps": 2, "max_sparsity": 0.3}
-    jobs._write_status(folder, jobs.JobStatus(key=key, state="done", config=config, started_unix=time.time(),
-                                              trajectory="/somewhere", elapsed_s=3.0))
+    jobs._write_status(
+        folder,
+        jobs.JobStatus(
+            key=key, state="done", config=config, started_unix=time.time(), trajectory="/somewhere", elapsed_s=3.0
+        ),
+    )
     return key
 
 
@@ -482,9 +491,18 @@ def test_a_fresh_session_opens_on_an_example_not_on_another_sessions_run(runs):
     first = open_page("pages/2_Explore.py")  # one browser: it picks a trajectory, then starts a run
     assert first.selectbox(key="pick_trajectory").value == examples[0]
     first.selectbox(key="pick_trajectory").set_value(runs["oneshot"]).run()
-    newest = prune(PruneConfig(model=Trajectory.load(runs["iterative"]).meta["settings"]["model"], steps=1,
-                               max_sparsity=0.2, num_samples=4, seq_len=32, protect_first=1, dtype="float32",
-                               batch_size=4)).path
+    newest = prune(
+        PruneConfig(
+            model=Trajectory.load(runs["iterative"]).meta["settings"]["model"],
+            steps=1,
+            max_sparsity=0.2,
+            num_samples=4,
+            seq_len=32,
+            protect_first=1,
+            dtype="float32",
+            batch_size=4,
+        )
+    ).path
     assert available_trajectories()[0]["path"] == str(newest)  # the cache's newest entry
 
     second = open_page("pages/2_Explore.py")  # a fresh browser opens on the example, as the first did

@@ -50,14 +50,19 @@ def test_choose_sweeps_in_the_background_then_recommends(runs, data_dir, no_jobs
     assert at.success[-1].value.startswith(f"**Recommended:** {describe_step(table, sparsest)}")
     assert any(c.value == "Measured with: WikiText-2 perplexity (seq len 128, BOS stream, first 2)" for c in at.caption)
     x, y = _star(at, "Perplexity against parameter sparsity")
-    assert x == pytest.approx(table.param_sparsity[sparsest]) and y == pytest.approx(table.quality["wikitext2"][sparsest])
+    assert x == pytest.approx(table.param_sparsity[sparsest]) and y == pytest.approx(
+        table.quality["wikitext2"][sparsest]
+    )
 
 
 def test_choose_constraints_move_the_recommendation(runs, data_dir):
     path = runs["iterative"]
     traj = Trajectory.load(path)
-    run_sweep(traj, load_model(str(Trajectory.load(path).meta["settings"]["model"]), "cpu", "float32"),
-              SweepRequest(tasks=("wikitext2",), limit=2))
+    run_sweep(
+        traj,
+        load_model(str(Trajectory.load(path).meta["settings"]["model"]), "cpu", "float32"),
+        SweepRequest(tasks=("wikitext2",), limit=2),
+    )
     table = sweep_table(traj)
     ppl = table.quality["wikitext2"]
     at = open_page("pages/6_Choose.py", select=path)
@@ -100,9 +105,12 @@ def test_learn_page_illustrates_with_the_examples(runs):
 
     at = open_page("pages/7_Learn.py")
     no_errors(at)
-    assert [h.value for h in at.header][:4] == ["1. A score for every head and channel", "2. One global ranking",
-                                                "3. Iterative: a little at a time",
-                                                "4. Nested subnetworks: prune once, deploy many"]
+    assert [h.value for h in at.header][:4] == [
+        "1. A score for every head and channel",
+        "2. One global ranking",
+        "3. Iterative: a little at a time",
+        "4. Nested subnetworks: prune once, deploy many",
+    ]
     examples = ROOT / "cache" / "examples"
     if not (examples / "smollm2-135m-ppl-iterative" / "evaluations.json").is_file():
         require("the examples' sweep results")
@@ -145,8 +153,12 @@ def test_choose_shows_the_series_the_user_asked_for(runs, data_dir, no_jobs_left
     job = wait_for(lambda: (j := jobs.list_jobs()) and not j[0].active and j[0], timeout=600)
     assert job.state == "done", job.error
     time.sleep(1.1)  # results are stamped to the second, and the tiny model's sweep takes less
-    run_sweep(traj, load_model(str(traj.meta["settings"]["model"]), "cpu", "float32"),
-              SweepRequest(tasks=("wikitext2",), limit=2), refresh=True)  # newer, same steps: the table's default
+    run_sweep(
+        traj,
+        load_model(str(traj.meta["settings"]["model"]), "cpu", "float32"),
+        SweepRequest(tasks=("wikitext2",), limit=2),
+        refresh=True,
+    )  # newer, same steps: the table's default
     assert sweep_table(traj).labels["wikitext2"].endswith("first 2)")
 
     at.run()
@@ -185,8 +197,9 @@ def test_compare_says_when_the_two_series_have_different_settings(runs, data_dir
     assert sweep_table(b).labels["wikitext2"].endswith("first 3)")  # B alone would show another series
     at.run()
     assert not [w for w in at.warning if "different settings" in w.value]
-    assert any(c.value == "Both measured with: WikiText-2 perplexity (seq len 96, BOS stream, first 2)"
-               for c in at.caption)
+    assert any(
+        c.value == "Both measured with: WikiText-2 perplexity (seq len 96, BOS stream, first 2)" for c in at.caption
+    )
 
 
 def test_choose_shows_a_sweeps_outcome_after_a_reload_and_says_it_resumed(runs, data_dir, no_jobs_left):
@@ -209,5 +222,6 @@ def test_choose_shows_a_sweeps_outcome_after_a_reload_and_says_it_resumed(runs, 
     fresh = open_page("pages/6_Choose.py", select=path)  # a reload: a new session, which started nothing
     no_errors(fresh)
     said = [s.value for s in fresh.success]
-    assert any(s.startswith(f"Sweep finished: {done.total} points") and f"resumed: 2 of {done.total} points" in s
-               for s in said), said
+    assert any(
+        s.startswith(f"Sweep finished: {done.total} points") and f"resumed: 2 of {done.total} points" in s for s in said
+    ), said

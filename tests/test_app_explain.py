@@ -15,9 +15,11 @@ from tiny import cache_dir
 def tiny_runs(tiny_llama, data_dir, tmp_path_factory):
     with cache_dir(tmp_path_factory.mktemp("why-cache")):
         base = dict(model=str(tiny_llama), num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
-        return {"iterative": prune(PruneConfig(steps=4, max_sparsity=0.5, **base)).path,
-                "oneshot": prune(PruneConfig(steps=1, max_sparsity=0.5, **base)).path,
-                "bare": prune(PruneConfig(steps=1, max_sparsity=0.3, save_scores=False, **base)).path}
+        return {
+            "iterative": prune(PruneConfig(steps=4, max_sparsity=0.5, **base)).path,
+            "oneshot": prune(PruneConfig(steps=1, max_sparsity=0.5, **base)).path,
+            "bare": prune(PruneConfig(steps=1, max_sparsity=0.3, save_scores=False, **base)).path,
+        }
 
 
 @pytest.fixture
@@ -41,15 +43,17 @@ def test_history_scores_and_stability_on_the_explore_page(runs):
     expected = explain.structure_history(traj, sid)
     score = next(t for t in fig["data"] if t.get("name", "").startswith("layer"))
     np.testing.assert_allclose(decode(score["y"]).astype(float), expected.score, rtol=1e-6)
-    np.testing.assert_allclose(decode(by_name["cut line (highest score removed)"]["y"]).astype(float), expected.cut,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        decode(by_name["cut line (highest score removed)"]["y"]).astype(float), expected.cut, rtol=1e-6
+    )
     assert "removed at step 3" in by_name
     at.select_slider[0].set_value(2).run()
     no_errors(at)
     assert chart(at, "Scores step 2 ranked").get("layout")
     stability = chart(at, "How stale a one-shot ranking gets")
-    np.testing.assert_allclose(decode(stability["data"][0]["y"]).astype(float),
-                               explain.rank_stability(traj).spearman, rtol=1e-9)
+    np.testing.assert_allclose(
+        decode(stability["data"][0]["y"]).astype(float), explain.rank_stability(traj).spearman, rtol=1e-9
+    )
 
 
 def test_a_bad_structure_a_fixed_ranking_and_no_scores_are_said(runs):
@@ -71,8 +75,11 @@ def test_learn_shows_how_stale_the_dense_ranking_gets_on_an_example():
     at = open_page("pages/7_Learn.py")
     no_errors(at)
     # the SmolLM2 iterative example first, when it has its scores; the Gemma example has had them from the start
-    name = next(n for n in ("smollm2-135m-ppl-iterative", "gemma3-270m-ppl-iterative")
-                if any(c.value.startswith(f"{n}: by step") for c in at.caption))
+    name = next(
+        n
+        for n in ("smollm2-135m-ppl-iterative", "gemma3-270m-ppl-iterative")
+        if any(c.value.startswith(f"{n}: by step") for c in at.caption)
+    )
     fig = chart(at, f"{name} · How stale")
     expected = explain.rank_stability(Trajectory.load(ROOT / "cache" / "examples" / name))
     np.testing.assert_allclose(decode(fig["data"][0]["y"]).astype(float), expected.spearman, rtol=1e-9)

@@ -28,8 +28,14 @@ def lint(root: Path) -> str:
     if not LINT.is_file():
         pytest.fail(f"import-linter is not installed ({LINT}): pip install -r requirements-dev.txt")
     env = dict(os.environ, PYTHONPATH=str(root))
-    done = subprocess.run([str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.stdout + done.stderr
 
 
@@ -48,18 +54,28 @@ def test_the_engine_keeps_every_contract():
     assert verdicts(output) == {c: "KEPT" for c in CONTRACTS}, output
 
 
-@pytest.mark.parametrize("contract, module, bad_import", [
-    ("layers", "nll.py", "from . import remote_code"),  # a lower layer reaching up (no cycle: remote_code imports nothing)
-    ("no-streamlit", "figures.py", "import streamlit"),
-    ("no-cycles", "data.py", "from . import tasks"),  # tasks imports data; both in one layer
-])
+@pytest.mark.parametrize(
+    "contract, module, bad_import",
+    [
+        (
+            "layers",
+            "nll.py",
+            "from . import remote_code",
+        ),  # a lower layer reaching up (no cycle: remote_code imports nothing)
+        ("no-streamlit", "figures.py", "import streamlit"),
+        ("no-cycles", "data.py", "from . import tasks"),  # tasks imports data; both in one layer
+    ],
+)
 def test_each_contract_fails_on_a_bad_import(tmp_path, contract, module, bad_import):
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     shutil.copytree(ROOT / "gisp_engine", tmp_path / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "gisp_engine" / module
     lines = target.read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith(("import ", "from "))
-              and not line.startswith("from __future__"))
+    at = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(("import ", "from ")) and not line.startswith("from __future__")
+    )
     target.write_text("\n".join(lines[:at] + [bad_import + "  # noqa"] + lines[at:]) + "\n")
     result = verdicts(lint(tmp_path))
     assert result[contract] == "BROKEN", result
@@ -68,8 +84,10 @@ def test_each_contract_fails_on_a_bad_import(tmp_path, contract, module, bad_imp
 
 def test_validating_a_config_loads_no_torch():
     """``gisp_engine`` imports its parts on first use: the method list and config validation need no torch."""
-    code = ("import sys; from gisp_engine.config import METHODS, PruneConfig; PruneConfig(method='flap').validate(); "
-            "import gisp_engine; assert gisp_engine.__version__; print(METHODS, 'torch' in sys.modules)")
+    code = (
+        "import sys; from gisp_engine.config import METHODS, PruneConfig; PruneConfig(method='flap').validate(); "
+        "import gisp_engine; assert gisp_engine.__version__; print(METHODS, 'torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "False", done.stdout

@@ -23,14 +23,16 @@ from gisp_engine.structures import StructureSpace
 def fixed_scores(method, model, adapter, space, objective, scored_layers, divisors, seed):
     """A method's scores of the dense model, and its extras, through the interface the loop calls."""
     assert not methods.get(method).rescores
-    scores = methods.get(method).scores(methods.Scoring(model, adapter, space, objective, scored_layers, divisors,
-                                                        seed))
+    scores = methods.get(method).scores(
+        methods.Scoring(model, adapter, space, objective, scored_layers, divisors, seed)
+    )
     return scores.values, scores.extras
 
 
 def _cfg(folder, **kw):
-    base = dict(model=str(folder), num_samples=4, seq_len=32, steps=4, max_sparsity=0.4, protect_first=1,
-                dtype="float32")
+    base = dict(
+        model=str(folder), num_samples=4, seq_len=32, steps=4, max_sparsity=0.4, protect_first=1, dtype="float32"
+    )
     base.update(kw)
     return PruneConfig(**base)
 
@@ -43,8 +45,11 @@ def test_every_baseline_is_a_nested_fixed_ranking(tiny_llama, data_dir, method):
     for t in range(1, traj.num_steps + 1):
         assert not (traj.keep_mask(t) & ~traj.keep_mask(t - 1)).any()
         removed, kept = ~traj.keep_mask(t), traj.keep_mask(t) & ~np.isin(space.layer, [0, 3])
-        groups = [np.ones(space.size, bool)] if method in ("flap", "gisp-oneshot") else [
-            (space.layer == i) & (space.kind == k) for i in (1, 2) for k in (0, 1)]
+        groups = (
+            [np.ones(space.size, bool)]
+            if method in ("flap", "gisp-oneshot")
+            else [(space.layer == i) & (space.kind == k) for i in (1, 2) for k in (0, 1)]
+        )
         for group in groups:  # within what competes, everything removed scored at most what is kept
             if (removed & group).any() and (kept & group).any():
                 assert scores[removed & group].max() <= scores[kept & group].min()
@@ -78,8 +83,10 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
     dh = loaded.geometry.head_dim
 
     captured = {}
-    hooks = [attn.o.register_forward_pre_hook(lambda m, i: captured.setdefault("o", []).append(i[0].detach())),
-             mlp.down.register_forward_pre_hook(lambda m, i: captured.setdefault("down", []).append(i[0].detach()))]
+    hooks = [
+        attn.o.register_forward_pre_hook(lambda m, i: captured.setdefault("o", []).append(i[0].detach())),
+        mlp.down.register_forward_pre_hook(lambda m, i: captured.setdefault("down", []).append(i[0].detach())),
+    ]
     with torch.no_grad():
         for batch in objective.batches():
             objective.loss(loaded.model, batch)
@@ -90,7 +97,7 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
 
     wanda = fixed_scores("wanda-sp", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0]
     w_o, w_down = attn.o.weight.detach().double(), mlp.down.weight.detach().double()
-    head1 = (w_o[:, dh:2 * dh].abs() * x_o[:, dh:2 * dh].norm(dim=0)).sum()
+    head1 = (w_o[:, dh : 2 * dh].abs() * x_o[:, dh : 2 * dh].norm(dim=0)).sum()
     assert wanda[space.id(2, "head", 1)] == pytest.approx(float(head1), rel=1e-6)
     ch5 = (w_down[:, 5].abs() * x_down[:, 5].norm()).sum()
     assert wanda[space.id(2, "channel", 5)] == pytest.approx(float(ch5), rel=1e-6)
@@ -106,22 +113,24 @@ def test_scores_match_their_definitions(tiny_llama, data_dir):
     z = lambda v: (v - v.mean()) / v.std(unbiased=True)  # noqa: E731
     attn_cols = z((x_o.var(0, unbiased=True) * w_o.pow(2).sum(0)) ** 2)
     for head in range(loaded.geometry.num_heads):
-        expected = attn_cols[head * dh:(head + 1) * dh].mean()
+        expected = attn_cols[head * dh : (head + 1) * dh].mean()
         assert flap[space.id(2, "head", head)] == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
     channels = z(x_down.var(0, unbiased=True) * w_down.pow(2).sum(0))
     np.testing.assert_allclose(flap[space.channel_slice(2)], channels.numpy(), rtol=1e-6, atol=1e-9)
     assert np.isnan(flap[space.layer == 0]).all()
     # under kv-group a unit (KV head with its query heads) is the mean over all of the group's columns
     groups = StructureSpace(loaded.geometry, "kv-group")
-    flap_kv = fixed_scores("flap", loaded.model, loaded.adapter, groups, objective, [2],
-                           groups.divisors("param-count"), 0)[0]
+    flap_kv = fixed_scores(
+        "flap", loaded.model, loaded.adapter, groups, objective, [2], groups.divisors("param-count"), 0
+    )[0]
     width = loaded.geometry.group_size * dh
-    assert flap_kv[groups.id(2, "head", 1)] == pytest.approx(float(attn_cols[width:2 * width].mean()), rel=1e-6)
+    assert flap_kv[groups.id(2, "head", 1)] == pytest.approx(float(attn_cols[width : 2 * width].mean()), rel=1e-6)
 
     r0 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0]
     r1 = fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 1)[0]
-    assert np.array_equal(r0, fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0],
-                          equal_nan=True) and not np.array_equal(r0, r1, equal_nan=True)
+    assert np.array_equal(
+        r0, fixed_scores("random", loaded.model, loaded.adapter, space, objective, [2], divisors, 0)[0], equal_nan=True
+    ) and not np.array_equal(r0, r1, equal_nan=True)
 
 
 def test_flap_cuts_to_a_parameter_budget(tiny_llama, data_dir):
@@ -141,8 +150,7 @@ def test_flap_cuts_to_a_parameter_budget(tiny_llama, data_dir):
 
         assert sparsity(removed) == pytest.approx(traj.steps[t].param_sparsity)
         # no other prefix is nearer the budget (heads and channels free different numbers of weights)
-        assert all(abs(sparsity(removed) - target) <= abs(sparsity(n) - target) + 1e-12
-                   for n in range(len(ranked) + 1))
+        assert all(abs(sparsity(removed) - target) <= abs(sparsity(n) - target) + 1e-12 for n in range(len(ranked) + 1))
     heads, _ = space.as_grid(~traj.keep_mask(3))
     assert heads.sum() > 0  # heads compete with channels in the same ranking
 
@@ -160,8 +168,10 @@ def test_flap_bias_compensation(tiny_llama, data_dir):
     layer = dense.adapter.layers(dense.model)[2]
     o, down = dense.adapter.attention(layer).o, dense.adapter.mlp(layer).down
     captured = {}
-    hooks = [o.register_forward_pre_hook(lambda m, i: captured.setdefault("o", []).append(i[0].detach())),
-             down.register_forward_pre_hook(lambda m, i: captured.setdefault("down", []).append(i[0].detach()))]
+    hooks = [
+        o.register_forward_pre_hook(lambda m, i: captured.setdefault("o", []).append(i[0].detach())),
+        down.register_forward_pre_hook(lambda m, i: captured.setdefault("down", []).append(i[0].detach())),
+    ]
     with torch.no_grad():
         for batch in objective.batches():
             objective.loss(dense.model, batch)
@@ -221,10 +231,38 @@ def test_a_new_method_is_one_file(tmp_path, tiny_llama, data_dir):
     (tmp_path / "gisp_engine" / "methods" / "reverse_magnitude.py").write_text(NEW_METHOD)
     out = tmp_path / "reverse"
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "gisp_engine.cli", "prune", "--model", str(tiny_llama), "--method",
-                           "reverse-magnitude", "--num-samples", "4", "--seq-len", "32", "--steps", "4",
-                           "--max-sparsity", "0.4", "--protect-first", "1", "--dtype", "float32", "--out", str(out),
-                           "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gisp_engine.cli",
+            "prune",
+            "--model",
+            str(tiny_llama),
+            "--method",
+            "reverse-magnitude",
+            "--num-samples",
+            "4",
+            "--seq-len",
+            "32",
+            "--steps",
+            "4",
+            "--max-sparsity",
+            "0.4",
+            "--protect-first",
+            "1",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     from gisp_engine.trajectory import Trajectory
 
@@ -243,4 +281,5 @@ def test_a_new_method_is_one_file(tmp_path, tiny_llama, data_dir):
         assert not np.array_equal(reverse.keep_mask(t), magnitude.keep_mask(t))
     with pytest.raises(SystemExit):  # in this tree, without the file, the CLI refuses the name
         from gisp_engine.cli import main
+
         main(["prune", "--method", "reverse-magnitude"])

@@ -53,7 +53,9 @@ def float64_reference(loaded, space: StructureSpace, objective) -> np.ndarray:
 
 def test_bf16_scores_sum_gradients_in_float32(tiny_llama, data_dir):
     # 32 micro-batches of one sequence: the paper's calibration has tens of micro-batches
-    config = PruneConfig(model=str(tiny_llama), num_samples=32, seq_len=32, batch_size=1, dtype="bfloat16", device="cpu")
+    config = PruneConfig(
+        model=str(tiny_llama), num_samples=32, seq_len=32, batch_size=1, dtype="bfloat16", device="cpu"
+    )
     loaded = load_model(str(tiny_llama), "cpu", "bfloat16")
     assert loaded.model.dtype == torch.bfloat16
     objective = objective_spec("perplexity").build(loaded, config)
@@ -63,8 +65,9 @@ def test_bf16_scores_sum_gradients_in_float32(tiny_llama, data_dir):
 
     reference = float64_reference(loaded, space, objective)[mask]
     wide = score_structures(loaded.model, loaded.adapter, space, full_layout(space), objective, SCORED).raw[mask]
-    narrow = score_structures(loaded.model, loaded.adapter, space, full_layout(space), objective, SCORED,
-                              wide_sums=False).raw[mask]
+    narrow = score_structures(
+        loaded.model, loaded.adapter, space, full_layout(space), objective, SCORED, wide_sums=False
+    ).raw[mask]
 
     assert (reference > 0).all()
     wide_err = np.abs(wide - reference) / reference

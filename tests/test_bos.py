@@ -14,7 +14,13 @@ from transformers import AutoTokenizer
 
 from gisp_engine import PruneConfig, checks
 from gisp_engine.cli import main
-from gisp_engine.data import build_calibration, rebuild_calibration, resolve_bos, resolve_text_source, wikitext2_test_text
+from gisp_engine.data import (
+    build_calibration,
+    rebuild_calibration,
+    resolve_bos,
+    resolve_text_source,
+    wikitext2_test_text,
+)
 from gisp_engine.errors import GispError
 from gisp_engine.evaluate import wikitext2_perplexity
 from gisp_engine.importance import objective_value
@@ -32,10 +38,10 @@ def _by_hand(model, tokenizer, bos: str, seq_len: int = SEQ, windows: int = WIND
     text, _ = wikitext2_test_text()
     if bos == "each":
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        rows = [[tokenizer.bos_token_id] + ids[i * (seq_len - 1):(i + 1) * (seq_len - 1)] for i in range(windows)]
+        rows = [[tokenizer.bos_token_id] + ids[i * (seq_len - 1) : (i + 1) * (seq_len - 1)] for i in range(windows)]
     else:  # the split tokenized once, as the tokenizer encodes a text (with its leading BOS, if it adds one)
         ids = tokenizer(text)["input_ids"]
-        rows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(windows)]
+        rows = [ids[i * seq_len : (i + 1) * seq_len] for i in range(windows)]
     assert all(len(r) == seq_len for r in rows)
     with torch.no_grad():
         losses = [float(model(torch.tensor([r]), labels=torch.tensor([r])).loss) for r in rows]
@@ -67,8 +73,9 @@ def test_wikitext2_perplexity_equals_transformers_loss_under_every_policy(tiny_m
 
 def _objective_by_hand(loaded, bos: str, num_samples: int, seq_len: int) -> tuple[float, float, str]:
     """The perplexity objective's loss on its calibration windows, and transformers' own mean loss on them."""
-    config = PruneConfig(model=str(loaded.folder), num_samples=num_samples, seq_len=seq_len, batch_size=2,
-                         dtype="float32", bos=bos)
+    config = PruneConfig(
+        model=str(loaded.folder), num_samples=num_samples, seq_len=seq_len, batch_size=2, dtype="float32", bos=bos
+    )
     objective = objective_spec("perplexity").build(loaded, config)
     value = objective_value(loaded.model, objective)
     rows = objective.calibration.input_ids

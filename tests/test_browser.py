@@ -24,8 +24,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = ROOT / "benchmarks" / "results" / "explore_browser.png"
 
 
@@ -67,9 +75,27 @@ def serve(cache: Path, log_path: Path, *args: str):
     env = dict(os.environ, GISP_CACHE_DIR=str(cache))
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false", *args],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -199,8 +225,10 @@ def test_a_cold_first_load_never_lists_the_page_files(browser, served_app):
     page.wait_for_selector("h1", timeout=60_000)
     shown = page.evaluate("window.__navs")
     titles = [[t for t in nav.split("|") if t[0].isupper()] for nav in shown]  # icon ligature names are lower case
-    assert all(t[:2] == ["Home", "Choose"] and "app" not in nav.split("|") and "Learn" not in t
-               for nav, t in zip(shown, titles)), shown
+    assert all(
+        t[:2] == ["Home", "Choose"] and "app" not in nav.split("|") and "Learn" not in t
+        for nav, t in zip(shown, titles)
+    ), shown
     page.close()
 
 
@@ -277,8 +305,11 @@ def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
         _require("the examples with their sweep results")
     iterative, oneshot, wanda = (load_trajectory(examples / n) for n in names)
     view = TrajectoryView.from_trajectory(iterative)
-    tables = {"iterative (10 steps)": sweep_table(iterative), "one-shot": sweep_table(oneshot),
-              "Wanda-sp": sweep_table(wanda)}
+    tables = {
+        "iterative (10 steps)": sweep_table(iterative),
+        "one-shot": sweep_table(oneshot),
+        "Wanda-sp": sweep_table(wanda),
+    }
     charts = {
         "curve": figures.trajectory_curve_figure(view, 5, load_evaluations(iterative)),
         "layers": figures.layer_fraction_figure(view, view.at(5)),
@@ -291,8 +322,12 @@ def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
     html.write_text(
         f"<html><head><script src='file://{script}'></script></head><body>"
         + "".join(f"<div id='{k}' style='width:700px'></div>" for k in specs)
-        + "<script>" + "".join(f"Plotly.newPlot('{k}', {json.dumps(v['data'])}, {json.dumps(v['layout'])});"
-                               for k, v in specs.items()) + "</script></body></html>")
+        + "<script>"
+        + "".join(
+            f"Plotly.newPlot('{k}', {json.dumps(v['data'])}, {json.dumps(v['layout'])});" for k, v in specs.items()
+        )
+        + "</script></body></html>"
+    )
     page = browser.new_page(viewport={"width": 760, "height": 1000})
     page.goto(f"file://{html}")
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(specs)}")
@@ -300,8 +335,10 @@ def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
         where = chart["id"]
         assert not _overlap(chart["title"], chart["legend"]), f"{where}: the legend covers the title"
         assert not any(_overlap(chart["legend"], box) for box in chart["plots"] + chart["xtitles"]), where
-        for axis, labels in zip((k for k, a in specs[where]["layout"].items() if k.startswith("yaxis")
-                                 and a.get("type") == "log"), chart["logTicks"]):
+        for axis, labels in zip(
+            (k for k, a in specs[where]["layout"].items() if k.startswith("yaxis") and a.get("type") == "log"),
+            chart["logTicks"],
+        ):
             assert labels and all(t in specs[where]["layout"][axis]["ticktext"] for t in labels), (where, labels)
             assert not {"2", "5"} & set(labels), (where, labels)
     page.screenshot(path=str(SCREENSHOT.with_name("charts_browser.png")), full_page=True)

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from test_browser import PLOTS, ROOT, browser, serve  # noqa: F401 (browser: the module's Chromium fixture)
 
-TITLE = (f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
-         "String(p.layout.title.text).startsWith(start)); return p ? String(p.layout.title.text) : null; }")
-HEADS_FRAME = ("() => { const p = document.querySelector('.js-plotly-plot'); "
-               "return !!p && String(p.layout.title.text).startsWith('Attention heads'); }")
+TITLE = (
+    f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
+    "String(p.layout.title.text).startsWith(start)); return p ? String(p.layout.title.text) : null; }"
+)
+HEADS_FRAME = (
+    "() => { const p = document.querySelector('.js-plotly-plot'); "
+    "return !!p && String(p.layout.title.text).startsWith('Attention heads'); }"
+)
 
 
 def test_a_click_on_a_head_cell_shows_its_history(browser, isolated_cache, tmp_path):  # noqa: F811
@@ -28,8 +32,11 @@ def test_a_click_on_a_head_cell_shows_its_history(browser, isolated_cache, tmp_p
             return [fl.xaxis.l2p({unit}) + fl.margin.l, fl.yaxis.l2p({layer}) + fl.margin.t]; }}""")
         box = heads.frame_element().bounding_box()
         page.mouse.click(box["x"] + x, box["y"] + y)
-        page.wait_for_function(f"(want) => {{ const t = ({TITLE})('History of'); return !!t && t.startsWith(want); }}",
-                               arg=f"History of layer {layer} · query head {unit}:", timeout=60_000)
+        page.wait_for_function(
+            f"(want) => {{ const t = ({TITLE})('History of'); return !!t && t.startsWith(want); }}",
+            arg=f"History of layer {layer} · query head {unit}:",
+            timeout=60_000,
+        )
         assert page.locator('[data-testid="stException"]').count() == 0
 
         # a short window: a slider move redraws the heatmaps at the top, not the step's scores below the fold
@@ -42,16 +49,29 @@ def test_a_click_on_a_head_cell_shows_its_history(browser, isolated_cache, tmp_p
         slider.focus()
         # to the other end: the step the scores chart shows (max(step, 1)) changes either way
         page.keyboard.press("Home" if slider.get_attribute("value") == slider.get_attribute("max") else "End")
-        page.wait_for_function("(old) => document.querySelector('[data-testid=\"stMetricValue\"]').innerText !== old",
-                               arg=sparsity_before, timeout=60_000)
-        page.wait_for_function("document.querySelector('[data-testid=\"stApp\"]')"
-                               ".getAttribute('data-test-script-state') === 'notRunning'", timeout=60_000)
+        page.wait_for_function(
+            "(old) => document.querySelector('[data-testid=\"stMetricValue\"]').innerText !== old",
+            arg=sparsity_before,
+            timeout=60_000,
+        )
+        page.wait_for_function(
+            "document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state') === 'notRunning'",
+            timeout=60_000,
+        )
         page.wait_for_timeout(500)
         assert page.evaluate(TITLE, "Scores step") == scores_before, "a chart out of view must wait"
-        scores_frame = next(f for f in page.frames if f.evaluate(
-            "() => { const p = document.querySelector('.js-plotly-plot'); "
-            "return !!p && String(p.layout.title.text).startsWith('Scores step'); }"))
+        scores_frame = next(
+            f
+            for f in page.frames
+            if f.evaluate(
+                "() => { const p = document.querySelector('.js-plotly-plot'); "
+                "return !!p && String(p.layout.title.text).startsWith('Scores step'); }"
+            )
+        )
         scores_frame.frame_element().scroll_into_view_if_needed()
-        page.wait_for_function(f"(old) => {{ const t = ({TITLE})('Scores step'); return !!t && t !== old; }}",
-                               arg=scores_before, timeout=30_000)
+        page.wait_for_function(
+            f"(old) => {{ const t = ({TITLE})('Scores step'); return !!t && t !== old; }}",
+            arg=scores_before,
+            timeout=30_000,
+        )
         page.close()

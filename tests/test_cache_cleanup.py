@@ -41,8 +41,9 @@ def _interrupted(config: PruneConfig) -> str:
 def _job(key: str, state: str, started: float, pid: int | None = None) -> None:
     folder = jobs.job_dir(key)
     folder.mkdir(parents=True)
-    atomic_write_json(folder / "status.json", {"key": key, "state": state, "updated_unix": started,
-                                               "started_unix": started})
+    atomic_write_json(
+        folder / "status.json", {"key": key, "state": state, "updated_unix": started, "started_unix": started}
+    )
     if pid is not None:
         (folder / "pid").write_text(str(pid))
 

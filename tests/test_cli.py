@@ -18,8 +18,21 @@ def run_json(capsys, argv: list[str]) -> dict:
 
 
 def test_prune_info_eval_round_trip(tiny_llama, data_dir, capsys, tmp_path):
-    common = ["--model", str(tiny_llama), "--num-samples", "4", "--seq-len", "32", "--steps", "4",
-              "--max-sparsity", "0.4", "--protect-first", "1", "--quiet"]
+    common = [
+        "--model",
+        str(tiny_llama),
+        "--num-samples",
+        "4",
+        "--seq-len",
+        "32",
+        "--steps",
+        "4",
+        "--max-sparsity",
+        "0.4",
+        "--protect-first",
+        "1",
+        "--quiet",
+    ]
     summary = run_json(capsys, ["prune", *common])
     assert summary["cache_hit"] is False and os.path.isdir(summary["path"])
     assert [s["step"] for s in summary["steps"]] == [0, 1, 2, 3, 4]
@@ -35,8 +48,21 @@ def test_prune_info_eval_round_trip(tiny_llama, data_dir, capsys, tmp_path):
     assert run_json(capsys, ["info", summary["key"]])["key"] == summary["key"]
 
     dense = run_json(capsys, ["eval", "--model", str(tiny_llama), "--task", "wikitext2", "--limit", "4", "--quiet"])
-    pruned = run_json(capsys, ["eval", "--model", str(tiny_llama), "--trajectory", summary["path"],
-                               "--sparsity", str(target + 1e-4), "--limit", "4", "--quiet"])
+    pruned = run_json(
+        capsys,
+        [
+            "eval",
+            "--model",
+            str(tiny_llama),
+            "--trajectory",
+            summary["path"],
+            "--sparsity",
+            str(target + 1e-4),
+            "--limit",
+            "4",
+            "--quiet",
+        ],
+    )
     # the evaluation of a trajectory point is remembered where the explorer draws it on its curve
     from gisp_engine.checks import load_evaluations
     from gisp_engine.trajectory import Trajectory
@@ -44,8 +70,10 @@ def test_prune_info_eval_round_trip(tiny_llama, data_dir, capsys, tmp_path):
     rows = load_evaluations(Trajectory.load(summary["path"]))
     assert [(r["task"], r["step"], r["value"]) for r in rows] == [("wikitext2", 2, pruned["perplexity"])]
     assert pruned["cached"] is False
-    again = run_json(capsys, ["eval", "--model", str(tiny_llama), "--trajectory", summary["path"],
-                              "--step", "2", "--limit", "4", "--quiet"])
+    again = run_json(
+        capsys,
+        ["eval", "--model", str(tiny_llama), "--trajectory", summary["path"], "--step", "2", "--limit", "4", "--quiet"],
+    )
     assert again["cached"] is True and again["perplexity"] == pruned["perplexity"]
     assert dense["seq_len"] == 128 and dense["windows"] == 4 and dense["param_sparsity"] == 0.0
     assert pruned["step"] == 2 and pruned["param_sparsity"] == pytest.approx(target)
@@ -64,10 +92,20 @@ def test_errors_exit_2_with_one_line(tiny_llama, capsys):
 
 def test_python_dash_m_entry_point(tmp_path):
     env = dict(os.environ, GISP_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "gisp_engine", "cache", "list", "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gisp_engine", "cache", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"trajectories": []}
-    proc = subprocess.run([sys.executable, "-m", "gisp_engine", "prune", "--max-sparsity", "2"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gisp_engine", "prune", "--max-sparsity", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--max-sparsity must be a fraction" in proc.stderr

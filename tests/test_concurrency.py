@@ -12,8 +12,21 @@ from pathlib import Path
 from gisp_engine import Trajectory
 from gisp_engine.cache import list_cached
 
-PRUNE = ["prune", "--num-samples", "8", "--seq-len", "32", "--steps", "4", "--max-sparsity", "0.4",
-         "--protect-first", "1", "--quiet", "--json"]
+PRUNE = [
+    "prune",
+    "--num-samples",
+    "8",
+    "--seq-len",
+    "32",
+    "--steps",
+    "4",
+    "--max-sparsity",
+    "0.4",
+    "--protect-first",
+    "1",
+    "--quiet",
+    "--json",
+]
 
 # `gisp` with two hooks that write events (time.monotonic: one clock for all processes on a machine):
 # waiting for the request's lock / holding it, and the run itself, which is held until a release file exists
@@ -97,8 +110,14 @@ def test_second_process_waits_on_the_lock_while_the_first_computes(tiny_llama, d
             if p.poll() is None:
                 p.kill()
     t = {f.name: json.loads(f.read_text()) for f in events.iterdir() if f.name != "release"}
-    assert set(t) == {"first.lock-wait", "first.lock-held", "first.run-start", "first.run-end",
-                      "second.lock-wait", "second.lock-held"}  # only the first computed
+    assert set(t) == {
+        "first.lock-wait",
+        "first.lock-held",
+        "first.run-start",
+        "first.run-end",
+        "second.lock-wait",
+        "second.lock-held",
+    }  # only the first computed
     # the spans overlapped: the second was waiting for the lock while the first computed ...
     assert t["first.run-start"] < t["second.lock-wait"] < t["first.run-end"]
     # ... and got it only after the first had finished; it never computed, it reused

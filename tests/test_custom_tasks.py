@@ -25,10 +25,23 @@ from gisp_engine.tasks import (
 )
 from gisp_engine.zeroshot import choice_loglikelihoods
 
-QA = [{"query": f"Question: what is {k} plus one?\nAnswer:", "choices": [str(k + 1), str(k + 2), "a long wrong answer"],
-       "gold": 0} for k in range(20)]
-CLOZE = [{"query": "The trophy did not fit in the suitcase because the ", "choices": ["trophy", "suitcase"],
-          "continuation": f"was too {'big' if k % 2 else 'small'}.", "gold": k % 2} for k in range(10)]
+QA = [
+    {
+        "query": f"Question: what is {k} plus one?\nAnswer:",
+        "choices": [str(k + 1), str(k + 2), "a long wrong answer"],
+        "gold": 0,
+    }
+    for k in range(20)
+]
+CLOZE = [
+    {
+        "query": "The trophy did not fit in the suitcase because the ",
+        "choices": ["trophy", "suitcase"],
+        "continuation": f"was too {'big' if k % 2 else 'small'}.",
+        "gold": k % 2,
+    }
+    for k in range(10)
+]
 
 
 def write(path, records) -> str:
@@ -52,15 +65,23 @@ def test_names_titles_and_task_lists(tmp_path, monkeypatch):
 
 def test_items_are_used_verbatim_with_partial_scoring(tmp_path):
     qa = load_task(write(tmp_path / "qa.jsonl", QA))
-    assert qa.items[3].requests() == [(QA[3]["query"], " 4"), (QA[3]["query"], " 5"),
-                                      (QA[3]["query"], " a long wrong answer")]
+    assert qa.items[3].requests() == [
+        (QA[3]["query"], " 4"),
+        (QA[3]["query"], " 5"),
+        (QA[3]["query"], " a long wrong answer"),
+    ]
     cloze = load_task(write(tmp_path / "cloze.jsonl", CLOZE))
-    assert cloze.items[1].requests() == [("The trophy did not fit in the suitcase because the trophy", " was too big."),
-                                         ("The trophy did not fit in the suitcase because the suitcase", " was too big.")]
+    assert cloze.items[1].requests() == [
+        ("The trophy did not fit in the suitcase because the trophy", " was too big."),
+        ("The trophy did not fit in the suitcase because the suitcase", " was too big."),
+    ]
     empty_query = load_task(write(tmp_path / "e.jsonl", [{**CLOZE[0], "query": "", "choices": ["A b", "C d"]}]))
     assert empty_query.items[0].requests()[1] == ("C d", " was too small.")
-    assert qa.source == {"kind": "file", "file": str((tmp_path / "qa.jsonl").resolve()),
-                         "sha256": source_identity(str(tmp_path / "qa.jsonl"))["sha256"]}
+    assert qa.source == {
+        "kind": "file",
+        "file": str((tmp_path / "qa.jsonl").resolve()),
+        "sha256": source_identity(str(tmp_path / "qa.jsonl"))["sha256"],
+    }
     ignored = load_task(write(tmp_path / "ids.jsonl", [{**QA[0], "id": "q0", "source": "mine"}]))
     assert ignored.items[0].choices == ("1", "2", "a long wrong answer")
 
@@ -75,7 +96,10 @@ def test_items_are_used_verbatim_with_partial_scoring(tmp_path):
         ([QA[0], {"query": "Q", "choices": ["a", "b"], "gold": True}], ":2: 'gold' must be an option index"),
         ([QA[0], {"query": "Q", "choices": ["a", "b"]}], ":2: 'gold' must be an option index"),
         ([{"query": "Q", "choices": ["a", "b"], "gold": 0, "continuation": ""}], ":1: 'continuation' must be"),
-        ([{"query": "Q", "choices": ["a", "b"], "gold": 0, "continuaton": "x"}], ":1: unknown field 'continuaton': did you mean 'continuation'"),
+        (
+            [{"query": "Q", "choices": ["a", "b"], "gold": 0, "continuaton": "x"}],
+            ":1: unknown field 'continuaton': did you mean 'continuation'",
+        ),
         ([QA[0], '{"query": "Q", "choices": ["a"'], ":2: malformed JSON"),
         ([QA[0], "[1, 2]"], ":2: expected a JSON object"),
         ([], "holds no records"),
@@ -132,8 +156,12 @@ def test_evaluate_task_scores_a_custom_file(tiny_llama, tmp_path, data_dir):
     items = load_task(qa).evaluation_items()[0][:5]
     for it, engine_ll in zip(items, choice_loglikelihoods(loaded.model, loaded.tokenizer, items)):
         record = QA[it.index]
-        ll = np.array([_loglikelihood_by_hand(loaded.model, loaded.tokenizer, record["query"], " " + c)
-                       for c in record["choices"]])
+        ll = np.array(
+            [
+                _loglikelihood_by_hand(loaded.model, loaded.tokenizer, record["query"], " " + c)
+                for c in record["choices"]
+            ]
+        )
         np.testing.assert_allclose(engine_ll, ll, rtol=1e-5)
         hits.append(int(np.argmax(ll)) == record["gold"])
         hits_norm.append(int(np.argmax(ll / [len(c) for c in record["choices"]])) == record["gold"])
@@ -152,8 +180,10 @@ def test_gisp_eval_takes_a_task_file(tiny_llama, tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     (name,) = payload["tasks"]
     assert name == str((tmp_path / "qa.jsonl").resolve()) and payload["tasks"][name]["items"] == 3
-    for bad, message in ((str(tmp_path / "missing.jsonl"), "missing.jsonl not found"),
-                         ("squad", "unknown evaluation task 'squad'")):
+    for bad, message in (
+        (str(tmp_path / "missing.jsonl"), "missing.jsonl not found"),
+        ("squad", "unknown evaluation task 'squad'"),
+    ):
         with pytest.raises(SystemExit) as exit_:  # refused by the parser, before any model loads
             main(["eval", "--model", str(tiny_llama), "--task", bad, "--quiet"])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
@@ -165,8 +195,16 @@ def test_margin_objective_calibrates_on_a_custom_file(tiny_llama, tmp_path):
 
     many = [{**r, "query": r["query"].replace("plus", f"(set {k}) plus")} for k in range(5) for r in QA]
     qa = write(tmp_path / "qa.jsonl", many)
-    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks=qa, calib_tokens=400, steps=1,
-                         max_sparsity=0.2, batch_size=4, dtype="float32")
+    config = PruneConfig(
+        model=str(tiny_llama),
+        objective="margin",
+        tasks=qa,
+        calib_tokens=400,
+        steps=1,
+        max_sparsity=0.2,
+        batch_size=4,
+        dtype="float32",
+    )
     traj = prune(config).trajectory
     meta = traj.meta["objective"]
     key = str((tmp_path / "qa.jsonl").resolve())
@@ -175,8 +213,9 @@ def test_margin_objective_calibrates_on_a_custom_file(tiny_llama, tmp_path):
     assert taken and set(taken) <= set(load_task(qa).calibration_pool())
     # the evaluator skips exactly what the trajectory calibrated on
     loaded = load_model(str(tiny_llama), dtype="float32")
-    result = evaluate_task(loaded.model, loaded.tokenizer, qa, exclusions=calibration_exclusions(meta),
-                           include_pool=True, limit=1).tasks[0]
+    result = evaluate_task(
+        loaded.model, loaded.tokenizer, qa, exclusions=calibration_exclusions(meta), include_pool=True, limit=1
+    ).tasks[0]
     assert result.counts["calibration_slice"] == len(taken)
 
 
@@ -187,8 +226,9 @@ def test_a_malformed_file_is_refused_before_anything_starts(tiny_llama, tmp_path
     from gisp_engine.sweep import SweepRequest
 
     bad = write(tmp_path / "bad.jsonl", [QA[0], '{"query": "Q", "choices": ["a"'])
-    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks=f"piqa,{bad}", steps=1, max_sparsity=0.2,
-                         dtype="float32")
+    config = PruneConfig(
+        model=str(tiny_llama), objective="margin", tasks=f"piqa,{bad}", steps=1, max_sparsity=0.2, dtype="float32"
+    )
     for start in (plan, jobs.submit):
         with pytest.raises(GispError, match=r"bad.jsonl:2: malformed JSON"):
             start(config)

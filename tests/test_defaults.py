@@ -22,8 +22,11 @@ def tiny_bf16(tmp_path_factory):
 
 
 def _trajectory(folder):
-    return prune(PruneConfig(model=str(folder), num_samples=4, seq_len=32, steps=2, max_sparsity=0.3,
-                             protect_first=1, dtype="float32")).trajectory
+    return prune(
+        PruneConfig(
+            model=str(folder), num_samples=4, seq_len=32, steps=2, max_sparsity=0.3, protect_first=1, dtype="float32"
+        )
+    ).trajectory
 
 
 def _run_json(capsys, argv: list[str]) -> dict:
@@ -46,13 +49,28 @@ def test_recorded_model_and_checkpoint_dtype(tiny_llama, tiny_bf16, data_dir):
 def test_eval_and_export_load_the_recorded_model_and_keep_bf16(tiny_bf16, data_dir, capsys, tmp_path):
     traj = _trajectory(tiny_bf16)
     # no --model: the trajectory's own folder is loaded (the embedded model would fail its weights check)
-    row = _run_json(capsys, ["eval", "--trajectory", str(traj.path), "--step", "1", "--task", "wikitext2",
-                             "--limit", "2", "--dtype", "float32"])
+    row = _run_json(
+        capsys,
+        [
+            "eval",
+            "--trajectory",
+            str(traj.path),
+            "--step",
+            "1",
+            "--task",
+            "wikitext2",
+            "--limit",
+            "2",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert row["model"] == str(tiny_bf16) and row["step"] == 1
 
     out = tmp_path / "export"
-    summary = _run_json(capsys, ["export", "--trajectory", str(traj.path), "--step", "2", "--out", str(out),
-                                 "--device", "cpu"])
+    summary = _run_json(
+        capsys, ["export", "--trajectory", str(traj.path), "--step", "2", "--out", str(out), "--device", "cpu"]
+    )
     manifest = json.loads((out / "gisp_manifest.json").read_text())
     assert summary["path"] == str(out) and manifest["base_model"]["id"] == str(tiny_bf16)
     assert manifest["dtype"] == "bfloat16" and json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
@@ -61,6 +79,20 @@ def test_eval_and_export_load_the_recorded_model_and_keep_bf16(tiny_bf16, data_d
     assert dtypes == {torch.bfloat16}
 
     # an explicit --dtype still wins
-    summary = _run_json(capsys, ["export", "--trajectory", str(traj.path), "--step", "2", "--out",
-                                 str(tmp_path / "f32"), "--device", "cpu", "--dtype", "float32"])
+    summary = _run_json(
+        capsys,
+        [
+            "export",
+            "--trajectory",
+            str(traj.path),
+            "--step",
+            "2",
+            "--out",
+            str(tmp_path / "f32"),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert json.loads((tmp_path / "f32" / "gisp_manifest.json").read_text())["dtype"] == "float32"

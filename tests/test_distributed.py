@@ -32,16 +32,23 @@ SMALL = dict(num_samples=6, seq_len=24, steps=3, max_sparsity=0.3, save_scores=T
 
 def _summary(outcome) -> dict:
     t = outcome.trajectory
-    return {"key": t.key, "removal": t.removal_step.copy(), "scores": None if t.scores is None else t.scores.copy(),
-            "loss": [s.loss for s in t.steps], "hit": outcome.cache_hit, "processes": t.meta.get("processes")}
+    return {
+        "key": t.key,
+        "removal": t.removal_step.copy(),
+        "scores": None if t.scores is None else t.scores.copy(),
+        "loss": [s.loss for s in t.steps],
+        "hit": outcome.cache_hit,
+        "processes": t.meta.get("processes"),
+    }
 
 
 def _worker(rank: int, init_file: str, jobs: list, out: str, env: dict, die_at_loss_call: int | None) -> None:
     """One rank: join the group, run ``jobs`` [(name, config kwargs, resume)], pickle what came out."""
     os.environ.update(env[rank])
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                                         timeout=datetime.timedelta(seconds=120))
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+    )
     if die_at_loss_call is not None and rank == 1:
         from gisp_engine.objectives.perplexity import PerplexityObjective
 
@@ -68,8 +75,13 @@ def _worker(rank: int, init_file: str, jobs: list, out: str, env: dict, die_at_l
         pass
 
 
-def run_ranks(tmp: Path, jobs: list, die_at_loss_call: int | None = None, timeout: float = 300,
-              rank_env: dict[int, dict] | None = None) -> tuple[list, list]:
+def run_ranks(
+    tmp: Path,
+    jobs: list,
+    die_at_loss_call: int | None = None,
+    timeout: float = 300,
+    rank_env: dict[int, dict] | None = None,
+) -> tuple[list, list]:
     """Run ``jobs`` on 2 spawned ranks (``rank_env``: extra variables per rank); each rank's results, exit codes."""
     tmp.mkdir(parents=True, exist_ok=True)
     init_file = tmp / "rendezvous"
@@ -78,8 +90,10 @@ def run_ranks(tmp: Path, jobs: list, die_at_loss_call: int | None = None, timeou
     env["OMP_NUM_THREADS"] = "1"
     env = {r: {**env, **(rank_env or {}).get(r, {})} for r in range(WORLD)}
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(init_file), jobs, str(tmp), env, die_at_loss_call))
-             for r in range(WORLD)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, str(init_file), jobs, str(tmp), env, die_at_loss_call))
+        for r in range(WORLD)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -116,7 +130,9 @@ def _cases(tiny_models) -> dict[str, dict]:
     cases["one-batch"] = dict(model=str(tiny_models[("qwen2", True)]), batch_size=6, **SMALL)
     llama = str(tiny_models[("llama", True)])
     opts = {k: v for k, v in SMALL.items() if k not in ("num_samples", "seq_len")}
-    cases["margin"] = dict(model=llama, objective="margin", tasks="arc_easy,piqa", calib_tokens=800, batch_size=3, **opts)
+    cases["margin"] = dict(
+        model=llama, objective="margin", tasks="arc_easy,piqa", calib_tokens=800, batch_size=3, **opts
+    )
     cases["gsm8k"] = dict(model=llama, objective="gsm8k", calib_tokens=600, batch_size=1, **opts)
     cases["gisp-oneshot"] = dict(model=llama, method="gisp-oneshot", batch_size=2, **SMALL)
     # bfloat16: each rank sums its micro-batches in float32, and the all-reduce is in float32
@@ -132,14 +148,28 @@ def two_process_runs(tiny_models, data_dir, tmp_path_factory):
     with cache_dir(cache_root):
         cases = _cases(tiny_models)
         # rank 1 gets a cache of its own (as on another machine): it must never be written
-        results, codes = run_ranks(tmp, [(name, kw, False) for name, kw in cases.items()],
-                                   rank_env={1: {"GISP_CACHE_DIR": str(rank1_cache)}})
+        results, codes = run_ranks(
+            tmp, [(name, kw, False) for name, kw in cases.items()], rank_env={1: {"GISP_CACHE_DIR": str(rank1_cache)}}
+        )
     assert codes == [0, 0] and all(r is not None and "error" not in r for r in results), results
     return cases, results, cache_root, rank1_cache
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "mistral-gqa", "qwen2-gqa", "qwen3-gqa", "llama-mha-kv-group",
-                                  "one-batch", "margin", "gsm8k", "gisp-oneshot", "bf16"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "llama-gqa",
+        "mistral-gqa",
+        "qwen2-gqa",
+        "qwen3-gqa",
+        "llama-mha-kv-group",
+        "one-batch",
+        "margin",
+        "gsm8k",
+        "gisp-oneshot",
+        "bf16",
+    ],
+)
 def test_two_processes_give_the_one_process_trajectory(two_process_runs, case):
     cases, (rank0, rank1), _, _ = two_process_runs
     one = _summary(prune(PruneConfig(**cases[case]), use_cache=False))
@@ -182,16 +212,50 @@ def test_a_rank_that_dies_leaves_no_entry_and_a_resumed_run_continues(tiny_llama
 
 def test_torchrun_command_line(tiny_llama, data_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    args = ["prune", "--model", str(tiny_llama), "--num-samples", "6", "--seq-len", "24", "--batch-size", "2",
-            "--steps", "2", "--max-sparsity", "0.2", "--dtype", "float32", "--device", "cpu", "--quiet", "--json",
-            "--distributed", "--out", str(tmp_path / "out")]
+    args = [
+        "prune",
+        "--model",
+        str(tiny_llama),
+        "--num-samples",
+        "6",
+        "--seq-len",
+        "24",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--max-sparsity",
+        "0.2",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--json",
+        "--distributed",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", str(WORLD), "-m", "gisp_engine", *args],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", str(WORLD), "-m", "gisp_engine", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count('"key"') == 1  # rank 0 alone reports
-    config = PruneConfig(model=str(tiny_llama), num_samples=6, seq_len=24, batch_size=2, steps=2, max_sparsity=0.2,
-                         dtype="float32", device="cpu")
+    config = PruneConfig(
+        model=str(tiny_llama),
+        num_samples=6,
+        seq_len=24,
+        batch_size=2,
+        steps=2,
+        max_sparsity=0.2,
+        dtype="float32",
+        device="cpu",
+    )
     key = plan(config).key
     assert f'"key": "{key}"' in run.stdout
     two = cache.lookup(key)
@@ -224,8 +288,17 @@ def test_shard_covers_every_micro_batch_once():
 
 @pytest.mark.real_model
 def test_embedded_model_two_processes(embedded_model_dir, data_dir, tmp_path, isolated_cache):
-    config = dict(model="smollm2-135m", num_samples=2, seq_len=48, batch_size=1, steps=2, max_sparsity=0.1,
-                  save_scores=True, dtype="float32", device="cpu")
+    config = dict(
+        model="smollm2-135m",
+        num_samples=2,
+        seq_len=48,
+        batch_size=1,
+        steps=2,
+        max_sparsity=0.1,
+        save_scores=True,
+        dtype="float32",
+        device="cpu",
+    )
     results, codes = run_ranks(tmp_path / "real", [("real", config, False)], timeout=600)
     assert codes == [0, 0] and "error" not in results[0], results
     one = _summary(prune(PruneConfig(**config), use_cache=False))

@@ -93,8 +93,10 @@ def test_every_step_equals_the_per_step_export(cases, case):
         logits, tokens = _outputs(pruned.model, c.x)
         torch.testing.assert_close(logits, c.logits[step], rtol=1e-4, atol=1e-4)
         assert torch.equal(tokens, c.tokens[step])  # greedy generation through the (compact) KV cache
-        widths = [[len(layer["heads"]), len(layer["kv_heads"]), len(layer["channels"])]
-                  for layer in _manifest(c.per_step[step])["layers"]]
+        widths = [
+            [len(layer["heads"]), len(layer["kv_heads"]), len(layer["channels"])]
+            for layer in _manifest(c.per_step[step])["layers"]
+        ]
         assert pruned.manifest["steps"][step]["widths"] == widths
 
 
@@ -117,15 +119,18 @@ def test_step_by_sparsity_and_default(cases):
 
 
 # ---- the order ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", [("llama", True, "query"), ("mistral", True, "kv-group"), ("qwen3", False, "query")],
-                         ids=case_id)
+@pytest.mark.parametrize(
+    "case", [("llama", True, "query"), ("mistral", True, "kv-group"), ("qwen3", False, "query")], ids=case_id
+)
 def test_survival_order_makes_every_step_a_prefix(cases, case):
     traj = cases[case].trajectory
     space, g = traj.space, traj.geometry
     order = survival_order(traj)
     survival = np.where(traj.removal_step == -1, traj.num_steps + 1, traj.removal_step)
     for layer, stored in enumerate(order):
-        assert sorted(stored.heads) == list(range(g.num_heads)) and sorted(stored.kv_heads) == list(range(g.num_kv_heads))
+        assert sorted(stored.heads) == list(range(g.num_heads)) and sorted(stored.kv_heads) == list(
+            range(g.num_kv_heads)
+        )
         assert sorted(stored.channels) == list(range(g.intermediate_size))
         # the query-to-KV map follows the original grouping, in stored positions
         assert [stored.kv_heads[k] for k in stored.q_to_kv] == [h // g.group_size for h in stored.heads]
@@ -146,7 +151,10 @@ def test_folder_holds_the_dense_model_once(cases):
     assert set(m["remote_code"]["files"]) == {"configuration_gisp.py", "modeling_gisp.py", "modeling_gisp_elastic.py"}
     # the version recorded is the one the loader's code states
     assert m["remote_code"]["template_version"] == remote_code.ELASTIC_TEMPLATE_VERSION
-    assert f"GISP_TEMPLATE_VERSION = {remote_code.ELASTIC_TEMPLATE_VERSION}\n" in (c.elastic / "modeling_gisp_elastic.py").read_text()
+    assert (
+        f"GISP_TEMPLATE_VERSION = {remote_code.ELASTIC_TEMPLATE_VERSION}\n"
+        in (c.elastic / "modeling_gisp_elastic.py").read_text()
+    )
     for name, text in remote_code.render(remote_code.BaseFamily(**m["remote_code"]["base"]), elastic=True).items():
         assert (c.elastic / name).read_text() == text and "gisp_engine" not in text
     dense = load_pruned(c.per_step[0], device="cpu")
@@ -192,8 +200,12 @@ def test_loads_without_the_project_at_every_step(cases, tmp_path):
     jobs, expected = {}, {}
     for case, c in cases.items():
         for step in range(STEPS + 1):
-            jobs[f"{case_id(case)}.{step}"] = {"dir": str(c.elastic), "kwargs": {"gisp_step": step},
-                                               "x": c.x.tolist(), "new_tokens": NEW_TOKENS}
+            jobs[f"{case_id(case)}.{step}"] = {
+                "dir": str(c.elastic),
+                "kwargs": {"gisp_step": step},
+                "x": c.x.tolist(),
+                "new_tokens": NEW_TOKENS,
+            }
             expected[f"{case_id(case)}.{step}"] = (c, step)
     c = cases[("llama", True, "query")]
     sparsity = _manifest(c.elastic)["steps"][1]["param_sparsity"] + 1e-6
@@ -206,7 +218,11 @@ def test_loads_without_the_project_at_every_step(cases, tmp_path):
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-I", "-S", "-c", ISOLATED, sysconfig.get_paths()["purelib"], json.dumps(jobs), str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(Path(str(out) + ".json").read_text())
@@ -324,8 +340,9 @@ def test_embedded_model_elastic_equals_per_step_exports(embedded_model_dir, tmp_
     """
     loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
     traj = synthetic_trajectory(loaded, "query", seed=3)
-    x = loaded.tokenizer(["The quick brown fox jumps over the lazy dog near the river bank."],
-                         return_tensors="pt").input_ids
+    x = loaded.tokenizer(
+        ["The quick brown fox jumps over the lazy dog near the river bank."], return_tensors="pt"
+    ).input_ids
     elastic = export_elastic(loaded, traj, tmp_path / "elastic").folder
     for step in (1, 2, 3):
         loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
@@ -335,8 +352,12 @@ def test_embedded_model_elastic_equals_per_step_exports(embedded_model_dir, tmp_
         expected, expected_tokens = _outputs(one.model, x)
         del one
         if step == 2:  # lm-eval's HFLM, as `lm_eval --model hf --model_args pretrained=DIR,...,gisp_step=2`
-            np.testing.assert_allclose([ll for ll, _ in _hflm_logliks(elastic, gisp_step=step)],
-                                       [ll for ll, _ in _hflm_logliks(per_step)], rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(
+                [ll for ll, _ in _hflm_logliks(elastic, gisp_step=step)],
+                [ll for ll, _ in _hflm_logliks(per_step)],
+                rtol=1e-5,
+                atol=1e-3,
+            )
         shutil.rmtree(per_step)
         pruned = load_pruned(elastic, device="cpu", dtype="float32", step=step)
         assert pruned.param_count == pruned.manifest["steps"][step]["param_count"]
@@ -346,8 +367,11 @@ def test_embedded_model_elastic_equals_per_step_exports(embedded_model_dir, tmp_
 
 
 # ---- lm-evaluation-harness ----------------------------------------------------------------------
-LM_EVAL_REQUESTS = [("The quick brown fox", " jumps over the lazy dog."), ("She sells", " sea shells by the sea shore."),
-                    ("", "In the beginning the universe was created.")]
+LM_EVAL_REQUESTS = [
+    ("The quick brown fox", " jumps over the lazy dog."),
+    ("She sells", " sea shells by the sea shore."),
+    ("", "In the beginning the universe was created."),
+]
 
 
 def _hflm_logliks(folder: Path, **model_args) -> list[tuple[float, bool]]:
@@ -358,9 +382,13 @@ def _hflm_logliks(folder: Path, **model_args) -> list[tuple[float, bool]]:
     # lm-eval builds the model itself: from_pretrained(DIR, device_map={"": "cpu"}, max_memory=None, ...)
     lm = HFLM(pretrained=str(folder), trust_remote_code=True, device="cpu", dtype="float32", batch_size=2, **model_args)
     if "gisp_step" in model_args:
-        assert type(lm.model).__name__ == "GispElasticForCausalLM" and lm.model.config.gisp_step == model_args["gisp_step"]
-    requests = [Instance("loglikelihood", {}, (context, continuation), i)
-                for i, (context, continuation) in enumerate(LM_EVAL_REQUESTS)]
+        assert (
+            type(lm.model).__name__ == "GispElasticForCausalLM" and lm.model.config.gisp_step == model_args["gisp_step"]
+        )
+    requests = [
+        Instance("loglikelihood", {}, (context, continuation), i)
+        for i, (context, continuation) in enumerate(LM_EVAL_REQUESTS)
+    ]
     return lm.loglikelihood(requests, disable_tqdm=True)
 
 

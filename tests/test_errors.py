@@ -12,7 +12,9 @@ from gisp_engine.models import load_model
 
 
 def _cfg(folder, **kw):
-    base = dict(model=str(folder), num_samples=2, seq_len=16, steps=2, max_sparsity=0.3, protect_first=1, dtype="float32")
+    base = dict(
+        model=str(folder), num_samples=2, seq_len=16, steps=2, max_sparsity=0.3, protect_first=1, dtype="float32"
+    )
     base.update(kw)
     return PruneConfig(**base)
 
@@ -168,11 +170,35 @@ def test_cli_refuses_out_of_range_sparsity_and_foreign_trajectory(tiny_models, d
     from gisp_engine.cli import main
 
     traj = prune(_cfg(tiny_models[("llama", True)])).trajectory
-    code = main(["eval", "--model", str(tiny_models[("llama", True)]), "--trajectory", str(traj.path),
-                 "--sparsity", "0.95", "--limit", "1", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_models[("llama", True)]),
+            "--trajectory",
+            str(traj.path),
+            "--sparsity",
+            "0.95",
+            "--limit",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "outside 0 .. " in capsys.readouterr().err
-    code = main(["eval", "--model", str(tiny_models[("qwen2", True)]), "--trajectory", str(traj.path),
-                 "--sparsity", "0.1", "--limit", "1", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_models[("qwen2", True)]),
+            "--trajectory",
+            str(traj.path),
+            "--sparsity",
+            "0.1",
+            "--limit",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "was built for model" in capsys.readouterr().err
     code = main(["eval", "--model", str(tiny_models[("llama", True)]), "--seq-len", "4096", "--limit", "1", "--quiet"])
     assert code == 2 and "longer than the model's context" in capsys.readouterr().err

@@ -26,8 +26,10 @@ BASE = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_s
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("explain-models")
-    return {"llama": make_tiny_model(root / "llama", "llama", gqa=True, seed=3),
-            "gemma3": make_tiny_model(root / "gemma3", "gemma3", gqa=True, seed=4)}
+    return {
+        "llama": make_tiny_model(root / "llama", "llama", gqa=True, seed=3),
+        "gemma3": make_tiny_model(root / "gemma3", "gemma3", gqa=True, seed=4),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,9 @@ def runs(models, data_dir, tmp_path_factory) -> dict[str, Trajectory]:
         return {
             "iterative": prune(PruneConfig(model=llama, steps=4, max_sparsity=0.5, **BASE)).trajectory,
             "oneshot": prune(PruneConfig(model=llama, steps=1, max_sparsity=0.5, **BASE)).trajectory,
-            "fixed": prune(PruneConfig(model=llama, method="gisp-oneshot", steps=2, max_sparsity=0.5, **BASE)).trajectory,
+            "fixed": prune(
+                PruneConfig(model=llama, method="gisp-oneshot", steps=2, max_sparsity=0.5, **BASE)
+            ).trajectory,
             "bare": prune(PruneConfig(model=llama, steps=1, max_sparsity=0.3, save_scores=False, **BASE)).trajectory,
         }
 
@@ -84,14 +88,17 @@ def test_structure_history_against_the_stored_arrays(runs):
     assert protected.protected and np.isnan(protected.score).all()
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("9:head:0", "layer 9 is outside 0..3"),
-    ("1:head:99", "head unit 99 is outside"),
-    ("1:channel:-1", "channel -1 is outside"),
-    ("1:neuron:0", "kind 'neuron' is not one of head, channel"),
-    ("1:head", "write LAYER:KIND:INDEX"),
-    ("a:head:1", "whole numbers"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("9:head:0", "layer 9 is outside 0..3"),
+        ("1:head:99", "head unit 99 is outside"),
+        ("1:channel:-1", "channel -1 is outside"),
+        ("1:neuron:0", "kind 'neuron' is not one of head, channel"),
+        ("1:head", "write LAYER:KIND:INDEX"),
+        ("a:head:1", "whole numbers"),
+    ],
+)
 def test_a_structure_that_does_not_exist_is_one_line(runs, spec, words):
     with pytest.raises(GispError, match=words):
         explain.structure_history(runs["iterative"], spec)
@@ -156,9 +163,11 @@ def test_cli_info_structure_and_rank_stability(runs, capsys):
     assert sum(r["count"] for rows in payload["per_layer"].values() for r in rows) == len(step2.score)
     assert main(["info", str(runs["oneshot"].path), "--rank-stability"]) == 0
     assert "by construction" in capsys.readouterr().out
-    for argv, words in (([str(runs["bare"].path), "--rank-stability"], "without every step's scores"),
-                        ([str(traj.path), "--structure", "1:head:99"], "outside"),
-                        ([str(traj.path), "--scores-at", "0"], "scores exist for the pruning steps")):
+    for argv, words in (
+        ([str(runs["bare"].path), "--rank-stability"], "without every step's scores"),
+        ([str(traj.path), "--structure", "1:head:99"], "outside"),
+        ([str(traj.path), "--scores-at", "0"], "scores exist for the pruning steps"),
+    ):
         assert main(["info", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0]
@@ -174,7 +183,9 @@ def test_rescoring_along_a_run_gives_its_scores_and_follows_any_order_given(runs
     order = traj.removal_step.copy()
     first = np.flatnonzero(order == 1)
     out = first[0]
-    kept = [i for i in np.flatnonzero(order == -1) if traj.space.kind[i] == traj.space.kind[out] and traj.space.layer[i] > 0]
+    kept = [
+        i for i in np.flatnonzero(order == -1) if traj.space.kind[i] == traj.space.kind[out] and traj.space.layer[i] > 0
+    ]
     order[out], order[kept[0]] = -1, 1
     foreign = dataclasses.replace(traj, removal_step=order)
     followed = rescore_along(foreign, device="cpu", dtype="float32")
@@ -193,8 +204,15 @@ def test_the_iterative_examples_drift_from_their_dense_ranking(name):
         assert 0.99 < result.jaccard[0] < 1 and "measured again" in result.notes[0]
 
 
-@pytest.mark.parametrize("name", ["smollm2-135m-ppl-iterative", "smollm2-135m-ppl-oneshot", "smollm2-135m-tasks-margin",
-                                  "gemma3-270m-ppl-iterative"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "smollm2-135m-ppl-iterative",
+        "smollm2-135m-ppl-oneshot",
+        "smollm2-135m-tasks-margin",
+        "gemma3-270m-ppl-iterative",
+    ],
+)
 def test_an_examples_scores_are_those_its_steps_cut_by(name):
     """At every step the structures removed are the lowest that step scored (99.9% for a run that kept its scores:
     float16 storage ties a few near the cut; 99% for scores measured again along an older engine's order, where
@@ -249,8 +267,9 @@ def test_attention_patterns_dense_and_at_a_step(models, runs, family, data_dir):
             np.testing.assert_allclose(at.weights[layer, heads], reference.weights[layer, heads], atol=1e-5)
         assert not np.allclose(at.weights[-1], dense.weights[-1], atol=1e-4)  # the pruned layers below changed it
         # and the caller's model computes the dense patterns again afterwards (the hooks are gone)
-        np.testing.assert_allclose(explain.attention_patterns(model, "one two three four five six").weights,
-                                   dense.weights, atol=1e-6)
+        np.testing.assert_allclose(
+            explain.attention_patterns(model, "one two three four five six").weights, dense.weights, atol=1e-6
+        )
 
 
 def test_attention_refuses_empty_and_long_texts(models):

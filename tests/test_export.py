@@ -68,8 +68,15 @@ def synthetic_trajectory(loaded: LoadedModel, gqa: str, seed: int = 0, steps: in
     records = []
     for t in range(steps + 1):
         keep = (removal == -1) | (removal > t)
-        records.append(StepRecord(t, float(1 - keep.mean()), space.param_sparsity(keep), 0.0,
-                                  int(space.linear_params_per_layer(keep).sum())))
+        records.append(
+            StepRecord(
+                t,
+                float(1 - keep.mean()),
+                space.param_sparsity(keep),
+                0.0,
+                int(space.linear_params_per_layer(keep).sum()),
+            )
+        )
     meta = {"key": f"synthetic-{gqa}-{seed}", "model": loaded.describe()}
     return Trajectory(meta, g, gqa, removal, score, records)
 
@@ -147,7 +154,11 @@ def run_isolated(jobs: dict, workdir: Path) -> tuple[dict, dict]:
     out = workdir / "results"
     done = subprocess.run(
         [sys.executable, "-I", "-S", "-c", ISOLATED, sysconfig.get_paths()["purelib"], json.dumps(jobs), str(out)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(Path(str(out) + ".json").read_text()), load_file(str(out) + ".safetensors")
@@ -181,8 +192,12 @@ def isolated_results(exported, tmp_path_factory) -> tuple[dict, dict]:
     jobs = {}
     for case, e in exported.items():
         for kind, folder, remote in (("remote", e.per_layer, True), ("stock", e.uniform, False)):
-            jobs[f"{case_id(case)}.{kind}"] = {"dir": str(folder), "remote": remote, "x": e.x.tolist(),
-                                               "new_tokens": NEW_TOKENS}
+            jobs[f"{case_id(case)}.{kind}"] = {
+                "dir": str(folder),
+                "remote": remote,
+                "x": e.x.tolist(),
+                "new_tokens": NEW_TOKENS,
+            }
     return run_isolated(jobs, tmp_path_factory.mktemp("isolated"))
 
 
@@ -348,8 +363,12 @@ def test_tampered_or_mismatched_folders_are_refused(exported, tmp_path):
     refused(d, "parameters, the manifest says")
 
     refused(e.per_layer, "was pruned from base weights", base_weights_sha256="0" * 64)
-    assert load_pruned(e.per_layer, device="cpu",
-                       base_weights_sha256=e.trajectory.meta["model"]["weights_sha256"]).param_count > 0
+    assert (
+        load_pruned(
+            e.per_layer, device="cpu", base_weights_sha256=e.trajectory.meta["model"]["weights_sha256"]
+        ).param_count
+        > 0
+    )
 
 
 def test_export_refuses_bad_input(tiny_models, tmp_path):
@@ -417,8 +436,9 @@ def test_embedded_model_export_equals_masked(embedded_model_dir, tmp_path):
     traj = synthetic_trajectory(loaded, "query", seed=3)
     point = traj.steps[STEP]
     assert 0.2 < point.param_sparsity < 0.5
-    x = loaded.tokenizer(["The quick brown fox jumps over the lazy dog near the river bank."],
-                         return_tensors="pt").input_ids
+    x = loaded.tokenizer(
+        ["The quick brown fox jumps over the lazy dog near the river bank."], return_tensors="pt"
+    ).input_ids
     result = export_subnetwork(loaded, traj, STEP, tmp_path / "smollm2")
     pruned = load_pruned(result.folder, device="cpu", dtype="float32")
     assert pruned.param_count == result.param_count
@@ -449,8 +469,10 @@ def flap_trajectory(loaded: LoadedModel, seed: int = 0) -> Trajectory:
 
     g = loaded.geometry
     rng = np.random.default_rng(seed)
-    extras = {"input_mean_o": rng.normal(0, 1, (g.num_layers, g.num_heads * g.head_dim)).astype(np.float32),
-              "input_mean_down": rng.normal(0, 1, (g.num_layers, g.intermediate_size)).astype(np.float32)}
+    extras = {
+        "input_mean_o": rng.normal(0, 1, (g.num_layers, g.num_heads * g.head_dim)).astype(np.float32),
+        "input_mean_down": rng.normal(0, 1, (g.num_layers, g.intermediate_size)).astype(np.float32),
+    }
     traj = synthetic_trajectory(loaded, "query", seed=seed)
     return replace(traj, meta={**traj.meta, "method": "flap"}, extras=extras)
 
@@ -479,8 +501,11 @@ def test_flap_exports_carry_the_bias_compensation(tiny_models, tmp_path):
     with safe_open(str(result.folder / "model.safetensors"), "pt") as f:
         names = set(f.keys())
     # layer 1 lost every head: its attention is a constant bias of its own
-    assert {"model.layers.1.self_attn.bias", "model.layers.2.self_attn.o_proj.bias",
-            "model.layers.2.mlp.down_proj.bias"} <= names
+    assert {
+        "model.layers.1.self_attn.bias",
+        "model.layers.2.self_attn.o_proj.bias",
+        "model.layers.2.mlp.down_proj.bias",
+    } <= names
     pruned = load_pruned(result.folder, device="cpu", dtype="float32")
     expected = _compensated_masked_logits(folder, traj, traj.keep_mask(STEP), x)
     plain = masked_outputs(folder, traj.space, traj.keep_mask(STEP), x)[0]
@@ -501,12 +526,14 @@ def test_flap_exports_carry_the_bias_compensation(tiny_models, tmp_path):
     torch.testing.assert_close(logits, _compensated_masked_logits(folder, traj, keep, x), rtol=1e-4, atol=1e-4)
 
     # left out on request; a stock family without an o_proj/down_proj bias refuses the uniform kind
-    plain_export = export_subnetwork(load_model(str(folder), dtype="float32"), traj, STEP, tmp_path / "plain",
-                                     bias_compensation=False)
+    plain_export = export_subnetwork(
+        load_model(str(folder), dtype="float32"), traj, STEP, tmp_path / "plain", bias_compensation=False
+    )
     assert plain_export.manifest["bias_compensation"] is False
     with torch.no_grad():
-        torch.testing.assert_close(load_pruned(plain_export.folder, device="cpu", dtype="float32").model(x).logits,
-                                   plain, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            load_pruned(plain_export.folder, device="cpu", dtype="float32").model(x).logits, plain, rtol=1e-4, atol=1e-4
+        )
     mistral = tiny_models[("mistral", True)]
     flap_mistral = flap_trajectory(load_model(str(mistral), dtype="float32"))
     with pytest.raises(GispError, match="no switch for an o_proj and down_proj bias"):

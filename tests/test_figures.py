@@ -102,14 +102,19 @@ def test_the_trajectory_curve_has_one_panel_per_metric(iterative):
     xaxes = {k: a for k, a in layout.items() if k.startswith("xaxis")}
     assert len(xaxes) == 3 and all(a.get("matches") == "x" for k, a in xaxes.items() if k != "xaxis")
     assert [yaxes[k]["title"]["text"] for k in ("yaxis", "yaxis2", "yaxis3")] == [
-        "calibration loss (nats)", "perplexity (log scale)", "accuracy"]
+        "calibration loss (nats)",
+        "perplexity (log scale)",
+        "accuracy",
+    ]
 
 
 def test_the_channel_hover_says_when_in_words(iterative):
     view = TrajectoryView.from_trajectory(iterative)
     trace = figures.channel_survival_figure(view, view.at(4)).to_dict()["data"][0]
-    assert "-1" not in trace["hovertemplate"] and f"kept through step %{{customdata[1]}} of {view.num_steps}" in \
-        trace["hovertemplate"]
+    assert (
+        "-1" not in trace["hovertemplate"]
+        and f"kept through step %{{customdata[1]}} of {view.num_steps}" in trace["hovertemplate"]
+    )
     last_kept = _floats(trace["customdata"])[..., 1]
     removal = view.channel_removal_sorted
     np.testing.assert_array_equal(last_kept, np.where(removal < 0, view.num_steps, removal - 1))
@@ -117,8 +122,10 @@ def test_the_channel_hover_says_when_in_words(iterative):
 
 def test_legends_sit_below_the_title(iterative):
     view = TrajectoryView.from_trajectory(iterative)
-    for fig in (figures.layer_fraction_figure(view, view.at(3)), figures.sweep_quality_figure(sweep_table(iterative),
-                                                                                               "perplexity")):
+    for fig in (
+        figures.layer_fraction_figure(view, view.at(3)),
+        figures.sweep_quality_figure(sweep_table(iterative), "perplexity"),
+    ):
         layout = fig.to_dict()["layout"]
         title, legend = layout["title"], layout["legend"]
         assert title["yref"] == legend["yref"] == "container" and legend["y"] < title["y"]
@@ -131,11 +138,20 @@ def test_the_speed_up_chart_shows_each_steps_spread():
 
     n = 4
     median = np.array([1.0, 1.2, np.nan, 1.6])
-    table = SweepTable(steps=np.arange(n), param_sparsity=np.array([0.0, 0.1, 0.2, 0.3]),
-                       structural_ratio=np.zeros(n), kept_params=np.zeros(n),
-                       quality={"wikitext2": np.array([10.0, 12.0, 14.0, 20.0])}, metric={"wikitext2": "perplexity"},
-                       labels={}, cost={"prefill_speedup": median, "prefill_speedup_low": median - [0, 0.1, 0, 0.3],
-                                        "prefill_speedup_high": median + [0, 0.2, 0, 0.05]})
+    table = SweepTable(
+        steps=np.arange(n),
+        param_sparsity=np.array([0.0, 0.1, 0.2, 0.3]),
+        structural_ratio=np.zeros(n),
+        kept_params=np.zeros(n),
+        quality={"wikitext2": np.array([10.0, 12.0, 14.0, 20.0])},
+        metric={"wikitext2": "perplexity"},
+        labels={},
+        cost={
+            "prefill_speedup": median,
+            "prefill_speedup_low": median - [0, 0.1, 0, 0.3],
+            "prefill_speedup_high": median + [0, 0.2, 0, 0.05],
+        },
+    )
     (trace,) = [t for t in figures.sweep_cost_figure(table).to_dict()["data"] if t.get("name") == "steps"]
     x = _floats(trace["x"])
     finite = ~np.isnan(x)

@@ -104,8 +104,19 @@ def test_scores_equal_direct_autograd(tiny_models, data_dir, case):
 def test_shrinking_equals_masking(tiny_models, data_dir, case):
     gqa, policy = case
     folder = tiny_models[("gemma3", gqa)]
-    base = dict(model=str(folder), num_samples=4, seq_len=32, steps=5, max_sparsity=0.6, protect_first=1,
-                protect_last=0, dtype="float32", batch_size=2, gqa=policy, save_scores=True)
+    base = dict(
+        model=str(folder),
+        num_samples=4,
+        seq_len=32,
+        steps=5,
+        max_sparsity=0.6,
+        protect_first=1,
+        protect_last=0,
+        dtype="float32",
+        batch_size=2,
+        gqa=policy,
+        save_scores=True,
+    )
     sliced_run, masked_run = (prune(PruneConfig(**base, shrink=s), use_cache=False).trajectory for s in (True, False))
     np.testing.assert_array_equal(sliced_run.removal_step, masked_run.removal_step)
     np.testing.assert_allclose(sliced_run.scores, masked_run.scores, rtol=1e-4, equal_nan=True)
@@ -140,8 +151,12 @@ def gemma_exports(tiny_models, tmp_path_factory) -> dict:
             uniform = export_subnetwork(loaded, traj, STEP, root / _id(case) / "uniform", uniform=True)
             expected["stock"] = masked_outputs(folder, traj.space, keep_from_manifest(traj.space, uniform.manifest), x)
             for kind, out, remote in (("remote", per_layer, True), ("stock", uniform.folder, False)):
-                jobs[f"{_id(case)}.{kind}"] = {"dir": str(out), "remote": remote, "x": x.tolist(),
-                                               "new_tokens": NEW_TOKENS}
+                jobs[f"{_id(case)}.{kind}"] = {
+                    "dir": str(out),
+                    "remote": remote,
+                    "x": x.tolist(),
+                    "new_tokens": NEW_TOKENS,
+                }
             cases[case] = (per_layer, uniform.folder, x, expected)
     return {"cases": cases, "isolated": run_isolated(jobs, tmp_path_factory.mktemp("gemma-isolated"))}
 
@@ -166,8 +181,17 @@ def test_exports_equal_the_masked_model_without_the_project(gemma_exports, case)
 
 
 def test_sweep_runs_on_gemma(tiny_models, data_dir, capsys):
-    traj = prune(PruneConfig(model=str(tiny_models[("gemma3", True)]), steps=3, max_sparsity=0.5, num_samples=4,
-                             seq_len=32, protect_first=1, dtype="float32")).trajectory
+    traj = prune(
+        PruneConfig(
+            model=str(tiny_models[("gemma3", True)]),
+            steps=3,
+            max_sparsity=0.5,
+            num_samples=4,
+            seq_len=32,
+            protect_first=1,
+            dtype="float32",
+        )
+    ).trajectory
     assert main(["sweep", "--trajectory", str(traj.path), "--limit", "3", "--json", "--quiet"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
@@ -189,8 +213,10 @@ def test_embedded_gemma_is_real_and_converted(embedded_gemma_dir, gemma):
     assert (g.num_layers, g.num_heads, g.num_kv_heads, g.head_dim, g.intermediate_size) == (18, 4, 1, 256, 2048)
     assert linear_weight_count(gemma.model, gemma.adapter) == StructureSpace(g).total_linear_params()
     # real weights, correctly dequantized (norm offsets, tied head): plain English is predictable
-    text = ("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
-            "structure in Paris. Its base is square, measuring 125 metres on each side.")
+    text = (
+        "The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
+        "structure in Paris. Its base is square, measuring 125 metres on each side."
+    )
     ids = gemma.tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
         perplexity = float(sequence_nll(gemma.model, ids).exp())
@@ -219,10 +245,12 @@ def test_embedded_gemma_export_equals_masked(embedded_gemma_dir, tmp_path):
 
     loaded = load_model(str(embedded_gemma_dir), device="cpu", dtype="float32")
     traj = synthetic_trajectory(loaded, "query", seed=5)
-    x = loaded.tokenizer(["The quick brown fox jumps over the lazy dog near the river bank."],
-                         return_tensors="pt").input_ids
-    pruned = load_pruned(export_subnetwork(loaded, traj, STEP, tmp_path / "gemma").folder, device="cpu",
-                         dtype="float32")
+    x = loaded.tokenizer(
+        ["The quick brown fox jumps over the lazy dog near the river bank."], return_tensors="pt"
+    ).input_ids
+    pruned = load_pruned(
+        export_subnetwork(loaded, traj, STEP, tmp_path / "gemma").folder, device="cpu", dtype="float32"
+    )
     del loaded
     assert pruned.manifest["linear_params"] == traj.steps[STEP].kept_params
     masked = load_model(str(embedded_gemma_dir), device="cpu", dtype="float32")

@@ -81,9 +81,14 @@ def compare(model: torch.nn.Module, gguf: Path, ids: list[int], new_tokens: int 
         got = runtime.logits(ids)
         tokens = runtime.greedy(ids, new_tokens) if new_tokens else []
     diff = np.abs(got - ref)
-    return {"max": float(diff.max()), "mean": float(diff.mean()),
-            "top1": float((got.argmax(-1) == ref.argmax(-1)).mean()), "greedy": tokens == expected,
-            "tokens": tokens, "expected": expected}
+    return {
+        "max": float(diff.max()),
+        "mean": float(diff.mean()),
+        "top1": float((got.argmax(-1) == ref.argmax(-1)).mean()),
+        "greedy": tokens == expected,
+        "tokens": tokens,
+        "expected": expected,
+    }
 
 
 def random_ids(n: int = 40, seed: int = 1) -> list[int]:
@@ -96,14 +101,17 @@ def no_leftovers(out: Path) -> bool:
 
 
 # ---- even GQA groups -----------------------------------------------------------------------------
-@pytest.mark.parametrize("kv_of, n_kv, heads, kv_heads", [
-    ([0, 0, 0, 1], 2, 6, 2),  # 3 + 1: pad to groups of 3 (8 heads) beats one KV per query (4 + 4)
-    ([0, 1, 1, 1, 2, 2, 2], 3, 9, 3),  # 1 + 3 + 3: two dummies
-    ([0, 0, 1, 1], 2, 4, 2),  # already even: written as it is
-    ([0, 1, 1, 1, 1, 1, 1, 1, 1], 2, 12, 3),  # 1 + 8: groups of 4 (12 + 3) beat padding to 8 (16 + 2) and
-    # tie groups of 2 (10 + 5), which cache more
-    ([], 0, 0, 0),
-])
+@pytest.mark.parametrize(
+    "kv_of, n_kv, heads, kv_heads",
+    [
+        ([0, 0, 0, 1], 2, 6, 2),  # 3 + 1: pad to groups of 3 (8 heads) beats one KV per query (4 + 4)
+        ([0, 1, 1, 1, 2, 2, 2], 3, 9, 3),  # 1 + 3 + 3: two dummies
+        ([0, 0, 1, 1], 2, 4, 2),  # already even: written as it is
+        ([0, 1, 1, 1, 1, 1, 1, 1, 1], 2, 12, 3),  # 1 + 8: groups of 4 (12 + 3) beat padding to 8 (16 + 2) and
+        # tie groups of 2 (10 + 5), which cache more
+        ([], 0, 0, 0),
+    ],
+)
 def test_groups_are_made_even_at_the_least_cost(kv_of, n_kv, heads, kv_heads):
     q_slots, kv_slots = even_groups(kv_of, n_kv)
     assert (len(q_slots), len(kv_slots)) == (heads, kv_heads)
@@ -146,8 +154,7 @@ def test_uniform_export_runs_in_llama_cpp_as_in_transformers(tiny_models, tmp_pa
 
 def test_qwen2_keeps_its_own_arch_when_every_head_stays(tiny_models, tmp_path):
     loaded = load_model(str(tiny_models[("qwen2", True)]), dtype="float32")
-    result = export_gguf(loaded, synthetic_trajectory(loaded, "query"), 0, tmp_path / "q", uniform=True,
-                         outtype="f32")
+    result = export_gguf(loaded, synthetic_trajectory(loaded, "query"), 0, tmp_path / "q", uniform=True, outtype="f32")
     assert result.manifest["gguf"]["arch"] == "qwen2"
     found = compare(loaded.model, result.gguf_path, random_ids(), new_tokens=8)
     assert found["max"] <= EXACT and found["greedy"], found
@@ -194,8 +201,9 @@ def test_flap_compensation_is_written_as_output_biases(tiny_models, tmp_path):
     assert result.manifest["layers"][1]["heads"] == [] and result.manifest["layers"][1]["gguf"]["head_count"] == 1
     found = compare(loaded.model, result.gguf_path, random_ids())  # loaded.model: sliced, with the biases
     assert found["max"] <= EXACT and found["greedy"], found
-    biases = {t.name: np.abs(t.data).max() for t in gguf.GGUFReader(result.gguf_path).tensors
-              if t.name.endswith(".bias")}
+    biases = {
+        t.name: np.abs(t.data).max() for t in gguf.GGUFReader(result.gguf_path).tensors if t.name.endswith(".bias")
+    }
     assert biases["blk.1.attn_output.bias"] > 0 and biases["blk.2.ffn_down.bias"] > 0
 
     loaded = load_model(str(folder), dtype="float32")
@@ -211,8 +219,10 @@ def test_runtime_decodes_the_same_without_every_logit_and_quotes_llama_cpp_on_fa
     loaded = load_model(str(tiny_models[("llama", True)]), dtype="float32")
     result = export_gguf(loaded, synthetic_trajectory(loaded, "query"), STEP, tmp_path / "g", outtype="f32")
     ids = random_ids(24)
-    with llamacpp.GGUFModel(result.gguf_path, n_ctx=64, n_threads=THREADS) as every, \
-            llamacpp.GGUFModel(result.gguf_path, n_ctx=64, n_threads=THREADS, logits_all=False) as last:
+    with (
+        llamacpp.GGUFModel(result.gguf_path, n_ctx=64, n_threads=THREADS) as every,
+        llamacpp.GGUFModel(result.gguf_path, n_ctx=64, n_threads=THREADS, logits_all=False) as last,
+    ):
         logits = every.logits(ids)
         last.eval(ids)
         np.testing.assert_allclose(last.last_logits(), logits[-1], atol=1e-5)
@@ -264,8 +274,9 @@ def test_cli_gguf_export_and_its_refusals(tiny_models, tmp_path, capsys):
     traj = synthetic_trajectory(loaded, "query")
     folder = traj.save(tmp_path / "traj")
     base = ["export", "--trajectory", str(folder), "--model", str(tiny_models[("llama", True)]), "--step", "3"]
-    assert main([*base, "--out", str(tmp_path / "g"), "--format", "gguf", "--outtype", "q8_0", "--json",
-                 "--quiet"]) == 0
+    assert (
+        main([*base, "--out", str(tmp_path / "g"), "--format", "gguf", "--outtype", "q8_0", "--json", "--quiet"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["arch"] == "deci" and summary["outtype"] == "q8_0" and Path(summary["gguf"]).is_file()
     files = sorted(p.name for p in (tmp_path / "g").iterdir())
@@ -278,9 +289,11 @@ def test_cli_gguf_export_and_its_refusals(tiny_models, tmp_path, capsys):
     assert f"FROM ./{Path(summary['gguf']).name}" in (tmp_path / "g" / "Modelfile").read_text()
     with pytest.raises(GispError, match="GGUF export for llama.cpp"):
         load_pruned(tmp_path / "g")
-    for extra, message in ((["--format", "gguf", "--outtype", "q9"], "unknown --outtype"),
-                           (["--outtype", "f16"], "--outtype is the GGUF file's type"),
-                           (["--format", "gguf", "--all-steps"], "writes one step")):
+    for extra, message in (
+        (["--format", "gguf", "--outtype", "q9"], "unknown --outtype"),
+        (["--outtype", "f16"], "--outtype is the GGUF file's type"),
+        (["--format", "gguf", "--all-steps"], "writes one step"),
+    ):
         args = [a for a in base if a not in ("--step", "3")] if "--all-steps" in extra else base
         assert main([*args, "--out", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err
@@ -332,8 +345,11 @@ def smollm_step6(embedded_model_dir, tmp_path_factory):
 def test_smollm2_per_layer_step6_in_llama_cpp(smollm_step6):
     traj, loaded, ids, result = smollm_step6
     m = result.manifest
-    uneven = [i for i, layer in enumerate(m["layers"]) if layer["gguf"]["dummy_heads"]
-              or layer["gguf"]["head_count_kv"] != len(layer["kv_heads"])]
+    uneven = [
+        i
+        for i, layer in enumerate(m["layers"])
+        if layer["gguf"]["dummy_heads"] or layer["gguf"]["head_count_kv"] != len(layer["kv_heads"])
+    ]
     assert m["gguf"]["arch"] == "deci" and len(uneven) >= 10
     assert m["gguf"]["tokenizer"]["pre"] == "smollm" and m["gguf"]["tokenizer"]["source"].startswith("embedded-gguf")
     card = yaml.safe_load((result.folder / "README.md").read_text().split("---\n")[1])
@@ -352,8 +368,10 @@ def test_smollm2_outtypes_within_their_bands(smollm_step6, tmp_path, outtype):
     result = export_gguf(loaded, traj, 6, tmp_path / outtype, outtype=outtype)
     found = compare(sliced.model, result.gguf_path, ids, new_tokens=0)
     most, mean, top1 = OUTTYPE_BANDS[outtype]
-    print(f"{outtype}: max {found['max']:.4g} mean {found['mean']:.4g} top-1 {found['top1']:.3f} "
-          f"{result.manifest['gguf']['file_bytes'] / 2**20:.1f} MiB")
+    print(
+        f"{outtype}: max {found['max']:.4g} mean {found['mean']:.4g} top-1 {found['top1']:.3f} "
+        f"{result.manifest['gguf']['file_bytes'] / 2**20:.1f} MiB"
+    )
     assert found["max"] <= most and found["mean"] <= mean and found["top1"] >= top1, found
     if outtype == "q4_k_m":
         assert "llama_model_quantize" in result.manifest["gguf"]["quantized_by"]
@@ -368,9 +386,14 @@ def wikitext_rows(n: int = 200) -> list[str]:
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("model, from_tokenizer_json", [
-    ("smollm2-135m", False), ("smollm2-135m", True), ("gemma3-270m", False),
-])
+@pytest.mark.parametrize(
+    "model, from_tokenizer_json",
+    [
+        ("smollm2-135m", False),
+        ("smollm2-135m", True),
+        ("gemma3-270m", False),
+    ],
+)
 def test_llama_cpp_tokenizes_as_transformers(model, from_tokenizer_json, tmp_path, request):
     """200 WikiText-2 rows: the embedded models' own GGUF tokenizer (what their exports carry), and
     SmolLM2's written from its tokenizer.json (the path of hub models; pre-tokenizer ``smollm``)."""
@@ -391,8 +414,18 @@ def test_export_page_writes_a_gguf_and_shows_how_to_run_it(tiny_models, data_dir
     from gisp_engine import PruneConfig, prune
     from test_app import no_errors, open_page
 
-    run = prune(PruneConfig(model=str(tiny_models[("llama", True)]), steps=2, max_sparsity=0.5, num_samples=4,
-                            seq_len=32, protect_first=1, dtype="float32", batch_size=4))
+    run = prune(
+        PruneConfig(
+            model=str(tiny_models[("llama", True)]),
+            steps=2,
+            max_sparsity=0.5,
+            num_samples=4,
+            seq_len=32,
+            protect_first=1,
+            dtype="float32",
+            batch_size=4,
+        )
+    )
     at = open_page("pages/5_Export.py", select=str(run.path))
     at.radio(key="export_format").set_value("GGUF for llama.cpp and Ollama").run()
     at.select_slider[0].set_value(2).run()

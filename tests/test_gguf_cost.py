@@ -65,8 +65,10 @@ def test_llamacpp_cost_sweep(saved, isolated_cache, tmp_path):
 
     table = sweep_table(traj)
     cost = table.cost
-    assert table.cost_label == ("llama.cpp cost (per-layer GGUF f16, 32 prefill, decode 4 tokens, cpu, 1 threads, "
-                                "median of 3 interleaved repeats)")
+    assert table.cost_label == (
+        "llama.cpp cost (per-layer GGUF f16, 32 prefill, decode 4 tokens, cpu, 1 threads, "
+        "median of 3 interleaved repeats)"
+    )
     assert cost["prefill_speedup"][0] == cost["decode_speedup"][0] == cost["weight_ratio"][0] == 1.0
     for what in ("prefill", "decode"):
         low, mid, high = (cost[f"{what}_speedup{s}"] for s in ("_low", "", "_high"))
@@ -85,8 +87,12 @@ def test_llamacpp_cost_sweep(saved, isolated_cache, tmp_path):
     assert row["details"]["arch"] == "deci" and row["details"]["padding_overhead"] > 0  # step 3 has uneven groups
 
     # remembered: the same request again loads no model and computes nothing
-    again = run_sweep(traj, lambda: pytest.fail("a remembered sweep loaded the model"), SweepRequest(tasks=(), cost=SPEC),
-                      dtype="float32")
+    again = run_sweep(
+        traj,
+        lambda: pytest.fail("a remembered sweep loaded the model"),
+        SweepRequest(tasks=(), cost=SPEC),
+        dtype="float32",
+    )
     assert all(r["cached"] for r in again.rows)
     assert [r["details"]["prefill_s"] for r in again.rows] == [r["details"]["prefill_s"] for r in report.rows]
     # another GGUF type, layout or alignment is another measurement, not found among these
@@ -115,8 +121,12 @@ def test_requests_with_a_llamacpp_cost_round_trip():
     old = SweepRequest(tasks=("wikitext2",), cost=CostSpec()).to_dict()  # as stored before llama.cpp costs
     assert "runtime" not in old["cost"] and SweepRequest.from_dict(old).cost == CostSpec()
     assert GGUFCostSpec(align=1) == GGUFCostSpec()  # rounds nothing: one measurement
-    for bad, message in (({"layout": "diagonal"}, "unknown GGUF layout"), ({"repeats": 2}, "at least 3"),
-                         ({"align": 0}, "at least 1"), ({"runtime": "onnx"}, "unknown cost runtime")):
+    for bad, message in (
+        ({"layout": "diagonal"}, "unknown GGUF layout"),
+        ({"repeats": 2}, "at least 3"),
+        ({"align": 0}, "at least 1"),
+        ({"runtime": "onnx"}, "unknown cost runtime"),
+    ):
         with pytest.raises(GispError, match=message):
             spec_from_dict({**GGUFCostSpec().to_dict(), **bad})
 
@@ -137,16 +147,21 @@ def test_cli_llamacpp_cost_and_its_refusals(saved, tiny_models, isolated_cache, 
     flap = flap_trajectory(load_model(str(qwen2), dtype="float32")).save(tmp_path / "flap")
     llama = ["--cost", "--runtime", "llamacpp"]
     for args, message in (
-            ([*base, *llama, "--outtype", "q9"], "unknown --outtype 'q9'"),
-            ([*base, "--outtype", "f16"], "--outtype sets how cost is measured: add --cost"),
-            ([*base, "--runtime", "llamacpp"], "add --cost"),
-            ([*base, *llama, "--cost-batch", "2"], "--cost-batch is PyTorch's"),
-            ([*base, "--cost", "--uniform"], "--uniform describes the GGUF that --runtime llamacpp times"),
-            ([*base, *llama, "--align", "0"], "--align must be a whole number"),
-            (["sweep", "--trajectory", str(qwen3_traj), "--model", str(qwen3), "--task", "none", *llama],
-             "Qwen3's q/k norms have no place in llama.cpp's per-layer architecture (deci): export it with --uniform"),
-            (["sweep", "--trajectory", str(flap), "--model", str(qwen2), "--task", "none", *llama, "--uniform"],
-             "qwen2 has no o_proj/down_proj biases for FLAP's bias compensation")):
+        ([*base, *llama, "--outtype", "q9"], "unknown --outtype 'q9'"),
+        ([*base, "--outtype", "f16"], "--outtype sets how cost is measured: add --cost"),
+        ([*base, "--runtime", "llamacpp"], "add --cost"),
+        ([*base, *llama, "--cost-batch", "2"], "--cost-batch is PyTorch's"),
+        ([*base, "--cost", "--uniform"], "--uniform describes the GGUF that --runtime llamacpp times"),
+        ([*base, *llama, "--align", "0"], "--align must be a whole number"),
+        (
+            ["sweep", "--trajectory", str(qwen3_traj), "--model", str(qwen3), "--task", "none", *llama],
+            "Qwen3's q/k norms have no place in llama.cpp's per-layer architecture (deci): export it with --uniform",
+        ),
+        (
+            ["sweep", "--trajectory", str(flap), "--model", str(qwen2), "--task", "none", *llama, "--uniform"],
+            "qwen2 has no o_proj/down_proj biases for FLAP's bias compensation",
+        ),
+    ):
         assert main([*args, *FAST]) == 2, args
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (args, err)
@@ -164,8 +179,9 @@ def test_a_background_sweep_refuses_a_bad_llamacpp_cost_before_starting(saved, t
     with pytest.raises(GispError, match="unknown --outtype 'q9'"):
         jobs.submit_sweep(traj, SweepRequest(tasks=(), cost=GGUFCostSpec(outtype="q9")))
     qwen3 = tiny_models[("qwen3", True)]
-    qwen3_traj = Trajectory.load(synthetic_trajectory(load_model(str(qwen3), dtype="float32"), "query")
-                                 .save(tmp_path / "q3"))
+    qwen3_traj = Trajectory.load(
+        synthetic_trajectory(load_model(str(qwen3), dtype="float32"), "query").save(tmp_path / "q3")
+    )
     with pytest.raises(GispError, match="export it with --uniform"):
         jobs.submit_sweep(qwen3_traj, SweepRequest(tasks=(), cost=GGUFCostSpec()))
     monkeypatch.setitem(sys.modules, "llama_cpp", None)

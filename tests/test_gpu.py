@@ -54,8 +54,18 @@ def test_scores_on_the_device_equal_the_cpu_float32_scores(tiny_llama, calib, de
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_scoring_with_float32_sums_gives_nested_steps(tiny_llama, calib, device):
-    config = PruneConfig(model=str(tiny_llama), calib=calib, num_samples=8, seq_len=32, batch_size=2, steps=3, max_sparsity=0.4,
-                         protect_first=1, dtype="bfloat16", device=device)
+    config = PruneConfig(
+        model=str(tiny_llama),
+        calib=calib,
+        num_samples=8,
+        seq_len=32,
+        batch_size=2,
+        steps=3,
+        max_sparsity=0.4,
+        protect_first=1,
+        dtype="bfloat16",
+        device=device,
+    )
     traj = prune(config, use_cache=False).trajectory
     assert traj.meta["model"]["dtype"] == "bfloat16" and traj.meta["device"].startswith(device)
     masks = [traj.keep_mask(t) for t in range(4)]
@@ -66,8 +76,17 @@ def test_bf16_scoring_with_float32_sums_gives_nested_steps(tiny_llama, calib, de
 @pytest.mark.parametrize("device", DEVICES)
 def test_sliced_masked_and_exported_models_agree_on_the_device(tiny_models, calib, tmp_path, device):
     folder = tiny_models[("gemma3", True)]  # q/k norms, one KV head, sliding windows: the least Llama-like family
-    config = PruneConfig(model=str(folder), calib=calib, num_samples=4, seq_len=32, steps=2, max_sparsity=0.4, protect_first=1,
-                         device=device, dtype="float32")
+    config = PruneConfig(
+        model=str(folder),
+        calib=calib,
+        num_samples=4,
+        seq_len=32,
+        steps=2,
+        max_sparsity=0.4,
+        protect_first=1,
+        device=device,
+        dtype="float32",
+    )
     traj = prune(config).trajectory
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0)).to(device)
     masked = load_model(str(folder), device, "float32")

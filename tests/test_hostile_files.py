@@ -14,15 +14,25 @@ from gisp_engine.data import load_documents, read_jsonl, resolve_text_source
 from tiny import cache_dir
 
 # the same examples on every run, so that a failure reproduces; its blob is printed to replay it
-CASES = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                 print_blob=True)
+CASES = settings(
+    max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, print_blob=True
+)
 
 
 @pytest.fixture(scope="module")
 def saved_trajectory(tiny_models, data_dir, tmp_path_factory) -> Path:
     with cache_dir(tmp_path_factory.mktemp("cache")):  # restores an outer value, as del would not
-        traj = prune(PruneConfig(model=str(tiny_models[("llama", True)]), num_samples=2, seq_len=16, steps=3,
-                                 max_sparsity=0.4, protect_first=1, save_scores=True)).trajectory
+        traj = prune(
+            PruneConfig(
+                model=str(tiny_models[("llama", True)]),
+                num_samples=2,
+                seq_len=16,
+                steps=3,
+                max_sparsity=0.4,
+                protect_first=1,
+                save_scores=True,
+            )
+        ).trajectory
     return traj.save(tmp_path_factory.mktemp("traj") / "t")
 
 
@@ -34,8 +44,12 @@ def _load_or_gisp_error(folder: Path) -> None:
 
 
 @CASES
-@given(which=st.sampled_from(["trajectory.json", "structures.safetensors"]), cut=st.floats(0, 1),
-       junk=st.binary(max_size=64), mode=st.sampled_from(["truncate", "replace", "splice"]))
+@given(
+    which=st.sampled_from(["trajectory.json", "structures.safetensors"]),
+    cut=st.floats(0, 1),
+    junk=st.binary(max_size=64),
+    mode=st.sampled_from(["truncate", "replace", "splice"]),
+)
 def test_damaged_trajectory_files(saved_trajectory, tmp_path_factory, which, cut, junk, mode):
     folder = tmp_path_factory.mktemp("case")
     for f in saved_trajectory.iterdir():
@@ -48,23 +62,42 @@ def test_damaged_trajectory_files(saved_trajectory, tmp_path_factory, which, cut
     elif mode == "replace":
         data = junk
     else:
-        data = data[:at] + junk + data[at + len(junk):]
+        data = data[:at] + junk + data[at + len(junk) :]
     target.write_bytes(data)
     _load_or_gisp_error(folder)
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 
 
 @CASES
-@given(path=st.lists(st.sampled_from(["geometry", "steps", "structures", "gqa", "version", "num_layers",
-                                      "intermediate_size", "num_heads", "sha256", 0, 1, "param_sparsity"]),
-                     min_size=1, max_size=3),
-       value=json_values)
+@given(
+    path=st.lists(
+        st.sampled_from(
+            [
+                "geometry",
+                "steps",
+                "structures",
+                "gqa",
+                "version",
+                "num_layers",
+                "intermediate_size",
+                "num_heads",
+                "sha256",
+                0,
+                1,
+                "param_sparsity",
+            ]
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    value=json_values,
+)
 def test_edited_trajectory_metadata(saved_trajectory, tmp_path_factory, path, value):
     import json
 
@@ -90,8 +123,10 @@ def test_edited_trajectory_metadata(saved_trajectory, tmp_path_factory, path, va
 
 
 @CASES
-@given(lines=st.lists(st.binary(max_size=80) | st.text(max_size=80).map(str.encode), max_size=8),
-       suffix=st.sampled_from([".jsonl", ".txt"]))
+@given(
+    lines=st.lists(st.binary(max_size=80) | st.text(max_size=80).map(str.encode), max_size=8),
+    suffix=st.sampled_from([".jsonl", ".txt"]),
+)
 def test_random_calibration_files(tmp_path_factory, lines, suffix):
     path = tmp_path_factory.mktemp("data") / f"calib{suffix}"
     path.write_bytes(b"\n".join(lines))
@@ -127,10 +162,24 @@ def task_heads(data_dir) -> dict[str, bytes]:
 
 
 @CASES
-@given(name=st.sampled_from(["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
-                             "openbookqa", "gsm8k_train", "gsm8k_test"]),
-       cut=st.floats(0, 1), junk=st.binary(max_size=48),
-       mode=st.sampled_from(["truncate", "replace", "splice", "compressed-bytes"]))
+@given(
+    name=st.sampled_from(
+        [
+            "boolq",
+            "piqa",
+            "hellaswag",
+            "winogrande",
+            "arc_easy",
+            "arc_challenge",
+            "openbookqa",
+            "gsm8k_train",
+            "gsm8k_test",
+        ]
+    ),
+    cut=st.floats(0, 1),
+    junk=st.binary(max_size=48),
+    mode=st.sampled_from(["truncate", "replace", "splice", "compressed-bytes"]),
+)
 def test_damaged_task_files(task_heads, tmp_path_factory, name, cut, junk, mode):
     import bz2
 
@@ -144,13 +193,13 @@ def test_damaged_task_files(task_heads, tmp_path_factory, name, cut, junk, mode)
     elif mode == "replace":
         data = junk
     elif mode == "splice":
-        data = data[:at] + junk + data[at + len(junk):]
+        data = data[:at] + junk + data[at + len(junk) :]
     compressed = source.local.endswith(".bz2")
     if compressed:
         data = bz2.compress(data)
         if mode == "compressed-bytes":  # damage the container itself
             cut_at = int(cut * len(data))
-            data = data[:cut_at] + junk + data[cut_at + len(junk):]
+            data = data[:cut_at] + junk + data[cut_at + len(junk) :]
     path = tmp_path_factory.mktemp("task") / Path(source.local).name
     path.write_bytes(data)
     try:

@@ -52,15 +52,27 @@ def test_files_are_written_with_the_umask_read_once(tmp_path):
 def _job_folder(key: str, state: str, updated: float) -> None:
     folder = jobs.job_dir(key)
     folder.mkdir(parents=True)
-    atomic_write_json(folder / "status.json", {"key": key, "state": state, "updated_unix": updated,
-                                               "started_unix": updated})
+    atomic_write_json(
+        folder / "status.json", {"key": key, "state": state, "updated_unix": updated, "started_unix": updated}
+    )
 
 
 def test_cache_rm_and_prune(tiny_llama, data_dir, capsys):
-    traj = prune(PruneConfig(model=str(tiny_llama), steps=2, max_sparsity=0.3, num_samples=4, seq_len=32,
-                             protect_first=1, dtype="float32", batch_size=4)).trajectory
-    checks.remember_evaluation(traj, {"identity": {"task": "x", "step": 0}, "task": "x", "step": 0, "value": 1.0,
-                                      "label": "x"})
+    traj = prune(
+        PruneConfig(
+            model=str(tiny_llama),
+            steps=2,
+            max_sparsity=0.3,
+            num_samples=4,
+            seq_len=32,
+            protect_first=1,
+            dtype="float32",
+            batch_size=4,
+        )
+    ).trajectory
+    checks.remember_evaluation(
+        traj, {"identity": {"task": "x", "step": 0}, "task": "x", "step": 0, "value": 1.0, "label": "x"}
+    )
     now = time.time()
     _job_folder("old-done", "done", now - 10 * 86400)
     _job_folder("new-failed", "failed", now)
@@ -113,8 +125,10 @@ def test_old_uploads_and_exports_are_pruned_and_uploads_wait_for_running_jobs(is
     from gisp_engine import serving, uploads
 
     def task(first: int) -> bytes:  # a valid custom task file (the loader checks it on upload)
-        return b"".join(b'{"query": "Q: %d + 2 = ?", "choices": ["%d", "%d"], "gold": 0}\n' % (n, n + 2, n + 3)
-                        for n in range(first, first + 40))
+        return b"".join(
+            b'{"query": "Q: %d + 2 = ?", "choices": ["%d", "%d"], "gold": 0}\n' % (n, n + 2, n + 3)
+            for n in range(first, first + 40)
+        )
 
     old_upload = Path(uploads.store_upload("old.jsonl", task(0), "tasks")).parent
     new_upload = Path(uploads.store_upload("new.jsonl", task(100), "tasks")).parent

@@ -35,7 +35,10 @@ def reference_scores(loaded, space: StructureSpace, objective, scored_layers) ->
 
     def cols(lin, heads):
         w, grad = lin.weight.detach(), lin.weight.grad
-        return sum(float((w[:, h * dh:(h + 1) * dh].double() * grad[:, h * dh:(h + 1) * dh].double()).abs().sum()) for h in heads)
+        return sum(
+            float((w[:, h * dh : (h + 1) * dh].double() * grad[:, h * dh : (h + 1) * dh].double()).abs().sum())
+            for h in heads
+        )
 
     for i in scored_layers:
         layer = loaded.adapter.layers(model)[i]
@@ -45,7 +48,9 @@ def reference_scores(loaded, space: StructureSpace, objective, scored_layers) ->
                 q_heads, kv_heads = [u], ([] if g.is_gqa else [u])
             else:
                 q_heads, kv_heads = list(range(u * g.group_size, (u + 1) * g.group_size)), [u]
-            out[space.id(i, "head", u)] = rows(a.q, q_heads) + cols(a.o, q_heads) + rows(a.k, kv_heads) + rows(a.v, kv_heads)
+            out[space.id(i, "head", u)] = (
+                rows(a.q, q_heads) + cols(a.o, q_heads) + rows(a.k, kv_heads) + rows(a.v, kv_heads)
+            )
         for c in range(g.intermediate_size):
             gate, up, down = m.gate.weight.detach(), m.up.weight.detach(), m.down.weight.detach()
             w = [(gate[c], m.gate.weight.grad[c]), (up[c], m.up.weight.grad[c]), (down[:, c], m.down.weight.grad[:, c])]

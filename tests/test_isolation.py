@@ -23,8 +23,11 @@ def _environ_writes(source: str) -> list[int]:
 
 def test_only_the_context_manager_and_conftest_touch_the_environment():
     """tiny.cache_dir saves and restores (module and session fixtures); monkeypatch.setenv, for a test."""
-    found = {p.name: lines for p in sorted(TESTS.glob("*.py"))
-             if p.name not in ("tiny.py", "conftest.py") and (lines := _environ_writes(p.read_text()))}
+    found = {
+        p.name: lines
+        for p in sorted(TESTS.glob("*.py"))
+        if p.name not in ("tiny.py", "conftest.py") and (lines := _environ_writes(p.read_text()))
+    }
     assert found == {}, f"use tiny.cache_dir (module/session fixtures) or monkeypatch.setenv: {found}"
 
 
@@ -39,8 +42,11 @@ def test_every_hypothesis_fuzzer_is_derandomized():
         tree = ast.parse(path.read_text())
         if not any(isinstance(n, (ast.Import, ast.ImportFrom)) and "hypothesis" in ast.unparse(n) for n in tree.body):
             continue
-        calls = [n for n in ast.walk(tree)
-                 if isinstance(n, ast.Call) and ast.unparse(n.func) in ("settings", "hypothesis.settings")]
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and ast.unparse(n.func) in ("settings", "hypothesis.settings")
+        ]
         assert calls, f"{path.name}: hypothesis without a settings object"
         for call in calls:
             keywords = {k.arg: ast.unparse(k.value) for k in call.keywords}

@@ -16,8 +16,16 @@ from gisp_engine.progress import ProgressEvent
 
 
 def _config(model, **kw) -> PruneConfig:
-    base = dict(model=str(model), num_samples=4, seq_len=32, steps=3, max_sparsity=0.3, protect_first=1,
-                dtype="float32", batch_size=4)
+    base = dict(
+        model=str(model),
+        num_samples=4,
+        seq_len=32,
+        steps=3,
+        max_sparsity=0.3,
+        protect_first=1,
+        dtype="float32",
+        batch_size=4,
+    )
     base.update(kw)
     return PruneConfig(**base)
 
@@ -173,8 +181,13 @@ def test_a_run_starts_from_a_fresh_error_state(tiny_llama, data_dir):
     folder = jobs.job_dir(key)
     folder.mkdir(parents=True)
     (folder / jobs.REQUEST_FILE).write_text(json.dumps({"key": key, "config": config.to_dict()}))
-    stale = jobs.JobStatus(key=key, state="failed", error="the run stopped unexpectedly; its log is log.txt",
-                           started_unix=time.time(), config=config.to_dict())
+    stale = jobs.JobStatus(
+        key=key,
+        state="failed",
+        error="the run stopped unexpectedly; its log is log.txt",
+        started_unix=time.time(),
+        config=config.to_dict(),
+    )
     jobs._write_status(folder, stale)
     assert jobs.run(folder) == 0
     done = jobs.status(key)
@@ -187,8 +200,12 @@ def test_a_sweep_started_again_says_how_far_the_earlier_one_got(monkeypatch, tin
     key = "sweep-resumed"
     folder = jobs.job_dir(key)
     folder.mkdir(parents=True)
-    jobs._write_status(folder, jobs.JobStatus(key=key, state="cancelled", kind="sweep", step=7, total=22,
-                                              started_unix=time.time() - 100, error=None))
+    jobs._write_status(
+        folder,
+        jobs.JobStatus(
+            key=key, state="cancelled", kind="sweep", step=7, total=22, started_unix=time.time() - 100, error=None
+        ),
+    )
     again = jobs._start(key, {"kind": "sweep"}, total=22, kind="sweep")
     assert again.state == "starting" and again.resumed_from == 7 and again.error is None and spawned
     jobs._write_status(folder, jobs.JobStatus(key=key, state="done", kind="sweep", step=22, total=22))

@@ -35,9 +35,13 @@ BAND_ITEMS = 100  # the plausibility band: ours alone, on the two short-item tas
 BATCH = 16
 #: where lm-eval 0.4.13 ships each registered task's config
 YAMLS = {
-    "boolq": "super_glue/boolq/default.yaml", "piqa": "piqa/piqa.yaml", "hellaswag": "hellaswag/hellaswag.yaml",
-    "winogrande": "winogrande/default.yaml", "arc_easy": "arc/arc_easy.yaml",
-    "arc_challenge": "arc/arc_challenge.yaml", "openbookqa": "openbookqa/openbookqa.yaml",
+    "boolq": "super_glue/boolq/default.yaml",
+    "piqa": "piqa/piqa.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "winogrande": "winogrande/default.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml",
 }
 
 
@@ -53,8 +57,10 @@ def _raw_records(task: str, data_dir: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     with bz2.open(path, "rt", encoding="utf-8") as fh:
         lines = fh.read().split("\n")
-    return [{"context": lines[i], "gold": int(lines[i + 1]), "endings": lines[i + 2 : i + 6]}
-            for i in range(0, len(lines) - 5, 6)]
+    return [
+        {"context": lines[i], "gold": int(lines[i + 1]), "endings": lines[i + 2 : i + 6]}
+        for i in range(0, len(lines) - 5, 6)
+    ]
 
 
 def to_hub(task: str, r: dict) -> dict:
@@ -64,20 +70,33 @@ def to_hub(task: str, r: dict) -> dict:
         return {"passage": passage, "question": question[:-1], "label": r["gold"]}
     if task == "piqa":
         assert r["query"].startswith("Question: ") and r["query"].endswith("\n")
-        return {"goal": r["query"][len("Question: ") : -1], "sol1": r["choices"][0], "sol2": r["choices"][1],
-                "label": r["gold"]}
+        return {
+            "goal": r["query"][len("Question: ") : -1],
+            "sol1": r["choices"][0],
+            "sol2": r["choices"][1],
+            "label": r["gold"],
+        }
     if task == "hellaswag":
         label, ctx = r["context"].split(": ", 1)
         end = max(ctx.rfind(". "), ctx.rfind("! "), ctx.rfind("? "))
         tail = ctx[end + 2 :] if end >= 0 else ""
         ctx_a, ctx_b = (ctx[: end + 1], tail) if tail[:1].islower() and tail[-1:] not in ".!?" else (ctx, "")
-        return {"activity_label": label, "ctx_a": ctx_a, "ctx_b": ctx_b, "endings": r["endings"],
-                "label": str(r["gold"])}
+        return {
+            "activity_label": label,
+            "ctx_a": ctx_a,
+            "ctx_b": ctx_b,
+            "endings": r["endings"],
+            "label": str(r["gold"]),
+        }
     if task == "winogrande":
         a, b = r["context_options"]
         common = os.path.commonprefix([a, b])
-        return {"sentence": f"{common}_ {r['continuation']}", "option1": a[len(common) :],
-                "option2": b[len(common) :], "answer": str(r["gold"] + 1)}
+        return {
+            "sentence": f"{common}_ {r['continuation']}",
+            "option1": a[len(common) :],
+            "option2": b[len(common) :],
+            "answer": str(r["gold"] + 1),
+        }
     if task in ("arc_easy", "arc_challenge"):
         return {"question": r["query"].removeprefix("Question: "), **_labels(r["choices"], r["gold"])}
     if task == "openbookqa":
@@ -96,9 +115,15 @@ def lm_eval_task(task: str, records: list[dict], root: Path):
     config = load_yaml(Path(lm_eval.__file__).parent / "tasks" / YAMLS[task], resolve_func=True)
     assert config["task"] == task and config["output_type"] == "multiple_choice"
     config.pop("tag", None)
-    config.update(dataset_path="json", dataset_name=None,
-                  dataset_kwargs={"data_files": {"test": str(path)}, "cache_dir": str(root / "hf-cache")},
-                  training_split=None, validation_split=None, test_split="test", fewshot_split=None)
+    config.update(
+        dataset_path="json",
+        dataset_name=None,
+        dataset_kwargs={"data_files": {"test": str(path)}, "cache_dir": str(root / "hf-cache")},
+        training_split=None,
+        validation_split=None,
+        test_split="test",
+        fewshot_split=None,
+    )
     return ConfigurableTask(config=config)
 
 
@@ -133,8 +158,10 @@ def test_prompts_are_lm_evaluation_harness_prompts(data_dir, offline_hub, tmp_pa
     ours = load_task(task).items
     assert len(theirs) == len(ours) == len(records)
     mismatched = [it.index for it, (reqs, gold) in zip(ours, theirs) if (it.requests(), it.gold) != (reqs, gold)]
-    assert not mismatched, f"{task}: {len(mismatched)} items differ, first {ours[mismatched[0]].requests()[0]!r} " \
-                           f"vs {theirs[mismatched[0]][0][0]!r}"
+    assert not mismatched, (
+        f"{task}: {len(mismatched)} items differ, first {ours[mismatched[0]].requests()[0]!r} "
+        f"vs {theirs[mismatched[0]][0][0]!r}"
+    )
 
 
 # ---- on the embedded model -------------------------------------------------------------------
@@ -162,7 +189,9 @@ def both(embedded_model_dir, data_dir, offline_hub, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(zeroshot, "choice_loglikelihoods", spy)
         for task in CHOICE_TASKS:
-            results[task] = evaluate_task(loaded.model, loaded.tokenizer, task, limit=N_ITEMS, batch_size=BATCH).tasks[0]
+            results[task] = evaluate_task(loaded.model, loaded.tokenizer, task, limit=N_ITEMS, batch_size=BATCH).tasks[
+                0
+            ]
             items[task] = load_task(task).evaluation_items()[0][:N_ITEMS]
             ours[task] = seen.pop()
     ours_s = time.perf_counter() - started
@@ -192,9 +221,11 @@ def test_same_scores_and_metrics_as_lm_evaluation_harness(both, task):
     same = np.mean([a[0] == b[0] for a, b in picks])
     same_norm = np.mean([a[1] == b[1] for a, b in picks])
     diffs = np.concatenate([np.abs(a - b) for a, b in zip(ours[task], theirs[task])])
-    print(f"{task}: same pick {same:.3f} (acc_norm {same_norm:.3f}) of {N_ITEMS}; |delta loglik| median "
-          f"{np.median(diffs):.2e}, max {diffs.max():.2e}; acc ours {results[task].acc:.3f} "
-          f"lm-eval {metrics[task]['acc,none']:.3f}")
+    print(
+        f"{task}: same pick {same:.3f} (acc_norm {same_norm:.3f}) of {N_ITEMS}; |delta loglik| median "
+        f"{np.median(diffs):.2e}, max {diffs.max():.2e}; acc ours {results[task].acc:.3f} "
+        f"lm-eval {metrics[task]['acc,none']:.3f}"
+    )
     assert same == 1.0 and same_norm == 1.0
     assert diffs.max() <= 1e-3
     # what gisp eval reports equals lm-eval's metrics on the same items
@@ -212,8 +243,10 @@ def band_results(embedded_model_dir, data_dir):
     from gisp_engine.evaluate import evaluate_task
 
     loaded = load_model(str(embedded_model_dir), device="cpu", dtype="float32")
-    return {task: evaluate_task(loaded.model, loaded.tokenizer, task, limit=BAND_ITEMS, batch_size=BATCH).tasks[0]
-            for task in ("arc_easy", "piqa")}
+    return {
+        task: evaluate_task(loaded.model, loaded.tokenizer, task, limit=BAND_ITEMS, batch_size=BATCH).tasks[0]
+        for task in ("arc_easy", "piqa")
+    }
 
 
 @pytest.mark.real_model

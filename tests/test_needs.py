@@ -25,15 +25,17 @@ def _unruled_skips(source: str) -> list[int]:
             if "GISP_REQUIRE_DATA" in text and "pytest.fail(" in text:
                 ruled.update(range(fn.lineno, (fn.end_lineno or fn.lineno) + 1))
     return sorted(
-        node.lineno for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and node.attr in SKIPS and node.lineno not in ruled
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in SKIPS
+        and node.lineno not in ruled
         and ast.unparse(node.value) in ("pytest", "pytest.mark")
     )
 
 
 def test_every_reachable_skip_fails_under_gisp_require_data():
-    found = {path.name: lines for path in sorted(TESTS.glob("*.py"))
-             if (lines := _unruled_skips(path.read_text()))}
+    found = {path.name: lines for path in sorted(TESTS.glob("*.py")) if (lines := _unruled_skips(path.read_text()))}
     assert found == {}, f"skips that CI would pass over (use needs.require / needs.import_or_require): {found}"
 
 

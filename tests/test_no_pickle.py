@@ -9,8 +9,16 @@ import gisp_engine
 
 PACKAGE = Path(gisp_engine.__file__).resolve().parent
 PICKLING_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "copyreg"}
-PICKLING_CALLS = {"torch.save", "torch.load", "np.save", "np.load", "numpy.save", "numpy.load", "pd.read_pickle",
-                  "pandas.read_pickle"}
+PICKLING_CALLS = {
+    "torch.save",
+    "torch.load",
+    "np.save",
+    "np.load",
+    "numpy.save",
+    "numpy.load",
+    "pd.read_pickle",
+    "pandas.read_pickle",
+}
 # in memory between ranks, never on disk: torch.distributed pickles rank 0's cache decision for the others
 ALLOWED = {("distributed.py", "dist.broadcast_object_list")}
 
@@ -29,16 +37,23 @@ def pickling(source: str, name: str = "") -> list[str]:
             keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
             if (name, func) in ALLOWED:
                 continue
-            if (func in PICKLING_CALLS or func.endswith((".to_pickle", "broadcast_object_list", "all_gather_object"))
-                    or keywords.get("allow_pickle") == "True" or keywords.get("safe_serialization") == "False"
-                    or (func.endswith("torch.load") and keywords.get("weights_only") != "True")):
+            if (
+                func in PICKLING_CALLS
+                or func.endswith((".to_pickle", "broadcast_object_list", "all_gather_object"))
+                or keywords.get("allow_pickle") == "True"
+                or keywords.get("safe_serialization") == "False"
+                or (func.endswith("torch.load") and keywords.get("weights_only") != "True")
+            ):
                 found.append(f"{func}(...) line {node.lineno}")
     return found
 
 
 def test_no_module_of_the_engine_pickles():
-    found = {str(p.relative_to(PACKAGE)): hits for p in sorted(PACKAGE.rglob("*.py"))
-             if (hits := pickling(p.read_text(), p.name))}
+    found = {
+        str(p.relative_to(PACKAGE)): hits
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if (hits := pickling(p.read_text(), p.name))
+    }
     assert found == {}, f"pickle in the engine: {found}"
 
 

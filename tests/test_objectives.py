@@ -42,8 +42,14 @@ def test_margin_gradient_is_g_plus_minus_g_minus(tiny_models, data_dir, family):
     loaded = load_model(str(folder), dtype="float32")
     model, tok = loaded.model, loaded.tokenizer
     # two tasks, one with partial scoring; batch_size 3 -> several micro-batches, mixed lengths, padding
-    config = PruneConfig(model=str(folder), objective="margin", tasks="winogrande,arc_easy", calib_tokens=900,
-                         batch_size=3, dtype="float32")
+    config = PruneConfig(
+        model=str(folder),
+        objective="margin",
+        tasks="winogrande,arc_easy",
+        calib_tokens=900,
+        batch_size=3,
+        dtype="float32",
+    )
     objective = objective_spec("margin").build(loaded, config)
     assert len(objective.batches()) > 2
 
@@ -82,8 +88,9 @@ def test_padded_batches_score_like_single_sequences(tiny_llama):
     with torch.no_grad():
         batched, counts = continuation_logprobs(loaded.model, pad_batch(seqs, pad_id=5))
         single = [float(continuation_logprobs(loaded.model, pad_batch([s]))[0]) for s in seqs]
-        plain = [-float(answer_nll(loaded.model, loaded.tokenizer, c, x)) * n
-                 for (c, x), n in zip(pairs, counts.tolist())]
+        plain = [
+            -float(answer_nll(loaded.model, loaded.tokenizer, c, x)) * n for (c, x), n in zip(pairs, counts.tolist())
+        ]
     assert batched.tolist() == pytest.approx(single, rel=1e-5)
     assert single == pytest.approx(plain, rel=1e-5)
     # trailing whitespace of the context moves to the continuation, as lm-evaluation-harness does
@@ -107,28 +114,32 @@ def test_margin_budget_is_spread_evenly_and_drawn_from_the_pool(tiny_llama, data
         assert sl["tokens"] - last_tokens < 300
     assert desc["tokens_used"] == sum(s["tokens"] for s in desc["slices"].values())
     with pytest.raises(GispError, match="calibration pool .* is smaller than its share"):
-        objective_spec("margin").build(loaded, PruneConfig(model=str(tiny_llama), objective="margin",
-                                                           tasks="openbookqa", calib_tokens=10**7))
+        objective_spec("margin").build(
+            loaded, PruneConfig(model=str(tiny_llama), objective="margin", tasks="openbookqa", calib_tokens=10**7)
+        )
 
 
 def test_margin_items_per_task_take_exactly_that_many_items(tiny_llama, data_dir):
     loaded = load_model(str(tiny_llama), dtype="float32")
-    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks="hellaswag,winogrande", calib_items=5,
-                         seed=2)
+    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks="hellaswag,winogrande", calib_items=5, seed=2)
     desc = objective_spec("margin").build(loaded, config.validate()).describe()
     assert desc["calib_items"] == 5 and "calib_tokens" not in desc
     for task, sl in desc["slices"].items():
         data = load_task(task)
         assert sl["items"] == data.calibration_order(2)[:5]  # the seeded order, whatever the items' lengths
-        expected = sum(len(scored_sequence(loaded.tokenizer, c, x, loaded.max_length or None)) for i in sl["items"]
-                       for c, x in data.items[i].requests())
+        expected = sum(
+            len(scored_sequence(loaded.tokenizer, c, x, loaded.max_length or None))
+            for i in sl["items"]
+            for c, x in data.items[i].requests()
+        )
         assert sl["tokens"] == expected
     # long HellaSwag items cost more tokens than short WinoGrande ones at the same item count
     assert desc["slices"]["hellaswag"]["tokens"] > desc["slices"]["winogrande"]["tokens"]
     pool = len(load_task("openbookqa").calibration_pool())
     with pytest.raises(GispError, match=f"--calib-items {pool + 1} is more than its calibration pool holds"):
-        objective_spec("margin").build(loaded, PruneConfig(model=str(tiny_llama), objective="margin",
-                                                           tasks="openbookqa", calib_items=pool + 1))
+        objective_spec("margin").build(
+            loaded, PruneConfig(model=str(tiny_llama), objective="margin", tasks="openbookqa", calib_items=pool + 1)
+        )
     with pytest.raises(GispError, match=f"--calib-items {pool + 1} is more than its calibration pool holds"):
         plan(PruneConfig(model=str(tiny_llama), objective="margin", tasks="openbookqa", calib_items=pool + 1))
     with pytest.raises(GispError, match="not both"):
@@ -150,8 +161,14 @@ def test_gsm8k_objective_is_the_mean_answer_nll(tiny_llama, data_dir):
     assert items == load_task("gsm8k_train").calibration_order(0)[: len(items)] and desc["tokens_used"] >= 1500
     train = load_task("gsm8k_train").items
     with torch.no_grad():
-        expected = torch.stack([answer_nll(loaded.model, loaded.tokenizer, PROMPT.format(question=train[i].question),
-                                           " " + train[i].answer) for i in items]).mean()
+        expected = torch.stack(
+            [
+                answer_nll(
+                    loaded.model, loaded.tokenizer, PROMPT.format(question=train[i].question), " " + train[i].answer
+                )
+                for i in items
+            ]
+        ).mean()
     value = objective_value(loaded.model, objective)
     assert value == pytest.approx(float(expected), rel=1e-5)
     assert objective.summary(value)["answer_perplexity"] == pytest.approx(float(torch.exp(expected)), rel=1e-4)
@@ -196,8 +213,16 @@ def run_json(capsys, argv):
 
 
 def test_margin_trajectory_is_evaluated_on_held_out_items_only(tiny_llama, data_dir, capsys):
-    config = PruneConfig(model=str(tiny_llama), objective="margin", tasks="arc_easy,piqa", calib_tokens=800,
-                         steps=2, max_sparsity=0.3, batch_size=4, dtype="float32")
+    config = PruneConfig(
+        model=str(tiny_llama),
+        objective="margin",
+        tasks="arc_easy,piqa",
+        calib_tokens=800,
+        steps=2,
+        max_sparsity=0.3,
+        batch_size=4,
+        dtype="float32",
+    )
     traj = prune(config).trajectory
     slices = traj.meta["objective"]["slices"]
     assert set(slices) == {"piqa", "arc_easy"} and all(s["items"] for s in slices.values())

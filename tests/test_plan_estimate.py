@@ -40,14 +40,23 @@ def saved_bytes(model, adapter, space, scored_layers, ids) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("family, gqa, policy, dtype, length", [
-    ("llama", True, "query", torch.float32, 24),
-    ("llama", False, "query", torch.float32, 24),
-    ("llama", True, "kv-group", torch.bfloat16, 24),
-    ("qwen3", True, "query", torch.float32, 24),  # q/k norms
-    ("gemma3", True, "query", torch.float32, 24),  # four norms per layer, q/k norms, sliding window 8 < 24: K/V expanded
-    ("gemma3", True, "query", torch.bfloat16, 6),  # every window longer than the sequence: no mask
-])
+@pytest.mark.parametrize(
+    "family, gqa, policy, dtype, length",
+    [
+        ("llama", True, "query", torch.float32, 24),
+        ("llama", False, "query", torch.float32, 24),
+        ("llama", True, "kv-group", torch.bfloat16, 24),
+        ("qwen3", True, "query", torch.float32, 24),  # q/k norms
+        (
+            "gemma3",
+            True,
+            "query",
+            torch.float32,
+            24,
+        ),  # four norms per layer, q/k norms, sliding window 8 < 24: K/V expanded
+        ("gemma3", True, "query", torch.bfloat16, 6),  # every window longer than the sequence: no mask
+    ],
+)
 def test_the_activation_term_is_what_autograd_saves(tiny_models, family, gqa, policy, dtype, length):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -60,8 +69,16 @@ def test_the_activation_term_is_what_autograd_saves(tiny_models, family, gqa, po
     ids = torch.randint(0, config.vocab_size, (3, length), generator=torch.Generator().manual_seed(0))
     measured = saved_bytes(model, adapter, space, scored, ids)
     work = plan_estimate.Workload(micro_batches=1, batch=3, length=length, masked=False)
-    est = plan_estimate.estimate_memory(plan_estimate.meta_model(config, dtype), adapter, space, scored, dtype,
-                                        torch.device("cpu"), work, gradients=True)
+    est = plan_estimate.estimate_memory(
+        plan_estimate.meta_model(config, dtype),
+        adapter,
+        space,
+        scored,
+        dtype,
+        torch.device("cpu"),
+        work,
+        gradients=True,
+    )
     # exact up to what the estimate leaves out: RoPE's cos/sin and Gemma's (1 + weight) vectors, a few KiB
     assert est.part("activations") == pytest.approx(measured, rel=0.03), (est.part("activations"), measured)
 
@@ -77,10 +94,13 @@ def test_gradient_sums_count_every_scored_weight_once_and_only_with_several_micr
     per_layer = 2 * g.num_heads * g.head_dim * g.hidden_size + 3 * g.hidden_size * g.intermediate_size  # q, o; MLP
     for micro_batches, expected in ((1, 0), (3, 4 * 2 * per_layer)):
         work = plan_estimate.Workload(micro_batches, 2, 16, False)
-        est = plan_estimate.estimate_memory(model, adapter, space, [1, 2], torch.bfloat16, torch.device("cpu"), work, True)
+        est = plan_estimate.estimate_memory(
+            model, adapter, space, [1, 2], torch.bfloat16, torch.device("cpu"), work, True
+        )
         assert est.part("gradient sums") == expected
         assert est.part("weights") == sum(p.numel() for p in model.parameters()) * 2 + sum(
-            b.numel() * b.element_size() for b in model.buffers())
+            b.numel() * b.element_size() for b in model.buffers()
+        )
 
 
 def _cache_listing(root: Path) -> dict:
@@ -94,12 +114,30 @@ def test_dry_run_prints_the_plan_without_loading_weights(tiny_llama, data_dir, c
         raise AssertionError("a dry run loaded weights")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
-    argv = ["prune", "--model", str(tiny_llama), "--num-samples", "6", "--seq-len", "32", "--batch-size", "4",
-            "--steps", "3", "--protect-first", "1", "--dry-run"]
+    argv = [
+        "prune",
+        "--model",
+        str(tiny_llama),
+        "--num-samples",
+        "6",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--protect-first",
+        "1",
+        "--dry-run",
+    ]
     assert main(argv + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["key"] == plan(PruneConfig(model=str(tiny_llama), num_samples=6, seq_len=32, batch_size=4, steps=3,
-                                          protect_first=1)).key
+    assert (
+        out["key"]
+        == plan(
+            PruneConfig(model=str(tiny_llama), num_samples=6, seq_len=32, batch_size=4, steps=3, protect_first=1)
+        ).key
+    )
     assert out["cached"] is False and out["micro_batches"] == 2 and out["tokens_per_step"] == 6 * 32
     assert out["largest_micro_batch"] == {"sequences": 4, "length": 32}
     assert out["scored_layers"] == [1, 2] and out["fits"] is True and out["time"] is None
@@ -111,8 +149,20 @@ def test_dry_run_prints_the_plan_without_loading_weights(tiny_llama, data_dir, c
 
 
 def test_a_real_run_records_its_speed_for_the_next_dry_run(tiny_llama, data_dir, capsys):
-    argv = ["prune", "--model", str(tiny_llama), "--num-samples", "4", "--seq-len", "32", "--steps", "2",
-            "--protect-first", "1", "--quiet"]
+    argv = [
+        "prune",
+        "--model",
+        str(tiny_llama),
+        "--num-samples",
+        "4",
+        "--seq-len",
+        "32",
+        "--steps",
+        "2",
+        "--protect-first",
+        "1",
+        "--quiet",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     assert main(argv + ["--dry-run", "--json"]) == 0
@@ -122,16 +172,20 @@ def test_a_real_run_records_its_speed_for_the_next_dry_run(tiny_llama, data_dir,
     assert out["time"]["run_s"] == pytest.approx(2 * out["time"]["first_step_s"], rel=1e-3)
 
 
-@pytest.mark.parametrize("make_bad, message", [
-    (lambda tmp, tiny: ["--model", str(tmp)], "no config.json"),
-    (lambda tmp, tiny: ["--model", "./no/such/folder"], "does not exist"),
-    (lambda tmp, tiny: ["--model", str(_gpt2(tmp))], "unsupported architecture 'gpt2'.*llama, mistral"),
-    (lambda tmp, tiny: ["--model", str(tiny), "--device", "cuda:3"], "no such device on this machine; it has cpu"),
-    (lambda tmp, tiny: ["--model", str(tiny), "--device", "tpu"], "no such device on this machine; it has cpu"),
-    (lambda tmp, tiny: ["--model", str(tiny), "--dtype", "int3"], "--dtype int3: the estimate knows auto, float32"),
-])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_llama, isolated_cache, tmp_path, capsys, make_bad,
-                                                          message):
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda tmp, tiny: ["--model", str(tmp)], "no config.json"),
+        (lambda tmp, tiny: ["--model", "./no/such/folder"], "does not exist"),
+        (lambda tmp, tiny: ["--model", str(_gpt2(tmp))], "unsupported architecture 'gpt2'.*llama, mistral"),
+        (lambda tmp, tiny: ["--model", str(tiny), "--device", "cuda:3"], "no such device on this machine; it has cpu"),
+        (lambda tmp, tiny: ["--model", str(tiny), "--device", "tpu"], "no such device on this machine; it has cpu"),
+        (lambda tmp, tiny: ["--model", str(tiny), "--dtype", "int3"], "--dtype int3: the estimate knows auto, float32"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tiny_llama, isolated_cache, tmp_path, capsys, make_bad, message
+):
     import re
 
     before = _cache_listing(isolated_cache)
@@ -169,8 +223,24 @@ def test_a_run_too_big_for_free_memory_is_refused_before_loading(tiny_llama, dat
     with pytest.raises(GispError, match=r"would fit with --batch-size [24] .*--force runs anyway") as err:
         prune(config, use_cache=False)
     assert "\n" not in str(err.value) and not loads
-    code = main(["prune", "--model", str(tiny_llama), "--num-samples", "8", "--seq-len", "32", "--batch-size", "8",
-                 "--steps", "2", "--protect-first", "1", "--quiet"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(tiny_llama),
+            "--num-samples",
+            "8",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--protect-first",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "--batch-size" in capsys.readouterr().err
     monkeypatch.undo()
     assert prune(config, use_cache=False, check_memory=False).trajectory.num_steps == 2  # --force
@@ -183,8 +253,9 @@ def test_quick_bound_covers_the_estimate(tiny_models, data_dir):
         the_plan = plan(config)
         est = plan_estimate.dry_run(the_plan)
         _folder, hf_config, _adapter = plan_estimate.load_config(str(folder))
-        bound = plan_estimate.quick_upper_bound(config, hf_config, the_plan.space.geometry, torch.device("cpu"),
-                                                torch.float32)
+        bound = plan_estimate.quick_upper_bound(
+            config, hf_config, the_plan.space.geometry, torch.device("cpu"), torch.float32
+        )
         assert bound >= est.memory.peak - est.memory.part("runtime"), (family, gqa)
 
 

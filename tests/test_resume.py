@@ -36,8 +36,16 @@ class Interrupt(Exception):
 
 
 def test_resume_after_an_exception_matches_uninterrupted(tiny_llama, data_dir):
-    config = PruneConfig(model=str(tiny_llama), num_samples=4, seq_len=32, steps=6, max_sparsity=0.45,
-                         protect_first=1, dtype="float32", save_scores=True)
+    config = PruneConfig(
+        model=str(tiny_llama),
+        num_samples=4,
+        seq_len=32,
+        steps=6,
+        max_sparsity=0.45,
+        protect_first=1,
+        dtype="float32",
+        save_scores=True,
+    )
 
     def stop_after_3(event):
         if event.phase == "step" and event.done == 3:
@@ -93,14 +101,36 @@ def _saved_steps(events: Path) -> list[int]:
 
 def test_sigkill_mid_run_then_resume(tiny_llama, tmp_path, data_dir):
     """A real kill -9 of the CLI held after step 2; --resume says so, runs steps 3-6 only, and equals a fresh run."""
-    argv = ["prune", "--model", str(tiny_llama), "--num-samples", "4", "--seq-len", "32", "--steps", "6",
-            "--max-sparsity", "0.45", "--protect-first", "1", "--dtype", "float32", "--json"]
-    config = PruneConfig(model=str(tiny_llama), num_samples=4, seq_len=32, steps=6, max_sparsity=0.45,
-                         protect_first=1, dtype="float32")
+    argv = [
+        "prune",
+        "--model",
+        str(tiny_llama),
+        "--num-samples",
+        "4",
+        "--seq-len",
+        "32",
+        "--steps",
+        "6",
+        "--max-sparsity",
+        "0.45",
+        "--protect-first",
+        "1",
+        "--dtype",
+        "float32",
+        "--json",
+    ]
+    config = PruneConfig(
+        model=str(tiny_llama), num_samples=4, seq_len=32, steps=6, max_sparsity=0.45, protect_first=1, dtype="float32"
+    )
     key = plan(config).key
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_watched(killed, 2, argv + ["--quiet"]), env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        _watched(killed, 2, argv + ["--quiet"]),
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (killed / "saved-2").exists():  # the hook holds the run there: no race with the kill
@@ -117,8 +147,13 @@ def test_sigkill_mid_run_then_resume(tiny_llama, tmp_path, data_dir):
     assert list_cached() == []
 
     resumed_events = tmp_path / "resumed"
-    resumed = subprocess.run(_watched(resumed_events, -1, argv + ["--resume"]), env=dict(os.environ),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _watched(resumed_events, -1, argv + ["--resume"]),
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "gisp: resuming after step 2 of 6" in resumed.stderr
     assert _saved_steps(resumed_events) == [3, 4, 5, 6], "only the steps after the checkpoint are recomputed"
@@ -132,15 +167,18 @@ DAMAGES = {
     "arrays gone": lambda f: (f / "state.safetensors").unlink(),
     "not JSON": lambda f: (f / "state.json").write_text((f / "state.json").read_text()[:25]),
     "another request": lambda f: (f / "state.json").write_text(
-        json.dumps(dict(json.loads((f / "state.json").read_text()), key="0" * 20))),
+        json.dumps(dict(json.loads((f / "state.json").read_text()), key="0" * 20))
+    ),
     "steps unreadable": lambda f: (f / "state.json").write_text(
-        json.dumps(dict(json.loads((f / "state.json").read_text()), steps=[{"nope": 1}]))),
+        json.dumps(dict(json.loads((f / "state.json").read_text()), steps=[{"nope": 1}]))
+    ),
 }
 
 
 def test_a_bad_checkpoint_is_said_in_one_line_and_the_run_starts_over(tiny_llama, data_dir, tmp_path):
-    config = PruneConfig(model=str(tiny_llama), num_samples=4, seq_len=32, steps=3, max_sparsity=0.3,
-                         protect_first=1, dtype="float32")
+    config = PruneConfig(
+        model=str(tiny_llama), num_samples=4, seq_len=32, steps=3, max_sparsity=0.3, protect_first=1, dtype="float32"
+    )
     key = plan(config).key
 
     def stop_after_2(event):

@@ -36,8 +36,10 @@ def _write_docs(path, docs: list[str]):
 
 def _long_docs(n: int, words: int = 60) -> list[str]:
     # documents that differ from each other, so a window identifies where it came from
-    return [f"document {i}: " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] + str(j % 11) for j in range(words))
-            for i in range(n)]
+    return [
+        f"document {i}: " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] + str(j % 11) for j in range(words))
+        for i in range(n)
+    ]
 
 
 def _source(path):
@@ -64,12 +66,12 @@ def test_every_window_lies_inside_one_long_document(tok, tmp_path):
     for row, doc, start in zip(cal.input_ids.tolist(), described["window_documents"], described["window_starts"]):
         ids = tok(docs[doc], add_special_tokens=False)["input_ids"]
         assert len(ids) > 16 and 0 <= start and start + 16 < len(ids)  # the reference's range
-        assert row == ids[start:start + 16]
+        assert row == ids[start : start + 16]
     assert described["documents_used"] == sorted(set(described["window_documents"]))
 
 
 def test_short_documents_are_joined_and_said_so(tok, tmp_path):
-    docs = [f"line {i} " + " ".join(WORDS[i % 5:i % 5 + 4]) for i in range(40)]
+    docs = [f"line {i} " + " ".join(WORDS[i % 5 : i % 5 + 4]) for i in range(40)]
     source = _source(_write_docs(tmp_path / "short.jsonl", docs))
     cal = build_calibration(tok, source, 3, 24, seed=1, sampling="window")
     described = cal.describe()
@@ -132,14 +134,24 @@ def test_cache_key_changes_with_the_sampler_and_keeps_old_keys(tiny_llama, data_
 
 
 def test_a_window_trajectory_records_its_calibration(tiny_llama, data_dir):
-    config = PruneConfig(model=str(tiny_llama), sampling="window", num_samples=3, seq_len=32, steps=2,
-                         max_sparsity=0.3, protect_first=1, dtype="float32", batch_size=3)
+    config = PruneConfig(
+        model=str(tiny_llama),
+        sampling="window",
+        num_samples=3,
+        seq_len=32,
+        steps=2,
+        max_sparsity=0.3,
+        protect_first=1,
+        dtype="float32",
+        batch_size=3,
+    )
     traj = prune(config).trajectory
     described = traj.meta["objective"]["calibration"]
     assert described["sampling"] == "window" and traj.meta["settings"]["sampling"] == "window"
     assert len(described["window_starts"]) == 3
-    expected = build_calibration(AutoTokenizer.from_pretrained(str(tiny_llama)), resolve_text_source("lambada"),
-                                 3, 32, 0, "window").input_ids
+    expected = build_calibration(
+        AutoTokenizer.from_pretrained(str(tiny_llama)), resolve_text_source("lambada"), 3, 32, 0, "window"
+    ).input_ids
     assert torch.equal(rebuild_calibration(AutoTokenizer.from_pretrained(str(tiny_llama)), described), expected)
 
 
@@ -185,7 +197,8 @@ def test_windows_are_the_reference_loaders_own_draws(tok, tmp_path):
         j = i + seq_len
         expected.append(trainenc.input_ids[:, i:j])
 
-    got = build_calibration(tok, _source(_write_docs(tmp_path / "ref.jsonl", docs)), num_samples, seq_len, seed=seed,
-                            sampling="window")
+    got = build_calibration(
+        tok, _source(_write_docs(tmp_path / "ref.jsonl", docs)), num_samples, seq_len, seed=seed, sampling="window"
+    )
     assert got.describe()["mode"] == "documents"
     assert torch.equal(got.input_ids, torch.cat(expected))

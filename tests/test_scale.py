@@ -37,8 +37,14 @@ def test_the_geometry_is_llama_3_2_1b(llama1b_2layers):
 
     config = AutoConfig.from_pretrained(llama1b_2layers)
     want = geometry_config("llama-3.2-1b")
-    assert (config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
-            config.head_dim, config.vocab_size) == (2048, 8192, 32, 8, 64, 128256)
+    assert (
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+        config.vocab_size,
+    ) == (2048, 8192, 32, 8, 64, 128256)
     assert config.tie_word_embeddings and config.max_position_embeddings == 131072
     rope = config.rope_parameters
     assert rope["rope_type"] == "llama3" and rope["rope_theta"] == 500000.0
@@ -48,8 +54,9 @@ def test_the_geometry_is_llama_3_2_1b(llama1b_2layers):
 def test_prune_export_and_load_at_1b_geometry(llama1b_2layers, data_dir, tmp_path):
     # float32: on a CPU without native bf16 (AVX2) bf16 matmuls run ~60x slower, and the 128k head's backward in
     # bf16 made this test take most of an hour; float32 is 1.5 GB of weights here, and the exports are float32 too
-    config = PruneConfig(model=str(llama1b_2layers), num_samples=2, seq_len=64, steps=2, max_sparsity=0.2,
-                         batch_size=1, dtype=DTYPE)
+    config = PruneConfig(
+        model=str(llama1b_2layers), num_samples=2, seq_len=64, steps=2, max_sparsity=0.2, batch_size=1, dtype=DTYPE
+    )
     dry = plan_estimate.dry_run(plan(config))
     assert dry.micro_batches == 2 and dry.model["vocab_size"] == 128256 and dry.model["tied_embeddings"]
     assert dry.memory.part("gradient sums") > 0 and dry.memory.part("head") > 0

@@ -77,10 +77,36 @@ def test_sweep_equals_gisp_eval_step_by_step(tiny_trajectory, tiny_llama, capsys
     assert [r["step"] for r in swept["rows"]] == [0, 1, 2, 3, 4]
     for row in swept["rows"]:
         # each point again, by `gisp eval` on a freshly pruned model, not from the store
-        ppl = run_json(capsys, ["eval", "--trajectory", path, "--step", str(row["step"]), "--task", "wikitext2",
-                                "--limit", "3", "--no-cache"])
-        acc = run_json(capsys, ["eval", "--trajectory", path, "--step", str(row["step"]), "--task", "arc_easy",
-                                "--limit", "3", "--no-cache"])
+        ppl = run_json(
+            capsys,
+            [
+                "eval",
+                "--trajectory",
+                path,
+                "--step",
+                str(row["step"]),
+                "--task",
+                "wikitext2",
+                "--limit",
+                "3",
+                "--no-cache",
+            ],
+        )
+        acc = run_json(
+            capsys,
+            [
+                "eval",
+                "--trajectory",
+                path,
+                "--step",
+                str(row["step"]),
+                "--task",
+                "arc_easy",
+                "--limit",
+                "3",
+                "--no-cache",
+            ],
+        )
         assert row["wikitext2"] == pytest.approx(ppl["perplexity"], rel=1e-5)
         assert row["arc_easy"] == pytest.approx(acc["tasks"]["arc_easy"]["acc"], abs=1e-9)
     # every step is a different model (a sweep that stopped slicing would repeat one value). Not "grows": a
@@ -102,8 +128,9 @@ def test_sweep_prints_the_requested_settings_when_others_are_remembered(tiny_tra
     assert asked["computed"] == 3 and [r["step"] for r in asked["rows"]] == [0, 2, 4]
     assert asked["labels"]["wikitext2"] == "WikiText-2 perplexity (seq len 128, BOS stream, first 2)"
     for row in asked["rows"]:
-        fresh = run_json(capsys, ["eval", "--trajectory", path, "--step", str(row["step"]), "--limit", "2",
-                                  "--no-cache"])
+        fresh = run_json(
+            capsys, ["eval", "--trajectory", path, "--step", str(row["step"]), "--limit", "2", "--no-cache"]
+        )
         assert row["wikitext2"] == pytest.approx(fresh["perplexity"], rel=1e-6)
         assert row["wikitext2"] != pytest.approx(wide["rows"][row["step"]]["wikitext2"], rel=1e-6)
     # asked again, everything remembered: the same requested values, still not the wider series
@@ -120,8 +147,20 @@ def test_sweep_prints_the_requested_settings_when_others_are_remembered(tiny_tra
 
 def test_every_check_has_its_own_limit(tiny_trajectory, capsys):
     path = str(tiny_trajectory.path)
-    out = run_json(capsys, ["sweep", "--trajectory", path, "--task", "wikitext2,arc_easy", "--steps", "0,4",
-                            "--limit", "wikitext2=3,arc_easy=2"])
+    out = run_json(
+        capsys,
+        [
+            "sweep",
+            "--trajectory",
+            path,
+            "--task",
+            "wikitext2,arc_easy",
+            "--steps",
+            "0,4",
+            "--limit",
+            "wikitext2=3,arc_easy=2",
+        ],
+    )
     limits = {(r["task"], r["identity"]["limit"]) for r in checks.load_evaluations(tiny_trajectory)}
     assert limits == {("wikitext2", 3), ("arc_easy", 2)} and out["computed"] == 4
     assert out["labels"]["arc_easy"].endswith("first 2)") and out["labels"]["wikitext2"].endswith("first 3)")
@@ -144,8 +183,10 @@ def test_sweep_killed_part_way_continues_without_recomputing(tiny_trajectory, ti
     assert len(counter.calls) == 2 and report.computed == 2 and report.remembered == 3
     assert sorted(r["step"] for r in checks.load_evaluations(tiny_trajectory)) == [0, 1, 2, 3, 4]
     # the caller's model was not pruned (the sweep slices a copy)
-    assert loaded.model.model.layers[1].mlp.up_proj.weight.shape == (tiny_trajectory.geometry.intermediate_size,
-                                                                      tiny_trajectory.geometry.hidden_size)
+    assert loaded.model.model.layers[1].mlp.up_proj.weight.shape == (
+        tiny_trajectory.geometry.intermediate_size,
+        tiny_trajectory.geometry.hidden_size,
+    )
 
 
 def test_a_fully_remembered_sweep_loads_no_model(tiny_trajectory, tiny_llama):
@@ -234,30 +275,61 @@ def _synthetic_rows(traj: Trajectory) -> list[dict]:
     rows = []
     for step in range(traj.num_steps + 1):
         base = {"step": step, "param_sparsity": traj.steps[step].param_sparsity, "created": "2026"}
-        rows.append({**base, "task": "wikitext2", "metric": "perplexity", "label": "ppl", "value": ppl[step],
-                     "identity": {"task": "wikitext2", "step": step}})
-        rows.append({**base, "task": "cmqa", "metric": "accuracy", "label": "cmqa", "value": acc[step],
-                     "identity": {"task": "cmqa", "step": step},
-                     "details": {"tasks": {"piqa": {"acc": acc[step] + 0.1}, "boolq": {"acc": acc[::-1][step]}}}})
-        rows.append({**base, "task": "cost", "metric": "cost", "label": "cost", "value": speed[step],
-                     "identity": {"task": "cost", "step": step},
-                     "details": {"prefill_speedup": speed[step], "prefill_speedup_low": low[step],
-                                 "prefill_speedup_high": speed[step] + 0.1, "peak_bytes": mem[step] * 2**20}})
+        rows.append(
+            {
+                **base,
+                "task": "wikitext2",
+                "metric": "perplexity",
+                "label": "ppl",
+                "value": ppl[step],
+                "identity": {"task": "wikitext2", "step": step},
+            }
+        )
+        rows.append(
+            {
+                **base,
+                "task": "cmqa",
+                "metric": "accuracy",
+                "label": "cmqa",
+                "value": acc[step],
+                "identity": {"task": "cmqa", "step": step},
+                "details": {"tasks": {"piqa": {"acc": acc[step] + 0.1}, "boolq": {"acc": acc[::-1][step]}}},
+            }
+        )
+        rows.append(
+            {
+                **base,
+                "task": "cost",
+                "metric": "cost",
+                "label": "cost",
+                "value": speed[step],
+                "identity": {"task": "cost", "step": step},
+                "details": {
+                    "prefill_speedup": speed[step],
+                    "prefill_speedup_low": low[step],
+                    "prefill_speedup_high": speed[step] + 0.1,
+                    "peak_bytes": mem[step] * 2**20,
+                },
+            }
+        )
     return rows
 
 
-@pytest.mark.parametrize("constraints", [
-    Constraints(),
-    Constraints(max_perplexity=30),
-    Constraints(max_perplexity_ratio=1.1),
-    Constraints(max_perplexity=100, min_average_accuracy=0.55),
-    Constraints(min_task_accuracy=(("piqa", 0.62),)),
-    Constraints(max_memory_mb=360, max_perplexity=40),
-    Constraints(min_prefill_speedup=1.2, max_perplexity_ratio=2.0),
-    Constraints(max_perplexity=10),  # nothing meets it
-    Constraints(min_prefill_speedup=1.4, max_perplexity_ratio=1.5),  # each alone is met, never together
-    Constraints(min_prefill_speedup=1.6),  # only step 4's median meets it, and its spread straddles it
-])
+@pytest.mark.parametrize(
+    "constraints",
+    [
+        Constraints(),
+        Constraints(max_perplexity=30),
+        Constraints(max_perplexity_ratio=1.1),
+        Constraints(max_perplexity=100, min_average_accuracy=0.55),
+        Constraints(min_task_accuracy=(("piqa", 0.62),)),
+        Constraints(max_memory_mb=360, max_perplexity=40),
+        Constraints(min_prefill_speedup=1.2, max_perplexity_ratio=2.0),
+        Constraints(max_perplexity=10),  # nothing meets it
+        Constraints(min_prefill_speedup=1.4, max_perplexity_ratio=1.5),  # each alone is met, never together
+        Constraints(min_prefill_speedup=1.6),  # only step 4's median meets it, and its spread straddles it
+    ],
+)
 def test_recommendation_equals_an_independent_computation(tiny_trajectory, constraints):
     table = sweep_table(tiny_trajectory, _synthetic_rows(tiny_trajectory))
     assert "piqa" in table.quality and "boolq" in table.quality  # the suite's tasks are columns too
@@ -265,8 +337,10 @@ def test_recommendation_equals_an_independent_computation(tiny_trajectory, const
     assert rec.step == _independent(table, constraints)
     if rec.step is not None:
         assert rec.text.startswith(f"step {rec.step}: {table.param_sparsity[rec.step]:.1%} of parameters removed")
-        assert rec.meets[rec.step] and not rec.meets[[s for s in range(5) if table.param_sparsity[s] >
-                                                       table.param_sparsity[rec.step]]].any()
+        assert (
+            rec.meets[rec.step]
+            and not rec.meets[[s for s in range(5) if table.param_sparsity[s] > table.param_sparsity[rec.step]]].any()
+        )
     elif constraints == Constraints():
         assert rec.text == NO_CONSTRAINT and not rec.meets.any()
     elif constraints.max_perplexity == 10:
@@ -286,17 +360,23 @@ def test_recommendation_words(tiny_trajectory):
     rec = recommend(table, Constraints(max_perplexity_ratio=1.8))
     p = table.param_sparsity[3]
     assert rec.step == 3
-    assert rec.text.startswith(f"step 3: {p:.1%} of parameters removed, perplexity 35 (1.8x dense), "
-                               f"average accuracy 50.0% (dense 60.0%), prefill 1.50x dense [1.45, 1.60], "
-                               f"peak memory 320 MiB")
+    assert rec.text.startswith(
+        f"step 3: {p:.1%} of parameters removed, perplexity 35 (1.8x dense), "
+        f"average accuracy 50.0% (dense 60.0%), prefill 1.50x dense [1.45, 1.60], "
+        f"peak memory 320 MiB"
+    )
     assert "a sparser step would break: perplexity <= 1.8x dense" in rec.text
 
 
 def test_constraints_that_cannot_be_used_are_clear_errors(tiny_trajectory):
-    for bad, words in [(dict(max_perplexity=0.5), "below 1"), (dict(min_average_accuracy=45), "fraction"),
-                       (dict(max_memory_mb=-1), "above 0"), (dict(min_prefill_speedup=0), "above 0"),
-                       (dict(min_decode_speedup=-1), "above 0"),
-                       (dict(min_task_accuracy=(("piqa", 1.5),)), "fraction")]:
+    for bad, words in [
+        (dict(max_perplexity=0.5), "below 1"),
+        (dict(min_average_accuracy=45), "fraction"),
+        (dict(max_memory_mb=-1), "above 0"),
+        (dict(min_prefill_speedup=0), "above 0"),
+        (dict(min_decode_speedup=-1), "above 0"),
+        (dict(min_task_accuracy=(("piqa", 1.5),)), "fraction"),
+    ]:
         with pytest.raises(GispError, match=words):
             Constraints(**bad)
     only_ppl = [r for r in _synthetic_rows(tiny_trajectory) if r["task"] == "wikitext2"]
@@ -316,7 +396,9 @@ def test_compare_in_words(tiny_trajectory):
     # far apart: the ratio, not a percentage that rounds to 100%
     c = sweep_table(tiny_trajectory, worse)
     a.quality["wikitext2"][3], c.quality["wikitext2"][3] = 812.7, 245600.0
-    assert compare_at(a, c, 3, 3) == f"A has 302× lower perplexity than B at {a.param_sparsity[3]:.0%} (812.7 vs 245,600)"
+    assert (
+        compare_at(a, c, 3, 3) == f"A has 302× lower perplexity than B at {a.param_sparsity[3]:.0%} (812.7 vs 245,600)"
+    )
 
 
 # ---- the embedded model: killed for real, resumed, cost ratios -------------------------------------
@@ -358,12 +440,28 @@ def test_real_sweep_killed_with_sigkill_resumes(embedded_model_dir, data_dir, is
     example = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
     traj = Trajectory.load(example)
     evals = checks.evals_path(traj)
-    argv = ["sweep", "--trajectory", str(example), "--limit", "6", "--steps", "0,2,4,6,8,10", "--dtype", "float32",
-            "--device", "cpu"]
+    argv = [
+        "sweep",
+        "--trajectory",
+        str(example),
+        "--limit",
+        "6",
+        "--steps",
+        "0,2,4,6,8,10",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ, GISP_CACHE_DIR=str(isolated_cache))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_watched_sweep(killed, 2, argv + ["--quiet"]), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        _watched_sweep(killed, 2, argv + ["--quiet"]),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(_stored_steps(killed)) < 2:  # the hook holds the sweep there: no race with the kill
@@ -378,8 +476,9 @@ def test_real_sweep_killed_with_sigkill_resumes(embedded_model_dir, data_dir, is
     assert sorted(r["step"] for r in json.loads(evals.read_text())["results"]) == [0, 2] == _stored_steps(killed)
 
     resumed = tmp_path / "resumed"
-    out = subprocess.run(_watched_sweep(resumed, -1, argv + ["--json", "--quiet"]), env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        _watched_sweep(resumed, -1, argv + ["--json", "--quiet"]), env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["remembered"] == 2 and report["computed"] == 4

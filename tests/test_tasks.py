@@ -23,8 +23,15 @@ from gisp_engine.tasks import (
 
 # record counts from ../shared/data/README.md
 COUNTS = {
-    "boolq": 3270, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376,
-    "arc_challenge": 1172, "openbookqa": 500, "gsm8k_train": 7473, "gsm8k_test": 1319,
+    "boolq": 3270,
+    "piqa": 1838,
+    "hellaswag": 10042,
+    "winogrande": 1267,
+    "arc_easy": 2376,
+    "arc_challenge": 1172,
+    "openbookqa": 500,
+    "gsm8k_train": 7473,
+    "gsm8k_test": 1319,
 }
 
 
@@ -108,7 +115,11 @@ GOOD_QUERY = {"boolq": "Passage: P.\nQuestion: why?", "piqa": "Question: why?\n"
     ("task", "bad", "message"),
     [
         ("arc_easy", '{"query": "Question: why?", "choices": ["a", "b"], "gold": 1', "malformed JSON"),
-        ("arc_easy", {"query": "Question: why?", "choices": ["a", "b"], "gold": 2}, "'gold' must be an option index 0..1"),
+        (
+            "arc_easy",
+            {"query": "Question: why?", "choices": ["a", "b"], "gold": 2},
+            "'gold' must be an option index 0..1",
+        ),
         ("boolq", {"query": "", "choices": ["no", "yes"], "gold": 0}, "'query' must be a non-empty string"),
         ("boolq", {"query": "P.\nQuestion: why?", "choices": ["no", "yes"], "gold": 0}, "must start with 'Passage: '"),
         ("piqa", {"query": "Question: x\n", "choices": ["only one"], "gold": 0}, "'choices' must be a list"),
@@ -225,16 +236,32 @@ def test_hub_records_map_into_the_file_format(tmp_data, data_dir, monkeypatch):
 
     hub = {
         ("allenai/winogrande", "winogrande_xl", "validation"): [
-            {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
-             "option1": "Sarah", "option2": "Maria", "answer": "2"}],
+            {
+                "sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
+                "option1": "Sarah",
+                "option2": "Maria",
+                "answer": "2",
+            }
+        ],
         ("allenai/ai2_arc", "ARC-Easy", "test"): [
-            {"question": "Which is a gas?", "choices": {"text": ["ice", "steam"], "label": ["A", "B"]}, "answerKey": "B"}],
+            {
+                "question": "Which is a gas?",
+                "choices": {"text": ["ice", "steam"], "label": ["A", "B"]},
+                "answerKey": "B",
+            }
+        ],
         ("aps/super_glue", "boolq", "validation"): [{"passage": "P.", "question": "is it", "label": 1}],
         ("openai/gsm8k", "main", "test"): [{"question": "1+1?", "answer": "1+1=2\n#### 2"}],
         ("baber/piqa", None, "validation"): [{"goal": "open a jar", "sol1": "twist", "sol2": "push"}],  # no label
         ("Rowan/hellaswag", None, "validation"): [
-            {"activity_label": "Home", "ctx_a": "[header] How to cook [title] Boil it.", "ctx_b": "you can",
-             "endings": ["Stir [title] Then", "b", "c", "d"], "label": "2"}],
+            {
+                "activity_label": "Home",
+                "ctx_a": "[header] How to cook [title] Boil it.",
+                "ctx_b": "you can",
+                "endings": ["Stir [title] Then", "b", "c", "d"],
+                "label": "2",
+            }
+        ],
     }
     calls = []
 
@@ -247,8 +274,15 @@ def test_hub_records_map_into_the_file_format(tmp_data, data_dir, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(tasks, "_MEMO", {})
     wino = load_task("winogrande")
-    assert wino.source == {"kind": "hub", "dataset": "allenai/winogrande", "config": "winogrande_xl", "split": "validation"}
-    local = tasks.partial_item("winogrande", 0, json.loads((data_dir / "cmqa" / "winogrande.jsonl").open().readline()), "x")
+    assert wino.source == {
+        "kind": "hub",
+        "dataset": "allenai/winogrande",
+        "config": "winogrande_xl",
+        "split": "validation",
+    }
+    local = tasks.partial_item(
+        "winogrande", 0, json.loads((data_dir / "cmqa" / "winogrande.jsonl").open().readline()), "x"
+    )
     assert wino.items[0] == local  # the same item as the offline file's first record
     assert load_task("arc_easy").items[0].requests()[1] == ("Question: Which is a gas?\nAnswer:", " steam")
     boolq = load_task("boolq").items[0]

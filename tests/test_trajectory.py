@@ -14,8 +14,16 @@ from tiny import cache_dir
 
 
 def _config(folder, **kw) -> PruneConfig:
-    base = dict(model=str(folder), num_samples=4, seq_len=32, steps=5, max_sparsity=0.45, protect_first=1,
-                dtype="float32", batch_size=2)
+    base = dict(
+        model=str(folder),
+        num_samples=4,
+        seq_len=32,
+        steps=5,
+        max_sparsity=0.45,
+        protect_first=1,
+        dtype="float32",
+        batch_size=2,
+    )
     base.update(kw)
     return PruneConfig(**base)
 
@@ -66,7 +74,10 @@ def test_sparsity_queries(llama_run):
 def test_shrinking_equals_masking(tiny_models, data_dir, family, gqa_model, policy):
     """Same scores, same trajectory, same logits and exact parameter counts at every step."""
     folder = tiny_models[(family, gqa_model)]
-    runs = [prune(_config(folder, gqa=policy, shrink=s, save_scores=True), use_cache=False).trajectory for s in (True, False)]
+    runs = [
+        prune(_config(folder, gqa=policy, shrink=s, save_scores=True), use_cache=False).trajectory
+        for s in (True, False)
+    ]
     sliced_run, masked_run = runs
     np.testing.assert_array_equal(sliced_run.removal_step, masked_run.removal_step)
     np.testing.assert_allclose(sliced_run.scores, masked_run.scores, rtol=1e-4, equal_nan=True)
@@ -174,4 +185,5 @@ def test_the_default_models_examples_are_offered_first():
     models = [r["model"] == settings.DEFAULT_MODEL for r in examples]
     assert models == sorted(models, reverse=True)  # every default-model example before any other
     assert [r["name"] for r in examples if r["model"] == settings.DEFAULT_MODEL] == sorted(
-        r["name"] for r in examples if r["model"] == settings.DEFAULT_MODEL)
+        r["name"] for r in examples if r["model"] == settings.DEFAULT_MODEL
+    )

@@ -21,8 +21,9 @@ from test_app import no_errors, open_page
 from test_browser import browser, serve  # noqa: F401 - browser: the Chromium fixture (skips or fails as there)
 from tiny import cache_dir
 
-GOOD_TASK = b"".join(b'{"query": "Q: %d + 2 = ?", "choices": ["%d", "%d"], "gold": 0}\n' % (n, n + 2, n + 3)
-                     for n in range(40))
+GOOD_TASK = b"".join(
+    b'{"query": "Q: %d + 2 = ?", "choices": ["%d", "%d"], "gold": 0}\n' % (n, n + 2, n + 3) for n in range(40)
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,18 @@ def tiny_run(tiny_models, data_dir, tmp_path_factory) -> Path:
     from gisp_engine import prune
 
     with cache_dir(tmp_path_factory.mktemp("viewer-cache")):
-        return prune(PruneConfig(model=str(tiny_models[("llama", True)]), steps=2, max_sparsity=0.3, num_samples=4,
-                                 seq_len=32, protect_first=1, dtype="float32", batch_size=4)).path
+        return prune(
+            PruneConfig(
+                model=str(tiny_models[("llama", True)]),
+                steps=2,
+                max_sparsity=0.3,
+                num_samples=4,
+                seq_len=32,
+                protect_first=1,
+                dtype="float32",
+                batch_size=4,
+            )
+        ).path
 
 
 @pytest.fixture
@@ -61,7 +72,9 @@ def address():
 
 def cache_files(cache: Path) -> set[str]:
     """Every file of the cache but the chart component's (written once, read-only from then on)."""
-    return {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() and p.relative_to(cache).parts[0] != "ui"}
+    return {
+        str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() and p.relative_to(cache).parts[0] != "ui"
+    }
 
 
 def sidebar_text(at) -> str:
@@ -76,16 +89,38 @@ def _finished_job(key: str = "0123456789abcdef", state: str = "done", pid: int |
     folder = jobs.job_dir(key)
     folder.mkdir(parents=True)
     config = {"model": "some-model", "method": "gisp", "objective": "perplexity", "steps": 2, "max_sparsity": 0.3}
-    jobs._write_status(folder, jobs.JobStatus(key=key, state=state, config=config, started_unix=time.time(),
-                                              pid=pid, trajectory="/somewhere", elapsed_s=3.0))
+    jobs._write_status(
+        folder,
+        jobs.JobStatus(
+            key=key,
+            state=state,
+            config=config,
+            started_unix=time.time(),
+            pid=pid,
+            trajectory="/somewhere",
+            elapsed_s=3.0,
+        ),
+    )
     return key
 
 
 # ---- the mode ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("where, local", [
-    ("localhost", True), ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True),
-    ("0.0.0.0", False), ("", False), (None, False), ("192.168.1.20", False), ("::", False), ("lab.example.org", False),
-])
+@pytest.mark.parametrize(
+    "where, local",
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("", False),
+        (None, False),
+        ("192.168.1.20", False),
+        ("::", False),
+        ("lab.example.org", False),
+    ],
+)
 def test_the_mode_follows_the_listen_address(where, local, monkeypatch):
     monkeypatch.delenv("GISP_ALLOW_CHANGES", raising=False)
     mode = serving.mode_for(where)
@@ -105,8 +140,12 @@ def test_a_viewer_starts_and_writes_nothing(run, address, isolated_cache, monkey
     assert "Clean up" not in buttons(at) and not any(b.label.startswith("Convert") for b in at.button)
     assert Path(run).name in set(at.dataframe[0].value["name"])  # the cache is still listed
 
-    pages = {"pages/1_Run.py": "Start the run", "pages/3_Evaluate.py": "Evaluate dense and pruned",
-             "pages/5_Export.py": "Export", "pages/6_Choose.py": "Sweep every step in the background"}
+    pages = {
+        "pages/1_Run.py": "Start the run",
+        "pages/3_Evaluate.py": "Evaluate dense and pruned",
+        "pages/5_Export.py": "Export",
+        "pages/6_Choose.py": "Sweep every step in the background",
+    }
     for page, action in pages.items():
         at.switch_page(page).run()
         no_errors(at)
@@ -136,7 +175,9 @@ def test_allow_changes_turns_writes_back_on(address, monkeypatch):
     at.text_input[0].set_value(str(settings.PROJECT_ROOT))
     at.button[1].click().run()  # Plan (dry run)
     assert any("not given as a folder of the server" in e.value for e in at.error)
-    assert not any(str(settings.PROJECT_ROOT.parent) in e.value.replace(str(settings.PROJECT_ROOT), "") for e in at.error)
+    assert not any(
+        str(settings.PROJECT_ROOT.parent) in e.value.replace(str(settings.PROJECT_ROOT), "") for e in at.error
+    )
 
 
 # ---- export: into the cache, then a download ------------------------------------------------------
@@ -187,8 +228,16 @@ def test_an_uploaded_task_file_is_checked_stored_and_used(tiny_llama, isolated_c
     # the plan is of a request whose task is the stored upload (its cache key says so)
     from gisp_engine.pruner import plan
 
-    asked = PruneConfig(model=str(tiny_llama), objective="margin", tasks=stored.path, num_samples=4, seq_len=32,
-                        steps=2, max_sparsity=0.3, batch_size=4)
+    asked = PruneConfig(
+        model=str(tiny_llama),
+        objective="margin",
+        tasks=stored.path,
+        num_samples=4,
+        seq_len=32,
+        steps=2,
+        max_sparsity=0.3,
+        batch_size=4,
+    )
     assert next(m for m in at.metric if m.label == "Cache").proto.help == f"key {plan(asked).key}"
     at.run()  # listed for the next run
     assert "uploaded: mine.jsonl" in " ".join(at.multiselect(key="run_custom_tasks").options)
@@ -200,8 +249,19 @@ def test_an_uploaded_task_file_is_checked_stored_and_used(tiny_llama, isolated_c
 
 
 # ---- path tricks ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "a/b.jsonl", "..", ".hidden.jsonl",
-                                  "C:\\x.jsonl", "t.jsonl\0.txt", "no-suffix"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/b.jsonl",
+        "..",
+        ".hidden.jsonl",
+        "C:\\x.jsonl",
+        "t.jsonl\0.txt",
+        "no-suffix",
+    ],
+)
 def test_names_with_paths_are_refused(name):
     with pytest.raises(GispError):
         uploads.safe_name(name, "tasks")
@@ -221,8 +281,14 @@ def test_path_tricks_are_refused(tmp_path, isolated_cache, monkeypatch):
 
     assert [p.label for p in uploads.choices("tasks")] == ["data folder: tasks/ok.jsonl"]
     assert uploads.checked_pick(str(data / "tasks" / "ok.jsonl"), "tasks").endswith("ok.jsonl")
-    for path in (outside, data / "tasks" / "link.jsonl", up / "link.jsonl", "/etc/passwd",
-                 data / "tasks" / ".." / ".." / "secret.jsonl", "tasks/ok.jsonl"):
+    for path in (
+        outside,
+        data / "tasks" / "link.jsonl",
+        up / "link.jsonl",
+        "/etc/passwd",
+        data / "tasks" / ".." / ".." / "secret.jsonl",
+        "tasks/ok.jsonl",
+    ):
         with pytest.raises(GispError, match="not a file of the data folder or an upload"):
             uploads.checked_pick(str(path), "tasks")
     for typed in ("../x.jsonl", "/etc/passwd", "piqa,~/t.jsonl", "my.jsonl"):
@@ -243,8 +309,9 @@ def test_path_tricks_are_refused(tmp_path, isolated_cache, monkeypatch):
     with pytest.raises(GispError, match="nothing to download"):
         serving.export_archive(tmp_path)
 
-    shown = serving.public_message(f"cannot read {outside}: line 2; the cache is {isolated_cache}/x, see "
-                                   "https://huggingface.co/docs/x")
+    shown = serving.public_message(
+        f"cannot read {outside}: line 2; the cache is {isolated_cache}/x, see https://huggingface.co/docs/x"
+    )
     assert str(tmp_path) not in shown.replace(str(isolated_cache), "") and "…/secret.jsonl: line 2" in shown
     assert f"{isolated_cache}/x" in shown and "https://huggingface.co/docs/x" in shown
 
@@ -267,8 +334,9 @@ def test_a_job_beyond_the_limit_is_refused_with_a_message(tiny_llama, monkeypatc
         _fill_run_form(at, str(tiny_llama), 0.3)
         at.button[0].click().run()
         said = [e.value for e in at.error]
-        assert any(f"already running (prune {running})" in e and "the limit is 1 at once (GISP_MAX_JOBS)" in e
-                   for e in said), said
+        assert any(
+            f"already running (prune {running})" in e and "the limit is 1 at once (GISP_MAX_JOBS)" in e for e in said
+        ), said
         assert [j.key for j in jobs.list_jobs()] == [running]
     finally:
         sleeper.kill()
@@ -282,8 +350,9 @@ def test_a_job_beyond_the_limit_is_refused_with_a_message(tiny_llama, monkeypatc
 def test_a_viewer_in_chromium_offers_nothing_to_type_or_start(browser, isolated_cache, tmp_path, monkeypatch):
     """``streamlit run app.py --server.address 0.0.0.0``, as ``GISP_ADDRESS=0.0.0.0 make app`` runs it."""
     monkeypatch.delenv("GISP_ALLOW_CHANGES", raising=False)
-    with serve(isolated_cache, tmp_path / "streamlit.log", "--server.fileWatcherType", "none",
-               "--server.address", "0.0.0.0") as (url, _):
+    with serve(
+        isolated_cache, tmp_path / "streamlit.log", "--server.fileWatcherType", "none", "--server.address", "0.0.0.0"
+    ) as (url, _):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.get_by_text("Viewer mode").wait_for(timeout=120_000)

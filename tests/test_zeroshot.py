@@ -8,7 +8,14 @@ import pytest
 from gisp_engine import load_model
 from gisp_engine.errors import GispError
 from gisp_engine.evaluate import evaluate_task, result_text
-from gisp_engine.gsm8k import cut_at_stop, evaluate_gsm8k, few_shot_prefix, generate_answers, normalize_number, parse_answer
+from gisp_engine.gsm8k import (
+    cut_at_stop,
+    evaluate_gsm8k,
+    few_shot_prefix,
+    generate_answers,
+    normalize_number,
+    parse_answer,
+)
 from gisp_engine.structures import StructureSpace
 from gisp_engine.surgery import KVExpandLinear, NullAttention, full_layout, mask_, slice_
 from gisp_engine.tasks import load_task
@@ -70,8 +77,13 @@ def test_choice_results_report_acc_norm_where_the_harness_does(tiny_llama, data_
     result = evaluate_task(loaded.model, loaded.tokenizer, "cmqa", limit=2, batch_size=4, progress=events.append)
     by_task = {t.task: t for t in result.tasks}
     assert list(by_task) == ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
-    assert {t for t, r in by_task.items() if r.acc_norm is not None} == {"piqa", "hellaswag", "arc_easy",
-                                                                         "arc_challenge", "openbookqa"}
+    assert {t for t, r in by_task.items() if r.acc_norm is not None} == {
+        "piqa",
+        "hellaswag",
+        "arc_easy",
+        "arc_challenge",
+        "openbookqa",
+    }
     assert all(r.items == 2 and r.acc in (0.0, 0.5, 1.0) for r in by_task.values())
     assert result.average_acc == pytest.approx(np.mean([r.acc for r in by_task.values()]))
     assert "average" in result_text(result) and set(result.to_dict()["tasks"]) == set(by_task)

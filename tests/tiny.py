@@ -34,17 +34,32 @@ def tiny_tokenizer(folder: Path, texts: list[str] | None = None):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts or [_SAMPLE_TEXT] * 20, vocab_size=320, min_frequency=1,
-                            special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        texts or [_SAMPLE_TEXT] * 20, vocab_size=320, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
     # the one special token serves as BOS too (as GPT-2's does), so that --bos each works on every family
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     tok.save_pretrained(folder)
     return tok
 
 
-def make_tiny_model(folder: Path, family: str = "llama", gqa: bool = True, layers: int = 4, seed: int = 0,
-                    hidden: int = 32, heads: int = 4, intermediate: int = 48, dtype=torch.float32) -> Path:
+def make_tiny_model(
+    folder: Path,
+    family: str = "llama",
+    gqa: bool = True,
+    layers: int = 4,
+    seed: int = 0,
+    hidden: int = 32,
+    heads: int = 4,
+    intermediate: int = 48,
+    dtype=torch.float32,
+) -> Path:
     """Write a randomly initialised model of ``family`` (with tokenizer) into ``folder``."""
     import transformers
 
@@ -71,9 +86,14 @@ def make_tiny_model(folder: Path, family: str = "llama", gqa: bool = True, layer
     if family == "gemma3":
         # as in Gemma 3 270M: one KV head (gqa), head_dim wider than hidden/heads, tied embeddings,
         # sliding and global layers interleaved (a window shorter than the test sequences)
-        kwargs.update(num_key_value_heads=1 if gqa else heads, head_dim=2 * hidden // heads, query_pre_attn_scalar=16,
-                      tie_word_embeddings=True, sliding_window=8,
-                      layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)])
+        kwargs.update(
+            num_key_value_heads=1 if gqa else heads,
+            head_dim=2 * hidden // heads,
+            query_pre_attn_scalar=16,
+            tie_word_embeddings=True,
+            sliding_window=8,
+            layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+        )
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
     model = model_cls(config).to(dtype)

@@ -24,8 +24,10 @@ class Gemma3Adapter(DecoderAdapter):
     model_types = ("gemma3_text",)
     # dense Gemma 3 270M on WikiText-2 (8 windows of 128): perplexity 254 without a BOS, 43 with one per window
     needs_bos = True
-    notes = ("q_norm/k_norm act within a head (over head_dim) and are kept whole; "
-             "the single KV head of a layer stays while any of its query heads does.")
+    notes = (
+        "q_norm/k_norm act within a head (over head_dim) and are kept whole; "
+        "the single KV head of a layer stays while any of its query heads does."
+    )
 
     def check_config(self, config) -> None:
         act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)

@@ -17,8 +17,12 @@ def head_columns(space: StructureSpace, unit: int) -> list[int]:
     return [unit] if space.gqa == "query" else list(range(unit * g.group_size, (unit + 1) * g.group_size))
 
 
-def assemble(space: StructureSpace, layers: Sequence[int], per_layer: Callable[[int], tuple[np.ndarray, np.ndarray]],
-             reduce: Callable[[np.ndarray], float]) -> np.ndarray:
+def assemble(
+    space: StructureSpace,
+    layers: Sequence[int],
+    per_layer: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    reduce: Callable[[np.ndarray], float],
+) -> np.ndarray:
     """One score per structure from each layer's (per query head, per channel) scores; a head unit
     ``reduce``s its query heads' scores. NaN outside ``layers``."""
     out = np.full(space.size, np.nan)
@@ -46,8 +50,14 @@ def input_statistics(model, adapter: DecoderAdapter, objective, layers: Sequence
             x = inputs[0].detach()
             mask = real["mask"]
             x = (x[mask.to(x.device)] if mask is not None else x.reshape(-1, x.shape[-1])).double()
-            entry = stats.setdefault(key, [0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
-                                           torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)])
+            entry = stats.setdefault(
+                key,
+                [
+                    0,
+                    torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                    torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                ],
+            )
             entry[0] += x.shape[0]
             entry[1] += x.sum(0)
             entry[2] += x.pow(2).sum(0)

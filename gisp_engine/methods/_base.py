@@ -58,8 +58,10 @@ class Method:
     def describe(self) -> str:
         if self.rescores:
             return "iterative: scores recomputed on the pruned model at every step"
-        return (f"fixed ranking ({self.name}): scores computed once on the dense model; every step is a prefix "
-                f"of one {self.selection.name} order")
+        return (
+            f"fixed ranking ({self.name}): scores computed once on the dense model; every step is a prefix "
+            f"of one {self.selection.name} order"
+        )
 
 
 def only_scored(scoring: Scoring, values: np.ndarray) -> np.ndarray:

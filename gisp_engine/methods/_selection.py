@@ -33,14 +33,16 @@ class Cut:
 class Selection:
     name: str
 
-    def choose(self, space: StructureSpace, keep: np.ndarray, protected: np.ndarray, scores: np.ndarray,
-               cut: Cut) -> np.ndarray:
+    def choose(
+        self, space: StructureSpace, keep: np.ndarray, protected: np.ndarray, scores: np.ndarray, cut: Cut
+    ) -> np.ndarray:
         """Ids to remove now (alive, unprotected), with channel counts rounded to multiples of ``cut.align``."""
         chosen = self.select(space, keep, protected, scores, cut)
         return align_channels(space, keep, scores, chosen, cut.align) if cut.align > 1 else chosen
 
-    def select(self, space: StructureSpace, keep: np.ndarray, protected: np.ndarray, scores: np.ndarray,
-               cut: Cut) -> np.ndarray:
+    def select(
+        self, space: StructureSpace, keep: np.ndarray, protected: np.ndarray, scores: np.ndarray, cut: Cut
+    ) -> np.ndarray:
         """The selection's own ids to remove now, before any rounding."""
         raise NotImplementedError
 
@@ -80,8 +82,9 @@ class PerLayer(Selection):
         return choose_per_layer(space, keep, scores, protected, ratio)
 
 
-def choose_to_param_budget(space: StructureSpace, keep: np.ndarray, ranked: np.ndarray,
-                           param_sparsity: float) -> np.ndarray:
+def choose_to_param_budget(
+    space: StructureSpace, keep: np.ndarray, ranked: np.ndarray, param_sparsity: float
+) -> np.ndarray:
     """The prefix of ``ranked`` (alive ids, first to remove first) whose removal brings the decoder
     linear weights closest to ``param_sparsity`` (FLAP's global cut: a parameter budget, not a count).
 
@@ -108,8 +111,9 @@ def choose_to_param_budget(space: StructureSpace, keep: np.ndarray, ranked: np.n
     return ranked[: int(np.argmin(np.abs(reached - param_sparsity)))]
 
 
-def choose_per_layer(space: StructureSpace, keep: np.ndarray, scores: np.ndarray, protected: np.ndarray,
-                     layer_ratio: float) -> np.ndarray:
+def choose_per_layer(
+    space: StructureSpace, keep: np.ndarray, scores: np.ndarray, protected: np.ndarray, layer_ratio: float
+) -> np.ndarray:
     """Ids to remove so that every unprotected layer has lost ``layer_ratio`` of its heads and of its channels."""
     chosen = []
     for i in np.unique(space.layer[~protected]):
@@ -130,8 +134,10 @@ def check_align(align: int, intermediate_size: int) -> None:
     if isinstance(align, bool) or not isinstance(align, (int, np.integer)) or align < 1:
         raise GispError(f"--align must be a whole number of at least 1, got {align!r}")
     if align > intermediate_size:
-        raise GispError(f"--align {align} is wider than the model's MLP ({intermediate_size} channels per layer): "
-                        f"choose at most {intermediate_size}, typically 32, 64 or 128")
+        raise GispError(
+            f"--align {align} is wider than the model's MLP ({intermediate_size} channels per layer): "
+            f"choose at most {intermediate_size}, typically 32, 64 or 128"
+        )
 
 
 def aligned_count(kept: int, align: int, cap: int) -> int:
@@ -149,8 +155,9 @@ def aligned_count(kept: int, align: int, cap: int) -> int:
     return above if above - kept <= kept - below else below
 
 
-def align_channels(space: StructureSpace, keep: np.ndarray, scores: np.ndarray, chosen: np.ndarray,
-                   align: int) -> np.ndarray:
+def align_channels(
+    space: StructureSpace, keep: np.ndarray, scores: np.ndarray, chosen: np.ndarray, align: int
+) -> np.ndarray:
     """``chosen`` with every layer's channel count after the step rounded by ``aligned_count``.
 
     Rounding up keeps back the best-scored of the layer's channels chosen now; rounding down also

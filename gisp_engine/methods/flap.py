@@ -56,8 +56,10 @@ def _standardize(values: np.ndarray) -> np.ndarray:
 
 def _input_means(space, stats: dict) -> dict[str, np.ndarray]:
     g = space.geometry
-    means = {"input_mean_o": np.zeros((g.num_layers, g.num_heads * g.head_dim), np.float32),
-             "input_mean_down": np.zeros((g.num_layers, g.intermediate_size), np.float32)}
+    means = {
+        "input_mean_o": np.zeros((g.num_layers, g.num_heads * g.head_dim), np.float32),
+        "input_mean_down": np.zeros((g.num_layers, g.intermediate_size), np.float32),
+    }
     for (layer, key), (count, total, _) in stats.items():
         means[f"input_mean_{key}"][layer] = (total / count).cpu().numpy()
     return means

@@ -16,8 +16,17 @@ class Gisp(Method):
     uses_gradients = True
 
     def scores(self, scoring: Scoring) -> Scores:
-        result = score_structures(scoring.model, scoring.adapter, scoring.space, scoring.layout, scoring.objective,
-                                  scoring.scored_layers, scoring.progress, scoring.step, scoring.total_steps)
+        result = score_structures(
+            scoring.model,
+            scoring.adapter,
+            scoring.space,
+            scoring.layout,
+            scoring.objective,
+            scoring.scored_layers,
+            scoring.progress,
+            scoring.step,
+            scoring.total_steps,
+        )
         return Scores(np.nan_to_num(result.raw, nan=0.0) / scoring.divisors, loss=result.loss)
 
 

@@ -12,8 +12,14 @@ from ._selection import GLOBAL
 
 def dense_taylor(scoring: Scoring) -> np.ndarray:
     """Σ|W ⊙ ḡ| of every structure on the dense model (0 outside the scored layers)."""
-    raw = score_structures(scoring.model, scoring.adapter, scoring.space, full_layout(scoring.space),
-                           scoring.objective, scoring.scored_layers).raw
+    raw = score_structures(
+        scoring.model,
+        scoring.adapter,
+        scoring.space,
+        full_layout(scoring.space),
+        scoring.objective,
+        scoring.scored_layers,
+    ).raw
     return np.nan_to_num(raw, nan=0.0)
 
 

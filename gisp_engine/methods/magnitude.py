@@ -32,8 +32,11 @@ class Magnitude(Method):
                 if space.gqa == "kv-group" or not g.is_gqa:  # the unit owns its K/V rows
                     total += kv[u]
                 out[space.id(i, "head", u)] = np.sqrt(total)
-            ch = (m.gate.weight.float().pow(2).sum(1) + m.up.weight.float().pow(2).sum(1)
-                  + m.down.weight.float().pow(2).sum(0))
+            ch = (
+                m.gate.weight.float().pow(2).sum(1)
+                + m.up.weight.float().pow(2).sum(1)
+                + m.down.weight.float().pow(2).sum(0)
+            )
             out[space.channel_slice(i)] = ch.sqrt().cpu().numpy()
         return Scores(only_scored(scoring, out))
 

@@ -38,8 +38,15 @@ def _perplexity_identity(config, family: str | None) -> dict:
 
 def _perplexity_build(loaded, config) -> Objective:
     source = resolve_text_source(config.calib)
-    calibration = build_calibration(loaded.tokenizer, source, config.num_samples, config.seq_len, config.seed,
-                                     config.sampling, resolve_bos(config.bos, loaded.adapter.family))
+    calibration = build_calibration(
+        loaded.tokenizer,
+        source,
+        config.num_samples,
+        config.seq_len,
+        config.seed,
+        config.sampling,
+        resolve_bos(config.bos, loaded.adapter.family),
+    )
     return PerplexityObjective(calibration, config.resolved_batch_size(loaded.device))
 
 
@@ -57,4 +64,14 @@ def objective_spec(name: str) -> ObjectiveSpec:
     return spec
 
 
-__all__ = ["GSM8KObjective", "MarginObjective", "OBJECTIVES", "Objective", "ObjectiveSpec", "PerplexityObjective", "input_device", "objective_spec", "sequence_nll"]
+__all__ = [
+    "GSM8KObjective",
+    "MarginObjective",
+    "OBJECTIVES",
+    "Objective",
+    "ObjectiveSpec",
+    "PerplexityObjective",
+    "input_device",
+    "objective_spec",
+    "sequence_nll",
+]

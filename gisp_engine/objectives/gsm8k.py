@@ -35,13 +35,24 @@ def gsm8k_identity(config, family: str | None = None) -> dict:
 class GSM8KObjective(Objective):
     name = "gsm8k"
 
-    def __init__(self, sequences: list[ScoredSequence], items: list[int], source: dict, calib_tokens: int, seed: int,
-                 max_sequences: int, max_tokens: int, pad_id: int = 0):
+    def __init__(
+        self,
+        sequences: list[ScoredSequence],
+        items: list[int],
+        source: dict,
+        calib_tokens: int,
+        seed: int,
+        max_sequences: int,
+        max_tokens: int,
+        pad_id: int = 0,
+    ):
         self.items, self.source, self.calib_tokens, self.seed = items, source, calib_tokens, seed
         self.num_sequences = len(sequences)
         self.tokens = sum(len(s) for s in sequences)
-        self._batches = [pad_batch([sequences[i] for i in group], pad_id)
-                         for group in length_batches([len(s) for s in sequences], max_sequences, max_tokens)]
+        self._batches = [
+            pad_batch([sequences[i] for i in group], pad_id)
+            for group in length_batches([len(s) for s in sequences], max_sequences, max_tokens)
+        ]
 
     def batches(self):
         return self._batches
@@ -73,13 +84,22 @@ def build_gsm8k(loaded, config) -> GSM8KObjective:
         if tokens >= budget:
             break
         item = data.items[index]
-        seq = scored_sequence(loaded.tokenizer, PROMPT.format(question=item.question), " " + item.answer,
-                              loaded.max_length or None)
+        seq = scored_sequence(
+            loaded.tokenizer, PROMPT.format(question=item.question), " " + item.answer, loaded.max_length or None
+        )
         sequences.append(seq)
         items.append(index)
         tokens += len(seq)
     if tokens < budget:
         raise GispError(f"GSM8K train holds {tokens} tokens, fewer than --calib-tokens {budget}: lower it")
     per_batch = config.resolved_batch_size(loaded.device)
-    return GSM8KObjective(sequences, items, data.identity(), budget, config.seed, per_batch,
-                          per_batch * config.seq_len, pad_id_of(loaded.tokenizer))
+    return GSM8KObjective(
+        sequences,
+        items,
+        data.identity(),
+        budget,
+        config.seed,
+        per_batch,
+        per_batch * config.seq_len,
+        pad_id_of(loaded.tokenizer),
+    )

@@ -34,10 +34,14 @@ from ..loglik import ScoredSequence, continuation_logprobs, length_batches, pad_
 from ..tasks import POOL_FRACTION, POOL_SEED, PROMPTS_VERSION, is_custom_task, load_task, parse_tasks, source_identity
 from .base import Objective
 
-LOSS = ("L+ - L-: mean over correct options of each option's mean answer-token NLL, "
-        "minus the same mean over incorrect options")
-POOL_RULE = (f"per task a fixed {POOL_FRACTION:.0%} of the items (shuffle seeded by POOL_SEED and the task name, "
-             "a custom task's file name) is reserved for calibration; evaluation uses the rest")
+LOSS = (
+    "L+ - L-: mean over correct options of each option's mean answer-token NLL, "
+    "minus the same mean over incorrect options"
+)
+POOL_RULE = (
+    f"per task a fixed {POOL_FRACTION:.0%} of the items (shuffle seeded by POOL_SEED and the task name, "
+    "a custom task's file name) is reserved for calibration; evaluation uses the rest"
+)
 
 
 @dataclass
@@ -53,8 +57,13 @@ class TaskSlice:
     tokens: int
 
     def describe(self) -> dict:
-        return {"source": self.source, "pool_size": self.pool_size, "items": self.items,
-                "sequences": {"correct": self.correct, "incorrect": self.incorrect}, "tokens": self.tokens}
+        return {
+            "source": self.source,
+            "pool_size": self.pool_size,
+            "items": self.items,
+            "sequences": {"correct": self.correct, "incorrect": self.incorrect},
+            "tokens": self.tokens,
+        }
 
 
 def task_budgets(total: int, tasks: tuple[str, ...]) -> dict[str, int]:
@@ -78,8 +87,11 @@ def margin_identity(config, family: str | None = None) -> dict:
         "sources": {t: source_identity(t) for t in tasks},
         "prompts": PROMPTS_VERSION,
         # an item count replaces the token budget; without one the identity is as it always was
-        **({"calib_items": config.calib_items} if config.calib_items is not None
-           else {"calib_tokens": config.resolved_calib_tokens()}),
+        **(
+            {"calib_items": config.calib_items}
+            if config.calib_items is not None
+            else {"calib_tokens": config.resolved_calib_tokens()}
+        ),
         "seed": config.seed,
         "pool": {"fraction": POOL_FRACTION, "seed": POOL_SEED},
     }
@@ -88,12 +100,20 @@ def margin_identity(config, family: str | None = None) -> dict:
 def check_pool(task: str, pool: int, calib_items: int) -> None:
     if calib_items > pool:
         lower = f"lower it to at most {pool} or drop the task" if pool else "drop the task"
-        raise GispError(f"task {task!r}: --calib-items {calib_items} is more than its calibration pool holds "
-                        f"({pool} items): {lower}")
+        raise GispError(
+            f"task {task!r}: --calib-items {calib_items} is more than its calibration pool holds "
+            f"({pool} items): {lower}"
+        )
 
 
-def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int | None, seed: int,
-                       max_length: int | None, calib_items: int | None = None):
+def select_calibration(
+    tokenizer,
+    tasks: tuple[str, ...],
+    calib_tokens: int | None,
+    seed: int,
+    max_length: int | None,
+    calib_items: int | None = None,
+):
     """Per task, whole items from the pool (seeded order): until the task's share of tokens is
     reached or, with ``calib_items``, exactly that many items."""
     if calib_items is not None:
@@ -134,8 +154,17 @@ def select_calibration(tokenizer, tasks: tuple[str, ...], calib_tokens: int | No
 class MarginObjective(Objective):
     name = "margin"
 
-    def __init__(self, slices: list[TaskSlice], sequences: list[tuple[ScoredSequence, bool]], calib_tokens: int | None,
-                 seed: int, max_sequences: int, max_tokens: int, pad_id: int = 0, calib_items: int | None = None):
+    def __init__(
+        self,
+        slices: list[TaskSlice],
+        sequences: list[tuple[ScoredSequence, bool]],
+        calib_tokens: int | None,
+        seed: int,
+        max_sequences: int,
+        max_tokens: int,
+        pad_id: int = 0,
+        calib_items: int | None = None,
+    ):
         self.slices = slices
         self.calib_tokens = calib_tokens
         self.calib_items = calib_items
@@ -165,7 +194,11 @@ class MarginObjective(Objective):
             "loss": LOSS,
             "tasks": [s.task for s in self.slices],
             "prompts": PROMPTS_VERSION,
-            **({"calib_items": self.calib_items} if self.calib_items is not None else {"calib_tokens": self.calib_tokens}),
+            **(
+                {"calib_items": self.calib_items}
+                if self.calib_items is not None
+                else {"calib_tokens": self.calib_tokens}
+            ),
             "tokens_used": sum(s.tokens for s in self.slices),  # every option sequence's tokens, prompt included
             "seed": self.seed,
             "sequences": {"correct": self.num_correct, "incorrect": self.num_incorrect},
@@ -180,9 +213,18 @@ class MarginObjective(Objective):
 def build_margin(loaded, config) -> MarginObjective:
     tasks = parse_tasks(config.tasks)
     budget = None if config.calib_items is not None else config.resolved_calib_tokens()
-    slices, sequences = select_calibration(loaded.tokenizer, tasks, budget, config.seed, loaded.max_length or None,
-                                           config.calib_items)
+    slices, sequences = select_calibration(
+        loaded.tokenizer, tasks, budget, config.seed, loaded.max_length or None, config.calib_items
+    )
     per_batch = config.resolved_batch_size(loaded.device)
     # options vary in length: cap each micro-batch's padded tokens as the perplexity objective's are capped
-    return MarginObjective(slices, sequences, budget, config.seed, per_batch, per_batch * config.seq_len,
-                           pad_id_of(loaded.tokenizer), config.calib_items)
+    return MarginObjective(
+        slices,
+        sequences,
+        budget,
+        config.seed,
+        per_batch,
+        per_batch * config.seq_len,
+        pad_id_of(loaded.tokenizer),
+        config.calib_items,
+    )
