@@ -152,7 +152,8 @@ def cancel_button(job, label: str = "Cancel") -> None:
 
 
 def job_outcome(job, done: str, what: str, cancelled: str) -> None:
-    """A finished job in one line: ``done`` on success (and where it resumed from), else ``what`` failed or was cancelled."""
+    """A finished job in one line: ``done`` on success (and where it resumed from), else ``what`` failed or was
+    cancelled."""
     if job.state == "done":
         note = resumed_note(job)
         st.success(f"{done} ({note})" if note else done)
@@ -351,7 +352,8 @@ const clicked = (event) => {
   const p = event && event.points && event.points[0];
   if (!p) return;
   post("streamlit:setComponentValue", {dataType: "json", value: {
-    x: p.x, y: p.y, curve: p.curveNumber, customdata: p.customdata === undefined ? null : p.customdata, at: Date.now()}});
+    x: p.x, y: p.y, curve: p.curveNumber, customdata: p.customdata === undefined ? null : p.customdata,
+    at: Date.now()}});
 };
 // a chart off screen redraws when it comes into view, not at every slider move (the browser's time goes to what
 // the user sees); the frame keeps its height meanwhile, so the page does not move

@@ -215,7 +215,8 @@ def main() -> None:
         )
     )
     print(
-        f"speedup: median {median(speedups):.2f}, range {min(speedups):.2f} - {max(speedups):.2f} (goal >= 1.7 with 2); "
+        f"speedup: median {median(speedups):.2f}, range {min(speedups):.2f} - {max(speedups):.2f} "
+        "(goal >= 1.7 with 2); "
         f"CPU-time speedup: median {median(cpu_speedups):.2f}, range {min(cpu_speedups):.2f} - {max(cpu_speedups):.2f}"
     )
     path = write_result(

@@ -229,7 +229,8 @@ def main() -> None:
             done = {**{r["case"]: r for r in json.loads(path.read_text())["results"]}, **done}
         done[name] = result
         print(
-            f"{name}: estimate {result['estimate_bytes'] / 2**30:.2f} GiB, measured {result['measured_bytes'] / 2**30:.2f} "
+            f"{name}: estimate {result['estimate_bytes'] / 2**30:.2f} GiB, "
+            f"measured {result['measured_bytes'] / 2**30:.2f} "
             f"GiB, ratio {result['ratio']:.3f} (load average {load:.1f})",
             flush=True,
         )

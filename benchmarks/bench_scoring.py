@@ -277,7 +277,8 @@ def main() -> None:
     print(f"GISP scoring on {args.model}, {args.device} {args.dtype}, batch {args.batch} x {args.seq_len} tokens")
     print(table(rows, ["figure", "measured", "ratio", "target"]))
     print(
-        f"gradients kept after the step: plain {mem_plain['kept_grads'] / mib:.0f} MiB, scoring {mem_score['kept_grads'] / mib:.0f} MiB"
+        f"gradients kept after the step: plain {mem_plain['kept_grads'] / mib:.0f} MiB, "
+        f"scoring {mem_score['kept_grads'] / mib:.0f} MiB"
     )
     if runs:
         print(f"shrunk and masked runs give the same trajectory: {runs['same_trajectory']}")

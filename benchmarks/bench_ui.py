@@ -102,8 +102,11 @@ INSTRUMENT = """() => {
   const app = () => document.querySelector('[data-testid="stApp"]');
   const options = {subtree: true, childList: true, attributes: true, characterData: true};
   const watched = new WeakSet();
-  const watch = (doc) => { if (doc && doc.body && !watched.has(doc)) { watched.add(doc); observer.observe(doc.body, options); } };
-  const frames = () => document.querySelectorAll('iframe').forEach(f => { try { watch(f.contentDocument); } catch (e) {} });
+  const watch = (doc) => {
+    if (doc && doc.body && !watched.has(doc)) { watched.add(doc); observer.observe(doc.body, options); }
+  };
+  const frames = () => document.querySelectorAll('iframe')
+    .forEach(f => { try { watch(f.contentDocument); } catch (e) {} });
   const observer = new MutationObserver(() => {
     b.last = performance.now();
     if (app() && app().getAttribute('data-test-script-state') === 'running') b.ran = b.last;
@@ -408,14 +411,16 @@ def main() -> int:
     if "browser" in result:
         b = result["browser"]["key_to_idle_ms"]
         print(
-            f"in Chromium, key press to idle page: median {b['median']:.0f} ms (p10 {b['p10']:.0f}, p90 {b['p90']:.0f}, "
+            f"in Chromium, key press to idle page: median {b['median']:.0f} ms "
+            f"(p10 {b['p10']:.0f}, p90 {b['p90']:.0f}, "
             f"min {b['min']:.0f}, max {b['max']:.0f}; {b['n']} moves; quiet window {args.quiet_ms:.0f} ms), "
             f"target <= {BROWSER_TARGET_MS:.0f} ms: {'met' if result['browser']['meets_target'] else 'NOT met'}"
         )
         shown = result["browser"]["server_ms_shown"]
         if shown:
             print(
-                f"  server time the page showed for those moves: median {shown['median']:.0f} ms, max {shown['max']:.0f} ms"
+                f"  server time the page showed for those moves: median {shown['median']:.0f} ms, "
+                f"max {shown['max']:.0f} ms"
             )
         tasks, cpu = result["browser"]["browser_main_thread_cpu_ms"], result["browser"]["server_process_cpu_ms"]
         chrome = result["browser"]["chromium_cpu_ms"]

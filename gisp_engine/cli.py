@@ -346,7 +346,8 @@ def cmd_cache_list(args) -> None:
     rows = list_cached()
     text = (
         "\n".join(
-            f"{r['key']}  {r['model']}  {r['objective']}  {r['steps']} steps  max sparsity {r['max_param_sparsity']:.3f}  {r['created']}"
+            f"{r['key']}  {r['model']}  {r['objective']}  {r['steps']} steps  "
+            f"max sparsity {r['max_param_sparsity']:.3f}  {r['created']}"
             for r in rows
         )
         or "(no trajectories in the cache)"

@@ -362,8 +362,10 @@ def export_elastic(
                     "template_version": remote_code.ELASTIC_TEMPLATE_VERSION,
                     "base": family.to_dict(),
                     "files": sorted(code),
-                    "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",
-                    "storage": f"survival order per layer; o_proj and down_proj weights stored transposed as <name>{TRANSPOSED}",
+                    "kv_cache": "compact: only kept KV heads are cached; "
+                    "uneven groups are expanded after the cache update",
+                    "storage": "survival order per layer; o_proj and down_proj weights stored transposed as "
+                    f"<name>{TRANSPOSED}",
                 },
                 "order": [o.to_dict() for o in order],
                 "files": files,

@@ -258,7 +258,8 @@ def export_subnetwork(
                     "template_version": remote_code.TEMPLATE_VERSION,
                     "base": family.to_dict(),
                     "files": sorted(code),
-                    "kv_cache": "compact: only kept KV heads are cached; uneven groups are expanded after the cache update",
+                    "kv_cache": "compact: only kept KV heads are cached; "
+                    "uneven groups are expanded after the cache update",
                 },
                 "layers": [lk.to_dict() for lk in layout],
                 "files": files,

@@ -772,7 +772,8 @@ def _model_card(loaded: LoadedModel, manifest: dict, evaluations: list[dict]) ->
         "linear weights removed)",
         "",
         f"`{g['file']}` is step {t['step']} of GISP Explorer trajectory `{t['key']}`, written for llama.cpp as "
-        f"`{g['arch']}` ({'every layer at its own width' if g['layout'] == 'per-layer' else 'every layer at the same width'}), "
+        f"`{g['arch']}` "
+        f"({'every layer at its own width' if g['layout'] == 'per-layer' else 'every layer at the same width'}), "
         f"{g['outtype']}. Decoder linear weights: {manifest['linear_params']:,} of {manifest['dense_linear_params']:,}"
         + (
             f" ({g['linear_params']:,} as written: equal GQA groups for llama.cpp add {g['padding_overhead']:.1%})"

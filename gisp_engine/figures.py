@@ -338,7 +338,8 @@ def trajectory_curve_figure(view: TrajectoryView, step: int, evaluations: list[d
                 line=dict(color=next(palette)),
                 marker=dict(symbol="square", size=8),
                 customdata=ps,
-                hovertemplate=f"{label}<br>step %{{customdata}}: %{{x:.1%}} params<br>{metric} %{{y:.4g}}<extra></extra>",
+                hovertemplate=f"{label}<br>step %{{customdata}}: %{{x:.1%}} params<br>"
+                f"{metric} %{{y:.4g}}<extra></extra>",
             )
         )
     for i, metric in enumerate(metrics):

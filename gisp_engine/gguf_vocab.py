@@ -198,7 +198,8 @@ def pre_tokenizer(tokenizer, spec: dict) -> str:
         return "gpt-2"
     raise GispError(
         f"llama.cpp does not know this tokenizer's pre-tokenizer (hash {digest[:12]}, {pre.get('type')}): "
-        "its GGUF would tokenize differently; only SmolLM, GPT-2, Llama 3, Qwen 2/3 and plain byte-level BPE are written"
+        "its GGUF would tokenize differently; only SmolLM, GPT-2, Llama 3, Qwen 2/3 and plain byte-level BPE "
+        "are written"
     )
 
 

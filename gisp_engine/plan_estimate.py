@@ -26,8 +26,8 @@ what the engine itself allocates rather than fitting a curve:
 The peak is the larger of loading and ``runtime + weights + gradient sums + activations + head`` in
 the first step; on CPU, where a checkpoint already in the run's dtype stays mapped (the embeddings
 keep the mapping), the second step adds the sliced copies of the pruned layers beside it, and its
-peak counts when it is the larger. Which kernel the attention takes, the allocator's caching and a CPU heap that keeps freed small
-blocks are not modelled; ``benchmarks/bench_estimate.py`` measures how far that leaves it.
+peak counts when it is the larger. Which kernel the attention takes, the allocator's caching and a CPU heap
+that keeps freed small blocks are not modelled; ``benchmarks/bench_estimate.py`` measures how far that leaves it.
 
 Times come from measurements: every real run records its first (dense) step's tokens/s under
 ``cache/throughput/``; a dry run for the same model, device and dtype divides by it.
@@ -353,7 +353,8 @@ def _sliding_layers(cfg, length: int) -> set[int]:
 
 # ---- free memory -------------------------------------------------------------------------------
 def free_bytes(device: torch.device, spread: bool = False) -> int:
-    """What the device can still give: MemAvailable on CPU, the CUDA driver's free memory on a GPU (all GPUs when spread)."""
+    """What the device can still give: MemAvailable on CPU, the CUDA driver's free memory on a GPU (all GPUs when
+    spread)."""
     if device.type == "cuda":
         indices = range(torch.cuda.device_count()) if spread else [device.index or 0]
         return sum(torch.cuda.mem_get_info(i)[0] for i in indices)
@@ -461,13 +462,15 @@ class DryRun:
     def text(self) -> str:
         s, m = self.settings, self.memory
         lines = [
-            f"model       {self.model['id']} ({self.model['family']}, {self.model['params']:,} parameters, {self.model['folder']})",
+            f"model       {self.model['id']} ({self.model['family']}, {self.model['params']:,} parameters, "
+            f"{self.model['folder']})",
             f"settings    method {s['method']}, objective {s['objective']}, {s['steps']} steps to structural ratio "
             f"{s['max_sparsity']} ({s['schedule']}), gqa {s['gqa']}, device {m.device}, dtype {m.dtype}, "
             f"batch size {s['batch_size']}" + (f", align {s['align']}" if s.get("align") else ""),
             f"cache key   {self.key}: "
             + ("in the cache (a run answers at once)" if self.cached else "not in the cache"),
-            f"structures  {self.scored_structures:,} scored of {self.structures:,} (layers {_ranges(self.scored_layers)})",
+            f"structures  {self.scored_structures:,} scored of {self.structures:,} "
+            f"(layers {_ranges(self.scored_layers)})",
             f"per step    {self.tokens_per_step:,} tokens in {self.sequences:,} sequences, {self.micro_batches} "
             f"micro-batches"
             + (f" over {self.processes} processes" if self.processes > 1 else "")

@@ -153,7 +153,8 @@ def prune(
                     0,
                     1,
                     message=(
-                        f"only {len(objective.batches())} micro-batches for {ctx.world_size} processes: some ranks idle "
+                        f"only {len(objective.batches())} micro-batches for {ctx.world_size} processes: "
+                        "some ranks idle "
                         "(lower --batch-size to use them all)"
                     ),
                 )

@@ -929,5 +929,8 @@ def compare_at(
         if abs(x - y) < 5e-4:
             return f"{na} and {nb} have the same {column} accuracy ({x:.1%}) {at}"
         better, worse = (na, nb) if x > y else (nb, na)
-        return f"{better} is {abs(x - y) * 100:.1f} points more accurate than {worse} on {column} {at} ({x:.1%} vs {y:.1%})"
+        return (
+            f"{better} is {abs(x - y) * 100:.1f} points more accurate than {worse} on {column} {at} "
+            f"({x:.1%} vs {y:.1%})"
+        )
     return f"{column}: {na} {x:.3g}, {nb} {y:.3g} {at}"

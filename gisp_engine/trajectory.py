@@ -32,7 +32,7 @@ import numpy as np
 from .adapters import Geometry
 from .errors import GispError
 from .fsutil import atomic_write_json, staging_dir
-from .structures import KINDS, StructureSpace
+from .structures import StructureSpace
 
 FORMAT = "gisp-trajectory"
 VERSION = 1
@@ -98,7 +98,8 @@ class Trajectory:
         top = self.max_param_sparsity
         if not 0.0 <= sparsity <= top + SPARSITY_EPS:
             raise GispError(
-                f"sparsity {sparsity:g} is outside 0 .. {top:.4f}, the largest parameter sparsity this trajectory reached"
+                f"sparsity {sparsity:g} is outside 0 .. {top:.4f}, "
+                "the largest parameter sparsity this trajectory reached"
             )
         best = 0
         for rec in self.steps:

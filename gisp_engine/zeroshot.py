@@ -1,14 +1,13 @@
 """Zero-shot multiple choice: the seven decision tasks and custom task files, scored as
 lm-evaluation-harness scores them.
 
-The prompts are lm-eval 0.4.13's own (see ``tasks``). Each option's score is the log-likelihood of ``" " + option`` after the prompt (WinoGrande:
-of the shared continuation after each context option, "partial scoring"). ``acc`` counts the
-items whose likeliest option is the gold one; ``acc_norm`` divides each option's
-log-likelihood by the option's length in characters first (lm-evaluation-harness's
-``acc_norm``; for these ASCII-dominated files it is the byte length), reported where that
-harness reports it (custom tasks: unless they use partial scoring). Items are the task's held-out part: the reserved calibration pool and
-any calibration slice a trajectory names are skipped (see ``tasks``), and ``limit`` takes the
-first N held-out items in file order.
+The prompts are lm-eval 0.4.13's own (see ``tasks``). Each option's score is the log-likelihood of ``" " + option``
+after the prompt (WinoGrande: of the shared continuation after each context option, "partial scoring"). ``acc``
+counts the items whose likeliest option is the gold one; ``acc_norm`` divides each option's log-likelihood by the
+option's length in characters first (lm-evaluation-harness's ``acc_norm``; for these ASCII-dominated files it is the
+byte length), reported where that harness reports it (custom tasks: unless they use partial scoring). Items are the
+task's held-out part: the reserved calibration pool and any calibration slice a trajectory names are skipped (see
+``tasks``), and ``limit`` takes the first N held-out items in file order.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import transformers  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 
-from gisp_engine import settings  # noqa: E402
+from gisp_engine import PruneConfig, jobs, prune, settings  # noqa: E402
+from apptest import copy_into_cache  # noqa: E402
 from needs import require  # noqa: E402
 from tiny import cache_dir, make_tiny_model  # noqa: E402
 
@@ -94,3 +95,50 @@ def embedded_model_dir() -> Path:
 def embedded_gemma_dir() -> Path:
     """The embedded Gemma 3 270M (one KV head, head_dim 256, 262k vocabulary)."""
     return _prepared("gemma3-270m")
+
+
+# ---- the explorer's tiny trajectories (AppTest and browser tests) -------------------------------------
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three small trajectories for the explorer's tests: iterative and one-shot of one model, and one of another
+    model (built once per session; ``runs`` gives each test its own copies)."""
+    with cache_dir(tmp_path_factory.mktemp("app-cache")):
+        base = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
+        llama, other = tiny_models[("llama", True)], tiny_models[("llama", False)]
+        return {
+            "iterative": prune(PruneConfig(model=str(llama), steps=4, max_sparsity=0.5, **base)).path,
+            "oneshot": prune(PruneConfig(model=str(llama), steps=1, max_sparsity=0.5, **base)).path,
+            "other": prune(PruneConfig(model=str(other), steps=2, max_sparsity=0.3, **base)).path,
+        }
+
+
+@pytest.fixture
+def runs(tiny_runs, isolated_cache) -> dict[str, str]:
+    """The tiny trajectories, copied into this test's own cache (so the app lists them)."""
+    return copy_into_cache(tiny_runs, isolated_cache)
+
+
+@pytest.fixture
+def no_jobs_left():
+    yield
+    for job in jobs.list_jobs(active_only=True):
+        jobs.cancel(job.key)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's), driven by Playwright: one per test module."""
+    from browsing import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.is_file():
+        _require(f"chromium ({CHROMIUM}; apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require("the playwright package (pip install -r requirements-dev.txt)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

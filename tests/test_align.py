@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gisp_engine import PruneConfig, prune
-from gisp_engine import methods, pruner
+from gisp_engine import pruner
 from gisp_engine.cli import main
 from gisp_engine.config import METHODS, target_ratios
 from gisp_engine.errors import GispError

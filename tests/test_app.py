@@ -7,7 +7,6 @@ trajectory says directly.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import time
@@ -18,102 +17,8 @@ import pytest
 
 from gisp_engine import PruneConfig, Trajectory, jobs, prune, settings
 from gisp_engine.checks import load_evaluations
+from apptest import ROOT, chart, decode, fill_run_form, metrics, no_errors, open_page, wait_for
 from needs import require
-from tiny import cache_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
-
-
-# ---- fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_runs(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
-    """Three small trajectories: iterative and one-shot of one model, and one of another model."""
-    with cache_dir(tmp_path_factory.mktemp("app-cache")):
-        base = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4)
-        llama, other = tiny_models[("llama", True)], tiny_models[("llama", False)]
-        return {
-            "iterative": prune(PruneConfig(model=str(llama), steps=4, max_sparsity=0.5, **base)).path,
-            "oneshot": prune(PruneConfig(model=str(llama), steps=1, max_sparsity=0.5, **base)).path,
-            "other": prune(PruneConfig(model=str(other), steps=2, max_sparsity=0.3, **base)).path,
-        }
-
-
-def copy_into_cache(trajectories: dict[str, Path], cache: Path) -> dict[str, str]:
-    """Trajectory folders copied into ``cache`` (so the app lists them): name -> the copy's path."""
-    out = {}
-    for name, folder in trajectories.items():
-        dest = cache / "trajectories" / folder.name
-        shutil.copytree(folder, dest)
-        out[name] = str(dest)
-    return out
-
-
-@pytest.fixture
-def runs(tiny_runs, isolated_cache) -> dict[str, str]:
-    """The tiny trajectories, copied into this test's own cache (so the app lists them)."""
-    return copy_into_cache(tiny_runs, isolated_cache)
-
-
-@pytest.fixture
-def no_jobs_left():
-    yield
-    for job in jobs.list_jobs(active_only=True):
-        jobs.cancel(job.key)
-
-
-def open_page(page: str | None, select: str | None = None, timeout: float = 120):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=timeout)
-    if select:
-        at.session_state["selected_trajectory"] = select
-    at.run()
-    assert not at.exception, at.exception
-    if page:
-        at.switch_page(page).run()
-        assert not at.exception, at.exception
-    return at
-
-
-def decode(value) -> np.ndarray:
-    """A plotly data array as sent to the browser (plain list or base64 typed array)."""
-    if isinstance(value, dict) and "bdata" in value:
-        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        shape = value.get("shape")
-        return arr.reshape([int(s) for s in str(shape).split(",")]) if shape else arr
-    return np.asarray(value)
-
-
-def chart(at, title_start: str) -> dict:
-    """A figure the page drew (st.plotly_chart, or explorer_ui.plotly_chart's component), by the start of its title."""
-    figures = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-    components = [json.loads(el.proto.json_args) for el in at.get("component_instance")]
-    figures += [json.loads(args["spec"]) for args in components if "spec" in args]
-    for fig in figures:
-        title = fig["layout"].get("title", {}).get("text", "")
-        if title.startswith(title_start):
-            return fig
-    raise AssertionError(f"no figure titled {title_start!r}; have {[f['layout'].get('title') for f in figures]}")
-
-
-def metrics(at) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def no_errors(at) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
-def wait_for(predicate, timeout: float = 240.0, every: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 # ---- home -------------------------------------------------------------------------------------
@@ -371,29 +276,18 @@ def test_export_page_writes_every_step_in_one_folder(runs):
     assert any("gisp_step=1" in c.value and out.name in c.value for c in at.code)
 
 
-# ---- run --------------------------------------------------------------------------------------
-def _fill_run_form(at, model: str, max_sparsity: float, steps: int = 2) -> None:
-    at.text_input[0].set_value(model)
-    numbers = {n.label: n for n in at.number_input}
-    numbers["Calibration sequences"].set_value(4)
-    numbers["Tokens per sequence"].set_value(32)
-    numbers["Pruning steps (1 = one-shot)"].set_value(steps)
-    numbers["Maximum structural ratio"].set_value(max_sparsity)
-    numbers["Sequences per micro-batch (0: by device)"].set_value(4)
-
-
 def test_run_page_bad_settings_show_errors(tiny_llama, tmp_path):
     at = open_page("pages/1_Run.py")
-    _fill_run_form(at, str(tiny_llama), 0.95)
+    fill_run_form(at, str(tiny_llama), 0.95)
     at.button[0].click().run()
     assert not at.exception
     assert any("only" in e.value and "protected layers" in e.value for e in at.error)
-    _fill_run_form(at, str(tmp_path / "missing-model"), 0.3)
+    fill_run_form(at, str(tmp_path / "missing-model"), 0.3)
     at.button[0].click().run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
     # margin calibration items per task: more than a task's pool is refused before anything starts
-    _fill_run_form(at, str(tiny_llama), 0.3)
+    fill_run_form(at, str(tiny_llama), 0.3)
     next(s for s in at.selectbox if s.label == "Objective").set_value("margin")
     next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value("openbookqa")
     at.number_input(key="run_calib_items").set_value(500)
@@ -405,7 +299,7 @@ def test_run_page_bad_settings_show_errors(tiny_llama, tmp_path):
 
 def test_run_page_runs_in_background_and_answers_repeats_from_cache(tiny_llama, data_dir, no_jobs_left):
     at = open_page("pages/1_Run.py")
-    _fill_run_form(at, str(tiny_llama), 0.3)
+    fill_run_form(at, str(tiny_llama), 0.3)
     at.button[0].click().run()
     no_errors(at)
     assert any("Started run" in s.value for s in at.success)
@@ -414,7 +308,7 @@ def test_run_page_runs_in_background_and_answers_repeats_from_cache(tiny_llama, 
 
     # a second tab with the same request finds the same run (or its result), never a second one
     other = open_page("pages/1_Run.py")
-    _fill_run_form(other, str(tiny_llama), 0.3)
+    fill_run_form(other, str(tiny_llama), 0.3)
     other.button[0].click().run()
     no_errors(other)
     assert other.session_state["run_last_key"] == key
@@ -426,7 +320,7 @@ def test_run_page_runs_in_background_and_answers_repeats_from_cache(tiny_llama, 
     no_errors(at)
     assert any("Done in" in s.value for s in at.success)
 
-    _fill_run_form(at, str(tiny_llama), 0.3)
+    fill_run_form(at, str(tiny_llama), 0.3)
     at.button[0].click().run()
     assert any("Answered from the cache" in s.value for s in at.success)
 
@@ -451,7 +345,7 @@ def test_run_page_refuses_a_malformed_task_file_and_keeps_the_runs(tiny_llama, t
     bad.write_text('{"query": "Q", "choices": ["a", "b"], "gold": 0}\n{"query": "Q", "choices": ["a"\n')
     at = open_page("pages/1_Run.py")
     assert any(key in m.value for m in at.markdown)
-    _fill_run_form(at, str(tiny_llama), 0.3)
+    fill_run_form(at, str(tiny_llama), 0.3)
     next(s for s in at.selectbox if s.label == "Objective").set_value("margin")
     next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value("")
     at.get("file_uploader")[1].set_value(("bad.jsonl", bad.read_bytes(), "application/jsonl"))  # a custom task file
@@ -464,7 +358,7 @@ def test_run_page_refuses_a_malformed_task_file_and_keeps_the_runs(tiny_llama, t
 
 def test_run_page_says_a_cancelled_run_resumed_and_from_which_step(tiny_llama, data_dir, no_jobs_left):
     at = open_page("pages/1_Run.py")
-    _fill_run_form(at, str(tiny_llama), 0.45, steps=400)  # long enough to be cancelled while it runs
+    fill_run_form(at, str(tiny_llama), 0.45, steps=400)  # long enough to be cancelled while it runs
     at.button[0].click().run()
     assert any("Started run" in s.value for s in at.success)
     key = at.session_state["run_last_key"]
@@ -472,7 +366,7 @@ def test_run_page_says_a_cancelled_run_resumed_and_from_which_step(tiny_llama, d
     assert jobs.cancel(key).state == "cancelled"
     done = json.loads((jobs.cache.partial_path(key) / "state.json").read_text())["done"]
 
-    _fill_run_form(at, str(tiny_llama), 0.45, steps=400)
+    fill_run_form(at, str(tiny_llama), 0.45, steps=400)
     at.button[0].click().run()
     no_errors(at)
     said = [s.value for s in at.success]

@@ -12,7 +12,7 @@ from gisp_engine.models import load_model
 from gisp_engine.sweep import NO_CONSTRAINT, Constraints, SweepRequest, describe_step, recommend, run_sweep, sweep_table
 from gisp_engine.trajectory import Trajectory
 from needs import require
-from test_app import chart, decode, no_errors, no_jobs_left, open_page, runs, tiny_runs, wait_for  # noqa: F401
+from apptest import chart, decode, no_errors, open_page, wait_for
 
 
 def _star(at, title: str) -> tuple[float, float] | None:
@@ -101,7 +101,7 @@ def test_choose_constraints_move_the_recommendation(runs, data_dir):
 
 def test_learn_page_illustrates_with_the_examples(runs):
     """Four ideas, four pictures (as Home promises), among them GISP's uneven widths beside Wanda-sp's even ones."""
-    from test_app import ROOT
+    from apptest import ROOT
 
     at = open_page("pages/7_Learn.py")
     no_errors(at)

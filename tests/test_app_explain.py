@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gisp_engine import PruneConfig, Trajectory, explain, prune
-from test_app import chart, copy_into_cache, decode, no_errors, open_page
+from apptest import chart, copy_into_cache, decode, no_errors, open_page
 from tiny import cache_dir
 
 
@@ -70,7 +70,7 @@ def test_a_bad_structure_a_fixed_ranking_and_no_scores_are_said(runs):
 
 
 def test_learn_shows_how_stale_the_dense_ranking_gets_on_an_example():
-    from test_app import ROOT
+    from apptest import ROOT
 
     at = open_page("pages/7_Learn.py")
     no_errors(at)

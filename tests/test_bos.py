@@ -27,7 +27,6 @@ from gisp_engine.importance import objective_value
 from gisp_engine.models import load_model
 from gisp_engine.objectives import objective_spec
 from gisp_engine.pruner import plan, prune
-from test_app import runs, tiny_runs  # noqa: F401 - the explorer's tiny trajectories (fixtures)
 
 SEQ, WINDOWS = 32, 3
 BASE = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4, steps=2, max_sparsity=0.3)
@@ -184,7 +183,7 @@ def test_embedded_models_against_transformers_loss(embedded_model_dir, embedded_
 
 
 def test_evaluate_page_offers_the_policy_and_states_it(runs, data_dir):
-    from test_app import no_errors, open_page
+    from apptest import no_errors, open_page
 
     from gisp_engine.checks import load_evaluations
     from gisp_engine.trajectory import Trajectory

@@ -3,7 +3,8 @@
 The tests start ``streamlit run app.py`` on a free localhost port with an empty cache, so the
 pages open on the repository's example trajectory. On Explore the test moves the sparsity slider
 with the keyboard and waits for the heatmap to change; on Choose it sets a perplexity constraint
-and waits for the recommendation to change. Screenshots go into ``benchmarks/results/``. Without chromium or playwright it skips, except under
+and waits for the recommendation to change. Screenshots go into ``benchmarks/results/``. Without chromium or
+playwright it skips, except under
 ``GISP_REQUIRE_DATA=1`` (CI), where it fails.
 """
 
@@ -13,106 +14,16 @@ import contextlib
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from browsing import PLOTS, ROOT, serve
+from needs import require
+
+
 SCREENSHOT = ROOT / "benchmarks" / "results" / "explore_browser.png"
-
-
-def _require(what: str) -> None:
-    if os.environ.get("GISP_REQUIRE_DATA") == "1":
-        pytest.fail(f"{what} is required here (GISP_REQUIRE_DATA=1)")
-    pytest.skip(f"{what} is not available")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        _require(f"chromium ({CHROMIUM}; apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require("the playwright package (pip install -r requirements-dev.txt)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(cache: Path, log_path: Path, *args: str):
-    """``streamlit run app.py`` in the repository (its .streamlit/config.toml applies), on a free port: (url, process)."""
-    examples = ROOT / "cache" / "examples"
-    if not any((p / "trajectory.json").is_file() for p in examples.glob("*")):
-        _require(f"an example trajectory in {examples}")
-    port = _free_port()
-    env = dict(os.environ, GISP_CACHE_DIR=str(cache))
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            *args,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"streamlit did not start: {log_path.read_text()}")
-                time.sleep(0.5)
-        yield url, proc
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture
@@ -121,10 +32,6 @@ def served_app(isolated_cache, tmp_path):
         yield url
 
 
-# plotly charts of the page and of its chart frames (explorer_ui.plotly_chart: an iframe per chart, same origin)
-PLOTS = """() => [document, ...Array.from(document.querySelectorAll('iframe')).map(f => {
-  try { return f.contentDocument; } catch (e) { return null; } })]
-  .filter(Boolean).flatMap(d => Array.from(d.querySelectorAll('.js-plotly-plot')))"""
 HEADS_STATE = f"""() => {{
   const plots = ({PLOTS})();
   const heads = plots.find(p => p.layout && p.layout.title && String(p.layout.title.text).includes('Attention heads'));
@@ -278,7 +185,8 @@ CHART_BOXES = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).
   return {id: gd.id, title: box(gd.querySelector('.gtitle')), legend: box(gd.querySelector('.legend .bg')),
           xtitles: all('.g-xtitle text'), plots: all('.nsewdrag'),
           logTicks: Object.keys(gd._fullLayout).filter(k => k.startsWith('yaxis') && gd._fullLayout[k].type === 'log')
-            .map(k => Array.from(gd.querySelectorAll('.' + gd._fullLayout[k]._id + 'tick text')).map(t => t.textContent))};
+            .map(k => Array.from(gd.querySelectorAll('.' + gd._fullLayout[k]._id + 'tick text'))
+                        .map(t => t.textContent))};
 })"""
 
 
@@ -302,7 +210,7 @@ def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
     examples = ROOT / "cache" / "examples"
     names = ("smollm2-135m-ppl-iterative", "smollm2-135m-ppl-oneshot", "smollm2-135m-wanda-sp")
     if not all((examples / n / "evaluations.json").is_file() for n in names):
-        _require("the examples with their sweep results")
+        require("the examples with their sweep results")
     iterative, oneshot, wanda = (load_trajectory(examples / n) for n in names)
     view = TrajectoryView.from_trajectory(iterative)
     tables = {

@@ -4,7 +4,7 @@ for the user to scroll to it before it redraws."""
 
 from __future__ import annotations
 
-from test_browser import PLOTS, ROOT, browser, serve  # noqa: F401 (browser: the module's Chromium fixture)
+from browsing import PLOTS, ROOT, serve
 
 TITLE = (
     f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "

@@ -235,7 +235,7 @@ def test_a_malformed_file_is_refused_before_anything_starts(tiny_llama, tmp_path
     assert main(["prune", "--model", str(tiny_llama), "--objective", "margin", "--tasks", bad, "--steps", "1"]) == 2
     assert "bad.jsonl:2: malformed JSON" in capsys.readouterr().err
 
-    from test_export import synthetic_trajectory
+    from exporting import synthetic_trajectory
 
     traj = synthetic_trajectory(load_model(str(tiny_llama), dtype="float32"), "query", steps=2)
     traj = type(traj).load(traj.save(tmp_path / "trajectory"))

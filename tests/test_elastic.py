@@ -20,7 +20,7 @@ from gisp_engine import GispError, load_model, remote_code
 from gisp_engine.elastic import export_elastic, folder_bytes, survival_order
 from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
 from gisp_engine.settings import PROJECT_ROOT
-from test_export import CASES, NEW_TOKENS, case_id, synthetic_trajectory
+from exporting import CASES, NEW_TOKENS, case_id, synthetic_trajectory
 from needs import import_or_require
 from tiny import FAMILIES, cache_dir
 
@@ -375,7 +375,8 @@ LM_EVAL_REQUESTS = [
 
 
 def _hflm_logliks(folder: Path, **model_args) -> list[tuple[float, bool]]:
-    """Log-likelihoods as ``lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True,...`` computes them."""
+    """Log-likelihoods as ``lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True,...``
+    computes them."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 

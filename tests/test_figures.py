@@ -13,7 +13,7 @@ from gisp_engine.checks import load_evaluations
 from gisp_engine.explore import TrajectoryView, load_trajectory
 from gisp_engine.sweep import sweep_table
 from needs import require
-from test_app import decode
+from apptest import decode
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cache" / "examples"
 

@@ -84,7 +84,7 @@ def test_slicing_keeps_the_shared_norms_and_the_single_kv_head(tiny_models):
 # ---- scores, trajectory, export on tiny Gemma 3 ----------------------------------------------------
 @pytest.mark.parametrize("case", POLICIES, ids=_id)
 def test_scores_equal_direct_autograd(tiny_models, data_dir, case):
-    from test_importance import reference_scores
+    from reference import reference_scores
 
     gqa, policy = case
     folder = tiny_models[("gemma3", gqa)]
@@ -134,7 +134,7 @@ def test_shrinking_equals_masking(tiny_models, data_dir, case):
 @pytest.fixture(scope="module")
 def gemma_exports(tiny_models, tmp_path_factory) -> dict:
     """Each policy exported per-layer and --uniform, with the masked model's outputs, all loaded in a fresh process."""
-    from test_export import NEW_TOKENS, STEP, keep_from_manifest, masked_outputs, run_isolated, synthetic_trajectory
+    from exporting import NEW_TOKENS, STEP, keep_from_manifest, masked_outputs, run_isolated, synthetic_trajectory
 
     root = tmp_path_factory.mktemp("gemma-exports")
     with cache_dir(root / "cache"):
@@ -225,7 +225,7 @@ def test_embedded_gemma_is_real_and_converted(embedded_gemma_dir, gemma):
 
 @pytest.mark.real_model
 def test_embedded_gemma_scores_match_direct_autograd(embedded_gemma_dir, gemma, data_dir):
-    from test_importance import reference_scores
+    from reference import reference_scores
 
     config = PruneConfig(model=str(embedded_gemma_dir), num_samples=2, seq_len=32, dtype="float32")
     objective = objective_spec("perplexity").build(gemma, config)
@@ -241,7 +241,7 @@ def test_embedded_gemma_scores_match_direct_autograd(embedded_gemma_dir, gemma, 
 @pytest.mark.real_model
 def test_embedded_gemma_export_equals_masked(embedded_gemma_dir, tmp_path):
     """A synthetic point (layer 1 without heads, the rest random) exported per-layer: the masked model's function."""
-    from test_export import STEP, synthetic_trajectory
+    from exporting import STEP, synthetic_trajectory
 
     loaded = load_model(str(embedded_gemma_dir), device="cpu", dtype="float32")
     traj = synthetic_trajectory(loaded, "query", seed=5)

@@ -21,11 +21,10 @@ import yaml
 from gisp_engine import GispError, llamacpp, load_model, settings
 from gisp_engine.cli import main
 from gisp_engine.export import load_pruned, verify_export
-from gisp_engine.export_gguf import FAMILIES, OUTTYPES, even_groups, export_gguf, layer_plan, write_vocab_gguf
+from gisp_engine.export_gguf import FAMILIES, even_groups, export_gguf, write_vocab_gguf
 from gisp_engine.fsutil import TMP_MARK
-from gisp_engine.surgery import full_layout
 from gisp_engine.trajectory import Trajectory
-from test_export import STEP, flap_trajectory, synthetic_trajectory
+from exporting import STEP, flap_trajectory, synthetic_trajectory
 from needs import require
 from tiny import cache_dir
 
@@ -412,7 +411,7 @@ def test_llama_cpp_tokenizes_as_transformers(model, from_tokenizer_json, tmp_pat
 # ---- the Export page ------------------------------------------------------------------------------
 def test_export_page_writes_a_gguf_and_shows_how_to_run_it(tiny_models, data_dir, isolated_cache, tmp_path):
     from gisp_engine import PruneConfig, prune
-    from test_app import no_errors, open_page
+    from apptest import no_errors, open_page
 
     run = prune(
         PruneConfig(

@@ -24,9 +24,8 @@ from gisp_engine.export_gguf import export_gguf
 from gisp_engine.surgery import linear_weight_count
 from gisp_engine.sweep import SweepRequest, pending_points, run_sweep, sweep_table
 from gisp_engine.trajectory import Trajectory
-from test_export import STEP, flap_trajectory, synthetic_trajectory
-from test_app import no_jobs_left  # noqa: F401  (a fixture)
-from test_gguf import _require
+from exporting import STEP, flap_trajectory, synthetic_trajectory
+from needs import require as _require
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -201,7 +200,7 @@ def one_core():
 
 
 def test_choose_offers_llamacpp_cost_and_says_which_runtime(saved, isolated_cache, one_core, no_jobs_left):
-    from test_app import no_errors, open_page, wait_for
+    from apptest import no_errors, open_page, wait_for
 
     loaded, traj, _ = saved
     listed = dataclasses.replace(traj, meta={**traj.meta, "objective": {"objective": "perplexity"}})

@@ -1,4 +1,5 @@
-"""No skip where CI must fail: every skip a test can reach obeys GISP_REQUIRE_DATA=1; the engine hides no ImportError."""
+"""No skip where CI must fail: every skip a test can reach obeys GISP_REQUIRE_DATA=1; the engine hides no
+ImportError."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def test_embedded_model_is_real_and_converted(embedded_model_dir, smol):
 
 
 def test_real_scores_match_direct_autograd(embedded_model_dir, data_dir):
-    from test_importance import reference_scores
+    from reference import reference_scores
 
     config = PruneConfig(model=str(embedded_model_dir), num_samples=2, seq_len=32, dtype="float32")
     reference_model = load_model(str(embedded_model_dir), dtype="float32")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from gisp_engine.cache import list_cached, partial_path
 from gisp_engine.errors import GispError
 from gisp_engine.pruner import LoopState, plan
 from gisp_engine.trajectory import decode_scores, encode_scores
-from tiny import make_tiny_model
 
 
 def assert_same_trajectory(a: Trajectory, b: Trajectory) -> None:

@@ -7,7 +7,6 @@ what the cache holds and the engine refuses whatever starts work or writes. Ever
 
 from __future__ import annotations
 
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -17,8 +16,8 @@ from streamlit import config as st_config
 
 from gisp_engine import PruneConfig, jobs, serving, settings, uploads
 from gisp_engine.errors import GispError
-from test_app import no_errors, open_page
-from test_browser import browser, serve  # noqa: F401 - browser: the Chromium fixture (skips or fails as there)
+from apptest import no_errors, open_page
+from browsing import serve
 from tiny import cache_dir
 
 GOOD_TASK = b"".join(
@@ -204,9 +203,9 @@ def test_export_is_a_download_that_loads_after_unpacking(run, tmp_path):
 
 # ---- uploads --------------------------------------------------------------------------------------
 def _margin_plan(at, upload: tuple[str, bytes]) -> None:
-    from test_app import _fill_run_form
+    from apptest import fill_run_form
 
-    _fill_run_form(at, at.session_state["tiny_model"], 0.3)
+    fill_run_form(at, at.session_state["tiny_model"], 0.3)
     next(s for s in at.selectbox if s.label == "Objective").set_value("margin")
     next(t for t in at.text_input if t.label == "Tasks (task objectives)").set_value("")
     at.get("file_uploader")[1].set_value((upload[0], upload[1], "application/jsonl"))
@@ -321,9 +320,8 @@ def test_a_job_beyond_the_limit_is_refused_with_a_message(tiny_llama, monkeypatc
     import subprocess
     import sys
 
-    from test_app import _fill_run_form
+    from apptest import fill_run_form
 
-    # a running job: a live process that the registry recognises as one (its command line names gisp_engine.jobs)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "gisp_engine.jobs"])
     try:
         running = _finished_job("fedcba9876543210", state="running", pid=sleeper.pid)
@@ -331,7 +329,7 @@ def test_a_job_beyond_the_limit_is_refused_with_a_message(tiny_llama, monkeypatc
         assert settings.max_jobs() >= 1
         monkeypatch.setenv("GISP_MAX_JOBS", "1")
         at = open_page("pages/1_Run.py")
-        _fill_run_form(at, str(tiny_llama), 0.3)
+        fill_run_form(at, str(tiny_llama), 0.3)
         at.button[0].click().run()
         said = [e.value for e in at.error]
         assert any(

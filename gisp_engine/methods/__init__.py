@@ -12,8 +12,8 @@ method means adding one file; ``config.METHODS`` reads the names from the file n
 | ``llm-pruner`` | first-order Taylor Σ|W⊙ḡ| (LLM-Pruner style) | within each layer, same ratio everywhere |
 | ``magnitude`` | L2 norm of the structure's weights | within each layer, same ratio everywhere |
 | ``random`` | seeded uniform random numbers | within each layer, same ratio everywhere |
-| ``wanda-sp`` | Σ |W|·‖X‖ over the structure's ``o_proj``/``down_proj`` columns | within each layer, same ratio everywhere |
-| ``flap`` | FLAP's WIFV, standardized per layer and block; a head is the mean of its columns | global, cut to a parameter budget |
+| ``wanda-sp`` | Σ |W|·‖X‖ over the structure's ``o_proj``/``down_proj`` columns | within each layer, same ratio |
+| ``flap`` | FLAP's WIFV, standardized per layer and block; a head is the mean of its columns | global, to a budget |
 """
 
 from __future__ import annotations
