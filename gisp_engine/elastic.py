@@ -48,7 +48,7 @@ from .fsutil import atomic_write_bytes, atomic_write_json, staging_dir
 from .models import LoadedModel, resolve_device, resolve_dtype
 from .progress import ProgressCallback, null_progress
 from .structures import StructureSpace
-from .surgery import _rows, _slice_linear
+from .surgery import head_rows, slice_linear
 from .trajectory import SPARSITY_EPS, Trajectory
 
 TRANSPOSED = "_t"  # suffix of a stored input-major tensor (must match the remote code's)
@@ -209,7 +209,7 @@ def _permute(loaded: LoadedModel, space: StructureSpace, order: list[LayerOrder]
         q, kv, ch = (np.asarray(x) for x in (stored.heads, stored.kv_heads, stored.channels))
         if inverse:
             q, kv, ch = np.argsort(q), np.argsort(kv), np.argsort(ch)
-        q_rows, kv_rows = _rows(q.tolist(), head_dim), _rows(kv.tolist(), head_dim)
+        q_rows, kv_rows = head_rows(q.tolist(), head_dim), head_rows(kv.tolist(), head_dim)
         channels = torch.as_tensor(ch, dtype=torch.long)
         for linear, index, dim in (
             (lin.q, q_rows, 0),
@@ -220,7 +220,7 @@ def _permute(loaded: LoadedModel, space: StructureSpace, order: list[LayerOrder]
             (mlp.up, channels, 0),
             (mlp.down, channels, 1),
         ):
-            _slice_linear(linear, index, dim)  # a permutation: same width, new order
+            slice_linear(linear, index, dim)  # a permutation: same width, new order
 
 
 def _stored_tensors(model: nn.Module, transposed: set[str]) -> list[tuple[str, Callable[[], torch.Tensor], int]]:

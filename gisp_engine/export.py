@@ -61,8 +61,8 @@ from .export_load import load_pruned  # noqa: F401
 from .export_widths import (
     UNIFORM_RULE,
     UniformWidths,
-    _config_accepts,
-    _weight_norms,
+    config_accepts,
+    weight_norms,
     aligned_keep_mask,
     uniform_keep_mask,
 )
@@ -197,8 +197,8 @@ def export_subnetwork(
     widths = None
     if uniform:
         unscored = sorted({int(space.layer[i]) for i in np.flatnonzero(np.isnan(trajectory.score))})
-        norms = _weight_norms(loaded, space, unscored) if unscored else None
-        keep, widths = uniform_keep_mask(trajectory, step, _config_accepts(loaded.model.config), norms, align)
+        norms = weight_norms(loaded, space, unscored) if unscored else None
+        keep, widths = uniform_keep_mask(trajectory, step, config_accepts(loaded.model.config), norms, align)
     else:
         keep = trajectory.keep_mask(step) if align is None else aligned_keep_mask(trajectory, step, align)
     compensate = compensates(trajectory, bias_compensation)

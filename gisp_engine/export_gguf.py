@@ -54,7 +54,7 @@ from . import llamacpp
 from .checks import load_evaluations
 from .errors import GispError
 from .export_format import GGUF, MANIFEST, hash_files, manifest_head, manifest_json, param_count, start_export
-from .export_widths import UNIFORM_RULE, _config_accepts, _weight_norms, aligned_keep_mask, uniform_keep_mask
+from .export_widths import UNIFORM_RULE, config_accepts, weight_norms, aligned_keep_mask, uniform_keep_mask
 from .fsutil import TMP_MARK, atomic_write_bytes, staging_dir
 from .gguf_vocab import VocabRecord, write_vocab
 from .methods import ALIGN_RULE, check_align
@@ -511,8 +511,8 @@ def export_gguf(
     widths = None
     if uniform:
         unscored = sorted({int(space.layer[i]) for i in np.flatnonzero(np.isnan(trajectory.score))})
-        norms = _weight_norms(loaded, space, unscored) if unscored else None
-        keep, widths = uniform_keep_mask(trajectory, step, _config_accepts(loaded.model.config), norms, align)
+        norms = weight_norms(loaded, space, unscored) if unscored else None
+        keep, widths = uniform_keep_mask(trajectory, step, config_accepts(loaded.model.config), norms, align)
     else:
         keep = trajectory.keep_mask(step) if align is None else aligned_keep_mask(trajectory, step, align)
     arch = _arch(loaded, widths)

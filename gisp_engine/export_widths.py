@@ -147,7 +147,7 @@ def aligned_keep_mask(trajectory: Trajectory, step: int, align: int) -> np.ndarr
     return keep
 
 
-def _weight_norms(loaded: LoadedModel, space: StructureSpace, layers: list[int]) -> np.ndarray:
+def weight_norms(loaded: LoadedModel, space: StructureSpace, layers: list[int]) -> np.ndarray:
     """L2 norm of each structure's weights in ``layers`` (NaN elsewhere): the ranking where GISP never scored."""
     g, adapter = space.geometry, loaded.adapter
     out = np.full(space.size, np.nan)
@@ -168,7 +168,7 @@ def _weight_norms(loaded: LoadedModel, space: StructureSpace, layers: list[int])
     return out
 
 
-def _config_accepts(config) -> Callable[[int, int], bool]:
+def config_accepts(config) -> Callable[[int, int], bool]:
     base = config.to_dict()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 

@@ -19,6 +19,8 @@ with no micro-batch contributes zeros.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,18 +49,18 @@ def _head_reduce(t: torch.Tensor, head_dim: int, dim: int) -> torch.Tensor:
     return t.sum(1 - dim).view(-1, head_dim).sum(1)
 
 
-class _Target:
+class ScoredWeight:
     """One scored tensor: how its gradient reduces to structures of one layer."""
 
     def __init__(self, param: nn.Parameter, layer: int, dim: int, per_head: int | None, units: torch.Tensor):
         self.param, self.layer, self.dim, self.per_head, self.units = param, layer, dim, per_head, units
 
 
-def _targets(
+def scored_targets(
     model, adapter: DecoderAdapter, space: StructureSpace, layout: Sequence[LayerKeep], layers: Sequence[int]
-) -> list[_Target]:
+) -> list[ScoredWeight]:
     g = space.geometry
-    out: list[_Target] = []
+    out: list[ScoredWeight] = []
     for i in layers:
         layer = adapter.layers(model)[i]
         keep = layout[i]
@@ -78,15 +80,136 @@ def _targets(
             ):
                 if units is None:
                     continue
-                out.append(_Target(linear.weight, i, dim, g.head_dim, units))
+                out.append(ScoredWeight(linear.weight, i, dim, g.head_dim, units))
                 if dim == 0 and linear.bias is not None:
-                    out.append(_Target(linear.bias, i, 0, g.head_dim, units))
+                    out.append(ScoredWeight(linear.bias, i, 0, g.head_dim, units))
         if keep.channels:
             mlp = adapter.mlp(layer)
             units = space.head_units + torch.tensor(keep.channels)
             for linear, dim in ((mlp.gate, 0), (mlp.up, 0), (mlp.down, 1)):
-                out.append(_Target(linear.weight, i, dim, None, units))
+                out.append(ScoredWeight(linear.weight, i, dim, None, units))
     return out
+
+
+class _GradientSums:
+    """Where each scored tensor's gradient goes, micro-batch after micro-batch, until it becomes scores.
+
+    A hook per tensor (``hook``) keeps its gradient (in ``.grad``, or in float32 ``sums`` with ``wide_sums``) until
+    the last micro-batch (``last``), then hands it on: to ``add_scores`` at once, or under torch.distributed to
+    ``pending``, all-reduced in one fixed order on every rank (``reduce_in_turn``: a backward pass's own order, layers
+    from the last, MLP before attention, o_proj first in it, so that a gradient rarely waits).
+    """
+
+    def __init__(self, targets: list[ScoredWeight], space: StructureSpace, wide_sums: bool, distributed_run: bool):
+        self.targets, self.space, self.wide_sums, self.distributed_run = targets, space, wide_sums, distributed_run
+        self.acc: dict[int, torch.Tensor] = {}  # layer -> float64 score per structure of the layer
+        self.sums: dict[int, torch.Tensor] = {}  # float32 gradient sums (wide_sums only), freed at the last micro-batch
+        self.pending: dict[int, torch.Tensor] = {}
+        self.order = sorted(
+            range(len(targets)),
+            key=lambda i: (
+                -targets[i].layer,
+                0 if targets[i].per_head is None else 1 if targets[i].dim == 1 else 2,
+                -i,
+            ),
+        )
+        self.turn = 0
+        self.last = False
+
+    def add_scores(self, i: int, grad: torch.Tensor) -> None:
+        """Σ|W⊙ḡ| of tensor ``i`` reduced to its structures, added to its layer's scores; its gradient freed."""
+        t = self.targets[i]
+        prod = (t.param.detach().float() * grad.float()).abs_()
+        per_unit = prod.sum(1 - t.dim) if t.per_head is None else _head_reduce(prod, t.per_head, t.dim)
+        del prod
+        layer_acc = self.acc.setdefault(
+            t.layer, torch.zeros(self.space.per_layer, dtype=torch.float64, device=per_unit.device)
+        )
+        layer_acc.index_add_(0, t.units.to(per_unit.device), per_unit.double())
+        t.param.grad = None
+
+    def reduce_in_turn(self, flush: bool = False) -> None:
+        """All-reduce the pending gradients whose turn has come (``flush``: all, zeros for those this rank lacks)."""
+        while self.turn < len(self.order):
+            i = self.order[self.turn]
+            grad = self.pending.pop(i, None)
+            if grad is None:
+                if not flush:
+                    return
+                p = self.targets[i].param  # no micro-batch here (or no gradient): this rank adds zeros
+                grad = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            if grad.dtype not in (torch.float32, torch.float64):
+                grad = grad.float()
+            distributed.all_reduce_sum_(grad)
+            self.add_scores(i, grad)
+            self.turn += 1
+
+    def hook(self, i: int):
+        def after_accumulate(param: torch.Tensor) -> None:
+            if self.wide_sums:
+                total = self.sums.get(i)
+                if total is None:
+                    self.sums[i] = param.grad.float()
+                else:
+                    total.add_(param.grad)
+                param.grad = None  # the next micro-batch's gradient lands in a fresh .grad
+                if not self.last:
+                    return
+                grad = self.sums.pop(i)
+            elif not self.last:
+                return  # accumulate in .grad until the last micro-batch
+            else:
+                grad = param.grad
+            if self.distributed_run:
+                self.pending[i] = grad
+                self.reduce_in_turn()
+            else:
+                self.add_scores(i, grad)
+
+        return after_accumulate
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.pending.clear()
+
+
+@contextlib.contextmanager
+def _gradients_only_for(model: nn.Module, targets: list[ScoredWeight], sums: _GradientSums):
+    """Inside: only the scored tensors take gradients, each with its hook; after: the model's flags as they were."""
+    saved = {p: p.requires_grad for p in model.parameters()}
+    handles = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for i, t in enumerate(targets):
+            t.param.requires_grad_(True)
+            handles.append(t.param.register_post_accumulate_grad_hook(sums.hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        sums.clear()
+
+
+def _per_structure(acc: dict[int, torch.Tensor], space: StructureSpace, layout: Sequence[LayerKeep]) -> np.ndarray:
+    """The layers' scores laid out over the whole space: NaN for every structure not present (or not scored)."""
+    raw = np.full(space.size, np.nan)
+    for layer, values in acc.items():
+        start = layer * space.per_layer
+        present = np.zeros(space.per_layer, bool)
+        keep = layout[layer]
+        if space.gqa == "query":
+            present[list(keep.heads)] = True
+        else:
+            present[list(keep.kv_heads)] = True
+        present[space.head_units + np.asarray(keep.channels, dtype=np.int64)] = True
+        layer_raw = values.cpu().numpy()
+        raw[start : start + space.per_layer] = np.where(present, layer_raw, np.nan)
+    return raw
 
 
 def score_structures(
@@ -108,115 +231,25 @@ def score_structures(
     kept for the precision test and benchmark).
     """
     ctx = distributed.context()
-    targets = _targets(model, adapter, space, layout, scored_layers)
+    targets = scored_targets(model, adapter, space, layout, scored_layers)
     batches = distributed.shard(objective.batches(), ctx)
-    saved = {p: p.requires_grad for p in model.parameters()}
-    acc: dict[int, torch.Tensor] = {}
-    final = [False]
-    low_precision = any(t.param.dtype in (torch.bfloat16, torch.float16) for t in targets)
     if wide_sums is None:
+        low_precision = any(t.param.dtype in (torch.bfloat16, torch.float16) for t in targets)
         wide_sums = low_precision and len(batches) > 1
-    sums: dict[int, torch.Tensor] = {}  # float32 gradient sums (wide_sums only), freed at the last micro-batch
-    # distributed: all-reduces in one fixed order on every rank (a backward pass's own order: layers from
-    # the last, MLP before attention, o_proj first in it), so that a gradient rarely waits in `pending`
-    order = sorted(
-        range(len(targets)),
-        key=lambda i: (-targets[i].layer, 0 if targets[i].per_head is None else 1 if targets[i].dim == 1 else 2, -i),
-    )
-    pending: dict[int, torch.Tensor] = {}
-    turn = [0]
-
-    def finish(i: int, grad: torch.Tensor) -> None:
-        t = targets[i]
-        prod = (t.param.detach().float() * grad.float()).abs_()
-        if t.per_head is None:
-            per_unit = prod.sum(1 - t.dim)
-        else:
-            per_unit = _head_reduce(prod, t.per_head, t.dim)
-        del prod
-        layer_acc = acc.setdefault(t.layer, torch.zeros(space.per_layer, dtype=torch.float64, device=per_unit.device))
-        layer_acc.index_add_(0, t.units.to(per_unit.device), per_unit.double())
-        t.param.grad = None
-
-    def reduce_in_turn(flush: bool = False) -> None:
-        while turn[0] < len(order):
-            i = order[turn[0]]
-            grad = pending.pop(i, None)
-            if grad is None:
-                if not flush:
-                    return
-                p = targets[i].param  # no micro-batch here (or no gradient): this rank adds zeros
-                grad = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-            if grad.dtype not in (torch.float32, torch.float64):
-                grad = grad.float()
-            distributed.all_reduce_sum_(grad)
-            finish(i, grad)
-            turn[0] += 1
-
-    def make_hook(i: int):
-        def hook(param: torch.Tensor) -> None:
-            if wide_sums:
-                total = sums.get(i)
-                if total is None:
-                    sums[i] = param.grad.float()
-                else:
-                    total.add_(param.grad)
-                param.grad = None  # the next micro-batch's gradient lands in a fresh .grad
-                if not final[0]:
-                    return
-                grad = sums.pop(i)
-            elif not final[0]:
-                return  # accumulate in .grad until the last micro-batch
-            else:
-                grad = param.grad
-            if ctx.active:
-                pending[i] = grad
-                reduce_in_turn()
-            else:
-                finish(i, grad)
-
-        return hook
-
-    handles = []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        for i, t in enumerate(targets):
-            t.param.requires_grad_(True)
-            handles.append(t.param.register_post_accumulate_grad_hook(make_hook(i)))
-        total_loss = 0.0
+    sums = _GradientSums(targets, space, wide_sums, ctx.active)
+    total_loss = 0.0
+    with _gradients_only_for(model, targets, sums):
         progress(ProgressEvent("score", 0, len(batches), step, total_steps))
         for b, batch in enumerate(batches):
-            final[0] = b == len(batches) - 1
+            sums.last = b == len(batches) - 1
             loss = objective.loss(model, batch)
             loss.backward()
             total_loss += float(loss.detach())
             progress(ProgressEvent("score", b + 1, len(batches), step, total_steps))
         if ctx.active:
-            reduce_in_turn(flush=True)
+            sums.reduce_in_turn(flush=True)
             total_loss = _sum_over_ranks(total_loss)
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
-            p.grad = None
-        sums.clear()
-        pending.clear()
-
-    raw = np.full(space.size, np.nan)
-    for layer, values in acc.items():
-        start = layer * space.per_layer
-        present = np.zeros(space.per_layer, bool)
-        keep = layout[layer]
-        if space.gqa == "query":
-            present[list(keep.heads)] = True
-        else:
-            present[list(keep.kv_heads)] = True
-        present[space.head_units + np.asarray(keep.channels, dtype=np.int64)] = True
-        layer_raw = values.cpu().numpy()
-        raw[start : start + space.per_layer] = np.where(present, layer_raw, np.nan)
+    raw = _per_structure(sums.acc, space, layout)
     if ctx.active:  # bitwise the same scores on every rank, so that every rank removes the same structures
         shared = distributed.broadcast_tensor_(torch.from_numpy(np.append(raw, total_loss)))
         raw, total_loss = shared[:-1].numpy(), float(shared[-1])

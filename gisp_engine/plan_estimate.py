@@ -48,7 +48,7 @@ from . import distributed, methods, settings
 from .config import PruneConfig
 from .errors import GispError
 from .fsutil import atomic_write_json
-from .importance import _targets
+from .importance import scored_targets
 from .models import DTYPES, WEIGHT_SUFFIXES, load_config, recorded_dtype, resolve_device, resolve_dtype
 from .nll import LOGIT_CHUNK_ELEMENTS
 from .objectives import objective_spec
@@ -268,7 +268,7 @@ def _step_parts(
 ) -> list[Part]:
     """Gradient sums, activations and head of one step, the scored layers at ``kept`` of their width."""
     g, cfg = space.geometry, model.config
-    scored = _targets(model, adapter, space, full_layout(space), scored_layers) if gradients else []
+    scored = scored_targets(model, adapter, space, full_layout(space), scored_layers) if gradients else []
     scored_count = int(kept * sum(t.param.numel() for t in {id(t.param): t for t in scored}.values()))
     sums = 4 * scored_count if gradients and work.micro_batches > 1 else 0
     n = work.batch * work.length  # tokens of the largest micro-batch

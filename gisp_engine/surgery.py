@@ -74,7 +74,7 @@ def full_layout(space: StructureSpace) -> list[LayerKeep]:
     ]
 
 
-def _rows(positions: Sequence[int], width: int) -> torch.Tensor:
+def head_rows(positions: Sequence[int], width: int) -> torch.Tensor:
     """Row indices of whole heads (``width`` rows each) at the given positions."""
     pos = torch.as_tensor(list(positions), dtype=torch.long)
     return (pos[:, None] * width + torch.arange(width)[None, :]).reshape(-1)
@@ -86,7 +86,7 @@ def _positions(present: Sequence[int], wanted: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
+def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
     """Keep ``index`` along ``dim`` (0 = output rows, 1 = input columns) of a Linear, in place."""
     weight = linear.weight
     index = index.to(weight.device)
@@ -152,19 +152,19 @@ def slice_(
             else:
                 attn = adapter.attention_module(layer)
                 lin = adapter.attention(layer)
-                q_rows = _rows(_positions(now.heads, new.heads), head_dim)
-                kv_rows = _rows(_positions(now.kv_heads, new.kv_heads), head_dim)
-                _slice_linear(lin.q, q_rows, 0)
-                _slice_linear(lin.k, kv_rows, 0)
-                _slice_linear(lin.v, kv_rows, 0)
-                _slice_linear(lin.o, q_rows, 1)
+                q_rows = head_rows(_positions(now.heads, new.heads), head_dim)
+                kv_rows = head_rows(_positions(now.kv_heads, new.kv_heads), head_dim)
+                slice_linear(lin.q, q_rows, 0)
+                slice_linear(lin.k, kv_rows, 0)
+                slice_linear(lin.v, kv_rows, 0)
+                slice_linear(lin.o, q_rows, 1)
                 _set_attention_groups(attn, space, new)
         if new.channels != now.channels:
             mlp = adapter.mlp(layer)
             index = torch.as_tensor(_positions(now.channels, new.channels), dtype=torch.long)
-            _slice_linear(mlp.gate, index, 0)
-            _slice_linear(mlp.up, index, 0)
-            _slice_linear(mlp.down, index, 1)
+            slice_linear(mlp.gate, index, 0)
+            slice_linear(mlp.up, index, 0)
+            slice_linear(mlp.down, index, 1)
     return target
 
 
@@ -177,8 +177,8 @@ def mask_(model: nn.Module, adapter: DecoderAdapter, space: StructureSpace, keep
     _, ch_keep = space.as_grid(np.asarray(keep, bool))
     for i, layer in enumerate(layers):
         lin = adapter.attention(layer)
-        q_dead = _rows(np.flatnonzero(~q_keep[i]), g.head_dim)
-        kv_dead = _rows(np.flatnonzero(~kv_keep[i]), g.head_dim)
+        q_dead = head_rows(np.flatnonzero(~q_keep[i]), g.head_dim)
+        kv_dead = head_rows(np.flatnonzero(~kv_keep[i]), g.head_dim)
         for linear, rows, dim in ((lin.q, q_dead, 0), (lin.k, kv_dead, 0), (lin.v, kv_dead, 0), (lin.o, q_dead, 1)):
             _zero(linear, rows, dim)
         mlp = adapter.mlp(layer)

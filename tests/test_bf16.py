@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gisp_engine import PruneConfig, load_model
-from gisp_engine.importance import _head_reduce, _targets, score_structures
+from gisp_engine.importance import _head_reduce, scored_targets, score_structures
 from gisp_engine.objectives import objective_spec
 from gisp_engine.structures import StructureSpace
 from gisp_engine.surgery import full_layout
@@ -25,7 +25,7 @@ SCORED = [1, 2]
 
 def float64_reference(loaded, space: StructureSpace, objective) -> np.ndarray:
     layout = full_layout(space)
-    targets = _targets(loaded.model, loaded.adapter, space, layout, SCORED)
+    targets = scored_targets(loaded.model, loaded.adapter, space, layout, SCORED)
     for p in loaded.model.parameters():
         p.requires_grad_(False)
     for t in targets:

@@ -13,7 +13,7 @@ from gisp_engine import PruneConfig, plan_estimate
 from gisp_engine.adapters import adapter_for_config
 from gisp_engine.cli import main
 from gisp_engine.errors import GispError
-from gisp_engine.importance import _targets
+from gisp_engine.importance import scored_targets
 from gisp_engine.nll import sequence_nll
 from gisp_engine.pruner import plan, prune
 from gisp_engine.structures import StructureSpace
@@ -24,7 +24,7 @@ def saved_bytes(model, adapter, space, scored_layers, ids) -> int:
     """Bytes of every distinct storage autograd saves in one forward (parameters left out), as scoring runs it."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for t in _targets(model, adapter, space, full_layout(space), scored_layers):
+    for t in scored_targets(model, adapter, space, full_layout(space), scored_layers):
         t.param.requires_grad_(True)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
