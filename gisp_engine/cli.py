@@ -378,11 +378,11 @@ def _export_model(args, trajectory):
     """The trajectory's base model, loaded in the dtype to write (the output folder checked first)."""
     from .export_format import check_out_dir
     from .models import load_model
-    from .subnetwork import checkpoint_dtype, recorded_model
+    from .subnetwork import recorded_checkpoint_dtype, recorded_model
 
     check_out_dir(Path(args.out).expanduser())  # before minutes of loading
     model = args.model or recorded_model(trajectory)
-    dtype = checkpoint_dtype(model) if args.dtype == "auto" else args.dtype  # keep a bf16 checkpoint bf16
+    dtype = recorded_checkpoint_dtype(model) if args.dtype == "auto" else args.dtype  # keep a bf16 checkpoint bf16
     return load_model(model, args.device, dtype)
 
 

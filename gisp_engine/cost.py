@@ -185,7 +185,7 @@ class PeakMemory:
 
 
 # ---- the workload ---------------------------------------------------------------------------
-def checkpoint_dtype(model: torch.nn.Module) -> str:
+def export_dtype_of(model: torch.nn.Module) -> str:
     """The dtype the model's checkpoint was saved in (what an export keeps), else the loaded dtype."""
     return recorded_dtype(model.config) or str(next(model.parameters()).dtype).removeprefix("torch.")
 
@@ -274,7 +274,7 @@ def _measure(models: list[torch.nn.Module], spec: CostSpec, seed: int) -> list[C
     for r, p, d in zip(runs, prefill_s, decode_s):
         params = list(r.model.parameters())
         param_count = sum(x.numel() for x in params)
-        export_dtype = checkpoint_dtype(r.model) if spec.export_dtype == "auto" else spec.export_dtype
+        export_dtype = export_dtype_of(r.model) if spec.export_dtype == "auto" else spec.export_dtype
         out.append(
             Cost(
                 prefill_tok_s=spec.batch * spec.seq_len / statistics.median(p),

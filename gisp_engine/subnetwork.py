@@ -20,7 +20,7 @@ def recorded_model(trajectory: Trajectory) -> str:
     return str(model)
 
 
-def checkpoint_dtype(model: str) -> str:
+def recorded_checkpoint_dtype(model: str) -> str:
     """The dtype a model's checkpoint records in its config (``bfloat16``, ...), or ``auto`` when none is known.
 
     Export writes this by default, so a bf16 checkpoint is not exported as float32 on CPU.

@@ -12,7 +12,7 @@ import streamlit as st
 import explorer_ui as ui
 from gisp_engine import checks, serving
 from gisp_engine.progress import ProgressEvent
-from gisp_engine.subnetwork import checkpoint_dtype
+from gisp_engine.subnetwork import recorded_checkpoint_dtype
 
 ui.page_setup("Export")
 st.title("Export the chosen subnetwork")
@@ -111,7 +111,7 @@ def _export_form() -> None:
     with ui.guard("The export failed: "):
         serving.require_changes("an export")
         # the exporter slices the model it is given; it keeps the base checkpoint's dtype
-        loaded = ui.dense_copy(model, device, checkpoint_dtype(model))
+        loaded = ui.dense_copy(model, device, recorded_checkpoint_dtype(model))
         if fmt == GGUF:
             from gisp_engine.export_gguf import export_gguf
 

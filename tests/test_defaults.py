@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from gisp_engine import GispError, PruneConfig, prune
 from gisp_engine.cli import main
-from gisp_engine.subnetwork import checkpoint_dtype, recorded_model
+from gisp_engine.subnetwork import recorded_checkpoint_dtype, recorded_model
 from tiny import make_tiny_model
 
 
@@ -42,8 +42,8 @@ def test_recorded_model_and_checkpoint_dtype(tiny_llama, tiny_bf16, data_dir):
     assert recorded_model(settings_less) == str(tiny_bf16)
     with pytest.raises(GispError, match="does not record its model"):
         recorded_model(replace(traj, meta={}))
-    assert checkpoint_dtype(str(tiny_bf16)) == "bfloat16"
-    assert checkpoint_dtype(str(tiny_llama)) == "float32"
+    assert recorded_checkpoint_dtype(str(tiny_bf16)) == "bfloat16"
+    assert recorded_checkpoint_dtype(str(tiny_llama)) == "float32"
 
 
 def test_eval_and_export_load_the_recorded_model_and_keep_bf16(tiny_bf16, data_dir, capsys, tmp_path):
