@@ -111,7 +111,7 @@ def browser_times(path: Path, clicks: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_browser import PLOTS
+    from browsing import PLOTS
 
     title = (
         f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
@@ -158,7 +158,9 @@ def browser_times(path: Path, clicks: int) -> dict:
             browser = p.chromium.launch(
                 executable_path=os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"), args=["--no-sandbox"]
             )
-            page = browser.new_page(viewport={"width": 1600, "height": 1500})
+            # tall enough for the heatmap and the history below it to be in view (a chart out of view redraws only
+            # when scrolled to)
+            page = browser.new_page(viewport={"width": 1600, "height": 3000})
             page.goto(f"{url}/Explore")
             page.wait_for_function(f"({PLOTS})().length >= 4", timeout=180_000)
             if path.resolve() != DEFAULT.resolve():
