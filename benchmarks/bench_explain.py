@@ -103,57 +103,21 @@ def attention_times(path: Path) -> dict:
 
 def browser_times(path: Path, clicks: int) -> dict:
     """Click head cells of the Explore page in Chromium; ms from the click to the history chart naming the head."""
-    import socket
-    import subprocess
     import tempfile
-    import urllib.request
 
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from browsing import PLOTS
+    from browsing import PLOTS, serve
 
     title = (
         f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
         "String(p.layout.title.text).startsWith(start)); return p ? String(p.layout.title.text) : null; }"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cache = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     (cache / "models").symlink_to(ROOT / "cache" / "models")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, GISP_CACHE_DIR=str(cache)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url, times = f"http://127.0.0.1:{port}", []
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    times = []
+    with serve(cache, cache / "streamlit.log", "--server.fileWatcherType", "none") as (url, _):
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"), args=["--no-sandbox"]
@@ -191,9 +155,6 @@ def browser_times(path: Path, clicks: int) -> dict:
                 if i:  # the first is a warm-up
                     times.append(1e3 * (time.perf_counter() - started))
             browser.close()
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
     return {"click_to_history_ms": spread(times)}
 
 

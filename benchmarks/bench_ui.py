@@ -121,68 +121,20 @@ IDLE = """(quiet) => {
   return b.ran > b.key && app.getAttribute('data-test-script-state') === 'notRunning'
          && performance.now() - b.last >= quiet;
 }"""
-# plotly charts of the page and of its chart frames (explorer_ui.plotly_chart: an iframe per chart)
-PLOTS = """() => [document, ...Array.from(document.querySelectorAll('iframe')).map(f => {
-  try { return f.contentDocument; } catch (e) { return null; } })]
-  .filter(Boolean).flatMap(d => Array.from(d.querySelectorAll('.js-plotly-plot')))"""
 SERVER_TIME = """() => { const c = Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'))
   .map(e => e.innerText).find(t => t.includes('Server time for this point'));
   const m = c && c.match(/Server time for this point: (\\d+) ms/); return m ? Number(m[1]) : null; }"""
 
 
-def _served(cache: Path, plain_charts: bool = False):
-    """``streamlit run app.py`` on a free localhost port with ``cache`` as its cache: (process, url)."""
-    import socket
-    import subprocess
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, GISP_CACHE_DIR=str(cache), GISP_PLAIN_CHARTS="1" if plain_charts else ""),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise SystemExit("streamlit did not start")
-            time.sleep(0.3)
-
-
 def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = False) -> dict:
     """Key press to idle page (ms) for ``moves`` slider moves on Explore in Chromium, and the server time shown."""
     import shutil
-    import signal
     import tempfile
 
     from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browsing import PLOTS, serve
 
     if not CHROMIUM.is_file():
         raise SystemExit(f"no chromium at {CHROMIUM} (apt-get install chromium; or --no-browser)")
@@ -191,8 +143,9 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
         source = Path(path).resolve()
         if source.parent != (ROOT / "cache" / "examples").resolve():  # the examples are listed anyway
             shutil.copytree(source, cache / "trajectories" / source.name)
-        proc, url = _served(cache, plain_charts)
-        try:
+        log = Path(tmp) / "streamlit.log"
+        plain = {"GISP_PLAIN_CHARTS": "1" if plain_charts else ""}
+        with serve(cache, log, "--server.fileWatcherType", "none", env=plain) as (url, proc):
             with sync_playwright() as p:
                 browser = p.chromium.launch(
                     executable_path=str(CHROMIUM),
@@ -247,9 +200,6 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
                         server_cpu.append(1e3 * (_cpu_seconds(proc.pid) - cpu))
                         chromium_cpu.append(1e3 * (_chromium_cpu_seconds() - chrome))
                 browser.close()
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
     return {
         "idle_ms": idle,
         "server_ms": [s for s in server if s is not None],

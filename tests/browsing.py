@@ -40,14 +40,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(cache: Path, log_path: Path, *args: str):
-    """``streamlit run app.py`` in the repository (its .streamlit/config.toml applies), on a free port:
-    (url, process)."""
+def serve(cache: Path, log_path: Path, *args: str, env: dict[str, str] | None = None):
+    """``streamlit run app.py`` in the repository (its .streamlit/config.toml applies), on a free port, with
+    ``cache`` as its cache (and ``env`` added to the environment): (url, process). The benchmarks use it too."""
     examples = ROOT / "cache" / "examples"
     if not any((p / "trajectory.json").is_file() for p in examples.glob("*")):
         require(f"an example trajectory in {examples}")
     port = free_port()
-    env = dict(os.environ, GISP_CACHE_DIR=str(cache))
+    env = dict(os.environ, GISP_CACHE_DIR=str(cache), **(env or {}))
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [
