@@ -5,6 +5,7 @@ for the user to scroll to it before it redraws."""
 from __future__ import annotations
 
 from browsing import PLOTS, ROOT, serve
+from gisp_engine import Trajectory
 
 TITLE = (
     f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
@@ -25,7 +26,20 @@ def test_a_click_on_a_head_cell_shows_its_history(browser, isolated_cache, tmp_p
         page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
         page.keyboard.type(example.name)
         page.keyboard.press("Enter")
+        # the default example has scores too: wait for the Gemma example's own heatmap (its head count), then its
+        # history, before taking the heads frame (the first example's frames go as the page switches)
+        traj = Trajectory.load(example)
+        heads_total = traj.geometry.num_layers * traj.space.head_units
+        page.wait_for_function(
+            f"(end) => {{ const t = ({TITLE})('Attention heads'); return !!t && t.endsWith(end); }}",
+            arg=f"of {heads_total} kept",
+            timeout=120_000,
+        )
         page.wait_for_function(TITLE, arg="History of", timeout=120_000)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state') === 'notRunning'",
+            timeout=60_000,
+        )
         heads = next(f for f in page.frames if f.evaluate(HEADS_FRAME))
         layer, unit = 6, 2
         x, y = heads.evaluate(f"""() => {{ const fl = document.querySelector('.js-plotly-plot')._fullLayout;
