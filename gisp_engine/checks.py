@@ -27,6 +27,7 @@ from .fsutil import atomic_write_json, ensure_writable_dir, file_lock
 from .models import LoadedModel
 from .progress import ProgressCallback, null_progress
 from .subnetwork import apply_step, check_compatible
+from .tasks import is_custom_task
 from .trajectory import Trajectory
 
 
@@ -131,16 +132,6 @@ def available_checks(extra: Sequence[str] = ()) -> dict[str, Check]:
         if name not in checks and is_custom_task(name):
             checks[name] = _task_check(name)
     return checks
-
-
-def is_custom_task(name: str) -> bool:
-    """A user's own multiple-choice file (JSONL) rather than a built-in task name."""
-    from . import tasks
-
-    probe = getattr(tasks, "is_custom_task", None)
-    if probe is not None:
-        return bool(probe(name))
-    return str(name).endswith(".jsonl") and Path(name).expanduser().is_file()
 
 
 # ---- the model at a step -------------------------------------------------------------------
