@@ -362,6 +362,26 @@ def cmd_cache_rm(args) -> None:
     _emit(args, {"removed": done.to_dict()}, f"removed trajectory {args.key}: {human_bytes(done.bytes)} freed")
 
 
+def cmd_jobs_list(args) -> None:
+    from .jobs import list_jobs
+
+    rows = list_jobs(active_only=args.active)
+    lines = [
+        f"{j.key}  {j.kind:5}  {j.state:9}  step {j.step}/{j.total}  {j.message or j.error or ''}".rstrip()
+        for j in rows
+    ]
+    _emit(args, {"jobs": [j.to_dict() for j in rows]}, "\n".join(lines) or "no background jobs")
+
+
+def cmd_jobs_cancel(args) -> None:
+    from .jobs import cancel
+
+    job = cancel(args.key)
+    if job is None:
+        raise GispError(f"no background job {args.key!r}: `gisp jobs list` names them")
+    _emit(args, {"job": job.to_dict()}, f"{args.key}: {job.state}")
+
+
 def cmd_cache_prune(args) -> None:
     from .housekeeping import apply_cleanup, human_bytes, plan_cleanup
 
@@ -797,6 +817,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_prune)
+
+    p = sub.add_parser("jobs", help="background runs and sweeps (what the app starts)")
+    jsub = p.add_subparsers(dest="jobs_command", required=True)
+    jp = jsub.add_parser("list", help="every job, newest first: key, kind, state, progress")
+    jp.add_argument("--active", action="store_true", help="only those starting or running")
+    jp.add_argument("--json", action="store_true")
+    jp.set_defaults(func=cmd_jobs_list)
+    jp = jsub.add_parser("cancel", help="stop a running job (it resumes from its last step when asked again)")
+    jp.add_argument("key", help="the job's key (`gisp jobs list`)")
+    jp.add_argument("--json", action="store_true")
+    jp.set_defaults(func=cmd_jobs_cancel)
 
     _export_parser(sub)
     return parser

@@ -12,8 +12,8 @@ key (``plan(config).key``), so reloading the page, a second tab or a second iden
 finds the same run instead of starting another one, and a request whose trajectory is already
 cached is answered from the cache without a run. Cancelling terminates the run's process
 group; the engine checkpoints every step, so asking again for a cancelled (or crashed) run
-continues it from its last finished step. ``python -m gisp_engine.jobs list|cancel KEY`` does
-the same from a shell.
+continues it from its last finished step. ``gisp jobs list`` and ``gisp jobs cancel KEY`` do the same from a
+shell.
 """
 
 from __future__ import annotations
@@ -528,18 +528,15 @@ def _sweep(body: dict, progress) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The worker's entry point, ``python -m gisp_engine.jobs run JOB_DIR``, as ``submit`` starts it (the liveness
+    check knows a job's process by this module's name in its command line). From a shell: ``gisp jobs``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 2 and args[0] == "run":
         return run(Path(args[1]))
-    if args == ["list"]:
-        for job in list_jobs():
-            print(f"{job.key}  {job.state:9}  step {job.step}/{job.total}  {job.message or job.error or ''}")
-        return 0
-    if len(args) == 2 and args[0] == "cancel":
-        job = cancel(args[1])
-        print(f"{args[1]}: {job.state if job else 'no such job'}")
-        return 0
-    print("usage: python -m gisp_engine.jobs run JOB_DIR | list | cancel KEY", file=sys.stderr)
+    print(
+        "usage: python -m gisp_engine.jobs run JOB_DIR (started by the app; from a shell: gisp jobs list|cancel)",
+        file=sys.stderr,
+    )
     return 2
 
 

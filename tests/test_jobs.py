@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,42 @@ def test_a_sweep_started_again_says_how_far_the_earlier_one_got(monkeypatch, tin
     assert again.state == "starting" and again.resumed_from == 7 and again.error is None and spawned
     jobs._write_status(folder, jobs.JobStatus(key=key, state="done", kind="sweep", step=22, total=22))
     assert jobs._start(key, {"kind": "sweep"}, total=22, kind="sweep").resumed_from is None  # all remembered: anew
+
+
+def test_gisp_jobs_lists_and_cancels_from_a_shell(isolated_cache, capsys):
+    from gisp_engine.cli import main
+    from gisp_engine.fsutil import atomic_write_json
+
+    def folder(key: str, state: str, started: float) -> Path:
+        path = jobs.job_dir(key)
+        path.mkdir(parents=True)
+        atomic_write_json(
+            path / "status.json",
+            {"key": key, "state": state, "started_unix": started, "step": 1, "total": 4, "message": "pruning"},
+        )
+        return path
+
+    # a live process that looks like a job (its command line names gisp_engine.jobs)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "gisp_engine.jobs"], start_new_session=True
+    )
+    try:
+        folder("finished", "done", time.time() - 60)
+        (folder("live", "running", time.time()) / "pid").write_text(str(proc.pid))
+        assert main(["jobs", "list"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in out] == ["live", "finished"] and "running" in out[0]
+        assert main(["jobs", "list", "--active", "--json"]) == 0
+        assert [j["key"] for j in json.loads(capsys.readouterr().out)["jobs"]] == ["live"]
+        assert main(["jobs", "cancel", "live"]) == 0
+        assert capsys.readouterr().out.strip() == "live: cancelled"
+        assert proc.wait(timeout=20) is not None and jobs.status("live").state == "cancelled"
+        assert main(["jobs", "cancel", "nope"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no background job 'nope'" in err[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    # the library's own entry point only starts a worker
+    done = subprocess.run([sys.executable, "-m", "gisp_engine.jobs", "list"], capture_output=True, text=True)
+    assert done.returncode == 2 and "gisp jobs list" in done.stderr
