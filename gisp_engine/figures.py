@@ -785,8 +785,7 @@ def score_distribution_figure(scores, head_unit: str = "query head"):
     )
     removed = int(scores.removed_here.sum())
     title = (
-        f"Scores step {scores.step} ranked: {len(scores.score):,} structures, the lowest {removed:,} removed "
-        f"(dashed: the cut line)"
+        f"Scores step {scores.step} ranked: the lowest {removed:,} of {len(scores.score):,} removed"
     )
     return _figure(data, layout, title, 560)
 
@@ -828,7 +827,7 @@ def rank_stability_figure(stability, param_sparsity: np.ndarray | None = None):
         xaxis=_axis("pruning step", dtick=max(1, len(stability.steps) // 12)),
         yaxis=_axis("agreement with the dense ranking", range=[0, 1.02]),
     )
-    return _figure(data, layout, "How stale a one-shot ranking gets: each step's ranking against the dense one", 400)
+    return _figure(data, layout, "How stale a one-shot ranking gets", 400)
 
 
 def attention_figure(

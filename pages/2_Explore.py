@@ -117,7 +117,7 @@ def _scrub(playing: bool) -> None:
         help=f"decoder linear weights kept, of {at.total_params / 1e6:.2f} M (embeddings and LM head excluded)",
     )
     m[3].metric(f"{view.head_unit.capitalize()}s kept (of {view.head_removal.size:,})", f"{at.kept_heads:,}")
-    m[4].metric(f"MLP channels kept (of {view.channel_removal.size:,})", f"{at.kept_channels:,}")
+    m[4].metric(f"Channels kept (of {view.channel_removal.size:,})", f"{at.kept_channels:,}", help="MLP channels")
     m[5].metric("Calibration loss", f"{at.loss:.3f}", help="mean NLL in nats on the calibration set")
 
     left, right = st.columns([2, 3])

@@ -55,7 +55,7 @@ def test_explore_slider_changes_heatmaps_and_counts(runs):
         shown = metrics(at)
         heads_label, channels_label = (
             f"Query heads kept (of {heads_grid.size})",
-            f"MLP channels kept (of {channel_grid.size})",
+            f"Channels kept (of {channel_grid.size})",
         )
         assert shown[heads_label] == str(sum(len(layer["heads"]) for layer in kept["layers"]))
         assert shown[channels_label] == str(sum(len(layer["channels"]) for layer in kept["layers"]))
