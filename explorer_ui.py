@@ -373,6 +373,7 @@ new IntersectionObserver((entries) => {
 window.addEventListener("message", (event) => {
   const msg = event.data;
   if (!msg || msg.type !== "streamlit:render" || msg.args.spec === shown) return;
+  const first = shown === null;
   shown = msg.args.spec;
   pending = [JSON.parse(shown), msg.args];
   const wanted = pending[0].layout.height || 450;
@@ -380,6 +381,10 @@ window.addEventListener("message", (event) => {
     height = wanted;
     document.body.style.height = wanted + "px";
     post("streamlit:setFrameHeight", {height: wanted});
+  }
+  // a chart that answers a click elsewhere (a structure's history) comes into view when it changes
+  if (msg.args.reveal && !first && window.frameElement) {
+    window.frameElement.scrollIntoView({block: "nearest", behavior: "smooth"});
   }
   draw();
 });
@@ -413,13 +418,15 @@ def chart_spec(figure) -> str:
     return plotly.io.to_json(figure, validate=False)
 
 
-def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> dict | None:
+def plotly_chart(figure, key: str, container=None, clickable: bool = False, reveal: bool = False) -> dict | None:
     """A plotly figure that later reruns redraw in place (for charts a slider changes); ``key`` is its identity.
 
     ``figure``: a plotly figure, or its ``chart_spec`` (for figures kept in a cache).
 
     ``clickable``: a click on a point reruns the page and this returns the last point clicked (``x``, ``y``,
     ``curve``, ``customdata``, ``at``: when, so that a second click on it is new); None before any click.
+    ``reveal``: when the figure changes after the first drawing, the page scrolls the chart into view (for a chart
+    that answers a click elsewhere on the page).
     ``GISP_PLAIN_CHARTS=1``: Streamlit's own ``st.plotly_chart`` instead (its theme and toolbar; a browser that
     refuses the component's frame still draws the charts; benchmarks/bench_ui.py --plain-charts compares the two);
     there nothing is clickable (Streamlit's point selection ignores heatmap cells), and this returns None.
@@ -441,5 +448,9 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False) -> d
         _CHART_COMPONENT = components.declare_component("gisp_plotly_chart", path=str(folder))
     with container or contextlib.nullcontext():
         return _CHART_COMPONENT(
-            spec=figure if isinstance(figure, str) else chart_spec(figure), key=key, default=None, clickable=clickable
+            spec=figure if isinstance(figure, str) else chart_spec(figure),
+            key=key,
+            default=None,
+            clickable=clickable,
+            reveal=reveal,
         )

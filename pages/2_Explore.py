@@ -190,7 +190,7 @@ def _why(step: int, playing: bool) -> None:
     index = c_index.number_input(f"Index ({view.head_unit} or channel)", 0, step=1, key=STRUCT_KEYS["index"])
     with ui.guard("", stop=False):
         figure, story = history_figure(path, stamp, int(layer), kind, int(index), view.head_unit)
-        ui.plotly_chart(figure, f"history_{slot}")
+        ui.plotly_chart(figure, f"history_{slot}", reveal=True)  # a click on a heatmap cell shows it
     ranked = max(step, 1)
     left, right = st.columns(2)
     with ui.guard("", stop=False):

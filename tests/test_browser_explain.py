@@ -1,6 +1,6 @@
 """In Chromium: a click on a head cell of the Explore heatmap opens that head's history (the chart component posts
 the clicked point; the page reruns and draws the history of the structure clicked); a chart below the fold waits
-for the user to scroll to it before it redraws."""
+for the user to scroll to it before it redraws, and a click brings the history into view."""
 
 from __future__ import annotations
 
@@ -87,5 +87,22 @@ def test_a_click_on_a_head_cell_shows_its_history(browser, isolated_cache, tmp_p
             f"(old) => {{ const t = ({TITLE})('Scores step'); return !!t && t !== old; }}",
             arg=scores_before,
             timeout=30_000,
+        )
+
+        # still in the short window, back at the top: a click on another head cell brings its history into view,
+        # where it draws (out of view it would wait)
+        page.evaluate("window.scrollTo(0, 0)")
+        for container in page.locator('[data-testid="stMain"], section.main').all():
+            container.evaluate("e => e.scrollTo(0, 0)")
+        layer, unit = 7, 1
+        x, y = heads.evaluate(f"""() => {{ const fl = document.querySelector('.js-plotly-plot')._fullLayout;
+            return [fl.xaxis.l2p({unit}) + fl.margin.l, fl.yaxis.l2p({layer}) + fl.margin.t]; }}""")
+        box = heads.frame_element().bounding_box()
+        assert box["y"] + y < 800, "the heatmap cell is in view"
+        page.mouse.click(box["x"] + x, box["y"] + y)
+        page.wait_for_function(
+            f"(want) => {{ const t = ({TITLE})('History of'); return !!t && t.startsWith(want); }}",
+            arg=f"History of layer {layer} · query head {unit}:",
+            timeout=60_000,
         )
         page.close()
