@@ -784,9 +784,7 @@ def score_distribution_figure(scores, head_unit: str = "query head"):
         yaxis2=dict(_axis("score (log scale)", type="log", exponentformat="e"), domain=[0.0, 0.45]),
     )
     removed = int(scores.removed_here.sum())
-    title = (
-        f"Scores step {scores.step} ranked: the lowest {removed:,} of {len(scores.score):,} removed"
-    )
+    title = f"Scores step {scores.step} ranked: the lowest {removed:,} of {len(scores.score):,} removed"
     return _figure(data, layout, title, 560)
 
 
