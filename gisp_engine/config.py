@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import pkgutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from . import settings
+from . import registry, settings
 from .data import BOS_POLICIES, SAMPLINGS
 from .errors import GispError
 from .structures import GQA_POLICIES, NORMALIZATIONS
@@ -15,18 +13,8 @@ from .structures import GQA_POLICIES, NORMALIZATIONS
 SCHEDULES = ("linear", "cosine")
 
 
-def _method_names() -> tuple[str, ...]:
-    """One per public module of ``gisp_engine/methods`` (``wanda_sp.py``: ``wanda-sp``), GISP first.
-
-    Found without importing them, so that validating a config imports no method (and no torch).
-    """
-    found = pkgutil.iter_modules([str(Path(__file__).with_name("methods"))])
-    names = {m.name.replace("_", "-") for m in found if not m.name.startswith("_")}
-    return tuple(sorted(names, key=lambda n: (n != "gisp", n)))
-
-
 #: Pruning methods: iterative GISP, and the fixed-ranking baselines (``gisp_engine.methods``).
-METHODS = _method_names()
+METHODS = registry.METHODS.names()
 
 
 @dataclass

@@ -1,16 +1,13 @@
-"""Model-family adapters: the only place that knows how a family's modules are laid out."""
+"""Model-family adapters: the only place that knows how a family's modules are laid out. One module per family
+(``llama.py``, ``gemma3.py``, ...), each defining ``ADAPTER``; ``registry.ADAPTERS`` finds them by file name."""
 
 from __future__ import annotations
 
+from .. import registry
 from ..errors import GispError
-from .base import AttentionLinears, DecoderAdapter, Geometry, MlpLinears
-from .gemma3 import Gemma3Adapter
-from .llama import LlamaAdapter
-from .mistral import MistralAdapter
-from .qwen2 import Qwen2Adapter
-from .qwen3 import Qwen3Adapter
+from ._base import AttentionLinears, DecoderAdapter, Geometry, MlpLinears
 
-ADAPTERS: tuple[type[DecoderAdapter], ...] = (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma3Adapter)
+ADAPTERS: tuple[type[DecoderAdapter], ...] = tuple(registry.ADAPTERS.all().values())
 _BY_MODEL_TYPE = {mt: cls for cls in ADAPTERS for mt in cls.model_types}
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BY_MODEL_TYPE))

@@ -14,7 +14,7 @@ What differs from Llama, and why the shared machinery still fits:
 """
 
 from ..errors import GispError
-from .base import DecoderAdapter
+from ._base import DecoderAdapter
 
 _GATED_ACTIVATIONS = {"gelu_pytorch_tanh", "gelu", "silu"}
 
@@ -36,3 +36,6 @@ class Gemma3Adapter(DecoderAdapter):
         # the engine's chunked loss applies the LM head alone; a soft cap would change every logit
         if getattr(config, "final_logit_softcapping", None) is not None:
             raise GispError("gemma3: final_logit_softcapping is not supported (Gemma 3 checkpoints leave it unset)")
+
+
+ADAPTER = Gemma3Adapter

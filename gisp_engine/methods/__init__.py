@@ -3,7 +3,7 @@
 Every public module here (``gisp.py``, ``wanda_sp.py``, …) defines ``METHOD``, an instance of
 ``_base.Method``: its scores for the current model, whether it re-scores after every step,
 and how a step selects (``_selection``). The loop (``pruner``) asks nothing else, so adding a
-method means adding one file; ``config.METHODS`` reads the names from the file names.
+method means adding one file; ``registry.METHODS`` finds it by its file name.
 
 | method | score of a structure | selection |
 |---|---|---|
@@ -18,21 +18,15 @@ method means adding one file; ``config.METHODS`` reads the names from the file n
 
 from __future__ import annotations
 
-import importlib
-
+from .. import registry
 from ..config import METHODS
-from ..errors import GispError
 from ._base import Method, Scores, Scoring
 from ._selection import ALIGN_RULE, Cut, aligned_count, check_align
 
 
 def get(name: str) -> Method:
-    """The method called ``name`` (its module is imported on first use)."""
-    if name not in METHODS:
-        raise GispError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
-    method = importlib.import_module(f"{__name__}.{name.replace('-', '_')}").METHOD
-    assert method.name == name, f"{name}: its module's METHOD is called {method.name!r}"
-    return method
+    """The method called ``name`` (its module is imported on first use; ``registry.METHODS``)."""
+    return registry.METHODS.get(name)
 
 
 __all__ = ["ALIGN_RULE", "Cut", "METHODS", "Method", "Scores", "Scoring", "aligned_count", "check_align", "get"]

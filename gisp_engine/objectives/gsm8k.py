@@ -16,7 +16,7 @@ import torch
 from ..errors import GispError
 from ..loglik import ScoredSequence, continuation_logprobs, length_batches, pad_batch, pad_id_of, scored_sequence
 from ..tasks import load_task, source_identity
-from .base import Objective
+from ._base import Objective, ObjectiveSpec
 
 SOURCE = "gsm8k_train"
 PROMPT = "Question: {question}\nAnswer:"
@@ -103,3 +103,6 @@ def build_gsm8k(loaded, config) -> GSM8KObjective:
         per_batch * config.seq_len,
         pad_id_of(loaded.tokenizer),
     )
+
+
+OBJECTIVE = ObjectiveSpec("gsm8k", gsm8k_identity, build_gsm8k)

@@ -32,7 +32,7 @@ import torch
 from ..errors import GispError
 from ..loglik import ScoredSequence, continuation_logprobs, length_batches, pad_batch, pad_id_of, scored_sequence
 from ..tasks import POOL_FRACTION, POOL_SEED, PROMPTS_VERSION, is_custom_task, load_task, parse_tasks, source_identity
-from .base import Objective
+from ._base import Objective, ObjectiveSpec
 
 LOSS = (
     "L+ - L-: mean over correct options of each option's mean answer-token NLL, "
@@ -228,3 +228,6 @@ def build_margin(loaded, config) -> MarginObjective:
         pad_id_of(loaded.tokenizer),
         config.calib_items,
     )
+
+
+OBJECTIVE = ObjectiveSpec("margin", margin_identity, build_margin)

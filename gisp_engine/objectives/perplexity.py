@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..data import CalibrationSet
+from ..data import CalibrationSet, build_calibration, resolve_bos, resolve_text_source
 from ..nll import sequence_nll
-from .base import Objective
+from ._base import Objective, ObjectiveSpec
 
 
 class PerplexityObjective(Objective):
@@ -31,3 +31,35 @@ class PerplexityObjective(Objective):
 
     def summary(self, value: float) -> dict:
         return {"perplexity": math.exp(value) if value < 700 else float("inf")}
+
+
+def perplexity_identity(config, family: str | None) -> dict:
+    source = resolve_text_source(config.calib)
+    bos = resolve_bos(config.bos, family)
+    return {
+        "objective": "perplexity",
+        "calib": source.identity(),
+        "num_samples": config.num_samples,
+        "seq_len": config.seq_len,
+        "seed": config.seed,
+        # packed and stream are left out so that keys made before the settings existed still answer
+        **({} if config.sampling == "packed" else {"sampling": config.sampling}),
+        **({} if bos == "stream" else {"bos": bos}),
+    }
+
+
+def build_perplexity(loaded, config) -> Objective:
+    source = resolve_text_source(config.calib)
+    calibration = build_calibration(
+        loaded.tokenizer,
+        source,
+        config.num_samples,
+        config.seq_len,
+        config.seed,
+        config.sampling,
+        resolve_bos(config.bos, loaded.adapter.family),
+    )
+    return PerplexityObjective(calibration, config.resolved_batch_size(loaded.device))
+
+
+OBJECTIVE = ObjectiveSpec("perplexity", perplexity_identity, build_perplexity)

@@ -14,7 +14,8 @@ The per-token NLL through the LM head (``sequence_nll``, ``token_nll``) lives a 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,3 +38,12 @@ class Objective(ABC):
     def summary(self, value: float) -> dict:
         """Readable figures derived from the objective's value (e.g. perplexity)."""
         return {}
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """An objective as the registry knows it (``OBJECTIVE`` in its module): what identifies it and how to build it."""
+
+    name: str
+    identity: Callable  # (PruneConfig, family) -> dict: everything that determines the calibration signal
+    build: Callable  # (LoadedModel, PruneConfig) -> Objective
