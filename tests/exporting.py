@@ -129,14 +129,16 @@ open(out + ".json", "w").write(json.dumps(results))
 """.format(root=str(PROJECT_ROOT))
 
 
-def run_isolated(jobs: dict, workdir: Path) -> tuple[dict, dict]:
+def run_isolated(jobs: dict, workdir: Path, script: str = ISOLATED) -> tuple[dict, dict]:
+    """``script`` (``ISOLATED`` or one of its kind: argv site-packages, jobs as JSON, output stem) run where this
+    project cannot be imported; its JSON results and its tensors."""
     from safetensors.torch import load_file
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_MODULES_CACHE=str(workdir / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     out = workdir / "results"
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", ISOLATED, sysconfig.get_paths()["purelib"], json.dumps(jobs), str(out)],
+        [sys.executable, "-I", "-S", "-c", script, sysconfig.get_paths()["purelib"], json.dumps(jobs), str(out)],
         cwd=workdir,
         env=env,
         capture_output=True,

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from gisp_engine import GispError, load_model, remote_code
 from gisp_engine.elastic import export_elastic, folder_bytes, survival_order
 from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
 from gisp_engine.settings import PROJECT_ROOT
-from exporting import CASES, NEW_TOKENS, case_id, synthetic_trajectory
+from exporting import CASES, NEW_TOKENS, case_id, run_isolated, synthetic_trajectory
 from needs import import_or_require
 from tiny import FAMILIES, cache_dir
 
@@ -195,7 +191,6 @@ open(out + ".json", "w").write(json.dumps(results))
 
 
 def test_loads_without_the_project_at_every_step(cases, tmp_path):
-    from safetensors.torch import load_file
 
     jobs, expected = {}, {}
     for case, c in cases.items():
@@ -213,20 +208,7 @@ def test_loads_without_the_project_at_every_step(cases, tmp_path):
         jobs[name] = {"dir": str(c.elastic), "kwargs": kwargs, "x": c.x.tolist(), "new_tokens": NEW_TOKENS}
         expected[name] = (c, step)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    out = tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", ISOLATED, sysconfig.get_paths()["purelib"], json.dumps(jobs), str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(Path(str(out) + ".json").read_text())
-    tensors = load_file(str(out) + ".safetensors")
+    results, tensors = run_isolated(jobs, tmp_path, ISOLATED)
     assert results.pop("gisp_engine_imported") is False
     for name, (c, step) in expected.items():
         assert results[name]["class"] == "GispElasticForCausalLM" and results[name]["step"] == step
