@@ -83,8 +83,9 @@ def plan_cleanup(finished_jobs: bool = True, older_than_days: float | None = Non
     now = time.time() if now is None else now
     cutoff = None if older_than_days is None else now - older_than_days * 86400
     plan = Cleanup()
+    all_jobs = jobs.list_jobs() if finished_jobs or cutoff is not None else []
     if finished_jobs:
-        for job in jobs.list_jobs():
+        for job in all_jobs:
             if job.active:
                 continue
             if cutoff is None or (job.started_unix or job.updated_unix or 0) < cutoff:
@@ -96,10 +97,11 @@ def plan_cleanup(finished_jobs: bool = True, older_than_days: float | None = Non
                     plan.add(path, f"trajectory created {row.get('created')}")
         # what browsers handed in and took out (viewer mode): uploads are read when a run starts, so none goes
         # while a job is running
-        running = any(job.active for job in jobs.list_jobs())
+        running = any(job.active for job in all_jobs)
         for path, what in _uploads_and_exports(skip_uploads=running):
-            if not path.name.startswith(TMP_MARK) and path.stat().st_mtime < cutoff:
-                plan.add(path, f"{what} from {_dt.datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d}")
+            modified = path.stat().st_mtime
+            if not path.name.startswith(TMP_MARK) and modified < cutoff:
+                plan.add(path, f"{what} from {_dt.datetime.fromtimestamp(modified):%Y-%m-%d}")
     for root in (cache.trajectories_dir(), jobs.jobs_dir(), settings.cache_dir() / "exports"):
         if root.is_dir():
             for path in root.iterdir():
