@@ -120,8 +120,6 @@ def aligned_trajectory(example, align: int | None):
     from gisp_engine.progress import TqdmProgress
     from gisp_engine.settings import cache_dir
 
-    fields = set(PruneConfig.__dataclass_fields__)
-    settings = {k: v for k, v in example.meta["settings"].items() if k in fields}
     saved = os.environ.get("GISP_CACHE_DIR")
     if align is None:
         own = RESULTS / "bench_align_cache"
@@ -132,7 +130,7 @@ def aligned_trajectory(example, align: int | None):
         os.environ["GISP_CACHE_DIR"] = str(own)
     bar = TqdmProgress()
     try:
-        outcome = prune(PruneConfig(**{**settings, "align": align}), progress=bar)
+        outcome = prune(PruneConfig.from_settings({**example.meta["settings"], "align": align}), progress=bar)
     finally:
         bar.close()
         if align is None and saved is None:

@@ -46,6 +46,13 @@ class PruneConfig:
     dtype: str = "auto"
     device_map: str | None = None
 
+    @classmethod
+    def from_settings(cls, settings: dict, **overrides) -> "PruneConfig":
+        """The config a trajectory's recorded ``meta["settings"]`` describe (what is not a field, such as
+        ``protected_layers``, left out), with ``overrides`` on top."""
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in settings.items() if k in known}, **overrides)
+
     def validate(self) -> "PruneConfig":
         def whole(name: str, low: int) -> None:
             value = getattr(self, name)

@@ -23,7 +23,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +143,7 @@ def prune(
                 return PruneOutcome(_copy_out(hit, out) if ctx.is_main else hit, cache_hit=True)
         if check_memory:
             plan_estimate.refuse_if_too_big(the_plan)
-        progress(ProgressEvent("prepare", 0, 1, message=f"loading {config.model}"))
-        loaded = load_model(config.model, config.device, config.dtype, config.device_map)
-        objective = objective_spec(config.objective).build(loaded, config)
+        loaded, objective = _load(config, progress)
         if ctx.active and len(objective.batches()) < ctx.world_size:
             progress(
                 ProgressEvent(
@@ -194,17 +192,19 @@ def rescore_along(
     ``trajectory`` removed, step by step, and keeps the scores each step measured on the model it had;
     ``meta["followed"]["agreement"]`` says per step how much of that removal the method would have chosen itself.
     """
-    names = {f.name for f in fields(PruneConfig)}
-    settings = {k: v for k, v in trajectory.meta["settings"].items() if k in names}
-    settings["save_scores"] = True
-    settings.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
-    config = PruneConfig(**settings)
-    the_plan = plan(config)
+    where = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    settings = {k: v for k, v in trajectory.meta["settings"].items() if k not in where}
+    config = PruneConfig.from_settings({**settings, "save_scores": True}, **where)
+    loaded, objective = _load(config, progress)
+    progress(ProgressEvent("prepare", 1, 1, message="ready"))
+    return run_gisp(loaded, plan(config), objective, progress, follow=trajectory.removal_step)
+
+
+def _load(config: PruneConfig, progress: ProgressCallback) -> tuple[LoadedModel, Objective]:
+    """The model a run prunes and its objective, said as it goes."""
     progress(ProgressEvent("prepare", 0, 1, message=f"loading {config.model}"))
     loaded = load_model(config.model, config.device, config.dtype, config.device_map)
-    objective = objective_spec(config.objective).build(loaded, config)
-    progress(ProgressEvent("prepare", 1, 1, message="ready"))
-    return run_gisp(loaded, the_plan, objective, progress, follow=trajectory.removal_step)
+    return loaded, objective_spec(config.objective).build(loaded, config)
 
 
 def _copy_out(trajectory: Trajectory, out: Path | str | None) -> Trajectory:
