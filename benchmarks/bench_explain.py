@@ -108,7 +108,7 @@ def browser_times(path: Path, clicks: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from browsing import PLOTS, serve
+    from browsing import CHROMIUM, CHROMIUM_ARGS, PLOTS, serve
 
     title = (
         f"(start) => {{ const p = ({PLOTS})().find(p => p.layout && p.layout.title && "
@@ -119,9 +119,7 @@ def browser_times(path: Path, clicks: int) -> dict:
     times = []
     with serve(cache, cache / "streamlit.log", "--server.fileWatcherType", "none") as (url, _):
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"), args=["--no-sandbox"]
-            )
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             # tall enough for the heatmap and the history below it to be in view (a chart out of view redraws only
             # when scrolled to)
             page = browser.new_page(viewport={"width": 1600, "height": 3000})

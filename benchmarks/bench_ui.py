@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from browsing import CHROMIUM, CHROMIUM_ARGS, PLOTS, serve  # noqa: E402 (the browser tests' Chromium and server)
 
 TARGET_MS = 150.0  # server time of one move
 BROWSER_TARGET_MS = 500.0  # key press to an idle page
-CHROMIUM = Path(os.environ.get("GISP_CHROMIUM", "/usr/bin/chromium"))
 DEFAULT = ROOT / "cache" / "examples" / "smollm2-135m-ppl-iterative"
 
 
@@ -133,9 +134,6 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
 
     from playwright.sync_api import sync_playwright
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from browsing import PLOTS, serve
-
     if not CHROMIUM.is_file():
         raise SystemExit(f"no chromium at {CHROMIUM} (apt-get install chromium; or --no-browser)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,16 +145,7 @@ def browser_times(path: str, moves: int, quiet_ms: float, plain_charts: bool = F
         plain = {"GISP_PLAIN_CHARTS": "1" if plain_charts else ""}
         with serve(cache, log, "--server.fileWatcherType", "none", env=plain) as (url, proc):
             with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path=str(CHROMIUM),
-                    args=[
-                        "--headless",
-                        "--no-sandbox",
-                        "--disable-gpu",
-                        "--no-first-run",
-                        "--disable-background-networking",
-                    ],
-                )
+                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1600, "height": 1200})
                 page.goto(f"{url}/Explore")
                 page.wait_for_function(f"({PLOTS})().length >= 4", timeout=180_000)
