@@ -69,9 +69,12 @@ def _leave_legacy_navigation_on_import() -> None:
 
 _leave_legacy_navigation_on_import()
 
-from gisp_engine import checks, explore, jobs, serving  # noqa: E402
-from gisp_engine.errors import GispError  # noqa: E402
-from gisp_engine.trajectory import META_FILE  # noqa: E402
+from gisp_engine.core import serving  # noqa: E402
+from gisp_engine.core.errors import GispError  # noqa: E402
+from gisp_engine.evaluation import checks  # noqa: E402
+from gisp_engine.explore import view as explore  # noqa: E402
+from gisp_engine.jobs import background as jobs  # noqa: E402
+from gisp_engine.pruning.trajectory import META_FILE  # noqa: E402
 
 
 # ---- who may change things ----------------------------------------------------------------------
@@ -307,7 +310,7 @@ def evaluations(path: str) -> list[dict]:
 # ---- models ---------------------------------------------------------------------------------
 @st.cache_resource(max_entries=1, show_spinner="Loading the dense model…")
 def dense_model(model: str, device: str, dtype: str):
-    from gisp_engine.models import load_model
+    from gisp_engine.model.loading import load_model
 
     return load_model(model, device, dtype)
 
@@ -329,7 +332,7 @@ def dense_copy(model: str, device: str, dtype: str):
 
 def model_id(traj) -> str:
     """The model a trajectory was built for, as its run named it."""
-    from gisp_engine.subnetwork import recorded_model
+    from gisp_engine.pruning.subnetwork import recorded_model
 
     return recorded_model(traj)
 
@@ -398,8 +401,8 @@ def _chart_folder() -> Path:
     """The component's two files (this page and plotly.js of the installed plotly), written once into the cache."""
     import plotly
 
-    from gisp_engine import settings
-    from gisp_engine.fsutil import staging_dir
+    from gisp_engine.core import settings
+    from gisp_engine.core.fsutil import staging_dir
 
     digest = hashlib.sha256(f"{_CHART_HTML}{plotly.__version__}".encode()).hexdigest()[:12]
     folder = settings.cache_dir() / "ui" / f"plotly-chart-{digest}"
@@ -435,7 +438,7 @@ def plotly_chart(figure, key: str, container=None, clickable: bool = False, reve
     import plotly.io
     import streamlit.components.v1 as components
 
-    from gisp_engine import settings
+    from gisp_engine.core import settings
 
     if settings.plain_charts():
         # no clicks here: Streamlit's point selection never fires on a heatmap cell (tried in Chromium)

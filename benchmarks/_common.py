@@ -14,7 +14,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gisp_engine.cost import PeakMemory, rss_bytes  # noqa: E402,F401  (one memory probe for engine and benchmarks)
+from gisp_engine.evaluation.cost import PeakMemory, rss_bytes  # noqa: E402,F401  (one memory probe for engine and benchmarks)
 
 
 @contextmanager

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gisp_engine import rescore_along  # noqa: E402
-from gisp_engine.progress import TqdmProgress  # noqa: E402
-from gisp_engine.trajectory import Trajectory  # noqa: E402
+from gisp_engine.core.progress import TqdmProgress  # noqa: E402
+from gisp_engine.pruning.trajectory import Trajectory  # noqa: E402
 
 folder = Path(sys.argv[1])
 example = Trajectory.load(folder)

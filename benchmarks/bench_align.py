@@ -14,7 +14,7 @@ N = 32, 64, 128, at the steps nearest 22/32/43/53% of parameters, three kinds of
 Quality: WikiText-2 perplexity, 120 non-overlapping windows of 128 tokens (the setting of the example's
 shipped evaluations). Speed: one column group per runtime (``RUNTIMES``). PyTorch: prefill (1 x 512 tokens)
 and decode (32 tokens after 16) of the physically sliced models, float32 on the CPU, 1 thread, through
-``gisp_engine.cost.measure_costs``: every model of one target and the dense model in one call, their repeats
+``gisp_engine.evaluation.cost.measure_costs``: every model of one target and the dense model in one call, their repeats
 interleaved (``speed_groups``); the table shows the median of the repeats' ratios to dense and [lowest,
 highest] (``cost.cost_ratios``).
 
@@ -64,7 +64,7 @@ class Point:
     target: float  # the parameter sparsity asked for
     kind: str  # unaligned | export | prune
     align: int | None
-    trajectory: object  # gisp_engine.trajectory.Trajectory
+    trajectory: object  # gisp_engine.pruning.trajectory.Trajectory
     step: int
     keep: np.ndarray = field(repr=False)
     param_sparsity: float = 0.0
@@ -117,8 +117,8 @@ def aligned_trajectory(example, align: int | None):
     import os
 
     from gisp_engine import PruneConfig, prune
-    from gisp_engine.progress import TqdmProgress
-    from gisp_engine.settings import cache_dir
+    from gisp_engine.core.progress import TqdmProgress
+    from gisp_engine.core.settings import cache_dir
 
     saved = os.environ.get("GISP_CACHE_DIR")
     if align is None:
@@ -153,7 +153,7 @@ def make_point(pid, target, kind, align, traj, step, keep) -> Point:
 
 
 def build_points(example, aligns: list[int], aligned: dict, targets: list[float], repruned=None) -> list[Point]:
-    from gisp_engine.export_widths import aligned_keep_mask
+    from gisp_engine.export.widths import aligned_keep_mask
 
     points = []
     for target in targets:
@@ -180,7 +180,7 @@ def build_points(example, aligns: list[int], aligned: dict, targets: list[float]
 
 def sliced(dense, point: Point):
     """A physically sliced copy of the dense model at ``point``."""
-    from gisp_engine.surgery import full_layout, slice_
+    from gisp_engine.model.surgery import full_layout, slice_
 
     model = copy.deepcopy(dense.model)
     slice_(model, dense.adapter, point.trajectory.space, full_layout(point.trajectory.space), point.keep)
@@ -190,7 +190,7 @@ def sliced(dense, point: Point):
 # ---- quality --------------------------------------------------------------------------------------
 def perplexities(dense, points: list[Point], args, store: "Store") -> dict[str, float]:
     """Each point's perplexity: remembered in ``store``, else computed (and remembered at once)."""
-    from gisp_engine.evaluate import evaluate_task
+    from gisp_engine.evaluation.evaluate import evaluate_task
 
     out = {}
     for i, point in enumerate(points):
@@ -230,7 +230,7 @@ class Store:
         return data
 
     def put(self, section: str, ident: str, value) -> None:
-        from gisp_engine.fsutil import atomic_write_json, file_lock
+        from gisp_engine.core.fsutil import atomic_write_json, file_lock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.path.with_suffix(".lock"), what="the benchmark's results"):
@@ -273,7 +273,7 @@ def pytorch_speed(points: list[Point], dense, args, store: Store) -> dict[str, S
     """PyTorch eager on the CPU: each group's models with dense in one ``measure_costs`` call (repeats interleaved).
 
     The unaligned point is timed in both groups of its target: its first timing stands in the table."""
-    from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
+    from gisp_engine.evaluation.cost import CostSpec, cost_ratios, measure_costs
 
     spec = CostSpec(
         batch=1,
@@ -332,7 +332,7 @@ RUNTIMES: dict[str, Callable[[list[Point], object, argparse.Namespace, Store], d
 # ---- report ---------------------------------------------------------------------------------------------
 def schedule_fidelity(aligned: dict) -> list[list]:
     """How far each aligned trajectory's steps land from the schedule's structural ratio."""
-    from gisp_engine.config import target_ratios
+    from gisp_engine.pruning.config import target_ratios
 
     rows = []
     for n, traj in aligned.items():
@@ -376,9 +376,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timings (median, and the spread of ratios)")
     args = ap.parse_args()
 
-    from gisp_engine.models import load_model
-    from gisp_engine.subnetwork import recorded_model
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.model.loading import load_model
+    from gisp_engine.pruning.subnetwork import recorded_model
+    from gisp_engine.pruning.trajectory import Trajectory
 
     example = Trajectory.load(args.trajectory)
     aligns = [int(n) for n in args.aligns.split(",")]

@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from _common import RESULTS, machine, table, write_result  # noqa: E402
 
 SETTINGS = {
@@ -75,8 +74,8 @@ def main() -> None:
         return report(args, old["setting"], perplexity, old["accuracy"], old["wall_time_s"])
 
     from gisp_engine import PruneConfig, apply_step, load_model, prune, wikitext2_perplexity
-    from gisp_engine.tasks import calibration_exclusions
-    from gisp_engine.zeroshot import evaluate_choice_tasks
+    from gisp_engine.data.tasks import calibration_exclusions
+    from gisp_engine.evaluation.zeroshot import evaluate_choice_tasks
 
     started = time.perf_counter()
     common = dict(

@@ -174,7 +174,7 @@ def run_worker(role: str, spec: dict):
 # ---- the run ------------------------------------------------------------------------------------
 def trajectory_for(args):
     from gisp_engine import PruneConfig, prune
-    from gisp_engine.cache import resolve_trajectory as _load_trajectory
+    from gisp_engine.pruning.cache import resolve_trajectory as _load_trajectory
 
     if args.trajectory:
         return _load_trajectory(args.trajectory)

@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
     torch.set_num_threads(1)
     device = args.device
     if world > 1:
-        from gisp_engine.distributed import backend_for
+        from gisp_engine.pruning.distributed import backend_for
 
         backend = backend_for(device)
         if device.startswith("cuda"):
@@ -49,11 +49,12 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
             world_size=world,
             timeout=datetime.timedelta(seconds=1800),
         )
-    from gisp_engine import PruneConfig, distributed, load_model
-    from gisp_engine.importance import score_structures
-    from gisp_engine.objectives import objective_spec
-    from gisp_engine.structures import StructureSpace
-    from gisp_engine.surgery import full_layout
+    from gisp_engine import PruneConfig, load_model
+    from gisp_engine.model.structures import StructureSpace
+    from gisp_engine.model.surgery import full_layout
+    from gisp_engine.pruning import distributed
+    from gisp_engine.pruning.importance import score_structures
+    from gisp_engine.pruning.objectives import objective_spec
 
     loaded = load_model(args.model, "cuda" if device.startswith("cuda") else device, args.dtype)
     config = PruneConfig(model=args.model, num_samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size)

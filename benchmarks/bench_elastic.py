@@ -117,8 +117,8 @@ def main() -> None:
         return
 
     from gisp_engine import export_subnetwork, load_model
-    from gisp_engine.cache import resolve_trajectory as _load_trajectory
-    from gisp_engine.elastic import export_elastic, folder_bytes
+    from gisp_engine.export.elastic import export_elastic, folder_bytes
+    from gisp_engine.pruning.cache import resolve_trajectory as _load_trajectory
 
     repeats = 1 if args.quick else args.repeats
     load_targets = [0.3, 0.5] if args.quick else [float(s) for s in LOAD_SPARSITIES.split(",")]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PeakMemory, RESULTS, machine, table, write_result  # noqa: E402
+from _common import RESULTS, PeakMemory, machine, table, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE_MODEL = ROOT / "cache" / "models" / "llama-3.2-1b-random"

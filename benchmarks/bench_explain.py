@@ -48,9 +48,8 @@ def server_times(path: Path, structures: int) -> dict:
     import numpy as np
     import plotly.io
 
-    from gisp_engine import explain, figures
-    from gisp_engine.explore import TrajectoryView
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.explore import TrajectoryView, explain, figures
+    from gisp_engine.pruning.trajectory import Trajectory
 
     load_ms, traj = ms(Trajectory.load, path)
     view = TrajectoryView.from_trajectory(traj)
@@ -81,10 +80,10 @@ def server_times(path: Path, structures: int) -> dict:
 def attention_times(path: Path) -> dict:
     import torch
 
-    from gisp_engine import explain
-    from gisp_engine.models import load_model
-    from gisp_engine.subnetwork import recorded_model
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.explore import explain
+    from gisp_engine.model.loading import load_model
+    from gisp_engine.pruning.subnetwork import recorded_model
+    from gisp_engine.pruning.trajectory import Trajectory
 
     traj = Trajectory.load(path)
     load_s, loaded = ms(load_model, recorded_model(traj), "cpu", "float32")

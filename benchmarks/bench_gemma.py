@@ -51,9 +51,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from gisp_engine import PruneConfig, Trajectory, apply_step, load_model, prune, wikitext2_perplexity
-    from gisp_engine.models import prepare_embedded_model
-
-    from gisp_engine.settings import EMBEDDED_MODELS
+    from gisp_engine.core.settings import EMBEDDED_MODELS
+    from gisp_engine.model.loading import prepare_embedded_model
 
     if args.model in EMBEDDED_MODELS:
         prepare_embedded_model(args.model)  # conversion (once per machine) is not part of the run's time

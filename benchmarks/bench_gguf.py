@@ -61,7 +61,7 @@ def load(msg: str) -> dict:
 
 def write(dense, traj, step: int, out: Path, outtype: str, threads: int, **how):
     """``export_gguf`` of ``step`` from a copy of the dense model (an export slices what it is given)."""
-    from gisp_engine.export_gguf import export_gguf
+    from gisp_engine.export.gguf import export_gguf
 
     working = dataclasses.replace(dense, model=copy.deepcopy(dense.model))
     try:
@@ -73,8 +73,8 @@ def write(dense, traj, step: int, out: Path, outtype: str, threads: int, **how):
 
 def time_group(files: dict[str, Path], dense_file: Path, spec) -> tuple[dict, list[dict]]:
     """Every file and the dense one loaded together, timed with interleaved repeats; ratios to dense."""
-    from gisp_engine.cost import cost_ratios
-    from gisp_engine.cost_llamacpp import GGUFRun, measure_gguf_costs
+    from gisp_engine.evaluation.cost import cost_ratios
+    from gisp_engine.evaluation.cost_llamacpp import GGUFRun, measure_gguf_costs
 
     loads = [load("before")]
     runs = [GGUFRun(dense_file, spec)]
@@ -93,7 +93,7 @@ def time_group(files: dict[str, Path], dense_file: Path, spec) -> tuple[dict, li
 
 
 def part_steps(dense, traj, args, tmp: Path) -> dict:
-    from gisp_engine.cost_llamacpp import GGUFCostSpec
+    from gisp_engine.evaluation.cost_llamacpp import GGUFCostSpec
 
     steps = sorted({traj.step_nearest_sparsity(t) for t in TARGETS} - {0})
     result = {}
@@ -123,7 +123,7 @@ def part_steps(dense, traj, args, tmp: Path) -> dict:
 
 
 def part_layout(dense, traj, args, tmp: Path) -> dict:
-    from gisp_engine.cost_llamacpp import GGUFCostSpec
+    from gisp_engine.evaluation.cost_llamacpp import GGUFCostSpec
 
     files = {}
     dense_file = write(dense, traj, 0, tmp / "layout-dense", "f16", 1).gguf_path
@@ -168,7 +168,7 @@ def part_pytorch(dense, traj, args, tmp: Path) -> dict:
     """Per-layer (sliced) against uniform (the stock-code export) at the same step, in PyTorch."""
     from bench_align import Point, sliced
 
-    from gisp_engine.cost import CostSpec, cost_ratios, measure_costs
+    from gisp_engine.evaluation.cost import CostSpec, cost_ratios, measure_costs
     from gisp_engine.export import export_subnetwork, load_pruned
 
     result = {"aligned_from_bench_align": aligned_from_bench_align()}
@@ -312,10 +312,10 @@ def main() -> None:
 
     import torch
 
-    from gisp_engine import llamacpp
-    from gisp_engine.models import load_model
-    from gisp_engine.subnetwork import recorded_model
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.model import llamacpp
+    from gisp_engine.model.loading import load_model
+    from gisp_engine.pruning.subnetwork import recorded_model
+    from gisp_engine.pruning.trajectory import Trajectory
 
     torch.set_num_threads(max(args.threads))
     traj = Trajectory.load(EXAMPLE)

@@ -75,9 +75,9 @@ def paired_difference(a: dict[str, list[int]], b: dict[str, list[int]]) -> tuple
 
 def evaluate_point(loaded, exclusions: dict, args) -> dict:
     """Per-item correctness on the first ``limit`` held-out items of every task, and WikiText-2 perplexity."""
-    from gisp_engine.evaluate import evaluate_task
-    from gisp_engine.tasks import ACC_NORM_TASKS, CHOICE_TASKS
-    from gisp_engine.zeroshot import choice_picks
+    from gisp_engine.data.tasks import ACC_NORM_TASKS, CHOICE_TASKS
+    from gisp_engine.evaluation.evaluate import evaluate_task
+    from gisp_engine.evaluation.zeroshot import choice_picks
 
     tasks = {}
     for task in CHOICE_TASKS:
@@ -128,9 +128,9 @@ def margin_tokens(args) -> int:
     """The tokens the margin objective's items take (so the perplexity objective can take as many)."""
     from transformers import AutoTokenizer
 
-    from gisp_engine.models import resolve_model_dir
-    from gisp_engine.objectives.margin import select_calibration
-    from gisp_engine.tasks import CHOICE_TASKS
+    from gisp_engine.data.tasks import CHOICE_TASKS
+    from gisp_engine.model.loading import resolve_model_dir
+    from gisp_engine.pruning.objectives.margin import select_calibration
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(args.model))
     slices, _ = select_calibration(tokenizer, CHOICE_TASKS, None, args.seed, None, args.calib_items)
@@ -183,8 +183,8 @@ def main() -> None:
         args.steps, args.calib_items, args.limit, args.ppl_limit = 2, 2, 5, 5
 
     from gisp_engine import apply_step, load_model, prune
-    from gisp_engine.progress import TqdmProgress
-    from gisp_engine.tasks import CHOICE_TASKS, calibration_exclusions, load_task
+    from gisp_engine.core.progress import TqdmProgress
+    from gisp_engine.data.tasks import CHOICE_TASKS, calibration_exclusions, load_task
 
     started = time.perf_counter()
     tokens = None if args.calib_tokens else margin_tokens(args)
@@ -214,9 +214,9 @@ def main() -> None:
     if args.only:
         return
 
-    from gisp_engine.fsutil import atomic_write_json
-    from gisp_engine.models import resolve_device, resolve_dtype, resolve_model_dir, weights_sha256
-    from gisp_engine.tasks import PROMPTS_VERSION
+    from gisp_engine.core.fsutil import atomic_write_json
+    from gisp_engine.data.tasks import PROMPTS_VERSION
+    from gisp_engine.model.loading import resolve_device, resolve_dtype, resolve_model_dir, weights_sha256
 
     targets = [float(x) for x in args.at.split(",")]
     device = resolve_device(args.device)

@@ -57,7 +57,7 @@ def run_path(args, sampling: str, seed: int) -> Path:
 
 def one_run(args, sampling: str, seed: int) -> dict:
     from gisp_engine import PruneConfig, apply_step, load_model, prune
-    from gisp_engine.evaluate import evaluate_task
+    from gisp_engine.evaluation.evaluate import evaluate_task
 
     config = PruneConfig(
         model=args.model,

@@ -35,7 +35,7 @@ def _setup(args):
     import torch
 
     from gisp_engine import PruneConfig, load_model
-    from gisp_engine.objectives import objective_spec
+    from gisp_engine.pruning.objectives import objective_spec
 
     torch.manual_seed(0)
     if args.child in ("sums-wide", "sums-narrow"):  # several bf16 micro-batches
@@ -67,9 +67,9 @@ def plain_step(loaded, objective):
 
 
 def scoring_step(loaded, objective, wide_sums: bool | None = None):
-    from gisp_engine.importance import score_structures
-    from gisp_engine.structures import StructureSpace
-    from gisp_engine.surgery import full_layout
+    from gisp_engine.model.structures import StructureSpace
+    from gisp_engine.model.surgery import full_layout
+    from gisp_engine.pruning.importance import score_structures
 
     g = loaded.geometry
     space = StructureSpace(g, "query")
@@ -80,9 +80,9 @@ def scoring_step(loaded, objective, wide_sums: bool | None = None):
 
 
 def scored_weight_count(loaded) -> int:
-    from gisp_engine.importance import _targets
-    from gisp_engine.structures import StructureSpace
-    from gisp_engine.surgery import full_layout
+    from gisp_engine.model.structures import StructureSpace
+    from gisp_engine.model.surgery import full_layout
+    from gisp_engine.pruning.importance import _targets
 
     g = loaded.geometry
     space = StructureSpace(g, "query")
@@ -180,8 +180,8 @@ def _sync(args):
 
 def shrink_run(args) -> dict:
     from gisp_engine import PruneConfig, load_model
-    from gisp_engine.objectives import objective_spec
-    from gisp_engine.pruner import plan, run_gisp
+    from gisp_engine.pruning.objectives import objective_spec
+    from gisp_engine.pruning.pruner import plan, run_gisp
 
     walls = {}
     for shrink in (False, True):

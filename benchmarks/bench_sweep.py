@@ -53,12 +53,13 @@ def main() -> None:
 
     import torch
 
-    from gisp_engine.progress import TqdmProgress
-    from gisp_engine.cost import CostSpec
-    from gisp_engine.models import load_model
-    from gisp_engine.subnetwork import recorded_model
-    from gisp_engine.sweep import SweepRequest, run_sweep, sweep_table
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.choose.sweep import SweepRequest, run_sweep
+    from gisp_engine.choose.table import sweep_table
+    from gisp_engine.core.progress import TqdmProgress
+    from gisp_engine.evaluation.cost import CostSpec
+    from gisp_engine.model.loading import load_model
+    from gisp_engine.pruning.subnetwork import recorded_model
+    from gisp_engine.pruning.trajectory import Trajectory
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -45,7 +45,7 @@ def move(view, step: int, hover, evaluations, channel_layout: str = "sorted") ->
     import pandas as pd
     import plotly.io
 
-    from gisp_engine import figures
+    from gisp_engine.explore import figures
 
     times = {}
     t0 = time.perf_counter()
@@ -262,9 +262,8 @@ def main() -> int:
     args = parser.parse_args()
     load_before = os.getloadavg()
 
-    from gisp_engine import figures
-    from gisp_engine.checks import load_evaluations
-    from gisp_engine.explore import TrajectoryView, load_trajectory
+    from gisp_engine.evaluation.checks import load_evaluations
+    from gisp_engine.explore import TrajectoryView, figures, load_trajectory
 
     t0 = time.perf_counter()
     traj = load_trajectory(args.trajectory)

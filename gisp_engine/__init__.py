@@ -15,33 +15,42 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from .settings import ENGINE_VERSION
+from .core.settings import ENGINE_VERSION
 
 __version__ = ENGINE_VERSION
 
-# name -> module: imported on first use, so that ``import gisp_engine.config`` (validating a
+# name -> module: imported on first use, so that ``import gisp_engine.pruning.config`` (validating a
 # config, listing the methods) loads no torch
 _EXPORTS = {
-    "ExportResult": "export",
-    "GispError": "errors",
-    "LoadedModel": "models",
-    "PrunedModel": "export",
-    "PruneConfig": "config",
-    "PruneOutcome": "pruner",
-    "StepRecord": "trajectory",
-    "StructureSpace": "structures",
-    "Trajectory": "trajectory",
-    "apply_step": "subnetwork",
-    "check_compatible": "subnetwork",
-    "export_subnetwork": "export",
-    "load_model": "models",
-    "load_pruned": "export",
-    "plan": "pruner",
-    "prepare_embedded_model": "models",
-    "prune": "pruner",
-    "rescore_along": "pruner",
-    "resolve_step": "subnetwork",
-    "wikitext2_perplexity": "evaluate",
+    "apply_step": "pruning.subnetwork",
+    "check_compatible": "pruning.subnetwork",
+    "Constraints": "choose.recommend",
+    "export_elastic": "export.elastic",
+    "export_gguf": "export.gguf",
+    "export_subnetwork": "export.hf",
+    "ExportResult": "export.hf",
+    "GGUFModel": "model.llamacpp",
+    "GispError": "core.errors",
+    "load_model": "model.loading",
+    "load_pruned": "export.load",
+    "LoadedModel": "model.loading",
+    "plan": "pruning.pruner",
+    "prepare_embedded_model": "model.loading",
+    "prune": "pruning.pruner",
+    "PruneConfig": "pruning.config",
+    "PrunedModel": "export.folder",
+    "PruneOutcome": "pruning.pruner",
+    "recommend": "choose.recommend",
+    "rescore_along": "pruning.pruner",
+    "resolve_step": "pruning.subnetwork",
+    "run_sweep": "choose.sweep",
+    "StepRecord": "pruning.trajectory",
+    "StructureSpace": "model.structures",
+    "sweep_table": "choose.table",
+    "SweepRequest": "choose.sweep",
+    "Trajectory": "pruning.trajectory",
+    "verify_export": "export.folder",
+    "wikitext2_perplexity": "evaluation.evaluate",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -51,7 +60,7 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         if importlib.util.find_spec(f"{__name__}.{name}") is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return importlib.import_module(f".{name}", __name__)  # gisp_engine.export etc., as before
+        return importlib.import_module(f".{name}", __name__)  # a subpackage: gisp_engine.export etc.
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value

@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from . import settings
-from .errors import GispError
-from .progress import TqdmProgress
+from .core import settings
+from .core.errors import GispError
+from .core.progress import TqdmProgress
 
 
 def _load_trajectory(ref: str):
-    from .cache import resolve_trajectory
+    from .pruning.cache import resolve_trajectory
 
     return resolve_trajectory(ref)
 
@@ -24,8 +24,8 @@ def _emit(args, payload: dict, text: str) -> None:
 
 # ---- commands ----------------------------------------------------------------------------
 def cmd_prune(args) -> None:
-    from .config import PruneConfig
-    from .pruner import prune
+    from .pruning.config import PruneConfig
+    from .pruning.pruner import prune
 
     config = PruneConfig(
         model=args.model,
@@ -58,7 +58,7 @@ def cmd_prune(args) -> None:
     if args.dry_run:
         _dry_run(args, config)
         return
-    from .distributed import session
+    from .pruning.distributed import session
 
     # under torchrun (or with --distributed) every rank scores its share; rank 0 alone reports and writes
     with session(args.device, required=args.distributed) as ctx:
@@ -86,8 +86,8 @@ def _dry_run(args, config) -> None:
     """The plan and its estimate, with no weights loaded; under torchrun, as each of its processes would run."""
     import os
 
-    from .plan_estimate import check_request, dry_run
-    from .pruner import plan
+    from .pruning.plan_estimate import check_request, dry_run
+    from .pruning.pruner import plan
 
     check_request(config)  # a device or dtype the estimate cannot cover is refused before anything is written
     result = dry_run(plan(config), processes=int(os.environ.get("WORLD_SIZE", "1")))
@@ -98,7 +98,7 @@ def cmd_info(args) -> None:
     traj = _load_trajectory(args.trajectory)
     questions = [q for q in (args.structure, args.rank_stability or None, args.scores_at) if q is not None]
     if questions:
-        from . import explain
+        from .explore import explain
 
         if len(questions) > 1:
             raise GispError("--structure, --rank-stability and --scores-at are separate questions: ask one at a time")
@@ -133,10 +133,10 @@ def cmd_info(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .checks import evaluate_step
-    from .evaluate import evaluate_task, result_text
-    from .models import load_model
-    from .subnetwork import apply_step, recorded_model, resolve_step
+    from .evaluation.checks import evaluate_step
+    from .evaluation.evaluate import evaluate_task, result_text
+    from .model.loading import load_model
+    from .pruning.subnetwork import apply_step, recorded_model, resolve_step
 
     if (args.sparsity is not None or args.step is not None) and not args.trajectory:
         raise GispError("--sparsity/--step need --trajectory")
@@ -209,8 +209,8 @@ def _limits(spec: str | None) -> tuple[int | None, tuple[tuple[str, int | None],
 
 def _cost_spec(args):
     """The cost workload of ``gisp sweep``: the flags given over the runtime's own defaults (the app's too)."""
-    from .cost import CostSpec
-    from .cost_llamacpp import GGUFCostSpec
+    from .evaluation.cost import CostSpec
+    from .evaluation.cost_llamacpp import GGUFCostSpec
 
     pytorch_only = {"--cost-batch": args.cost_batch, "--export-dtype": args.export_dtype}
     llamacpp_only = {"--outtype": args.outtype, "--uniform": args.uniform or None, "--align": args.align}
@@ -258,9 +258,10 @@ def _cost_spec(args):
 
 
 def cmd_sweep(args) -> None:
-    from .models import load_model, resolve_device, resolve_dtype
-    from .subnetwork import recorded_model
-    from .sweep import SweepRequest, parse_checks, parse_steps, run_sweep, sweep_table
+    from .choose.sweep import SweepRequest, parse_checks, parse_steps, run_sweep
+    from .choose.table import sweep_table
+    from .model.loading import load_model, resolve_device, resolve_dtype
+    from .pruning.subnetwork import recorded_model
 
     traj = _load_trajectory(args.trajectory)
     cost = _cost_spec(args)
@@ -297,7 +298,7 @@ def cmd_sweep(args) -> None:
     finally:
         bar.close()
     if args.save_in_trajectory:
-        from .checks import ship_evaluations
+        from .evaluation.checks import ship_evaluations
 
         print(f"gisp: results written into {ship_evaluations(traj)}", file=sys.stderr)
     # exactly the points asked for (computed now or remembered with these settings), never another series
@@ -334,14 +335,14 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_model_prepare(args) -> None:
-    from .models import prepare_embedded_model
+    from .model.loading import prepare_embedded_model
 
     folder = prepare_embedded_model(args.name)
     _emit(args, {"model": args.name, "path": str(folder)}, str(folder))
 
 
 def cmd_cache_list(args) -> None:
-    from .cache import list_cached
+    from .pruning.cache import list_cached
 
     rows = list_cached()
     text = (
@@ -356,14 +357,14 @@ def cmd_cache_list(args) -> None:
 
 
 def cmd_cache_rm(args) -> None:
-    from .housekeeping import human_bytes, remove_trajectory
+    from .jobs.housekeeping import human_bytes, remove_trajectory
 
     done = remove_trajectory(args.key)
     _emit(args, {"removed": done.to_dict()}, f"removed trajectory {args.key}: {human_bytes(done.bytes)} freed")
 
 
 def cmd_jobs_list(args) -> None:
-    from .jobs import list_jobs
+    from .jobs.background import list_jobs
 
     rows = list_jobs(active_only=args.active)
     lines = [
@@ -374,7 +375,7 @@ def cmd_jobs_list(args) -> None:
 
 
 def cmd_jobs_cancel(args) -> None:
-    from .jobs import cancel
+    from .jobs.background import cancel
 
     job = cancel(args.key)
     if job is None:
@@ -383,7 +384,7 @@ def cmd_jobs_cancel(args) -> None:
 
 
 def cmd_cache_prune(args) -> None:
-    from .housekeeping import apply_cleanup, human_bytes, plan_cleanup
+    from .jobs.housekeeping import apply_cleanup, human_bytes, plan_cleanup
 
     plan = plan_cleanup(finished_jobs=args.jobs, older_than_days=args.older_than)
     if not args.dry_run:
@@ -396,9 +397,9 @@ def cmd_cache_prune(args) -> None:
 
 def _export_model(args, trajectory):
     """The trajectory's base model, loaded in the dtype to write (the output folder checked first)."""
-    from .export_format import check_out_dir
-    from .models import load_model
-    from .subnetwork import recorded_checkpoint_dtype, recorded_model
+    from .export.folder import check_out_dir
+    from .model.loading import load_model
+    from .pruning.subnetwork import recorded_checkpoint_dtype, recorded_model
 
     check_out_dir(Path(args.out).expanduser())  # before minutes of loading
     model = args.model or recorded_model(trajectory)
@@ -407,9 +408,9 @@ def _export_model(args, trajectory):
 
 
 def cmd_export(args) -> None:
-    from .elastic import export_elastic
-    from .export import export_subnetwork
-    from .subnetwork import resolve_step
+    from .export.elastic import export_elastic
+    from .export.hf import export_subnetwork
+    from .pruning.subnetwork import resolve_step
 
     compensation = False if args.no_bias_compensation else None
     if args.all_steps and (args.sparsity is not None or args.step is not None or args.uniform):
@@ -425,8 +426,8 @@ def cmd_export(args) -> None:
     trajectory = _load_trajectory(args.trajectory)
     step = None if args.all_steps else resolve_step(trajectory, args.sparsity, args.step)
     if args.format == "gguf":  # what cannot be written is refused before minutes of loading
-        from .export_gguf import DEFAULT_OUTTYPE, check_request
-        from .subnetwork import compensates
+        from .export.gguf import DEFAULT_OUTTYPE, check_request
+        from .pruning.subnetwork import compensates
 
         args.outtype = args.outtype or DEFAULT_OUTTYPE
         check_request(
@@ -436,7 +437,7 @@ def cmd_export(args) -> None:
             compensates(trajectory, compensation),
         )
     if args.align is not None:  # before minutes of loading
-        from .methods import check_align
+        from .pruning.methods import check_align
 
         check_align(args.align, trajectory.geometry.intermediate_size)
     loaded = _export_model(args, trajectory)
@@ -445,7 +446,7 @@ def cmd_export(args) -> None:
         if args.all_steps:
             result = export_elastic(loaded, trajectory, args.out, progress=bar, bias_compensation=compensation)
         elif args.format == "gguf":
-            from .export_gguf import export_gguf
+            from .export.gguf import export_gguf
 
             result = export_gguf(
                 loaded,
@@ -493,7 +494,7 @@ def cmd_export(args) -> None:
 
 # ---- parser ------------------------------------------------------------------------------
 def _bos_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
-    from .data import BOS_POLICIES
+    from .data.text import BOS_POLICIES
 
     p.add_argument(
         "--bos",
@@ -512,11 +513,10 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import METHODS
-    from .config import SCHEDULES, PruneConfig
-    from .data import SAMPLINGS
-    from .objectives import OBJECTIVES
-    from .structures import GQA_POLICIES, NORMALIZATIONS
+    from .data.text import SAMPLINGS
+    from .model.structures import GQA_POLICIES, NORMALIZATIONS
+    from .pruning.config import METHODS, SCHEDULES, PruneConfig
+    from .pruning.objectives import OBJECTIVES
 
     d = PruneConfig()
     parser = argparse.ArgumentParser(prog="gisp", description="Global Iterative Structured Pruning of causal LMs")
@@ -641,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    from .evaluate import TASKS as EVAL_TASKS
-    from .evaluate import task_argument
+    from .evaluation.evaluate import TASKS as EVAL_TASKS
+    from .evaluation.evaluate import task_argument
 
     p = sub.add_parser("eval", help="evaluate the dense model or a point of a trajectory")
     p.add_argument(
@@ -702,8 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bos_arg(p, "wikitext2 windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows or options per forward pass")
     p.add_argument("--model", default=None, help="the dense model (default: the one the trajectory records)")
-    from .cost import CostSpec
-    from .cost_llamacpp import GGUFCostSpec
+    from .evaluation.cost import CostSpec
+    from .evaluation.cost_llamacpp import GGUFCostSpec
 
     torch_spec, gguf_spec = CostSpec(), GGUFCostSpec()  # the app's defaults too
     p.add_argument(

@@ -10,9 +10,10 @@ import pandas as pd
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import jobs, serving, settings
-from gisp_engine.housekeeping import human_bytes
-from gisp_engine.models import embedded_model_ready, prepare_embedded_model
+from gisp_engine.core import serving, settings
+from gisp_engine.jobs import background as jobs
+from gisp_engine.jobs.housekeeping import human_bytes
+from gisp_engine.model.loading import embedded_model_ready, prepare_embedded_model
 
 ui.page_setup("Home")
 st.title("GISP Explorer")
@@ -105,7 +106,7 @@ else:
 
 # ---- housekeeping ----------------------------------------------------------------------------
 with ui.guard("Cannot look at the cache: "):
-    from gisp_engine.housekeeping import apply_cleanup, plan_cleanup
+    from gisp_engine.jobs.housekeeping import apply_cleanup, plan_cleanup
 
     cleanup = plan_cleanup(finished_jobs=True)
 if cleanup.items and ui.can_change():  # a viewer deletes nothing

@@ -10,13 +10,13 @@ import time
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import jobs, serving, settings, uploads
-from gisp_engine.config import METHODS
-from gisp_engine.config import SCHEDULES, PruneConfig
-from gisp_engine.data import BOS_POLICIES, CALIB_ALIASES, SAMPLINGS
-from gisp_engine.errors import GispError
-from gisp_engine.objectives import OBJECTIVES
-from gisp_engine.structures import GQA_POLICIES, NORMALIZATIONS
+from gisp_engine.core import serving, settings
+from gisp_engine.core.errors import GispError
+from gisp_engine.data import BOS_POLICIES, CALIB_ALIASES, SAMPLINGS, uploads
+from gisp_engine.jobs import background as jobs
+from gisp_engine.model.structures import GQA_POLICIES, NORMALIZATIONS
+from gisp_engine.pruning.config import METHODS, SCHEDULES, PruneConfig
+from gisp_engine.pruning.objectives import OBJECTIVES
 
 ui.page_setup("Run")
 st.title("Run a pruning trajectory")
@@ -52,8 +52,8 @@ def _tasks(typed: str, picked: list[str], upload) -> str:
 
 
 def _show_plan(config: PruneConfig) -> None:
-    from gisp_engine.plan_estimate import GIB, check_request, dry_run
-    from gisp_engine.pruner import plan
+    from gisp_engine.pruning.plan_estimate import GIB, check_request, dry_run
+    from gisp_engine.pruning.pruner import plan
 
     check_request(config)
     result = dry_run(plan(config))

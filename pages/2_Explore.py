@@ -1,7 +1,7 @@
 """Explore: scrub along a trajectory and see which heads and channels are gone at each point.
 
 Everything drawn for a point is a threshold on the removal steps prepared once per trajectory
-(``gisp_engine.explore.TrajectoryView``), so a slider move only redraws.
+(``gisp_engine.explore.view.TrajectoryView``), so a slider move only redraws.
 """
 
 import time
@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import explain, figures
+from gisp_engine.explore import explain, figures
 
 ui.page_setup("Explore")
 st.title("Explore a trajectory")

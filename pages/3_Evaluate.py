@@ -1,14 +1,14 @@
 """Evaluate: quick checks at the chosen sparsity against the dense model, and side-by-side generation.
 
-Results are remembered in the cache (``gisp_engine.checks``) and appear on the Explore curve.
+Results are remembered in the cache (``gisp_engine.evaluation.checks``) and appear on the Explore curve.
 """
 
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import checks
+from gisp_engine.core.progress import ProgressEvent
 from gisp_engine.data import BOS_POLICIES
-from gisp_engine.progress import ProgressEvent
+from gisp_engine.evaluation import checks
 
 ui.page_setup("Evaluate")
 st.title("Evaluate a point of the trajectory")

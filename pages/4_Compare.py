@@ -9,8 +9,10 @@ import hashlib
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import explore, figures
-from gisp_engine.sweep import compare_at, sweep_table
+from gisp_engine.choose.recommend import compare_at
+from gisp_engine.choose.table import sweep_table
+from gisp_engine.explore import figures
+from gisp_engine.explore import view as explore
 
 ui.page_setup("Compare")
 st.title("Compare two trajectories")

@@ -10,9 +10,10 @@ from pathlib import Path
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import checks, serving
-from gisp_engine.progress import ProgressEvent
-from gisp_engine.subnetwork import recorded_checkpoint_dtype
+from gisp_engine.core import serving
+from gisp_engine.core.progress import ProgressEvent
+from gisp_engine.evaluation import checks
+from gisp_engine.pruning.subnetwork import recorded_checkpoint_dtype
 
 ui.page_setup("Export")
 st.title("Export the chosen subnetwork")
@@ -86,7 +87,7 @@ def _export_form() -> None:
         device = st.selectbox("Device", ["auto", "cpu", "cuda"])
         outtype = None
         if fmt == GGUF:
-            from gisp_engine.export_gguf import DEFAULT_OUTTYPE, OUTTYPES
+            from gisp_engine.export.gguf import DEFAULT_OUTTYPE, OUTTYPES
 
             outtype = st.selectbox(
                 "Weights in the file",
@@ -113,11 +114,11 @@ def _export_form() -> None:
         # the exporter slices the model it is given; it keeps the base checkpoint's dtype
         loaded = ui.dense_copy(model, device, recorded_checkpoint_dtype(model))
         if fmt == GGUF:
-            from gisp_engine.export_gguf import export_gguf
+            from gisp_engine.export.gguf import export_gguf
 
             result = export_gguf(loaded, traj, step, out, uniform=uniform, outtype=outtype, progress=report)
         elif kind == EVERY_STEP:
-            from gisp_engine.elastic import export_elastic
+            from gisp_engine.export.elastic import export_elastic
 
             result = export_elastic(loaded, traj, out, progress=report)
         else:
@@ -191,7 +192,7 @@ ollama run gisp-step{summary["step"]}""",
         language="bash",
     )
     st.code(
-        f'''from gisp_engine.llamacpp import GGUFModel    # llama-cpp-python, which make setup installs
+        f'''from gisp_engine.model.llamacpp import GGUFModel    # llama-cpp-python, which make setup installs
 with GGUFModel("{gguf}") as model:
     ids = model.tokenize("The capital of France is")
     print(model.detokenize(model.greedy(ids, 16)))''',

@@ -1,18 +1,22 @@
 """Choose: sweep a trajectory for quality and cost, set constraints, get the sparsest step that meets them.
 
-Sweeps run in the background (``gisp_engine.jobs.submit_sweep``); every point is remembered in the
+Sweeps run in the background (``gisp_engine.jobs.background.submit_sweep``); every point is remembered in the
 evaluation store, so the charts fill in as the sweep goes and a reload loses nothing.
 """
 
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import checks, figures, jobs
-from gisp_engine.cost import CostSpec
-from gisp_engine.cost_llamacpp import LAYOUTS, RUNTIMES, GGUFCostSpec
+from gisp_engine.choose.recommend import Constraints, recommend
+from gisp_engine.choose.sweep import SweepRequest, requested_series
+from gisp_engine.choose.table import sweep_table
 from gisp_engine.data import BOS_POLICIES
-from gisp_engine.export_gguf import OUTTYPES
-from gisp_engine.sweep import Constraints, SweepRequest, recommend, requested_series, sweep_table
+from gisp_engine.evaluation import checks
+from gisp_engine.evaluation.cost import CostSpec
+from gisp_engine.evaluation.cost_llamacpp import LAYOUTS, RUNTIMES, GGUFCostSpec
+from gisp_engine.explore import figures
+from gisp_engine.export.gguf import OUTTYPES
+from gisp_engine.jobs import background as jobs
 
 ui.page_setup("Choose")
 st.title("Choose a deployment sparsity")

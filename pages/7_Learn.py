@@ -6,8 +6,8 @@ import numpy as np
 import streamlit as st
 
 import explorer_ui as ui
-from gisp_engine import explain, figures
-from gisp_engine.sweep import sweep_table
+from gisp_engine.choose.table import sweep_table
+from gisp_engine.explore import explain, figures
 
 ui.page_setup("How GISP works")
 st.title("How GISP works")

@@ -21,10 +21,13 @@ import transformers  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 
-from gisp_engine import PruneConfig, jobs, prune, settings  # noqa: E402
 from apptest import copy_into_cache  # noqa: E402
 from needs import require  # noqa: E402
 from tiny import cache_dir, make_tiny_model  # noqa: E402
+
+from gisp_engine import PruneConfig, prune  # noqa: E402
+from gisp_engine.core import settings  # noqa: E402
+from gisp_engine.jobs import background as jobs  # noqa: E402
 
 PROJECT_CACHE = settings.cache_dir()
 
@@ -75,8 +78,8 @@ def tiny_llama(tiny_models) -> Path:
 
 def _prepared(name: str) -> Path:
     """An embedded model, converted into the project cache once per machine."""
-    from gisp_engine.errors import GispError
-    from gisp_engine.models import prepare_embedded_model
+    from gisp_engine.core.errors import GispError
+    from gisp_engine.model.loading import prepare_embedded_model
 
     with cache_dir(PROJECT_CACHE):
         try:

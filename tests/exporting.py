@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 from gisp_engine import StepRecord, Trajectory, load_model
-from gisp_engine.models import LoadedModel
-from gisp_engine.settings import PROJECT_ROOT
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import mask_
-
+from gisp_engine.core.settings import PROJECT_ROOT
+from gisp_engine.model.loading import LoadedModel
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import mask_
 
 CASES = [
     (family, gqa, policy)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gisp_engine.structures import StructureSpace
+from gisp_engine.model.structures import StructureSpace
 
 
 def reference_scores(loaded, space: StructureSpace, objective, scored_layers) -> np.ndarray:

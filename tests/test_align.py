@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import make_tiny_model
 
 from gisp_engine import PruneConfig, prune
-from gisp_engine import pruner
 from gisp_engine.cli import main
-from gisp_engine.config import METHODS, target_ratios
-from gisp_engine.errors import GispError
-from gisp_engine.export_widths import aligned_keep_mask, uniform_widths
-from gisp_engine.methods._selection import GLOBAL, PARAM_BUDGET, PER_LAYER, Cut, aligned_count
-from gisp_engine.structures import StructureSpace
-
-from tiny import make_tiny_model
+from gisp_engine.core.errors import GispError
+from gisp_engine.export.widths import aligned_keep_mask, uniform_widths
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.pruning import pruner
+from gisp_engine.pruning.config import METHODS, target_ratios
+from gisp_engine.pruning.methods._selection import GLOBAL, PARAM_BUDGET, PER_LAYER, Cut, aligned_count
 
 WIDTH = 96  # MLP channels of the tiny model here: a multiple of 16 and 32, not of 64
 
@@ -69,7 +68,7 @@ def test_aligned_count(kept, cap, expected):
 
 def test_align_one_leaves_every_selection_as_it_chose():
     rng = np.random.default_rng(0)
-    from gisp_engine.adapters import Geometry
+    from gisp_engine.model.adapters import Geometry
 
     space = StructureSpace(
         Geometry(num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=WIDTH)
@@ -205,7 +204,7 @@ def test_export_alignment_keeps_the_channels_removed_last(unaligned, align):
 
 def test_aligned_and_uniform_exports_record_their_widths(unaligned, tiny96, tmp_path, capsys):
     from gisp_engine.export import export_subnetwork, load_pruned
-    from gisp_engine.models import load_model
+    from gisp_engine.model.loading import load_model
 
     step = 3
     result = export_subnetwork(

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from gisp_engine import PruneConfig, Trajectory, jobs, prune, settings
-from gisp_engine.checks import load_evaluations
 from apptest import ROOT, chart, decode, fill_run_form, metrics, no_errors, open_page, wait_for
 from needs import require
+
+from gisp_engine import PruneConfig, Trajectory, prune
+from gisp_engine.core import settings
+from gisp_engine.evaluation.checks import load_evaluations
+from gisp_engine.jobs import background as jobs
 
 
 # ---- home -------------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ def test_evaluate_bad_setting_and_missing_model_show_errors(runs, tmp_path):
 
 
 def test_evaluate_offers_the_accuracy_tasks_of_the_engine(runs, data_dir):
-    from gisp_engine.checks import available_checks
+    from gisp_engine.evaluation.checks import available_checks
 
     assert "boolq" in available_checks()
     at = open_page("pages/3_Evaluate.py", select=runs["iterative"])

@@ -6,13 +6,15 @@ import time
 
 import numpy as np
 import pytest
-
-from gisp_engine import jobs
-from gisp_engine.models import load_model
-from gisp_engine.sweep import NO_CONSTRAINT, Constraints, SweepRequest, describe_step, recommend, run_sweep, sweep_table
-from gisp_engine.trajectory import Trajectory
-from needs import require
 from apptest import chart, decode, no_errors, open_page, wait_for
+from needs import require
+
+from gisp_engine.choose.recommend import NO_CONSTRAINT, Constraints, describe_step, recommend
+from gisp_engine.choose.sweep import SweepRequest, run_sweep
+from gisp_engine.choose.table import sweep_table
+from gisp_engine.jobs import background as jobs
+from gisp_engine.model.loading import load_model
+from gisp_engine.pruning.trajectory import Trajectory
 
 
 def _star(at, title: str) -> tuple[float, float] | None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from gisp_engine import PruneConfig, Trajectory, explain, prune
 from apptest import chart, copy_into_cache, decode, no_errors, open_page
 from tiny import cache_dir
+
+from gisp_engine import PruneConfig, Trajectory, prune
+from gisp_engine.explore import explain
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from gisp_engine import PruneConfig, load_model, prune
-from gisp_engine import methods
-from gisp_engine.config import METHODS
-from gisp_engine.objectives import objective_spec
-from gisp_engine.structures import StructureSpace
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.pruning import methods
+from gisp_engine.pruning.config import METHODS
+from gisp_engine.pruning.objectives import objective_spec
 
 
 def fixed_scores(method, model, adapter, space, objective, scored_layers, divisors, seed):
@@ -228,7 +228,7 @@ def test_a_new_method_is_one_file(tmp_path, tiny_llama, data_dir):
     """One module dropped into gisp_engine/methods is a method: config, CLI and loop take it, nothing else changes."""
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(root / "gisp_engine", tmp_path / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "gisp_engine" / "methods" / "reverse_magnitude.py").write_text(NEW_METHOD)
+    (tmp_path / "gisp_engine" / "pruning" / "methods" / "reverse_magnitude.py").write_text(NEW_METHOD)
     out = tmp_path / "reverse"
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     done = subprocess.run(
@@ -264,7 +264,7 @@ def test_a_new_method_is_one_file(tmp_path, tiny_llama, data_dir):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.pruning.trajectory import Trajectory
 
     reverse = Trajectory.load(out)
     assert reverse.meta["ranking"].startswith("fixed ranking (reverse-magnitude)") and json.loads(done.stdout)

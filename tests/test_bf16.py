@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from gisp_engine import PruneConfig, load_model
-from gisp_engine.importance import _head_reduce, scored_targets, score_structures
-from gisp_engine.objectives import objective_spec
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import full_layout
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import full_layout
+from gisp_engine.pruning.importance import _head_reduce, score_structures, scored_targets
+from gisp_engine.pruning.objectives import objective_spec
 
 WIDE_TOLERANCE = 1e-5  # measured here: 9e-8 at most (bf16 sums: 3e-3 at most, 6e-4 median)
 SCORED = [1, 2]

@@ -12,8 +12,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from gisp_engine import PruneConfig, checks
+from gisp_engine import PruneConfig
 from gisp_engine.cli import main
+from gisp_engine.core.errors import GispError
 from gisp_engine.data import (
     build_calibration,
     rebuild_calibration,
@@ -21,12 +22,12 @@ from gisp_engine.data import (
     resolve_text_source,
     wikitext2_test_text,
 )
-from gisp_engine.errors import GispError
-from gisp_engine.evaluate import wikitext2_perplexity
-from gisp_engine.importance import objective_value
-from gisp_engine.models import load_model
-from gisp_engine.objectives import objective_spec
-from gisp_engine.pruner import plan, prune
+from gisp_engine.evaluation import checks
+from gisp_engine.evaluation.evaluate import wikitext2_perplexity
+from gisp_engine.model.loading import load_model
+from gisp_engine.pruning.importance import objective_value
+from gisp_engine.pruning.objectives import objective_spec
+from gisp_engine.pruning.pruner import plan, prune
 
 SEQ, WINDOWS = 32, 3
 BASE = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4, steps=2, max_sparsity=0.3)
@@ -185,8 +186,8 @@ def test_embedded_models_against_transformers_loss(embedded_model_dir, embedded_
 def test_evaluate_page_offers_the_policy_and_states_it(runs, data_dir):
     from apptest import no_errors, open_page
 
-    from gisp_engine.checks import load_evaluations
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.evaluation.checks import load_evaluations
+    from gisp_engine.pruning.trajectory import Trajectory
 
     at = open_page("pages/3_Evaluate.py", select=runs["iterative"])
     at.select_slider[0].set_value(0).run()

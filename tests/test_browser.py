@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browsing import PLOTS, ROOT, serve
 from needs import require
-
 
 SCREENSHOT = ROOT / "benchmarks" / "results" / "explore_browser.png"
 
@@ -202,10 +200,9 @@ def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
     import plotly
     import plotly.io
 
-    from gisp_engine import figures
-    from gisp_engine.checks import load_evaluations
-    from gisp_engine.explore import TrajectoryView, load_trajectory
-    from gisp_engine.sweep import sweep_table
+    from gisp_engine.choose.table import sweep_table
+    from gisp_engine.evaluation.checks import load_evaluations
+    from gisp_engine.explore import TrajectoryView, figures, load_trajectory
 
     examples = ROOT / "cache" / "examples"
     names = ("smollm2-135m-ppl-iterative", "smollm2-135m-ppl-oneshot", "smollm2-135m-wanda-sp")

@@ -5,6 +5,7 @@ for the user to scroll to it before it redraws, and a click brings the history i
 from __future__ import annotations
 
 from browsing import PLOTS, ROOT, serve
+
 from gisp_engine import Trajectory
 
 TITLE = (

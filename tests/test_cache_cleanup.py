@@ -11,11 +11,13 @@ import time
 
 import pytest
 
-from gisp_engine import PruneConfig, cache, jobs, prune
+from gisp_engine import PruneConfig, prune
 from gisp_engine.cli import main
-from gisp_engine.errors import GispError
-from gisp_engine.fsutil import TMP_MARK, atomic_write_json
-from gisp_engine.pruner import LoopState, plan
+from gisp_engine.core.errors import GispError
+from gisp_engine.core.fsutil import TMP_MARK, atomic_write_json
+from gisp_engine.jobs import background as jobs
+from gisp_engine.pruning import cache
+from gisp_engine.pruning.pruner import LoopState, plan
 
 BASE = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4, max_sparsity=0.3)
 

@@ -64,8 +64,8 @@ def test_prune_info_eval_round_trip(tiny_llama, data_dir, capsys, tmp_path):
         ],
     )
     # the evaluation of a trajectory point is remembered where the explorer draws it on its curve
-    from gisp_engine.checks import load_evaluations
-    from gisp_engine.trajectory import Trajectory
+    from gisp_engine.evaluation.checks import load_evaluations
+    from gisp_engine.pruning.trajectory import Trajectory
 
     rows = load_evaluations(Trajectory.load(summary["path"]))
     assert [(r["task"], r["step"], r["value"]) for r in rows] == [("wikitext2", 2, pruned["perplexity"])]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from gisp_engine import Trajectory
-from gisp_engine.cache import list_cached
+from gisp_engine.pruning.cache import list_cached
 
 PRUNE = [
     "prune",
@@ -34,7 +34,7 @@ HELD = r"""
 import contextlib, json, os, sys, time
 from pathlib import Path
 name, events, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-from gisp_engine import cache, pruner
+from gisp_engine.pruning import cache, pruner
 from gisp_engine.cli import main
 
 def event(what):  # written whole, then renamed: a reader never sees half of it

@@ -12,9 +12,8 @@ import torch
 
 from gisp_engine import load_model
 from gisp_engine.cli import main
-from gisp_engine.errors import GispError
-from gisp_engine.evaluate import evaluate_task
-from gisp_engine.tasks import (
+from gisp_engine.core.errors import GispError
+from gisp_engine.data.tasks import (
     CHOICE_TASKS,
     POOL_FRACTION,
     is_custom_task,
@@ -23,7 +22,8 @@ from gisp_engine.tasks import (
     source_identity,
     task_title,
 )
-from gisp_engine.zeroshot import choice_loglikelihoods
+from gisp_engine.evaluation.evaluate import evaluate_task
+from gisp_engine.evaluation.zeroshot import choice_loglikelihoods
 
 QA = [
     {
@@ -191,7 +191,7 @@ def test_gisp_eval_takes_a_task_file(tiny_llama, tmp_path, capsys):
 
 def test_margin_objective_calibrates_on_a_custom_file(tiny_llama, tmp_path):
     from gisp_engine import PruneConfig, prune
-    from gisp_engine.tasks import calibration_exclusions
+    from gisp_engine.data.tasks import calibration_exclusions
 
     many = [{**r, "query": r["query"].replace("plus", f"(set {k}) plus")} for k in range(5) for r in QA]
     qa = write(tmp_path / "qa.jsonl", many)
@@ -221,9 +221,10 @@ def test_margin_objective_calibrates_on_a_custom_file(tiny_llama, tmp_path):
 
 def test_a_malformed_file_is_refused_before_anything_starts(tiny_llama, tmp_path, capsys):
     """plan, jobs.submit (the Run page) and jobs.submit_sweep (the Choose page) read the whole file first."""
-    from gisp_engine import PruneConfig, jobs
-    from gisp_engine.pruner import plan
-    from gisp_engine.sweep import SweepRequest
+    from gisp_engine import PruneConfig
+    from gisp_engine.choose.sweep import SweepRequest
+    from gisp_engine.jobs import background as jobs
+    from gisp_engine.pruning.pruner import plan
 
     bad = write(tmp_path / "bad.jsonl", [QA[0], '{"query": "Q", "choices": ["a"'])
     config = PruneConfig(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gisp_engine.data import build_calibration, load_documents, resolve_text_source, wikitext2_test_text
-from gisp_engine.models import load_model
+from gisp_engine.model.loading import load_model
 
 
 def test_lambada_alias_reads_the_offline_file(data_dir):

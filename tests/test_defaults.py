@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors import safe_open
+from tiny import make_tiny_model
 
 from gisp_engine import GispError, PruneConfig, prune
 from gisp_engine.cli import main
-from gisp_engine.subnetwork import recorded_checkpoint_dtype, recorded_model
-from tiny import make_tiny_model
+from gisp_engine.pruning.subnetwork import recorded_checkpoint_dtype, recorded_model
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gisp_engine import PruneConfig, cache, distributed
-from gisp_engine.cli import main as cli_main
-from gisp_engine.errors import GispError
-from gisp_engine.pruner import LoopState, plan, prune
 from tiny import cache_dir
+
+from gisp_engine import PruneConfig
+from gisp_engine.cli import main as cli_main
+from gisp_engine.core.errors import GispError
+from gisp_engine.pruning import cache, distributed
+from gisp_engine.pruning.pruner import LoopState, plan, prune
 
 WORLD = 2
 SMALL = dict(num_samples=6, seq_len=24, steps=3, max_sparsity=0.3, save_scores=True, dtype="float32", device="cpu")
@@ -50,7 +51,7 @@ def _worker(rank: int, init_file: str, jobs: list, out: str, env: dict, die_at_l
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
     )
     if die_at_loss_call is not None and rank == 1:
-        from gisp_engine.objectives.perplexity import PerplexityObjective
+        from gisp_engine.pruning.objectives.perplexity import PerplexityObjective
 
         calls, original = [0], PerplexityObjective.loss
 

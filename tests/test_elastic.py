@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gisp_engine import GispError, load_model, remote_code
-from gisp_engine.elastic import export_elastic, folder_bytes, survival_order
-from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
-from gisp_engine.settings import PROJECT_ROOT
 from exporting import CASES, NEW_TOKENS, case_id, run_isolated, synthetic_trajectory
 from needs import import_or_require
 from tiny import FAMILIES, cache_dir
+
+from gisp_engine import GispError, load_model
+from gisp_engine.core.settings import PROJECT_ROOT
+from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned, remote_code
+from gisp_engine.export.elastic import export_elastic, folder_bytes, survival_order
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -270,7 +270,7 @@ def test_elastic_export_refuses_bad_input(tiny_models, tmp_path):
 
 def test_sharded_folder_loads_the_same(cases, tiny_models, tmp_path, monkeypatch):
     """A folder of several weight files (an index names each tensor's) loads each step as one file does."""
-    import gisp_engine.elastic as elastic
+    import gisp_engine.export.elastic as elastic
 
     c = cases[("llama", True, "query")]
     monkeypatch.setattr(elastic, "SHARD_BYTES", 40_000)
@@ -387,7 +387,7 @@ def test_lm_eval_hflm_on_an_elastic_folder_equals_the_per_step_export(cases):
 
 
 def test_a_device_map_of_one_device_is_that_device():
-    from gisp_engine.remote_code.modeling_gisp_elastic import _device
+    from gisp_engine.export.remote_code.modeling_gisp_elastic import _device
 
     assert _device({"": "cpu"}) == _device("cpu") == _device(None) == torch.device("cpu")
     assert _device({"": 0}) == _device({"model": "cuda:0", "lm_head": 0}) == torch.device("cuda", 0)

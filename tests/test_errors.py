@@ -8,7 +8,7 @@ import pytest
 
 from gisp_engine import GispError, PruneConfig, Trajectory, prune
 from gisp_engine.data import build_calibration, read_jsonl, resolve_text_source
-from gisp_engine.models import load_model
+from gisp_engine.model.loading import load_model
 
 
 def _cfg(folder, **kw):
@@ -147,7 +147,7 @@ def test_unwritable_cache_is_a_clear_error(tiny_llama, data_dir, tmp_path, monke
     monkeypatch.setenv("GISP_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(GispError, match="cannot write to .*GISP_CACHE_DIR"):
         prune(_cfg(tiny_llama))
-    from gisp_engine.models import prepare_embedded_model
+    from gisp_engine.model.loading import prepare_embedded_model
 
     with pytest.raises(GispError, match="cannot write to"):
         prepare_embedded_model()
@@ -156,7 +156,7 @@ def test_unwritable_cache_is_a_clear_error(tiny_llama, data_dir, tmp_path, monke
 def test_out_of_memory_suggests_what_to_lower(tiny_llama, data_dir, monkeypatch):
     import torch
 
-    import gisp_engine.methods.gisp as gisp
+    import gisp_engine.pruning.methods.gisp as gisp
 
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

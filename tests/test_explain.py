@@ -1,4 +1,4 @@
-"""Why a structure was removed (gisp_engine.explain): histories, step scores and rank stability checked against
+"""Why a structure was removed (gisp_engine.explore.explain): histories, step scores and rank stability checked against
 computations of their own (scipy's spearmanr, sets built by hand), the CLI forms, and attention patterns."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
+from tiny import cache_dir, make_tiny_model
 
 from gisp_engine import PruneConfig, Trajectory, prune, rescore_along
-from gisp_engine import explain
 from gisp_engine.cli import main
-from gisp_engine.errors import GispError
-from gisp_engine.models import load_model
-from gisp_engine.trajectory import decode_scores, encode_scores
-from tiny import cache_dir, make_tiny_model
+from gisp_engine.core.errors import GispError
+from gisp_engine.explore import explain
+from gisp_engine.model.loading import load_model
+from gisp_engine.pruning.trajectory import decode_scores, encode_scores
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cache" / "examples"
 BASE = dict(num_samples=4, seq_len=32, protect_first=1, dtype="float32", batch_size=4, device="cpu")
@@ -257,7 +257,7 @@ def test_attention_patterns_dense_and_at_a_step(models, runs, family, data_dir):
         import copy
         import dataclasses
 
-        from gisp_engine.subnetwork import apply_step
+        from gisp_engine.pruning.subnetwork import apply_step
 
         masked = dataclasses.replace(model, model=copy.deepcopy(model.model))
         apply_step(masked, traj, step, physical=False)

@@ -11,10 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gisp_engine import GispError, Trajectory, apply_step, load_model, remote_code
-from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned, uniform_keep_mask
-from gisp_engine.surgery import mask_
 from exporting import (
     CASES,
     NEW_TOKENS,
@@ -27,6 +23,10 @@ from exporting import (
     synthetic_trajectory,
 )
 from tiny import cache_dir
+
+from gisp_engine import GispError, Trajectory, apply_step, load_model
+from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned, remote_code, uniform_keep_mask
+from gisp_engine.model.surgery import mask_
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -345,7 +345,7 @@ def test_embedded_model_export_equals_masked(embedded_model_dir, tmp_path):
 
 
 def _compensated_masked_logits(folder: Path, traj: Trajectory, keep: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-    from gisp_engine.subnetwork import add_biases, compensation_biases
+    from gisp_engine.pruning.subnetwork import add_biases, compensation_biases
 
     masked = load_model(str(folder), dtype="float32")
     biases = compensation_biases(masked, traj, keep)  # W[:, removed] @ mean, from the dense weights

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from gisp_engine import figures
-from gisp_engine.checks import load_evaluations
-from gisp_engine.explore import TrajectoryView, load_trajectory
-from gisp_engine.sweep import sweep_table
-from needs import require
 from apptest import decode
+from needs import require
+
+from gisp_engine.choose.table import sweep_table
+from gisp_engine.evaluation.checks import load_evaluations
+from gisp_engine.explore import TrajectoryView, figures, load_trajectory
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cache" / "examples"
 
@@ -134,7 +133,7 @@ def test_legends_sit_below_the_title(iterative):
 
 def test_the_speed_up_chart_shows_each_steps_spread():
     """Error bars from the lowest to the highest paired repeat ratio (cost.cost_ratios), around the median."""
-    from gisp_engine.sweep import SweepTable
+    from gisp_engine.choose.table import SweepTable
 
     n = 4
     median = np.array([1.0, 1.2, np.nan, 1.6])

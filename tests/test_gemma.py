@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gisp_engine import GispError, PruneConfig, apply_step, load_model, prune
-from gisp_engine.adapters import adapter_for_config
-from gisp_engine.cli import main
-from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
-from gisp_engine.importance import score_structures
-from gisp_engine.objectives import objective_spec, sequence_nll
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import NullAttention, full_layout, linear_weight_count, slice_
 from needs import require
 from tiny import cache_dir
+
+from gisp_engine import GispError, PruneConfig, apply_step, load_model, prune
+from gisp_engine.cli import main
+from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
+from gisp_engine.model.adapters import adapter_for_config
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import NullAttention, full_layout, linear_weight_count, slice_
+from gisp_engine.pruning.importance import score_structures
+from gisp_engine.pruning.objectives import objective_spec, sequence_nll
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -264,7 +264,7 @@ def test_embedded_gemma_export_equals_masked(embedded_gemma_dir, tmp_path):
 def test_embedded_gemma_example_trajectory_is_consistent():
     """The example carried in cache/examples/ is of the embedded Gemma and reaches its schedule."""
     from gisp_engine import Trajectory
-    from gisp_engine.settings import PROJECT_ROOT
+    from gisp_engine.core.settings import PROJECT_ROOT
 
     folder = Path(PROJECT_ROOT) / "cache" / "examples" / "gemma3-270m-ppl-iterative"
     if not (folder / "trajectory.json").is_file():
@@ -282,7 +282,7 @@ def test_embedded_gemma_example_trajectory_is_consistent():
 def test_chunked_gguf_is_assembled_in_order_and_checked(tmp_path, monkeypatch):
     import hashlib
 
-    from gisp_engine import models
+    from gisp_engine.model import loading as models
 
     parts = [b"GGUF" + bytes(range(50)), bytes(range(200, 256)) * 3, b"tail"]
     for i, blob in enumerate(parts):  # three importable "wheels", one chunk each

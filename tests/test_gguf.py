@@ -17,16 +17,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from gisp_engine import GispError, llamacpp, load_model, settings
-from gisp_engine.cli import main
-from gisp_engine.export import load_pruned, verify_export
-from gisp_engine.export_gguf import FAMILIES, even_groups, export_gguf, write_vocab_gguf
-from gisp_engine.fsutil import TMP_MARK
-from gisp_engine.trajectory import Trajectory
 from exporting import STEP, flap_trajectory, synthetic_trajectory
 from needs import require
 from tiny import cache_dir
+
+from gisp_engine import GispError, load_model
+from gisp_engine.cli import main
+from gisp_engine.core import settings
+from gisp_engine.core.fsutil import TMP_MARK
+from gisp_engine.export import load_pruned, verify_export
+from gisp_engine.export.gguf import FAMILIES, even_groups, export_gguf, write_vocab_gguf
+from gisp_engine.model import llamacpp
+from gisp_engine.pruning.trajectory import Trajectory
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -410,8 +412,9 @@ def test_llama_cpp_tokenizes_as_transformers(model, from_tokenizer_json, tmp_pat
 
 # ---- the Export page ------------------------------------------------------------------------------
 def test_export_page_writes_a_gguf_and_shows_how_to_run_it(tiny_models, data_dir, isolated_cache, tmp_path):
-    from gisp_engine import PruneConfig, prune
     from apptest import no_errors, open_page
+
+    from gisp_engine import PruneConfig, prune
 
     run = prune(
         PruneConfig(

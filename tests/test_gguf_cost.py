@@ -15,17 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from gisp_engine import GispError, jobs, llamacpp, load_model
-from gisp_engine.cli import main
-from gisp_engine.cost import CostSpec
-from gisp_engine.cost_llamacpp import GGUFCostSpec, spec_from_dict
-from gisp_engine.export_gguf import export_gguf
-from gisp_engine.surgery import linear_weight_count
-from gisp_engine.sweep import SweepRequest, pending_points, run_sweep, sweep_table
-from gisp_engine.trajectory import Trajectory
 from exporting import STEP, flap_trajectory, synthetic_trajectory
 from needs import require as _require
+
+from gisp_engine import GispError, load_model
+from gisp_engine.choose.sweep import SweepRequest, pending_points, run_sweep
+from gisp_engine.choose.table import sweep_table
+from gisp_engine.cli import main
+from gisp_engine.evaluation.cost import CostSpec
+from gisp_engine.evaluation.cost_llamacpp import GGUFCostSpec, spec_from_dict
+from gisp_engine.export.gguf import export_gguf
+from gisp_engine.jobs import background as jobs
+from gisp_engine.model import llamacpp
+from gisp_engine.model.surgery import linear_weight_count
+from gisp_engine.pruning.trajectory import Trajectory
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -166,7 +169,7 @@ def test_cli_llamacpp_cost_and_its_refusals(saved, tiny_models, isolated_cache, 
         assert message in err and err.count("\n") == 1, (args, err)
     # no llama.cpp here: one line naming the install, before the model is loaded
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
-    monkeypatch.setattr("gisp_engine.models.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("gisp_engine.model.loading.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main([*base, *llama, *FAST, "--outtype", "f32"]) == 2
     err = capsys.readouterr().err
     assert "llama.cpp runtime is not installed" in err and err.count("\n") == 1

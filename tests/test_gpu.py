@@ -13,11 +13,11 @@ import torch
 
 from gisp_engine import PruneConfig, apply_step, load_model, load_pruned
 from gisp_engine.export import export_subnetwork
-from gisp_engine.importance import score_structures
-from gisp_engine.objectives import objective_spec
-from gisp_engine.pruner import plan, prune
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import full_layout
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import full_layout
+from gisp_engine.pruning.importance import score_structures
+from gisp_engine.pruning.objectives import objective_spec
+from gisp_engine.pruning.pruner import plan, prune
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 pytestmark = pytest.mark.gpu
@@ -102,7 +102,7 @@ def test_sliced_masked_and_exported_models_agree_on_the_device(tiny_models, cali
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_dry_run_estimates_the_device_it_names(tiny_llama, calib, device):
-    from gisp_engine import plan_estimate
+    from gisp_engine.pruning import plan_estimate
 
     config = PruneConfig(model=str(tiny_llama), calib=calib, num_samples=4, seq_len=32, device=device)
     result = plan_estimate.dry_run(plan(config))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import cache_dir
 
 from gisp_engine import GispError, PruneConfig, Trajectory, prune
 from gisp_engine.data import load_documents, read_jsonl, resolve_text_source
-from tiny import cache_dir
 
 # the same examples on every run, so that a failure reproduces; its blob is printed to replay it
 CASES = settings(
@@ -147,7 +147,7 @@ def task_heads(data_dir) -> dict[str, bytes]:
     """The first items of every task file, as the bytes a damaged copy starts from."""
     import bz2
 
-    from gisp_engine.tasks import SOURCES
+    from gisp_engine.data.tasks import SOURCES
 
     heads = {}
     for name, source in SOURCES.items():
@@ -183,7 +183,7 @@ def task_heads(data_dir) -> dict[str, bytes]:
 def test_damaged_task_files(task_heads, tmp_path_factory, name, cut, junk, mode):
     import bz2
 
-    from gisp_engine.tasks import SOURCES
+    from gisp_engine.data.tasks import SOURCES
 
     source = SOURCES[name]
     data = task_heads[name]

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from gisp_engine import PruneConfig, cache, checks, jobs, prune
+from gisp_engine import PruneConfig, prune
 from gisp_engine.cli import main
-from gisp_engine.errors import GispError
-from gisp_engine.fsutil import atomic_write_json, file_lock, umask
-from gisp_engine.housekeeping import plan_cleanup, remove_trajectory
+from gisp_engine.core.errors import GispError
+from gisp_engine.core.fsutil import atomic_write_json, file_lock, umask
+from gisp_engine.evaluation import checks
+from gisp_engine.jobs import background as jobs
+from gisp_engine.jobs.housekeeping import plan_cleanup, remove_trajectory
+from gisp_engine.pruning import cache
 
 
 def test_a_lock_times_out_naming_what_and_who(tmp_path, capsys):
@@ -122,7 +125,8 @@ def test_old_uploads_and_exports_are_pruned_and_uploads_wait_for_running_jobs(is
     import subprocess
     import sys
 
-    from gisp_engine import serving, uploads
+    from gisp_engine.core import serving
+    from gisp_engine.data import uploads
 
     def task(first: int) -> bytes:  # a valid custom task file (the loader checks it on upload)
         return b"".join(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import reference_scores
 
 from gisp_engine import PruneConfig, load_model
-from gisp_engine.importance import score_structures
-from gisp_engine.objectives import objective_spec
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import full_layout
-from reference import reference_scores
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import full_layout
+from gisp_engine.pruning.importance import score_structures
+from gisp_engine.pruning.objectives import objective_spec
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gisp_engine import PruneConfig, cache, jobs
-from gisp_engine.errors import GispError
-from gisp_engine.progress import ProgressEvent
+from gisp_engine import PruneConfig
+from gisp_engine.core.errors import GispError
+from gisp_engine.core.progress import ProgressEvent
+from gisp_engine.jobs import background as jobs
+from gisp_engine.pruning import cache
 
 
 def _config(model, **kw) -> PruneConfig:
@@ -174,7 +176,7 @@ def test_a_poll_racing_a_restart_leaves_the_new_run_alone(monkeypatch):
 def test_a_run_starts_from_a_fresh_error_state(tiny_llama, data_dir):
     """Whatever an earlier run (or a poll's verdict on it) left in the status, a run reports only its own outcome."""
     from gisp_engine import prune
-    from gisp_engine.pruner import plan
+    from gisp_engine.pruning.pruner import plan
 
     config = _config(tiny_llama, steps=2)
     prune(config)  # the job below is answered from the cache at once
@@ -215,7 +217,7 @@ def test_a_sweep_started_again_says_how_far_the_earlier_one_got(monkeypatch, tin
 
 def test_gisp_jobs_lists_and_cancels_from_a_shell(isolated_cache, capsys):
     from gisp_engine.cli import main
-    from gisp_engine.fsutil import atomic_write_json
+    from gisp_engine.core.fsutil import atomic_write_json
 
     def folder(key: str, state: str, started: float) -> Path:
         path = jobs.job_dir(key)

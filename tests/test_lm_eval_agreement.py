@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gisp_engine.tasks import CHOICE_TASKS, SOURCES, load_task
-from gisp_engine.zeroshot import pick
+from gisp_engine.data.tasks import CHOICE_TASKS, SOURCES, load_task
+from gisp_engine.evaluation.zeroshot import pick
 
 N_ITEMS = 24  # x 7 tasks, each option scored by both: about 10 CPU-minutes here (100 items took about 50)
 BAND_ITEMS = 100  # the plausibility band: ours alone, on the two short-item tasks
@@ -171,8 +171,9 @@ def both(embedded_model_dir, data_dir, offline_hub, tmp_path_factory):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from gisp_engine import load_model, zeroshot
-    from gisp_engine.evaluate import evaluate_task
+    from gisp_engine import load_model
+    from gisp_engine.evaluation import zeroshot
+    from gisp_engine.evaluation.evaluate import evaluate_task
 
     loaded = load_model(str(embedded_model_dir), device="cpu", dtype="float32")
     root = tmp_path_factory.mktemp("lm_eval")
@@ -240,7 +241,7 @@ def test_same_scores_and_metrics_as_lm_evaluation_harness(both, task):
 @pytest.fixture(scope="module")
 def band_results(embedded_model_dir, data_dir):
     from gisp_engine import load_model
-    from gisp_engine.evaluate import evaluate_task
+    from gisp_engine.evaluation.evaluate import evaluate_task
 
     loaded = load_model(str(embedded_model_dir), device="cpu", dtype="float32")
     return {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import gisp_engine
-from gisp_engine import checks, evaluate
+from gisp_engine.evaluation import checks, evaluate
 
 TESTS = Path(__file__).resolve().parent
 SKIPS = {"skip", "importorskip", "skipif", "xfail"}
@@ -54,7 +54,7 @@ def test_available_checks_offer_every_task_of_the_engine():
 
 
 def test_available_checks_do_not_hide_a_broken_evaluation_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "gisp_engine.evaluate", None)  # as if it failed to import
+    monkeypatch.setitem(sys.modules, "gisp_engine.evaluation.evaluate", None)  # as if it failed to import
     monkeypatch.delattr(gisp_engine, "evaluate", raising=False)
     with pytest.raises(ImportError):
         checks.available_checks()

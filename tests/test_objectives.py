@@ -10,12 +10,12 @@ import torch
 
 from gisp_engine import PruneConfig, load_model, plan, prune
 from gisp_engine.cli import main
-from gisp_engine.errors import GispError
-from gisp_engine.importance import objective_value
-from gisp_engine.loglik import continuation_logprobs, encode_pair, pad_batch, scored_sequence
-from gisp_engine.objectives import OBJECTIVES, objective_spec
-from gisp_engine.objectives.gsm8k import PROMPT
-from gisp_engine.tasks import load_task
+from gisp_engine.core.errors import GispError
+from gisp_engine.data.tasks import load_task
+from gisp_engine.model.loglik import continuation_logprobs, encode_pair, pad_batch, scored_sequence
+from gisp_engine.pruning.importance import objective_value
+from gisp_engine.pruning.objectives import OBJECTIVES, objective_spec
+from gisp_engine.pruning.objectives.gsm8k import PROMPT
 
 
 def answer_nll(model, tokenizer, context: str, continuation: str) -> torch.Tensor:

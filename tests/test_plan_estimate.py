@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gisp_engine import PruneConfig, plan_estimate
-from gisp_engine.adapters import adapter_for_config
+from gisp_engine import PruneConfig
 from gisp_engine.cli import main
-from gisp_engine.errors import GispError
-from gisp_engine.importance import scored_targets
-from gisp_engine.nll import sequence_nll
-from gisp_engine.pruner import plan, prune
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import full_layout
+from gisp_engine.core.errors import GispError
+from gisp_engine.model.adapters import adapter_for_config
+from gisp_engine.model.nll import sequence_nll
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import full_layout
+from gisp_engine.pruning import plan_estimate
+from gisp_engine.pruning.importance import scored_targets
+from gisp_engine.pruning.pruner import plan, prune
 
 
 def saved_bytes(model, adapter, space, scored_layers, ids) -> int:
@@ -207,7 +208,7 @@ def _gpt2(tmp: Path) -> Path:
 
 
 def test_a_run_too_big_for_free_memory_is_refused_before_loading(tiny_llama, data_dir, monkeypatch, capsys):
-    from gisp_engine import pruner
+    from gisp_engine.pruning import pruner
 
     config = PruneConfig(model=str(tiny_llama), num_samples=8, seq_len=32, batch_size=8, steps=2, protect_first=1)
     full = plan_estimate.dry_run(plan(config))
@@ -271,7 +272,7 @@ def test_devices_here_names_the_cpu():
 def test_run_page_plans_without_starting_anything(tiny_llama, data_dir, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from gisp_engine import jobs
+    from gisp_engine.jobs import background as jobs
 
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
     at.run()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from gisp_engine import PruneConfig, apply_step, load_model, prune, wikitext2_perplexity
-from gisp_engine.importance import score_structures
-from gisp_engine.objectives import objective_spec
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import full_layout, linear_weight_count
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import full_layout, linear_weight_count
+from gisp_engine.pruning.importance import score_structures
+from gisp_engine.pruning.objectives import objective_spec
 
 pytestmark = pytest.mark.real_model
 

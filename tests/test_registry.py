@@ -1,4 +1,4 @@
-"""One way to register an extension (``gisp_engine.registry``): a module per extension, found by its file name."""
+"""One way to register an extension (``gisp_engine.core.registry``): a module per extension, found by its file name."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gisp_engine import registry
-from gisp_engine.errors import GispError
-from gisp_engine.registry import Registry
+from gisp_engine.core import registry
+from gisp_engine.core.errors import GispError
+from gisp_engine.core.registry import Registry
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gisp_engine"
 
@@ -36,9 +36,9 @@ def test_a_new_file_is_a_new_extension(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("reg", "folder", "first"),
     [
-        (registry.METHODS, "methods", "gisp"),
-        (registry.OBJECTIVES, "objectives", "perplexity"),
-        (registry.ADAPTERS, "adapters", "llama"),
+        (registry.METHODS, "pruning/methods", "gisp"),
+        (registry.OBJECTIVES, "pruning/objectives", "perplexity"),
+        (registry.ADAPTERS, "model/adapters", "llama"),
     ],
 )
 def test_every_kind_is_one_file_per_extension(reg, folder, first):
@@ -49,9 +49,9 @@ def test_every_kind_is_one_file_per_extension(reg, folder, first):
 
 
 def test_the_places_that_list_extensions_read_the_registries():
-    from gisp_engine.adapters import ADAPTERS, SUPPORTED_MODEL_TYPES
-    from gisp_engine.config import METHODS
-    from gisp_engine.objectives import OBJECTIVES, objective_spec
+    from gisp_engine.model.adapters import ADAPTERS, SUPPORTED_MODEL_TYPES
+    from gisp_engine.pruning.config import METHODS
+    from gisp_engine.pruning.objectives import OBJECTIVES, objective_spec
 
     assert METHODS == registry.METHODS.names() and OBJECTIVES == registry.OBJECTIVES.names()
     assert {a.family for a in ADAPTERS} == set(registry.ADAPTERS.names())

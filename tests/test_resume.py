@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from gisp_engine import PruneConfig, Trajectory, prune
-from gisp_engine.cache import list_cached, partial_path
-from gisp_engine.errors import GispError
-from gisp_engine.pruner import LoopState, plan
-from gisp_engine.trajectory import decode_scores, encode_scores
+from gisp_engine.core.errors import GispError
+from gisp_engine.pruning.cache import list_cached, partial_path
+from gisp_engine.pruning.pruner import LoopState, plan
+from gisp_engine.pruning.trajectory import decode_scores, encode_scores
 
 
 def assert_same_trajectory(a: Trajectory, b: Trajectory) -> None:
@@ -73,7 +73,7 @@ WATCHED = r"""
 import os, sys, time
 from pathlib import Path
 events, hold, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-from gisp_engine import pruner
+from gisp_engine.pruning import pruner
 from gisp_engine.cli import main
 
 save = pruner.LoopState.save

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from gisp_engine import PruneConfig, prune
+from gisp_engine.core.errors import GispError
 from gisp_engine.data import (
     DOCUMENTS_PER_WINDOW,
     build_calibration,
@@ -17,8 +18,7 @@ from gisp_engine.data import (
     rebuild_calibration,
     resolve_text_source,
 )
-from gisp_engine.errors import GispError
-from gisp_engine.pruner import plan
+from gisp_engine.pruning.pruner import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the river ran past an old mill where seven grey stones lay under moss and quiet water".split()
@@ -158,8 +158,8 @@ def test_a_window_trajectory_records_its_calibration(tiny_llama, data_dir):
 def test_cli_and_run_page_pass_the_sampler(tiny_llama, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from gisp_engine import jobs
     from gisp_engine.cli import build_parser
+    from gisp_engine.jobs import background as jobs
 
     args = build_parser().parse_args(["prune", "--sampling", "window"])
     assert args.sampling == "window"

@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from _geometries import geometry_config, write_random_model  # noqa: E402
 
-from gisp_engine import PruneConfig, load_model, load_pruned, plan_estimate  # noqa: E402
-from gisp_engine.elastic import export_elastic  # noqa: E402
+from gisp_engine import PruneConfig, load_model, load_pruned
 from gisp_engine.export import export_subnetwork  # noqa: E402
-from gisp_engine.pruner import plan, prune  # noqa: E402
-
+from gisp_engine.export.elastic import export_elastic  # noqa: E402
+from gisp_engine.pruning import plan_estimate  # noqa: E402
+from gisp_engine.pruning.pruner import plan, prune  # noqa: E402
 
 DTYPE = "float32"
 

@@ -16,23 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gisp_engine import PruneConfig, checks, prune
+from gisp_engine import PruneConfig, prune
+from gisp_engine.choose.recommend import NO_CONSTRAINT, Constraints, compare_at, recommend
+from gisp_engine.choose.sweep import SweepRequest, parse_checks, parse_steps, run_sweep
+from gisp_engine.choose.table import sweep_table
 from gisp_engine.cli import main
-from gisp_engine.cost import CostSpec, available_cores
-from gisp_engine.errors import GispError
-from gisp_engine.models import load_model
-from gisp_engine.sweep import (
-    NO_CONSTRAINT,
-    Constraints,
-    SweepRequest,
-    compare_at,
-    parse_checks,
-    parse_steps,
-    recommend,
-    run_sweep,
-    sweep_table,
-)
-from gisp_engine.trajectory import Trajectory
+from gisp_engine.core.errors import GispError
+from gisp_engine.evaluation import checks
+from gisp_engine.evaluation.cost import CostSpec, available_cores
+from gisp_engine.model.loading import load_model
+from gisp_engine.pruning.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_CHECKS = dict(checks.CHECKS)
@@ -408,7 +401,7 @@ WATCHED_SWEEP = r"""
 import os, sys, time
 from pathlib import Path
 events, hold, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-from gisp_engine import checks
+from gisp_engine.evaluation import checks
 from gisp_engine.cli import main
 
 remember = checks.remember_evaluation

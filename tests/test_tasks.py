@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from gisp_engine.errors import GispError
-from gisp_engine.tasks import (
+from gisp_engine.core.errors import GispError
+from gisp_engine.data.tasks import (
     CHOICE_TASKS,
     POOL_FRACTION,
     SOURCES,
@@ -85,7 +85,7 @@ def test_hellaswag_items_follow_the_six_line_layout(data_dir):
     ],
 )
 def test_hellaswag_preprocessing_is_lm_evaluation_harness_s(context, query):
-    from gisp_engine.tasks import hellaswag_item
+    from gisp_engine.data.tasks import hellaswag_item
 
     item = hellaswag_item("hellaswag", 0, context, [" an [step] end ", "b", "c", "d"], 0, "x")
     assert item.query == query and item.choices == ("an end", "b", "c", "d")
@@ -232,7 +232,7 @@ def test_hub_records_map_into_the_file_format(tmp_data, data_dir, monkeypatch):
     """With no file and the hub allowed, records come through ``datasets`` (stubbed here: no network)."""
     import datasets
 
-    from gisp_engine import tasks
+    from gisp_engine.data import tasks
 
     hub = {
         ("allenai/winogrande", "winogrande_xl", "validation"): [

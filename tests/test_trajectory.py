@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from gisp_engine import PruneConfig, Trajectory, apply_step, load_model, prune, pruner
-from gisp_engine.config import target_ratios
-from gisp_engine.surgery import NullAttention, linear_weight_count
 from needs import require
 from tiny import cache_dir
+
+from gisp_engine import PruneConfig, Trajectory, apply_step, load_model, prune
+from gisp_engine.model.surgery import NullAttention, linear_weight_count
+from gisp_engine.pruning import pruner
+from gisp_engine.pruning.config import target_ratios
 
 
 def _config(folder, **kw) -> PruneConfig:
@@ -175,7 +176,8 @@ def test_device_map_auto_gives_the_same_trajectory(tiny_llama, data_dir):
 
 def test_the_default_models_examples_are_offered_first():
     """On a fresh machine (empty cache) the pickers open on an example of the embedded default model."""
-    from gisp_engine import explore, settings
+    from gisp_engine.core import settings
+    from gisp_engine.explore import view as explore
 
     rows = explore.available_trajectories()
     examples = [r for r in rows if r["source"] == "example"]

@@ -12,13 +12,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from streamlit import config as st_config
-
-from gisp_engine import PruneConfig, jobs, serving, settings, uploads
-from gisp_engine.errors import GispError
 from apptest import no_errors, open_page
 from browsing import serve
+from streamlit import config as st_config
 from tiny import cache_dir
+
+from gisp_engine import PruneConfig
+from gisp_engine.core import serving, settings
+from gisp_engine.core.errors import GispError
+from gisp_engine.data import uploads
+from gisp_engine.jobs import background as jobs
 
 GOOD_TASK = b"".join(
     b'{"query": "Q: %d + 2 = ?", "choices": ["%d", "%d"], "gold": 0}\n' % (n, n + 2, n + 3) for n in range(40)
@@ -225,7 +228,7 @@ def test_an_uploaded_task_file_is_checked_stored_and_used(tiny_llama, isolated_c
     [stored] = uploads.uploaded_files("tasks")
     assert Path(stored.path).read_bytes() == GOOD_TASK and stored.label.startswith("uploaded: mine.jsonl")
     # the plan is of a request whose task is the stored upload (its cache key says so)
-    from gisp_engine.pruner import plan
+    from gisp_engine.pruning.pruner import plan
 
     asked = PruneConfig(
         model=str(tiny_llama),

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from gisp_engine import load_model
-from gisp_engine.errors import GispError
-from gisp_engine.evaluate import evaluate_task, result_text
-from gisp_engine.gsm8k import (
+from gisp_engine.core.errors import GispError
+from gisp_engine.data.tasks import load_task
+from gisp_engine.evaluation.evaluate import evaluate_task, result_text
+from gisp_engine.evaluation.gsm8k import (
     cut_at_stop,
     evaluate_gsm8k,
     few_shot_prefix,
@@ -16,10 +17,9 @@ from gisp_engine.gsm8k import (
     normalize_number,
     parse_answer,
 )
-from gisp_engine.structures import StructureSpace
-from gisp_engine.surgery import KVExpandLinear, NullAttention, full_layout, mask_, slice_
-from gisp_engine.tasks import load_task
-from gisp_engine.zeroshot import choice_loglikelihoods, evaluate_choice_task, pick
+from gisp_engine.evaluation.zeroshot import choice_loglikelihoods, evaluate_choice_task, pick
+from gisp_engine.model.structures import StructureSpace
+from gisp_engine.model.surgery import KVExpandLinear, NullAttention, full_layout, mask_, slice_
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_batching_does_not_change_scores(tiny_llama, data_dir):
 
 
 def test_pick_plain_and_length_normalised():
-    from gisp_engine.tasks import ChoiceItem
+    from gisp_engine.data.tasks import ChoiceItem
 
     item = ChoiceItem("arc_easy", 0, "Q", ("a", "much longer"), 1)
     # -2 per char for the long option beats -3 for the short one only after normalising

@@ -1,0 +1,5 @@
+import sys
+
+from .background import main
+
+sys.exit(main())
