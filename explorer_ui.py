@@ -129,6 +129,42 @@ def guard(what: str = "", stop: bool = True) -> Iterator[None]:
             st.stop()
 
 
+# ---- a run's settings ---------------------------------------------------------------------------
+def option_input(name: str, container=None, *, help: str | None = None, choices=None):
+    """The Run page's widget for the setting ``name`` of ``PruneConfig``, made from its declaration
+    (``gisp_engine.pruning.config.OPTIONS``: label, help, default, choices, least value), under the key
+    ``run_<name>``: a select box for a choice, a number field for a number, a check box for a switch, else a text
+    field. A number whose default is None ("by device", "off") offers one below its least value for that, named in
+    the label. Returns the value as PruneConfig takes it. ``choices``: suggestions for a free setting (the device).
+    """
+    from gisp_engine.pruning.config import OPTIONS, PruneConfig
+
+    kind, opt = OPTIONS[name]
+    where = container or st
+    default = PruneConfig.__dataclass_fields__[name].default
+    key, text = f"run_{name}", help or opt.help
+    allowed = list(choices or opt.allowed() or [])
+    if allowed:
+        return where.selectbox(opt.label, allowed, index=allowed.index(default), key=key, help=text)
+    if kind == "bool":
+        return where.checkbox(opt.label, value=default, key=key, help=text)
+    if kind == "float":
+        low, high = (0.01, 0.99) if opt.fraction else (None, None)
+        value = where.number_input(
+            opt.label, low, high, float(default), step=opt.step or 0.05, format="%.2f", key=key, help=text
+        )
+        return float(value)
+    if kind == "int":
+        step = int(opt.step or 1)
+        if default is None:
+            off = (opt.minimum or 0) - 1
+            label = f"{opt.label} ({off}: {opt.unset})"
+            value = where.number_input(label, min_value=off, value=off, step=step, key=key, help=text)
+            return None if value == off else int(value)
+        return int(where.number_input(opt.label, min_value=opt.minimum, value=default, step=step, key=key, help=text))
+    return where.text_input(opt.label, default or "", key=key, help=text)
+
+
 # ---- background jobs -------------------------------------------------------------------------
 def resumed_note(job) -> str:
     """Where a run that continues an earlier one of the same request began, in words ("" for a run begun anew)."""

@@ -48,7 +48,8 @@ def server_times(path: Path, structures: int) -> dict:
     import numpy as np
     import plotly.io
 
-    from gisp_engine.explore import TrajectoryView, explain, figures
+    from gisp_engine.explore import explain, figures
+    from gisp_engine.explore.view import TrajectoryView
     from gisp_engine.pruning.trajectory import Trajectory
 
     load_ms, traj = ms(Trajectory.load, path)

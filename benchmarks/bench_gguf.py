@@ -169,7 +169,7 @@ def part_pytorch(dense, traj, args, tmp: Path) -> dict:
     from bench_align import Point, sliced
 
     from gisp_engine.evaluation.cost import CostSpec, cost_ratios, measure_costs
-    from gisp_engine.export import export_subnetwork, load_pruned
+    from gisp_engine.export.hf import export_subnetwork, load_pruned
 
     result = {"aligned_from_bench_align": aligned_from_bench_align()}
     spec = CostSpec(batch=1, seq_len=args.seq_len, new_tokens=32, repeats=3, threads=1)

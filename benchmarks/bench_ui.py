@@ -263,7 +263,8 @@ def main() -> int:
     load_before = os.getloadavg()
 
     from gisp_engine.evaluation.checks import load_evaluations
-    from gisp_engine.explore import TrajectoryView, figures, load_trajectory
+    from gisp_engine.explore import figures
+    from gisp_engine.explore.view import TrajectoryView, load_trajectory
 
     t0 = time.perf_counter()
     traj = load_trajectory(args.trajectory)

@@ -24,37 +24,10 @@ def _emit(args, payload: dict, text: str) -> None:
 
 # ---- commands ----------------------------------------------------------------------------
 def cmd_prune(args) -> None:
-    from .pruning.config import PruneConfig
+    from .pruning.config import from_arguments
     from .pruning.pruner import prune
 
-    config = PruneConfig(
-        model=args.model,
-        method=args.method,
-        objective=args.objective,
-        calib=args.calib,
-        sampling=args.sampling,
-        tasks=args.tasks,
-        calib_tokens=args.calib_tokens,
-        calib_items=args.calib_items,
-        num_samples=args.num_samples,
-        seq_len=args.seq_len,
-        bos=args.bos,
-        steps=args.steps,
-        max_sparsity=args.max_sparsity,
-        schedule=args.schedule,
-        gqa=args.gqa,
-        normalization=args.normalization,
-        protect_first=args.protect_first,
-        protect_last=args.protect_last,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        shrink=not args.no_shrink,
-        save_scores=args.save_scores,
-        align=args.align,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-    )
+    config = from_arguments(args)
     if args.dry_run:
         _dry_run(args, config)
         return
@@ -507,91 +480,20 @@ def _bos_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") -> No
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda[:N]")
-    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--device-map", default=None, help="'auto' to spread a large model over GPUs (accelerate)")
+    """--device, --dtype, --device-map: declared with PruneConfig's settings."""
+    from .pruning.config import add_arguments
+
+    add_arguments(p, only=("device", "dtype", "device_map"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.text import SAMPLINGS
-    from .model.structures import GQA_POLICIES, NORMALIZATIONS
-    from .pruning.config import METHODS, SCHEDULES, PruneConfig
-    from .pruning.objectives import OBJECTIVES
+    from .pruning.config import add_arguments
 
-    d = PruneConfig()
     parser = argparse.ArgumentParser(prog="gisp", description="Global Iterative Structured Pruning of causal LMs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="build (or fetch from the cache) a pruning trajectory")
-    p.add_argument("--model", default=d.model, help=f"{settings.DEFAULT_MODEL} (embedded), a folder, or a hub id")
-    p.add_argument(
-        "--method",
-        default=d.method,
-        choices=METHODS,
-        help=f"gisp (iterative); baselines rank once: {', '.join(m for m in METHODS if m != 'gisp')}",
-    )
-    p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVES))
-    p.add_argument(
-        "--calib",
-        default=d.calib,
-        help="lambada (offline default), c4, wikitext2, a file, or hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]",
-    )
-    p.add_argument(
-        "--sampling",
-        default=d.sampling,
-        choices=SAMPLINGS,
-        help="perplexity objective: packed (shuffled documents, first tokens) or window "
-        "(random spans of random long documents, as the reference loaders)",
-    )
-    p.add_argument(
-        "--tasks",
-        default=d.tasks,
-        help="margin objective: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, cmqa (all), "
-        "and/or custom task files (path.jsonl; see README)",
-    )
-    p.add_argument(
-        "--calib-tokens", type=int, default=None, help="token budget of task objectives (default num-samples x seq-len)"
-    )
-    p.add_argument(
-        "--calib-items",
-        type=int,
-        default=None,
-        help="margin objective: this many calibration items from every task, instead of a token budget",
-    )
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="calibration sequences")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
-    _bos_arg(p, "perplexity objective's calibration windows", d.bos)
-    p.add_argument("--steps", type=int, default=d.steps, help="pruning steps (1 = one-shot)")
-    p.add_argument(
-        "--max-sparsity", type=float, default=d.max_sparsity, help="structural ratio reached at the last step"
-    )
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument(
-        "--gqa", default=d.gqa, choices=GQA_POLICIES, help="query: query heads (paper); kv-group: KV head + its queries"
-    )
-    p.add_argument("--normalization", default=d.normalization, choices=NORMALIZATIONS)
-    p.add_argument(
-        "--protect-first", type=int, default=None, help="layers at the start never pruned (default int(0.1*L))"
-    )
-    p.add_argument("--protect-last", type=int, default=d.protect_last, help="layers at the end never pruned")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (default by device)")
-    p.add_argument("--no-shrink", action="store_true", help="mask instead of slicing the working model between steps")
-    p.add_argument(
-        "--save-scores",
-        action=argparse.BooleanOptionalAction,
-        default=d.save_scores,
-        help="store every step's scores in the trajectory (default; float16: 2 bytes per structure and "
-        "step, 0.9 MB for the embedded SmolLM2's 10 steps); --no-save-scores leaves them out",
-    )
-    p.add_argument(
-        "--align",
-        type=int,
-        default=None,
-        metavar="N",
-        help="keep every cut layer's MLP channel count a multiple of N at every step (64: fast matmul "
-        "kernels); off by default",
-    )
+    add_arguments(p)  # every setting of PruneConfig, from its declaration
     p.add_argument("--no-cache", action="store_true", help="recompute even if the cache has this trajectory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed step")
     p.add_argument(
@@ -610,7 +512,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="run even when the estimated peak memory exceeds the device's free memory"
     )
-    _device_args(p)
     p.add_argument("--json", action="store_true", help='print a JSON summary (with "path")')
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prune)

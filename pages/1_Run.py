@@ -12,11 +12,10 @@ import streamlit as st
 import explorer_ui as ui
 from gisp_engine.core import serving, settings
 from gisp_engine.core.errors import GispError
-from gisp_engine.data import BOS_POLICIES, CALIB_ALIASES, SAMPLINGS, uploads
+from gisp_engine.data import uploads
+from gisp_engine.data.text import CALIB_ALIASES
 from gisp_engine.jobs import background as jobs
-from gisp_engine.model.structures import GQA_POLICIES, NORMALIZATIONS
-from gisp_engine.pruning.config import METHODS, SCHEDULES, PruneConfig
-from gisp_engine.pruning.objectives import OBJECTIVES
+from gisp_engine.pruning.config import OPTIONS, PruneConfig
 
 ui.page_setup("Run")
 st.title("Run a pruning trajectory")
@@ -83,21 +82,15 @@ def _settings_form() -> None:
     with st.form("run_settings"):
         c1, c2, c3 = st.columns(3)
         with c1:
-            model = st.text_input(
-                "Model",
-                d.model,
+            model = ui.option_input(
+                "model",
                 help=f"{settings.DEFAULT_MODEL} (embedded), "
                 + ("a model folder, or a hub id" if local else "or a hub id"),
             )
-            method = st.selectbox(
-                "Method",
-                METHODS,
-                index=METHODS.index(d.method),
-                help="gisp re-scores at every step; the baselines rank once on the dense model",
-            )
-            objective = st.selectbox("Objective", sorted(OBJECTIVES), index=sorted(OBJECTIVES).index(d.objective))
+            method = ui.option_input("method")
+            objective = ui.option_input("objective")
             calib = st.selectbox(
-                "Calibration data",
+                OPTIONS["calib"][1].label,
                 calib_options,
                 index=calib_options.index(d.calib),
                 key="run_calib",
@@ -119,26 +112,9 @@ def _settings_form() -> None:
                 help="JSON lines with a 'text' field, or plain text (one document a line); kept in the cache under "
                 "its content hash, and listed above from then on",
             )
-            sampling = st.selectbox(
-                "Calibration sampling",
-                SAMPLINGS,
-                index=SAMPLINGS.index(d.sampling),
-                help="perplexity objective. packed: documents shuffled, joined, the first tokens cut into windows. "
-                "window: each sequence a random span of a random document longer than it (Wanda/SparseGPT/GISP "
-                "reference loaders); sources of short documents (LAMBADA) are joined first",
-            )
-            bos = st.selectbox(
-                "BOS token of the windows",
-                BOS_POLICIES,
-                index=BOS_POLICIES.index(d.bos),
-                key="run_bos",
-                help="perplexity objective. each: a BOS token starts every calibration window; stream: windows cut "
-                "from one token stream (the papers' protocol); auto: each for families trained with one "
-                "(Gemma 3), else stream",
-            )
-            tasks = st.text_input(
-                "Tasks (task objectives)", d.tasks, help="comma-separated built-in task names, or cmqa for all seven"
-            )
+            sampling = ui.option_input("sampling")
+            bos = ui.option_input("bos")
+            tasks = ui.option_input("tasks")
             custom_tasks = st.multiselect(
                 "Custom task files",
                 list(task_picks),
@@ -153,66 +129,28 @@ def _settings_form() -> None:
                 max_upload_size=upload_mb,
                 help='JSON lines of {"query", "choices", "gold"} records (optionally "continuation")',
             )
-            calib_items = st.number_input(
-                "Calibration items per task (margin)",
-                min_value=0,
-                value=0,
-                step=8,
-                key="run_calib_items",
-                help="margin objective: this many items from every task's calibration pool (32 is a sound minimum). "
-                "0: a token budget of calibration sequences x tokens, spread evenly over the tasks (few items "
-                "of long-item tasks such as HellaSwag)",
-            )
+            calib_items = ui.option_input("calib_items")
         with c2:
-            num_samples = st.number_input("Calibration sequences", min_value=1, value=d.num_samples, step=1)
-            seq_len = st.number_input("Tokens per sequence", min_value=2, value=d.seq_len, step=32)
-            steps = st.number_input("Pruning steps (1 = one-shot)", min_value=1, value=d.steps, step=1)
-            max_sparsity = st.number_input(
-                "Maximum structural ratio",
-                min_value=0.01,
-                max_value=0.99,
-                value=d.max_sparsity,
-                step=0.05,
-                format="%.2f",
-                help="fraction of heads and channels removed at the last step",
-            )
+            num_samples = ui.option_input("num_samples")
+            seq_len = ui.option_input("seq_len")
+            steps = ui.option_input("steps")
+            max_sparsity = ui.option_input("max_sparsity")
         with c3:
-            schedule = st.selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(d.schedule))
-            gqa = st.selectbox(
-                "GQA policy",
-                GQA_POLICIES,
-                index=GQA_POLICIES.index(d.gqa),
-                help="query: query heads (paper); kv-group: a KV head with its query heads",
-            )
-            normalization = st.selectbox("Normalization", NORMALIZATIONS, index=NORMALIZATIONS.index(d.normalization))
-            device = st.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
+            schedule = ui.option_input("schedule")
+            gqa = ui.option_input("gqa")
+            normalization = ui.option_input("normalization")
+            device = ui.option_input("device", choices=("auto", "cpu", "cuda"))
         with st.expander("More settings"):
             e1, e2, e3 = st.columns(3)
-            protect_first = e1.number_input(
-                "Protected first layers (-1: 10% of layers)", min_value=-1, value=-1, step=1
-            )
-            protect_last = e1.number_input("Protected last layers", min_value=0, value=d.protect_last, step=1)
-            seed = e2.number_input("Seed", value=d.seed, step=1)
-            dtype = e2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"])
-            align = e2.number_input(
-                "MLP widths a multiple of (0: off)",
-                min_value=0,
-                value=0,
-                step=32,
-                key="run_align",
-                help="every cut layer keeps a multiple of this many MLP channels at every step (64 suits llama.cpp's "
-                "matmul kernels: odd widths can make a pruned model slower than the dense one). 0: any width",
-            )
-            batch_size = e3.number_input("Sequences per micro-batch (0: by device)", min_value=0, value=0, step=1)
-            calib_tokens = e3.number_input(
-                "Calibration tokens of task objectives (0: sequences x tokens)",
-                min_value=0,
-                value=0,
-                step=1024,
-                key="run_calib_tokens",
-                help="margin and gsm8k objectives: their token budget",
-            )
-            save_scores = e3.checkbox("Keep every step's scores", value=d.save_scores)
+            protect_first = ui.option_input("protect_first", e1)
+            protect_last = ui.option_input("protect_last", e1)
+            shrink = ui.option_input("shrink", e1)
+            seed = ui.option_input("seed", e2)
+            dtype = ui.option_input("dtype", e2)
+            align = ui.option_input("align", e2)
+            batch_size = ui.option_input("batch_size", e3)
+            calib_tokens = ui.option_input("calib_tokens", e3)
+            save_scores = ui.option_input("save_scores", e3)
         b1, b2 = st.columns(2)
         submitted = b1.form_submit_button("Start the run", type="primary")
         planned = b2.form_submit_button(
@@ -233,21 +171,22 @@ def _settings_form() -> None:
             sampling=sampling,
             bos=bos if objective == "perplexity" else "auto",
             tasks=_tasks(tasks, custom_tasks, task_upload),
-            calib_items=(int(calib_items) or None) if objective == "margin" else None,
-            calib_tokens=int(calib_tokens) or None,
-            num_samples=int(num_samples),
-            seq_len=int(seq_len),
-            steps=int(steps),
-            max_sparsity=float(max_sparsity),
+            calib_items=calib_items if objective == "margin" else None,
+            calib_tokens=calib_tokens,
+            num_samples=num_samples,
+            seq_len=seq_len,
+            steps=steps,
+            max_sparsity=max_sparsity,
             schedule=schedule,
             gqa=gqa,
             normalization=normalization,
-            protect_first=None if protect_first < 0 else int(protect_first),
-            protect_last=int(protect_last),
-            seed=int(seed),
-            batch_size=int(batch_size) or None,
+            protect_first=protect_first,
+            protect_last=protect_last,
+            seed=seed,
+            batch_size=batch_size,
+            shrink=shrink,
             save_scores=save_scores,
-            align=int(align) or None,
+            align=align,
             device=device,
             dtype=dtype,
         )

@@ -7,7 +7,7 @@ import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine.core.progress import ProgressEvent
-from gisp_engine.data import BOS_POLICIES
+from gisp_engine.data.text import BOS_POLICIES
 from gisp_engine.evaluation import checks
 
 ui.page_setup("Evaluate")

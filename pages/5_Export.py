@@ -4,7 +4,6 @@ A browser never names a folder: the export goes to the cache's ``exports/``, and
 a zip of the folder. A viewer exports nothing; it may download the exports the cache already holds.
 """
 
-import importlib
 from pathlib import Path
 
 import streamlit as st
@@ -13,28 +12,12 @@ import explorer_ui as ui
 from gisp_engine.core import serving
 from gisp_engine.core.progress import ProgressEvent
 from gisp_engine.evaluation import checks
+from gisp_engine.export.hf import export_subnetwork
 from gisp_engine.pruning.subnetwork import recorded_checkpoint_dtype
 
 ui.page_setup("Export")
 st.title("Export the chosen subnetwork")
 
-
-def _export_module():
-    """The engine's exporter, when this version of the engine has one."""
-    try:
-        module = importlib.import_module("gisp_engine.export")
-    except ImportError:
-        return None
-    return module if hasattr(module, "export_subnetwork") and hasattr(module, "load_pruned") else None
-
-
-exporter = _export_module()
-if exporter is None:
-    st.info(
-        "Export is not available in this version of the engine (`gisp_engine.export` is missing). "
-        "You can still choose a point here and explore or evaluate it."
-    )
-    st.stop()
 
 path, view, traj = ui.picked_trajectory()
 model = ui.model_id(traj)
@@ -122,7 +105,7 @@ def _export_form() -> None:
 
             result = export_elastic(loaded, traj, out, progress=report)
         else:
-            result = exporter.export_subnetwork(loaded, traj, step, out, uniform=uniform, progress=report)
+            result = export_subnetwork(loaded, traj, step, out, uniform=uniform, progress=report)
         summary = result.summary()
         bar.progress(1.0, text="packing the download" if summary["kind"] != "gguf" else "done")
         summary["download"] = str(
@@ -207,7 +190,7 @@ elif summary and summary["kind"] == "elastic":
     c[3].metric("Weights on disk", f"{summary['weights_bytes'] / 2**20:.0f} MiB")
     st.write(f"Unzip the download into `{folder}/`; it loads with {summary['loads_with']}.")
     st.code(
-        f'''from gisp_engine.export import load_pruned    # verifies the files against the manifest
+        f'''from gisp_engine import load_pruned           # verifies the files against the manifest
 pruned = load_pruned("{folder}", step={step})    # or sparsity=0.3; neither: the last step
 model, tokenizer = pruned.model, pruned.tokenizer
 
@@ -227,7 +210,7 @@ elif summary:
     st.write(f"Unzip the download into `{folder}/`; it loads with {summary['loads_with']}.")
     remote = "" if summary.get("uniform") else ", trust_remote_code=True"
     st.code(
-        f'''from gisp_engine.export import load_pruned    # verifies the files against the manifest
+        f'''from gisp_engine import load_pruned           # verifies the files against the manifest
 pruned = load_pruned("{folder}")
 model, tokenizer = pruned.model, pruned.tokenizer
 

@@ -10,7 +10,7 @@ import explorer_ui as ui
 from gisp_engine.choose.recommend import Constraints, recommend
 from gisp_engine.choose.sweep import SweepRequest, requested_series
 from gisp_engine.choose.table import sweep_table
-from gisp_engine.data import BOS_POLICIES
+from gisp_engine.data.text import BOS_POLICIES
 from gisp_engine.evaluation import checks
 from gisp_engine.evaluation.cost import CostSpec
 from gisp_engine.evaluation.cost_llamacpp import LAYOUTS, RUNTIMES, GGUFCostSpec

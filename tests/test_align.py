@@ -203,7 +203,7 @@ def test_export_alignment_keeps_the_channels_removed_last(unaligned, align):
 
 
 def test_aligned_and_uniform_exports_record_their_widths(unaligned, tiny96, tmp_path, capsys):
-    from gisp_engine.export import export_subnetwork, load_pruned
+    from gisp_engine.export.hf import export_subnetwork, load_pruned
     from gisp_engine.model.loading import load_model
 
     step = 3

@@ -216,7 +216,7 @@ def test_evaluate_offers_the_accuracy_tasks_of_the_engine(runs, data_dir):
 
 # ---- compare ----------------------------------------------------------------------------------
 def test_compare_overlap_and_difference(runs):
-    from gisp_engine.explore import jaccard_curve
+    from gisp_engine.explore.view import jaccard_curve
 
     at = open_page("pages/4_Compare.py", select=runs["iterative"])
     at.selectbox(key="compare_b").set_value(runs["oneshot"]).run()
@@ -378,7 +378,7 @@ def test_run_page_says_a_cancelled_run_resumed_and_from_which_step(tiny_llama, d
 
 
 def test_a_fresh_session_opens_on_an_example_not_on_another_sessions_run(runs):
-    from gisp_engine.explore import available_trajectories
+    from gisp_engine.explore.view import available_trajectories
 
     rows = available_trajectories()
     examples = [r["path"] for r in rows if r["source"] == "example"]

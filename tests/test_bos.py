@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from gisp_engine import PruneConfig
 from gisp_engine.cli import main
 from gisp_engine.core.errors import GispError
-from gisp_engine.data import (
+from gisp_engine.data.text import (
     build_calibration,
     rebuild_calibration,
     resolve_bos,

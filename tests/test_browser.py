@@ -202,7 +202,8 @@ def test_charts_keep_titles_clear_and_label_log_axes_in_full(browser, tmp_path):
 
     from gisp_engine.choose.table import sweep_table
     from gisp_engine.evaluation.checks import load_evaluations
-    from gisp_engine.explore import TrajectoryView, figures, load_trajectory
+    from gisp_engine.explore import figures
+    from gisp_engine.explore.view import TrajectoryView, load_trajectory
 
     examples = ROOT / "cache" / "examples"
     names = ("smollm2-135m-ppl-iterative", "smollm2-135m-ppl-oneshot", "smollm2-135m-wanda-sp")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gisp_engine.data import build_calibration, load_documents, resolve_text_source, wikitext2_test_text
+from gisp_engine.data.text import build_calibration, load_documents, resolve_text_source, wikitext2_test_text
 from gisp_engine.model.loading import load_model
 
 
@@ -40,7 +40,7 @@ def test_wikitext2_string_follows_the_convention(data_dir):
 
 
 def test_window_sampling_on_lambada_follows_its_document_lengths(tiny_llama, data_dir):
-    from gisp_engine.data import DOCUMENTS_PER_WINDOW, rebuild_calibration
+    from gisp_engine.data.text import DOCUMENTS_PER_WINDOW, rebuild_calibration
 
     tok = load_model(str(tiny_llama)).tokenizer
     source = resolve_text_source("lambada")

@@ -17,8 +17,9 @@ from tiny import FAMILIES, cache_dir
 
 from gisp_engine import GispError, load_model
 from gisp_engine.core.settings import PROJECT_ROOT
-from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned, remote_code
+from gisp_engine.export import remote_code
 from gisp_engine.export.elastic import export_elastic, folder_bytes, survival_order
+from gisp_engine.export.hf import MANIFEST, export_subnetwork, load_pruned
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")

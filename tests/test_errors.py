@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gisp_engine import GispError, PruneConfig, Trajectory, prune
-from gisp_engine.data import build_calibration, read_jsonl, resolve_text_source
+from gisp_engine.data.text import build_calibration, read_jsonl, resolve_text_source
 from gisp_engine.model.loading import load_model
 
 

@@ -25,7 +25,8 @@ from exporting import (
 from tiny import cache_dir
 
 from gisp_engine import GispError, Trajectory, apply_step, load_model
-from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned, remote_code, uniform_keep_mask
+from gisp_engine.export import remote_code
+from gisp_engine.export.hf import MANIFEST, export_subnetwork, load_pruned, uniform_keep_mask
 from gisp_engine.model.surgery import mask_
 
 # layer 2 of the synthetic trajectories loses every channel: torch warns when it builds the empty MLP

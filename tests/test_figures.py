@@ -12,7 +12,8 @@ from needs import require
 
 from gisp_engine.choose.table import sweep_table
 from gisp_engine.evaluation.checks import load_evaluations
-from gisp_engine.explore import TrajectoryView, figures, load_trajectory
+from gisp_engine.explore import figures
+from gisp_engine.explore.view import TrajectoryView, load_trajectory
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cache" / "examples"
 

@@ -19,7 +19,7 @@ from tiny import cache_dir
 
 from gisp_engine import GispError, PruneConfig, apply_step, load_model, prune
 from gisp_engine.cli import main
-from gisp_engine.export import MANIFEST, export_subnetwork, load_pruned
+from gisp_engine.export.hf import MANIFEST, export_subnetwork, load_pruned
 from gisp_engine.model.adapters import adapter_for_config
 from gisp_engine.model.structures import StructureSpace
 from gisp_engine.model.surgery import NullAttention, full_layout, linear_weight_count, slice_

@@ -25,8 +25,8 @@ from gisp_engine import GispError, load_model
 from gisp_engine.cli import main
 from gisp_engine.core import settings
 from gisp_engine.core.fsutil import TMP_MARK
-from gisp_engine.export import load_pruned, verify_export
 from gisp_engine.export.gguf import FAMILIES, even_groups, export_gguf, write_vocab_gguf
+from gisp_engine.export.hf import load_pruned, verify_export
 from gisp_engine.model import llamacpp
 from gisp_engine.pruning.trajectory import Trajectory
 
@@ -329,7 +329,7 @@ OUTTYPE_BANDS = {  # outtype: (max, mean, top-1 at least)   measured: max, mean,
 @pytest.fixture(scope="module")
 def smollm_step6(embedded_model_dir, tmp_path_factory):
     """The example's step 6 (uneven GQA groups in most layers), sliced, and 64 WikiText-2 tokens."""
-    from gisp_engine.data import wikitext2_test_text
+    from gisp_engine.data.text import wikitext2_test_text
 
     if not EXAMPLE.is_dir():
         _require(f"the example trajectory {EXAMPLE}")
@@ -380,7 +380,7 @@ def test_smollm2_outtypes_within_their_bands(smollm_step6, tmp_path, outtype):
 
 # ---- tokenizers: llama.cpp's ids are transformers' ----------------------------------------------
 def wikitext_rows(n: int = 200) -> list[str]:
-    from gisp_engine.data import wikitext2_test_text
+    from gisp_engine.data.text import wikitext2_test_text
 
     text, _ = wikitext2_test_text()
     return text.split("\n\n")[:n]

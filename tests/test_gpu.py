@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gisp_engine import PruneConfig, apply_step, load_model, load_pruned
-from gisp_engine.export import export_subnetwork
+from gisp_engine.export.hf import export_subnetwork
 from gisp_engine.model.structures import StructureSpace
 from gisp_engine.model.surgery import full_layout
 from gisp_engine.pruning.importance import score_structures

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tiny import cache_dir
 
 from gisp_engine import GispError, PruneConfig, Trajectory, prune
-from gisp_engine.data import load_documents, read_jsonl, resolve_text_source
+from gisp_engine.data.text import load_documents, read_jsonl, resolve_text_source
 
 # the same examples on every run, so that a failure reproduces; its blob is printed to replay it
 CASES = settings(

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from gisp_engine import PruneConfig, prune
 from gisp_engine.core.errors import GispError
-from gisp_engine.data import (
+from gisp_engine.data.text import (
     DOCUMENTS_PER_WINDOW,
     build_calibration,
     load_documents,

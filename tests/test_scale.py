@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _geometries import geometry_config, write_random_model  # noqa: E402
 
 from gisp_engine import PruneConfig, load_model, load_pruned
-from gisp_engine.export import export_subnetwork  # noqa: E402
 from gisp_engine.export.elastic import export_elastic  # noqa: E402
+from gisp_engine.export.hf import export_subnetwork  # noqa: E402
 from gisp_engine.pruning import plan_estimate  # noqa: E402
 from gisp_engine.pruning.pruner import plan, prune  # noqa: E402
 

@@ -184,7 +184,7 @@ def test_allow_changes_turns_writes_back_on(address, monkeypatch):
 
 # ---- export: into the cache, then a download ------------------------------------------------------
 def test_export_is_a_download_that_loads_after_unpacking(run, tmp_path):
-    from gisp_engine.export import load_pruned
+    from gisp_engine.export.hf import load_pruned
 
     at = open_page("pages/5_Export.py", select=run)
     no_errors(at)

@@ -19,6 +19,9 @@ DEFAULT_MODEL = "smollm2-135m"
 #: Every embedded model (``--model NAME``; ``gisp model prepare NAME`` converts it once); the default first.
 EMBEDDED_MODELS = (DEFAULT_MODEL, "gemma3-270m")
 
+#: The dtypes a model is loaded in (``--dtype``; ``auto`` is bfloat16 on a GPU, float32 on a CPU).
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}

@@ -59,7 +59,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     )
 }
 assert tuple(EMBEDDED_MODELS) == settings.EMBEDDED_MODELS
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in settings.DTYPES}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
