@@ -486,10 +486,20 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     add_arguments(p, only=("device", "dtype", "device_map"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose refusals are one line on stderr and exit code 2, as every other error of the
+    command (argparse's own print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gisp`` command and its subcommands. ``gisp prune``'s settings are ``PruneConfig``'s own declarations
+    (``pruning.config.add_arguments``); the other flags (what to do with a run, where to print) are declared here."""
     from .pruning.config import add_arguments
 
-    parser = argparse.ArgumentParser(prog="gisp", description="Global Iterative Structured Pruning of causal LMs")
+    parser = _Parser(prog="gisp", description="Global Iterative Structured Pruning of causal LMs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="build (or fetch from the cache) a pruning trajectory")
@@ -793,7 +803,10 @@ def _export_parser(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a flag refused in one line
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.func(args)
     except GispError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,35 @@ def test_the_loop_never_names_a_method():
     assert len(METHODS) >= 7
     for name in METHODS:
         assert f'"{name}"' not in source and f"'{name}'" not in source, name
+
+
+def test_the_map_names_every_module_in_its_subpackage():
+    """docs/ARCHITECTURE.md has a section per subpackage that names each of its modules and subfolders."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    sections = dict(re.findall(r"^### `(\w+)/`[^\n]*\n(.*?)(?=^### |^## )", text, re.M | re.S))
+    assert set(sections) == set(SUBPACKAGES)
+    for name in SUBPACKAGES:
+        folder = PACKAGE / name
+        parts = [p.name for p in folder.glob("*.py") if not p.name.startswith("_")]
+        parts += [f"{p.name}/" for p in folder.iterdir() if (p / "__init__.py").is_file()]
+        missing = [part for part in parts if f"`{part}`" not in sections[name]]
+        assert not missing, f"{name}/: {missing} not in docs/ARCHITECTURE.md"
+
+
+def test_the_readme_imports_what_the_package_offers():
+    """Every ``from gisp_engine... import`` in the README's Python imports, and its list of the public API is
+    ``gisp_engine.__all__``."""
+    import importlib
+
+    import gisp_engine
+
+    text = (ROOT / "README.md").read_text()
+    found = re.findall(r"^from (gisp_engine[\w.]*) import ([\w, ]+)$", text, re.M)
+    assert len(found) >= 3
+    for module, names in found:
+        imported = importlib.import_module(module)
+        for name in names.split(","):
+            assert hasattr(imported, name.strip()), f"{module}.{name.strip()}"
+    listed = re.search(r"comes from `gisp_engine` itself \(`gisp_engine.__all__`.*?\): (.*?)\. The rest", text, re.S)
+    assert listed, "the README's list of the public API"
+    assert set(re.findall(r"`(\w+)`", listed.group(1))) == set(gisp_engine.__all__)

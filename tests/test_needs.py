@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import gisp_engine
+import gisp_engine.evaluation
 from gisp_engine.evaluation import checks, evaluate
 
 TESTS = Path(__file__).resolve().parent
@@ -55,6 +55,6 @@ def test_available_checks_offer_every_task_of_the_engine():
 
 def test_available_checks_do_not_hide_a_broken_evaluation_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "gisp_engine.evaluation.evaluate", None)  # as if it failed to import
-    monkeypatch.delattr(gisp_engine, "evaluate", raising=False)
+    monkeypatch.delattr(gisp_engine.evaluation, "evaluate", raising=False)
     with pytest.raises(ImportError):
         checks.available_checks()

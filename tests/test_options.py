@@ -128,3 +128,11 @@ def test_the_run_page_widgets_are_the_declarations(monkeypatch):
     assert asked, [e.value for e in at.error]
     for name, value in expected.items():
         assert asked[0][name] == value, name
+
+
+def test_the_readme_table_lists_every_flag():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("### `gisp prune`") :]
+    table = table[: table.index("\n\n", table.index("| flag |"))]
+    for name in OPTIONS:
+        assert f"`{flag(name)}" in table or f"`--no-{flag(name)[2:]}`" in table, name
