@@ -163,7 +163,18 @@ def test_a_viewer_starts_and_writes_nothing(run, address, isolated_cache, monkey
         jobs.submit(PruneConfig(model="smollm2-135m"))
     with pytest.raises(GispError, match="viewer"):
         uploads.store_upload("t.jsonl", GOOD_TASK, "tasks")
-    assert cache_files(isolated_cache) == before
+    from gisp_engine import Trajectory, export_elastic, export_gguf, export_subnetwork, load_model
+    from gisp_engine.pruning.subnetwork import recorded_model
+
+    traj = Trajectory.load(run)
+    loaded = load_model(recorded_model(traj), dtype="float32")  # memoizes the weights' SHA-256 in the cache
+    before = cache_files(isolated_cache)
+    out = isolated_cache / "exports" / "refused"
+    for export, args in ((export_subnetwork, (1, out)), (export_elastic, (out,)), (export_gguf, (1, out))):
+        with pytest.raises(GispError, match="an export is refused: this app is a viewer"):
+            export(loaded, traj, *args)
+    assert not out.exists(), out
+    assert cache_files(isolated_cache) == before, cache_files(isolated_cache) ^ before
 
 
 def test_allow_changes_turns_writes_back_on(address, monkeypatch):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import serving
 from ..core.errors import GispError
 from ..core.fsutil import TMP_MARK, atomic_write_json, sha256_file, umask
 from ..core.progress import ProgressCallback, ProgressEvent
@@ -106,8 +107,10 @@ class ExportStart:
 def start_export(
     loaded: LoadedModel, trajectory, out_dir: Path | str, progress: ProgressCallback, slices_in_place: bool
 ) -> ExportStart:
-    """The checks every export makes before it writes anything: the folder can take an export,
-    the model is the trajectory's, it is a stock transformers causal LM, and it is still dense."""
+    """The checks every export makes before it writes anything: this process may write (an app that is a viewer
+    may not, whoever calls), the folder can take an export, the model is the trajectory's, it is a stock
+    transformers causal LM, and it is still dense."""
+    serving.require_changes("an export")
     out = Path(out_dir).expanduser()
     check_out_dir(out)
     check_compatible(loaded, trajectory)
