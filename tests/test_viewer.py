@@ -167,8 +167,7 @@ def test_a_viewer_starts_and_writes_nothing(run, address, isolated_cache, monkey
     from gisp_engine.pruning.subnetwork import recorded_model
 
     traj = Trajectory.load(run)
-    loaded = load_model(recorded_model(traj), dtype="float32")  # memoizes the weights' SHA-256 in the cache
-    before = cache_files(isolated_cache)
+    loaded = load_model(recorded_model(traj), dtype="float32")  # not even the weights' SHA-256 memo is written
     out = isolated_cache / "exports" / "refused"
     for export, args in ((export_subnetwork, (1, out)), (export_elastic, (out,)), (export_gguf, (1, out))):
         with pytest.raises(GispError, match="an export is refused: this app is a viewer"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..core import settings
+from ..core import serving, settings
 from ..core.errors import GispError
 from ..core.fsutil import atomic_write_json, ensure_writable_dir, file_lock, sha256_file, staging_dir
 from .adapters import DecoderAdapter, Geometry, adapter_for_config
@@ -246,6 +246,8 @@ def weights_sha256(folder: Path) -> str:
         digest.update(p.name.encode())
         digest.update(bytes.fromhex(sha256_file(p)))
     value = digest.hexdigest()
+    if not serving.current_mode().writes:
+        return value  # an app that is a viewer writes nothing, not even this memo
     try:
         with file_lock(memo_path.with_suffix(".lock"), what="the weights-hash memo", timeout=60):
             current = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
