@@ -5,7 +5,7 @@ N = 32, 64, 128, at the steps nearest 22/32/43/53% of parameters, three kinds of
 
   unaligned    the example's own point
   export N     the same point, every layer's MLP width rounded afterwards in the trajectory's order
-               (``export_widths.aligned_keep_mask``, what ``gisp export --align N`` writes)
+               (``export.widths.aligned_keep_mask``, what ``gisp export --align N`` writes)
   prune N      the step nearest the same parameter sparsity of a trajectory pruned with ``--align N``
                (the example's settings otherwise; pruned here once, then answered from the cache)
   re-pruned    the step nearest of the example's settings pruned again here, without --align (same key as

@@ -82,12 +82,12 @@ def scoring_step(loaded, objective, wide_sums: bool | None = None):
 def scored_weight_count(loaded) -> int:
     from gisp_engine.model.structures import StructureSpace
     from gisp_engine.model.surgery import full_layout
-    from gisp_engine.pruning.importance import _targets
+    from gisp_engine.pruning.importance import scored_targets
 
     g = loaded.geometry
     space = StructureSpace(g, "query")
     scored = [i for i in range(g.num_layers) if i not in space.protected_layers(int(0.1 * g.num_layers), 1)]
-    return sum(t.param.numel() for t in _targets(loaded.model, loaded.adapter, space, full_layout(space), scored))
+    return sum(t.param.numel() for t in scored_targets(loaded.model, loaded.adapter, space, full_layout(space), scored))
 
 
 def child(args) -> None:

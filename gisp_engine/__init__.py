@@ -24,6 +24,7 @@ __version__ = ENGINE_VERSION
 _EXPORTS = {
     "apply_step": "pruning.subnetwork",
     "check_compatible": "pruning.subnetwork",
+    "compare_at": "choose.recommend",
     "Constraints": "choose.recommend",
     "export_elastic": "export.elastic",
     "export_gguf": "export.gguf",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "GGUFModel": "model.llamacpp",
     "GispError": "core.errors",
     "load_model": "model.loading",
+    "list_series": "choose.table",
     "load_pruned": "export.load",
     "LoadedModel": "model.loading",
     "plan": "pruning.pruner",

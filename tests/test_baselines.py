@@ -225,7 +225,8 @@ METHOD = ReverseMagnitude()
 
 
 def test_a_new_method_is_one_file(tmp_path, tiny_llama, data_dir, capsys):
-    """One module dropped into gisp_engine/methods is a method: config, CLI and loop take it, nothing else changes."""
+    """One module dropped into gisp_engine/pruning/methods is a method: config, CLI and loop take it, nothing else
+    changes."""
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(root / "gisp_engine", tmp_path / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "gisp_engine" / "pruning" / "methods" / "reverse_magnitude.py").write_text(NEW_METHOD)

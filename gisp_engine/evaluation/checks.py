@@ -48,7 +48,7 @@ class Check:
     def resolve(self, options: dict | None, family: str | None = None) -> dict:
         """Every option of this check, given or default, so equal requests have equal identities.
 
-        A BOS policy is resolved for the model ``family`` (``data.resolve_bos``); ``stream``, the protocol
+        A BOS policy is resolved for the model ``family`` (``data.text.resolve_bos``); ``stream``, the protocol
         of every result remembered before the setting existed, is left out so that those still answer.
         """
         from ..data.text import resolve_bos

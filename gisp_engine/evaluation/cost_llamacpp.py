@@ -58,7 +58,7 @@ class GGUFCostSpec:
     prompt_len: int = 16
     new_tokens: int = 64
     repeats: int = 3
-    outtype: str = "f16"  # the GGUF's type (export_gguf.OUTTYPES)
+    outtype: str = "f16"  # the GGUF's type (export.gguf.OUTTYPES)
     layout: str = "per-layer"  # per-layer (deci) or uniform (the family's stock arch), as gisp export --format gguf
     align: int | None = None  # every layer's MLP width rounded to a multiple of it at export (None: as pruned)
     threads: int | None = None  # None: every core this process may use (``available_cores``)

@@ -8,7 +8,7 @@ The windows are ``seq_len`` tokens long and do not overlap; the loss of a window
 mean NLL of its ``seq_len - 1`` next-token predictions, and the perplexity is the
 exponential of the mean over windows. 128-token windows are the convention of the GISP
 and LLM-Pruner papers; Wanda and SliceGPT use 2,048. The two are not comparable, so the
-window length is part of every result, and so is the BOS policy (``data.BOS_POLICIES``):
+window length is part of every result, and so is the BOS policy (``data.text.BOS_POLICIES``):
 ``stream`` cuts the windows from the split tokenized once (at most one BOS, at its very start:
 the papers' protocol); ``each`` puts the tokenizer's BOS in front of ``seq_len - 1`` tokens of
 text in every window, which models trained to see a BOS first (Gemma 3) need.
@@ -86,7 +86,7 @@ def wikitext2_perplexity(
     progress: ProgressCallback = null_progress,
     bos: str = "auto",
 ) -> PerplexityResult:
-    """Perplexity over the first ``limit`` windows of ``seq_len`` tokens; ``bos``: a ``data.BOS_POLICIES``
+    """Perplexity over the first ``limit`` windows of ``seq_len`` tokens; ``bos``: a ``data.text.BOS_POLICIES``
     entry (``auto`` resolves by the model's family)."""
     from ..model.adapters import family_of_config
 

@@ -2,7 +2,7 @@
 
 Colours are readable with colour-vision deficiencies: removal steps use cividis, categories the
 Okabe-Ito palette, and every axis says what it counts. The figures take the arrays prepared in
-:mod:`gisp_engine.explore` and do no pruning arithmetic of their own.
+:mod:`gisp_engine.explore.view` and do no pruning arithmetic of their own.
 """
 
 from __future__ import annotations

@@ -405,7 +405,7 @@ def load_elastic(
     step: int | None = None,
     sparsity: float | None = None,
 ) -> ElasticModel:
-    """Load one step of a verified elastic export (``export.load_pruned`` verifies, then calls this)."""
+    """Load one step of a verified elastic export (``load.load_pruned`` verifies, then calls this)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     step = resolve_elastic_step(manifest, step, sparsity)

@@ -1,7 +1,7 @@
 """What an export folder is, and how it is checked: its kinds, manifest and verification.
 
-Shared by the writers (:mod:`gisp_engine.export`, :mod:`gisp_engine.export.elastic`) and the loader
-(:mod:`gisp_engine.export.load`); see :mod:`gisp_engine.export` for the two single-step kinds.
+Shared by the writers (:mod:`gisp_engine.export.hf`, :mod:`gisp_engine.export.elastic`) and the loader
+(:mod:`gisp_engine.export.load`); see :mod:`gisp_engine.export.hf` for the two single-step kinds.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 * **per-layer** (default): exactly the trajectory's subnetwork, written as llama.cpp's ``deci``
   architecture (made for Nemotron-51B), which builds every layer at its own width from per-layer
   ``head_count``, ``head_count_kv`` and ``feed_forward_length`` arrays. Llama, Mistral and Qwen2.
-* **uniform** (``uniform=True``): every layer cut to the same widths (``export_widths.uniform_keep_mask``,
+* **uniform** (``uniform=True``): every layer cut to the same widths (``widths.uniform_keep_mask``,
   as the transformers uniform export), written as the family's stock architecture (``llama`` for
   Llama and Mistral, ``qwen2``, ``qwen3``, ``gemma3``).
 

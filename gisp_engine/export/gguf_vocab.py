@@ -2,7 +2,7 @@
 
 Two exact paths:
 
-* **embedded models** (``models.EMBEDDED_MODELS``) were converted from a GGUF: its own ``tokenizer.*``
+* **embedded models** (``model.loading.EMBEDDED_MODELS``) were converted from a GGUF: its own ``tokenizer.*``
   entries are copied as they are;
 * **any other model** is read from its ``tokenizer.json`` the way llama.cpp's converter reads it:
   a byte-level BPE (GPT-2 style) becomes ``tokenizer.ggml.model = gpt2`` with its tokens, token types,

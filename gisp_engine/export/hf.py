@@ -5,7 +5,7 @@ manifest (``gisp_manifest.json``). Two kinds:
 
 * **per-layer** (default): exactly the trajectory's subnetwork; layers keep different widths.
   The folder carries its own configuration and modeling code (``configuration_gisp.py``,
-  ``modeling_gisp.py``, rendered from ``gisp_engine/remote_code``), registered through
+  ``modeling_gisp.py``, rendered from ``gisp_engine/export/remote_code``), registered through
   ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``
   loads it with nothing of this project installed. Where kept query heads do not form equal
   groups over their KV heads, the KV cache holds only the kept KV heads and each query head
