@@ -129,6 +129,10 @@ def guard(what: str = "", stop: bool = True) -> Iterator[None]:
             st.stop()
 
 
+#: The devices a page offers (the CLI takes ``cuda:N`` too); ``auto`` is the GPU when there is one.
+DEVICES = ("auto", "cpu", "cuda")
+
+
 # ---- a run's settings ---------------------------------------------------------------------------
 def option_input(name: str, container=None, *, help: str | None = None, choices=None):
     """The Run page's widget for the setting ``name`` of ``PruneConfig``, made from its declaration

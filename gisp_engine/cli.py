@@ -466,17 +466,10 @@ def cmd_export(args) -> None:
 
 
 # ---- parser ------------------------------------------------------------------------------
-def _bos_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
-    from .data.text import BOS_POLICIES
+def _bos_arg(p: argparse.ArgumentParser, what: str) -> None:
+    from .data.text import BOS_POLICIES, BOS_POLICY_HELP
 
-    p.add_argument(
-        "--bos",
-        default=default,
-        choices=BOS_POLICIES,
-        help=f"BOS token of the {what}: each (one starts every window), stream (cut from one token "
-        "stream: the papers' protocol), auto (each for families trained with one: Gemma 3; "
-        "else stream)",
-    )
+    p.add_argument("--bos", default="auto", choices=BOS_POLICIES, help=f"BOS token of the {what}. {BOS_POLICY_HELP}")
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:

@@ -139,7 +139,7 @@ def _settings_form() -> None:
             schedule = ui.option_input("schedule")
             gqa = ui.option_input("gqa")
             normalization = ui.option_input("normalization")
-            device = ui.option_input("device", choices=("auto", "cpu", "cuda"))
+            device = ui.option_input("device", choices=ui.DEVICES)
         with st.expander("More settings"):
             e1, e2, e3 = st.columns(3)
             protect_first = ui.option_input("protect_first", e1)

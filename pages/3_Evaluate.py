@@ -7,7 +7,7 @@ import streamlit as st
 
 import explorer_ui as ui
 from gisp_engine.core.progress import ProgressEvent
-from gisp_engine.data.text import BOS_POLICIES
+from gisp_engine.data.text import BOS_POLICIES, BOS_POLICY_HELP
 from gisp_engine.evaluation import checks
 
 ui.page_setup("Evaluate")
@@ -44,10 +44,9 @@ def _evaluate_form() -> None:
         bos = c4.selectbox(
             "BOS token (perplexity)",
             BOS_POLICIES,
-            help="each: a BOS token starts every window; stream: windows cut from the split tokenized once "
-            "(the papers' protocol); auto: each for families trained with one (Gemma 3), else stream",
+            help=BOS_POLICY_HELP,
         )
-        device = c5.selectbox("Device", ["auto", "cpu", "cuda"])
+        device = c5.selectbox("Device", ui.DEVICES)
         refresh = st.checkbox("Recompute even if remembered", value=False)
         go = st.form_submit_button("Evaluate dense and pruned", type="primary")
 
@@ -116,7 +115,7 @@ def _generate_form() -> None:
         prompt = st.text_area("Prompt", "The capital of France is", height=80)
         g1, g2 = st.columns(2)
         max_new = g1.number_input("New tokens", min_value=1, max_value=512, value=40, step=10)
-        gen_device = g2.selectbox("Device", ["auto", "cpu", "cuda"], key="generate_device")
+        gen_device = g2.selectbox("Device", ui.DEVICES, key="generate_device")
         gen = st.form_submit_button("Generate (greedy)")
     if gen:
         left, right = st.columns(2)

@@ -67,7 +67,7 @@ def _export_form() -> None:
             f"Written into the cache (`exports/{out.name}`, replaced if it holds an earlier export), then "
             "offered as a download: " + ("the .gguf file." if fmt == GGUF else "a zip of the folder.")
         )
-        device = st.selectbox("Device", ["auto", "cpu", "cuda"])
+        device = st.selectbox("Device", ui.DEVICES)
         outtype = None
         if fmt == GGUF:
             from gisp_engine.export.gguf import DEFAULT_OUTTYPE, OUTTYPES

@@ -10,7 +10,7 @@ import explorer_ui as ui
 from gisp_engine.choose.recommend import Constraints, recommend
 from gisp_engine.choose.sweep import SweepRequest, requested_series
 from gisp_engine.choose.table import sweep_table
-from gisp_engine.data.text import BOS_POLICIES
+from gisp_engine.data.text import BOS_POLICIES, BOS_POLICY_HELP
 from gisp_engine.evaluation import checks
 from gisp_engine.evaluation.cost import CostSpec
 from gisp_engine.evaluation.cost_llamacpp import LAYOUTS, RUNTIMES, GGUFCostSpec
@@ -66,10 +66,9 @@ def _sweep_form() -> None:
         bos = c2.selectbox(
             "BOS token (wikitext2)",
             BOS_POLICIES,
-            help="auto: a BOS token starts each window for families trained with one (Gemma 3), "
-            "else windows are cut from one token stream (the papers' protocol)",
+            help=BOS_POLICY_HELP,
         )
-        device = c3.selectbox("Device", ["auto", "cpu", "cuda"])
+        device = c3.selectbox("Device", ui.DEVICES)
         spec = CostSpec().resolved()
         cost = st.checkbox(
             f"Also measure cost: prefill and decode speed, peak memory, weight bytes (relative to dense; "

@@ -193,6 +193,11 @@ SAMPLINGS = ("packed", "window")
 #: ``each``: every window starts with the tokenizer's BOS, ``seq_len`` tokens in all. ``auto``: ``each``
 #: for the families trained to see a BOS first (``adapters.BOS_FAMILIES``: Gemma 3), ``stream`` for the others.
 BOS_POLICIES = ("auto", "each", "stream")
+#: The policies in words, for a flag's or a widget's help (the CLI, the Run, Evaluate and Choose pages).
+BOS_POLICY_HELP = (
+    "each: a BOS token starts every window; stream: windows cut from one token stream (the papers' protocol); "
+    "auto: each for families trained with one (Gemma 3), else stream"
+)
 
 
 def resolve_bos(policy: str, family: str | None) -> str:

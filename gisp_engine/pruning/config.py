@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..core import registry, settings
 from ..core.errors import GispError
-from ..data.text import BOS_POLICIES, SAMPLINGS
+from ..data.text import BOS_POLICIES, BOS_POLICY_HELP, SAMPLINGS
 from ..model.structures import GQA_POLICIES, NORMALIZATIONS
 
 SCHEDULES = ("linear", "cosine")
@@ -114,9 +114,7 @@ class PruneConfig:
     )
     bos: str = option(
         "auto",
-        "perplexity objective's calibration windows. each: a BOS token starts every window; stream: windows cut "
-        "from one token stream (the papers' protocol); auto: each for families trained with one (Gemma 3), "
-        "else stream",
+        f"perplexity objective's calibration windows. {BOS_POLICY_HELP}",
         "BOS token of the windows",
         choices=BOS_POLICIES,
         what="BOS policy",
