@@ -55,6 +55,12 @@ def verdicts(output: str, root: Path = ROOT) -> dict[str, str]:
     return out
 
 
+def copy_project(root: Path) -> None:
+    """The contracts and the package, copied into ``root`` to be broken there."""
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copytree(PACKAGE, root / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def test_the_engine_keeps_every_contract():
     output = lint(ROOT)
     assert set(contracts()) == {"layers", *SUBPACKAGES, "no-streamlit", "no-cycles"}
@@ -93,8 +99,7 @@ def test_every_subpackage_is_a_layer_and_says_what_it_may_import():
     ],
 )
 def test_each_contract_fails_on_a_bad_import(tmp_path, broken, module, bad_import):
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copytree(PACKAGE, tmp_path / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_project(tmp_path)
     target = tmp_path / "gisp_engine" / module
     lines = target.read_text().splitlines()
     at = next(
@@ -110,8 +115,7 @@ def test_each_contract_fails_on_a_bad_import(tmp_path, broken, module, bad_impor
 
 def test_a_new_module_must_be_given_its_layer(tmp_path):
     """The contracts are exhaustive: a module that no layer names breaks its subpackage's contract."""
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copytree(PACKAGE, tmp_path / "gisp_engine", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_project(tmp_path)
     (tmp_path / "gisp_engine" / "pruning" / "shortcut.py").write_text('"""Nowhere in the contracts."""\n')
     result = verdicts(lint(tmp_path), tmp_path)
     assert result["pruning"] == "BROKEN", result
